@@ -1,0 +1,1 @@
+//! Kernel transport (see docs/ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! hioload-ws facade.
