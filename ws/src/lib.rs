@@ -1,1 +1,30 @@
-//! RFC 6455 protocol layer (see docs/ARCHITECTURE.md).
+//! RFC 6455 WebSocket protocol for hioload-ws, sans-IO.
+//!
+//! This crate never touches a socket. Transports (the kernel fallback and the DPDK stack) hand it
+//! bytes and get back events and bytes to send, so both drive exactly the same protocol code:
+//!
+//! * [`handshake`]: parse the HTTP/1.1 upgrade request (incrementally), validate it and write the
+//!   `101 Switching Protocols` answer or a short HTTP error.
+//! * [`frame`]: decode frame headers in place, encode server headers into a small stack buffer.
+//! * [`mask`]: unmask payloads in place, word at a time, keeping the mask phase across pieces.
+//! * [`utf8`]: incremental UTF-8 validation that fails at the first invalid byte.
+//! * [`session`]: the per-connection state machine (`Session::receive` → [`Event`]s; outgoing frames
+//!   go to a transport-provided [`FrameSink`]).
+//!
+//! Zero-copy rules: a message that arrives whole in one frame is unmasked in the caller's buffer and
+//! handed out as a sub-slice of it; only fragmented or split-across-reads messages are assembled in
+//! the session's reusable buffer. See docs/ARCHITECTURE.md.
+
+pub mod close;
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod session;
+pub mod utf8;
+
+pub use close::CloseCode;
+pub use config::Limits;
+pub use frame::{FrameHeader, OpCode};
+pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
+pub use session::{Event, FrameSink, Outgoing, ProtocolError, SendError, Session, State};

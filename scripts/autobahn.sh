@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite fuzzingclient (../shared/tools/autobahn) against a release build of
+# hioload-echo on loopback and fails on any case that is not OK (FAILED, NON-STRICT, UNIMPLEMENTED).
+#
+# Usage: scripts/autobahn.sh [CASES]    (default: every case but the permessage-deflate ones)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools="${AUTOBAHN_TOOLS:-../shared/tools/autobahn}"
+cases="${1:-*}"
+port="${AUTOBAHN_PORT:-9301}"
+outdir="target/autobahn-report"
+
+"$tools/install.sh" >/dev/null
+cargo build --release -p hioload-echo
+target/release/hioload-echo --addr "127.0.0.1:$port" --workers 2 >target/autobahn-server.log 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+
+status=0
+"$tools/run.sh" "ws://127.0.0.1:$port/ws" "$cases" --no-deflate --outdir "$outdir" \
+  --timeout 1200 --agent hioload-echo || status=$?
+kill -0 "$server" 2>/dev/null || { echo "autobahn.sh: hioload-echo died during the run" >&2; tail -20 target/autobahn-server.log >&2; exit 1; }
+[ "$status" -eq 0 ] || exit "$status"
+
+# Strict: every case must be OK (run.sh fails only on FAILED).
+python3 - "$outdir/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+c = s["counts"]
+print("autobahn: %d cases, counts %s" % (s["reported"], json.dumps(c, sort_keys=True)))
+bad = {k: v for k, v in s.get("non_ok", {}).items() if k != "INFORMATIONAL" and v}
+if bad or s["reported"] != s["selected"]:
+    print("autobahn: not strict:", json.dumps(bad, sort_keys=True))
+    sys.exit(1)
+print("autobahn: every case OK (INFORMATIONAL cases are by design)")
+PY

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of hioload-ws: unit and integration tests on real loopback sockets, the DPDK
+# tests on a real EAL with virtual devices (root: hugepages, network namespaces, tap devices),
+# the fuzz-target build, and the Autobahn|Testsuite against hioload-echo.
+#
+# Usage: scripts/test.sh [--quick]       (--quick: cargo tests only, no Autobahn)
+# Needs root (or sudo) for packages, hugepages and namespaces; CI runs exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+stage() { printf '\n=== %s (%ss)\n' "$*" "$SECONDS"; }
+
+stage "setup"
+scripts/setup.sh --hugepages 1024
+
+stage "cargo test (workspace)"
+cargo test --workspace --no-fail-fast 2>&1 | tee target-test.log
+
+[ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
+
+stage "autobahn (kernel fallback)"
+scripts/autobahn.sh
+
+stage "done"
