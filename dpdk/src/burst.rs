@@ -98,10 +98,16 @@ impl<const N: usize> Burst<N> {
         Drain { slots: &mut self.slots[..len], next: 0 }
     }
 
-    /// Free every mbuf held.
+    /// Free every mbuf held (one `rte_pktmbuf_free_bulk` call).
     pub fn clear(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: slots[..len] are owned mbufs; free_bulk frees them all, then the slots are
+        // overwritten with None without running Mbuf's drop.
+        unsafe { sys::rte_pktmbuf_free_bulk(self.as_mut_ptr(), self.len as u32) };
         for slot in &mut self.slots[..self.len] {
-            *slot = None;
+            std::mem::forget(slot.take());
         }
         self.len = 0;
     }
