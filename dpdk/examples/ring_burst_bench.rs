@@ -5,9 +5,10 @@
 //! - `recycle`: the same 32 mbufs go around forever (rx/tx path only);
 //! - `alloc+free`: every burst is allocated from the mempool and freed after rx (adds the pool).
 //!
-//! These are the ceiling the TCP stack is later measured against. Run (root, hugepages set):
-//!   cargo run --release -p hioload-dpdk --example ring_burst_bench [-- EAL args] [-- --seconds N]
-//! Without arguments it uses `--no-pci --in-memory --vdev=net_ring0` on the first allowed CPU.
+//! These are the ceiling the TCP stack is later measured against. Run as root:
+//!   cargo run --release -p hioload-dpdk --example ring_burst_bench -- [--seconds N] [EAL args]
+//! Without EAL args it uses `--no-pci --in-memory --vdev=net_ring0` (or `--no-huge` when no
+//! hugepages are free) on the first allowed CPU; given EAL args must include `--vdev=net_ring0`.
 
 use std::time::{Duration, Instant};
 
@@ -142,9 +143,10 @@ fn main() {
             eal.main_lcore().id(),
             seconds
         );
-        println!("{:<12} {:>12}", "loop", "Mpps/core");
-        println!("{:<12} {:>12.2}", "recycle", recycle / 1e6);
-        println!("{:<12} {:>12.2}", "alloc+free", alloc_free / 1e6);
+        println!("{:<12} {:>12} {:>10}", "loop", "Mpps/core", "ns/packet");
+        for (name, pps) in [("recycle", recycle), ("alloc+free", alloc_free)] {
+            println!("{name:<12} {:>12.2} {:>10.2}", pps / 1e6, 1e9 / pps);
+        }
         println!(
             "port stats: {} rx, {} tx, {} rx_nombuf",
             stats.ipackets, stats.opackets, stats.rx_nombuf
