@@ -319,7 +319,7 @@ pub fn write_error_response(err: &HttpError, out: &mut [u8]) -> usize {
         let body_len = if body.is_empty() { 0 } else { body.len() + 1 };
         write!(w, "Content-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n").ok()?;
         if !body.is_empty() {
-            write!(w, "{body}\n").ok()?;
+            writeln!(w, "{body}").ok()?;
         }
         Some(total - w.len())
     };
