@@ -76,16 +76,17 @@ impl WorkerCache {
             Some(node) => shared.node_index(node)?,
             None => self.inner.node_idx,
         };
-        if node_idx == self.inner.node_idx {
-            match self.inner.take(class) {
-                Ok(block) => {
-                    return Ok(PooledBuf::new(block, shared.classes.size(class), class, node_idx, Home::Cache(self.inner.clone())))
-                }
-                Err(PoolError::Exhausted { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        if node_idx != self.inner.node_idx {
+            return shared.get(node_idx, class, true);
         }
-        shared.get(node_idx, class)
+        match self.inner.take(class) {
+            Ok(block) => {
+                Ok(PooledBuf::new(block, shared.classes.size(class), class, node_idx, Home::Cache(self.inner.clone())))
+            }
+            // This node is at its limit: try the others.
+            Err(PoolError::Exhausted { .. }) => shared.get(node_idx, class, false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The NUMA node (OS index) this cache serves.

@@ -90,7 +90,7 @@ impl PoolManager {
             Some(node) => self.shared.node_index(node)?,
             None => self.shared.current_node_index(),
         };
-        self.shared.get(node_idx, class)
+        self.shared.get(node_idx, class, true)
     }
 
     /// A cache for a worker thread whose home is NUMA node `node` (OS index). Create it on the
@@ -135,10 +135,12 @@ impl Shared {
         current_cpu().and_then(|cpu| self.pu_nodes.iter().find(|(pu, _)| *pu == cpu)).map_or(0, |&(_, idx)| idx)
     }
 
-    /// Takes a buffer of `class` from the shared queues, node `first` first.
-    fn get(self: &Arc<Self>, first: usize, class: usize) -> Result<PooledBuf, PoolError> {
+    /// Takes a buffer of `class` from the shared queues: node `first` (unless `try_first` is
+    /// false, when the caller already found it exhausted), then the others.
+    fn get(self: &Arc<Self>, first: usize, class: usize, try_first: bool) -> Result<PooledBuf, PoolError> {
         let others = (0..self.nodes.len()).filter(|&idx| idx != first);
-        for node_idx in std::iter::once(first).chain(others) {
+        let first = std::iter::once(first).filter(|_| try_first);
+        for node_idx in first.chain(others) {
             let node = &self.nodes[node_idx];
             let pool = &node.classes[class];
             let block = if let Some(block) = pool.free.pop() {
