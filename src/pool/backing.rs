@@ -40,8 +40,8 @@ pub trait Backing: Send + Sync + 'static {
     unsafe fn release(&self, region: Region);
 }
 
-/// Anonymous memory bound to its node with hwloc (`hwloc_set_area_membind`, BIND policy; on
-/// Linux `mbind(MPOL_PREFERRED)`), then touched page by page so that it is resident there.
+/// Anonymous memory bound to its node with hwloc (`hwloc_set_area_membind`, non-strict BIND; on
+/// Linux `mbind(MPOL_PREFERRED[_MANY])`), then touched page by page so that it is resident there.
 ///
 /// When binding is impossible (synthetic topology, or a kernel/sandbox without `mbind`) the
 /// region is reported unbound; its pages then land where the allocating thread runs (first
