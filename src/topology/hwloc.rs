@@ -178,9 +178,9 @@ impl Hwloc {
     }
 
     /// Binds the pages of `[addr, addr + len)` to NUMA node `node` (policy BIND, not strict: on
-    /// Linux hwloc turns this into `mbind(MPOL_PREFERRED)`, or `MPOL_PREFERRED_MANY` on kernels
-    /// >= 5.15, so a full node falls back rather than failing). Pages already touched are not
-    /// moved, so bind before first touch.
+    /// Linux hwloc turns this into `mbind(MPOL_PREFERRED)`, or `MPOL_PREFERRED_MANY` on Linux
+    /// 5.15 and later, so a full node falls back rather than failing). Pages already touched are
+    /// not moved, so bind before first touch.
     pub fn bind_area(&self, addr: *const u8, len: usize, node: u32) -> io::Result<()> {
         let set = OwnedBitmap::only(node)?;
         // SAFETY: loaded topology, valid bitmap; hwloc only changes the kernel's policy for the
