@@ -27,12 +27,25 @@ fn main() {
     let topology = Topology::discover().expect("hwloc topology");
     println!("{topology}");
     let manager = PoolManager::new(&topology, PoolConfig::default()).expect("pool");
-    let cache = manager.worker_cache(topology.nodes()[0].os_index()).expect("cache");
+    let cache = manager
+        .worker_cache(topology.nodes()[0].os_index())
+        .expect("cache");
     for size in [2048, 16 << 10, 64 << 10] {
-        per_op("worker cache", size, || drop(black_box(cache.get(size, None).unwrap())));
-        per_op("shared queue (manager.get)", size, || drop(black_box(manager.get(size, Some(0)).unwrap())));
-        per_op("Vec::with_capacity", size, || drop(black_box(Vec::<u8>::with_capacity(size))));
+        per_op("worker cache", size, || {
+            drop(black_box(cache.get(size, None).unwrap()))
+        });
+        per_op("shared queue (manager.get)", size, || {
+            drop(black_box(manager.get(size, Some(0)).unwrap()))
+        });
+        per_op("Vec::with_capacity", size, || {
+            drop(black_box(Vec::<u8>::with_capacity(size)))
+        });
     }
     let stats = manager.stats();
-    println!("hits {} misses {} in use {}", stats.hits(), stats.misses(), stats.in_use());
+    println!(
+        "hits {} misses {} in use {}",
+        stats.hits(),
+        stats.misses(),
+        stats.in_use()
+    );
 }

@@ -7,7 +7,11 @@ use hioload_ws::topology::Topology;
 #[test]
 fn worker_buffers_live_on_the_workers_node() {
     let topo = Topology::discover().unwrap();
-    let config = PoolConfig { max_buffer: 1 << 20, node_budget: 64 << 20, ..PoolConfig::default() };
+    let config = PoolConfig {
+        max_buffer: 1 << 20,
+        node_budget: 64 << 20,
+        ..PoolConfig::default()
+    };
     let manager = PoolManager::new(&topo, config).unwrap();
     let plan = PlacementPlan::new(&topo, topo.nodes().len(), &CpuAffinity::default()).unwrap();
     std::thread::scope(|scope| {
@@ -21,13 +25,20 @@ fn worker_buffers_live_on_the_workers_node() {
                     assert_eq!(buf.node(), placement.node);
                     let capacity = buf.capacity();
                     buf.set_len(capacity);
-                    assert_eq!(topo.memory_nodes_of(&buf).unwrap(), vec![placement.node], "size {size}");
+                    assert_eq!(
+                        topo.memory_nodes_of(&buf).unwrap(),
+                        vec![placement.node],
+                        "size {size}"
+                    );
                     #[cfg(target_os = "linux")]
                     {
                         // hwloc's non-strict BIND: MPOL_PREFERRED, or MPOL_PREFERRED_MANY (5) on
                         // Linux >= 5.15 with hwloc >= 2.8. Not MPOL_DEFAULT (0): the pages are bound.
                         let (mode, mask) = linux_policy(&buf);
-                        assert!(mode == libc::MPOL_PREFERRED || mode == 5, "size {size}: policy {mode}");
+                        assert!(
+                            mode == libc::MPOL_PREFERRED || mode == 5,
+                            "size {size}: policy {mode}"
+                        );
                         assert_eq!(mask, 1 << placement.node, "size {size}");
                     }
                 }
@@ -37,7 +48,11 @@ fn worker_buffers_live_on_the_workers_node() {
     let stats = manager.stats();
     for node in &stats.nodes {
         assert!(node.reserved_bytes > 0);
-        assert_eq!(node.bound_bytes, node.reserved_bytes, "node {} memory not bound: {node:#?}", node.node);
+        assert_eq!(
+            node.bound_bytes, node.reserved_bytes,
+            "node {} memory not bound: {node:#?}",
+            node.node
+        );
     }
     assert_eq!(stats.in_use(), 0);
 }
@@ -45,7 +60,15 @@ fn worker_buffers_live_on_the_workers_node() {
 #[test]
 fn manager_get_without_preference_uses_the_callers_node() {
     let topo = Topology::discover().unwrap();
-    let manager = PoolManager::new(&topo, PoolConfig { max_buffer: 1 << 20, node_budget: 16 << 20, ..PoolConfig::default() }).unwrap();
+    let manager = PoolManager::new(
+        &topo,
+        PoolConfig {
+            max_buffer: 1 << 20,
+            node_budget: 16 << 20,
+            ..PoolConfig::default()
+        },
+    )
+    .unwrap();
     let last = topo.nodes().last().unwrap().clone();
     let cpu = last.pus()[0];
     let node = std::thread::spawn(move || {

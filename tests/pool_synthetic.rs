@@ -32,7 +32,11 @@ fn assert_all_returned(manager: &PoolManager) {
     assert_eq!(stats.in_use(), 0, "{stats:#?}");
     for node in &stats.nodes {
         for class in &node.classes {
-            assert_eq!(class.free_shared, class.allocated, "node {} class {}: {stats:#?}", node.node, class.size);
+            assert_eq!(
+                class.free_shared, class.allocated,
+                "node {} class {}: {stats:#?}",
+                node.node, class.size
+            );
         }
     }
 }
@@ -54,7 +58,13 @@ fn one_pool_per_node_and_get_honours_the_preferred_node() {
 
     // The freed buffer is reused: a hit, no new memory.
     let again = manager.get(4 * KIB, Some(1)).unwrap();
-    let class = manager.stats().node(1).unwrap().class(4 * KIB).unwrap().clone();
+    let class = manager
+        .stats()
+        .node(1)
+        .unwrap()
+        .class(4 * KIB)
+        .unwrap()
+        .clone();
     assert_eq!((class.hits, class.misses, class.in_use), (1, 1, 1));
     again.release();
     assert_all_returned(&manager);
@@ -63,10 +73,29 @@ fn one_pool_per_node_and_get_honours_the_preferred_node() {
 #[test]
 fn errors_name_the_problem() {
     let manager = PoolManager::new(&two_nodes(), small_config()).unwrap();
-    assert_eq!(manager.get(8 * KIB + 1, None).unwrap_err(), PoolError::TooLarge { requested: 8 * KIB + 1, max: 8 * KIB });
-    assert_eq!(manager.get(10, Some(2)).unwrap_err(), PoolError::UnknownNode(2));
-    assert_eq!(manager.worker_cache(9).unwrap_err(), PoolError::UnknownNode(9));
-    assert!(PoolManager::new(&two_nodes(), PoolConfig { min_buffer: 1000, ..small_config() }).is_err());
+    assert_eq!(
+        manager.get(8 * KIB + 1, None).unwrap_err(),
+        PoolError::TooLarge {
+            requested: 8 * KIB + 1,
+            max: 8 * KIB
+        }
+    );
+    assert_eq!(
+        manager.get(10, Some(2)).unwrap_err(),
+        PoolError::UnknownNode(2)
+    );
+    assert_eq!(
+        manager.worker_cache(9).unwrap_err(),
+        PoolError::UnknownNode(9)
+    );
+    assert!(PoolManager::new(
+        &two_nodes(),
+        PoolConfig {
+            min_buffer: 1000,
+            ..small_config()
+        }
+    )
+    .is_err());
 }
 
 #[test]
@@ -87,7 +116,14 @@ fn worker_cache_serves_its_node_and_returns_buffers_on_drop() {
 #[test]
 fn worker_cache_spills_and_refills_in_half_batches() {
     // Slabs of 16 buffers of 2 KiB; the cache keeps 4 of them.
-    let manager = PoolManager::new(&one_node(), PoolConfig { slab_bytes: 32 * KIB, ..small_config() }).unwrap();
+    let manager = PoolManager::new(
+        &one_node(),
+        PoolConfig {
+            slab_bytes: 32 * KIB,
+            ..small_config()
+        },
+    )
+    .unwrap();
     let cache = manager.worker_cache(0).unwrap();
     assert_eq!(cache.capacity(2 * KIB), 4);
     let shared_free = |m: &PoolManager| m.stats().nodes[0].class(2 * KIB).unwrap().free_shared;
@@ -103,7 +139,10 @@ fn worker_cache_spills_and_refills_in_half_batches() {
     held.push(cache.get(2 * KIB, None).unwrap());
     assert_eq!((cache.cached(2 * KIB), shared_free(&manager)), (2, 8));
     let stats = manager.stats().nodes[0].class(2 * KIB).unwrap().clone();
-    assert_eq!((stats.misses, stats.hits, stats.in_use, stats.allocated), (1, 5, 6, 16));
+    assert_eq!(
+        (stats.misses, stats.hits, stats.in_use, stats.allocated),
+        (1, 5, 6, 16)
+    );
 
     // Returning: the cache fills to 4, then each overflow spills half (2) to the shared queue.
     held.push(first);
@@ -112,7 +151,10 @@ fn worker_cache_spills_and_refills_in_half_batches() {
         drop(buf);
         seen.push((cache.cached(2 * KIB), shared_free(&manager)));
     }
-    assert_eq!(seen, vec![(3, 8), (4, 8), (3, 10), (4, 10), (3, 12), (4, 12)]);
+    assert_eq!(
+        seen,
+        vec![(3, 8), (4, 8), (3, 10), (4, 10), (3, 12), (4, 12)]
+    );
     assert_eq!(manager.stats().in_use(), 0);
 
     // A dropped cache hands its stock back; its counters survive in the node's stats.
@@ -124,7 +166,10 @@ fn worker_cache_spills_and_refills_in_half_batches() {
 
 #[test]
 fn exhausted_node_falls_back_to_the_other_node_then_fails() {
-    let config = PoolConfig { max_buffers_per_class: 4, ..small_config() };
+    let config = PoolConfig {
+        max_buffers_per_class: 4,
+        ..small_config()
+    };
     let manager = PoolManager::new(&two_nodes(), config).unwrap();
     let cache = manager.worker_cache(0).unwrap();
     let mut held: Vec<PooledBuf> = (0..4).map(|_| cache.get(8 * KIB, None).unwrap()).collect();
@@ -136,8 +181,14 @@ fn exhausted_node_falls_back_to_the_other_node_then_fails() {
         held.push(buf);
     }
     // Both nodes at their limit with every buffer in use.
-    assert_eq!(cache.get(8 * KIB, None).unwrap_err(), PoolError::Exhausted { size: 8 * KIB });
-    assert_eq!(manager.get(8 * KIB, Some(1)).unwrap_err(), PoolError::Exhausted { size: 8 * KIB });
+    assert_eq!(
+        cache.get(8 * KIB, None).unwrap_err(),
+        PoolError::Exhausted { size: 8 * KIB }
+    );
+    assert_eq!(
+        manager.get(8 * KIB, Some(1)).unwrap_err(),
+        PoolError::Exhausted { size: 8 * KIB }
+    );
     let stats = manager.stats();
     assert_eq!(stats.in_use(), 8);
     assert_eq!(stats.node(0).unwrap().class(8 * KIB).unwrap().allocated, 4);
@@ -160,12 +211,21 @@ fn exhausted_node_falls_back_to_the_other_node_then_fails() {
 #[test]
 fn node_budget_bounds_all_classes_together() {
     // 16 KiB per node: one slab of two 8 KiB buffers uses it all.
-    let config = PoolConfig { node_budget: 16 * KIB, ..small_config() };
+    let config = PoolConfig {
+        node_budget: 16 * KIB,
+        ..small_config()
+    };
     let manager = PoolManager::new(&one_node(), config).unwrap();
     let big = manager.get(8 * KIB, None).unwrap();
-    assert_eq!(manager.get(2 * KIB, None).unwrap_err(), PoolError::Exhausted { size: 2 * KIB });
+    assert_eq!(
+        manager.get(2 * KIB, None).unwrap_err(),
+        PoolError::Exhausted { size: 2 * KIB }
+    );
     let node = manager.stats().nodes[0].clone();
-    assert_eq!((node.reserved_bytes, node.budget_bytes), (16 * KIB, 16 * KIB));
+    assert_eq!(
+        (node.reserved_bytes, node.budget_bytes),
+        (16 * KIB, 16 * KIB)
+    );
     // Synthetic machine: nothing is bound.
     assert_eq!(node.bound_bytes, 0);
     let second = manager.get(8 * KIB, None).unwrap(); // the slab's second buffer
@@ -194,7 +254,10 @@ fn buffer_fills_like_a_receive_buffer() {
     assert_eq!(buf.spare_mut().len(), 0);
     buf.clear();
     assert_eq!(buf.len(), 0);
-    assert_eq!(format!("{buf:?}"), "PooledBuf { len: 0, capacity: 2048, node: 0 }");
+    assert_eq!(
+        format!("{buf:?}"),
+        "PooledBuf { len: 0, capacity: 2048, node: 0 }"
+    );
 }
 
 #[test]
@@ -220,7 +283,9 @@ fn concurrent_workers_balance_their_counts() {
                     let mut gets = 0;
                     let mut seed = t as u64 + 1;
                     for round in 0..ROUNDS {
-                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         let size = [100, 3 * KIB, 8 * KIB][(seed >> 33) as usize % 3];
                         // Mostly the own cache; sometimes the other node through the shared path.
                         let buf = if round % 7 == 0 {
@@ -238,7 +303,10 @@ fn concurrent_workers_balance_their_counts() {
                             let at = (seed >> 20) as usize % held.len().max(1);
                             if at < held.len() {
                                 let buf = held.swap_remove(at);
-                                assert!(buf.iter().all(|&b| b == t as u8), "buffer shared between owners");
+                                assert!(
+                                    buf.iter().all(|&b| b == t as u8),
+                                    "buffer shared between owners"
+                                );
                             }
                         }
                     }
@@ -250,6 +318,9 @@ fn concurrent_workers_balance_their_counts() {
     });
     let stats = manager.stats();
     assert_eq!(stats.hits() + stats.misses(), gets as u64);
-    assert!(gets > THREADS * ROUNDS * 9 / 10, "most gets succeed: {gets}");
+    assert!(
+        gets > THREADS * ROUNDS * 9 / 10,
+        "most gets succeed: {gets}"
+    );
     assert_all_returned(&manager);
 }

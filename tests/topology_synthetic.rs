@@ -7,13 +7,20 @@ use hioload_ws::topology::{Topology, TopologyError, TopologySource};
 #[test]
 fn two_packages_with_one_numa_node_each() {
     let topo = Topology::synthetic("package:2 numa:1 core:2 pu:1").unwrap();
-    let nodes: Vec<(u32, Vec<u32>)> = topo.nodes().iter().map(|n| (n.os_index(), n.pus().to_vec())).collect();
+    let nodes: Vec<(u32, Vec<u32>)> = topo
+        .nodes()
+        .iter()
+        .map(|n| (n.os_index(), n.pus().to_vec()))
+        .collect();
     assert_eq!(nodes, vec![(0, vec![0, 1]), (1, vec![2, 3])]);
     assert_eq!(topo.pu_count(), 4);
     assert_eq!(topo.node_of_pu(3), Some(1));
     assert_eq!(topo.node_of_pu(4), None);
     assert!(!topo.is_this_system());
-    assert_eq!(topo.source(), &TopologySource::Synthetic("package:2 numa:1 core:2 pu:1".into()));
+    assert_eq!(
+        topo.source(),
+        &TopologySource::Synthetic("package:2 numa:1 core:2 pu:1".into())
+    );
     assert_eq!(
         topo.to_string(),
         "2 NUMA nodes: node 0 cpus 0-1, node 1 cpus 2-3 (synthetic \"package:2 numa:1 core:2 pu:1\")"
@@ -43,7 +50,10 @@ fn invalid_description_is_a_clear_error() {
     let err = Topology::synthetic("package:two").unwrap_err();
     assert!(matches!(err, TopologyError::Synthetic { .. }), "{err:?}");
     let message = err.to_string();
-    assert!(message.contains("package:two") && message.contains("expected e.g."), "{message}");
+    assert!(
+        message.contains("package:two") && message.contains("expected e.g."),
+        "{message}"
+    );
 }
 
 #[test]
@@ -54,7 +64,11 @@ fn discovers_the_running_machine() {
     assert!(!topo.nodes().is_empty());
     // hwloc reports exactly the CPUs this process may run on.
     let allowed = current_thread_cpus().unwrap();
-    let mut pus: Vec<u32> = topo.nodes().iter().flat_map(|n| n.pus().iter().copied()).collect();
+    let mut pus: Vec<u32> = topo
+        .nodes()
+        .iter()
+        .flat_map(|n| n.pus().iter().copied())
+        .collect();
     pus.sort_unstable();
     assert_eq!(pus, allowed);
     let expected_nodes = std::fs::read_dir("/sys/devices/system/node")
@@ -63,7 +77,8 @@ fn discovers_the_running_machine() {
                 .filter(|e| {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
-                    name.strip_prefix("node").is_some_and(|n| n.parse::<u32>().is_ok())
+                    name.strip_prefix("node")
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
                 })
                 .count()
         })

@@ -144,13 +144,22 @@ impl fmt::Display for CpuListError {
         match self {
             CpuListError::Empty => write!(f, "empty CPU list (expected e.g. \"0,2-3\")"),
             CpuListError::EmptyItem => {
-                write!(f, "empty item in CPU list (stray comma?); expected e.g. \"0,2-3\"")
+                write!(
+                    f,
+                    "empty item in CPU list (stray comma?); expected e.g. \"0,2-3\""
+                )
             }
             CpuListError::NotANumber(item) => {
-                write!(f, "\"{item}\" is not a CPU number or range (expected N or N-M, e.g. \"0,2-3\")")
+                write!(
+                    f,
+                    "\"{item}\" is not a CPU number or range (expected N or N-M, e.g. \"0,2-3\")"
+                )
             }
             CpuListError::DescendingRange(item) => {
-                write!(f, "CPU range \"{item}\" ends below its start (write it low-high)")
+                write!(
+                    f,
+                    "CPU range \"{item}\" ends below its start (write it low-high)"
+                )
             }
             CpuListError::TooLarge(cpu) => write!(f, "CPU {cpu} is above the maximum {MAX_CPU}"),
             CpuListError::Duplicate(cpu) => write!(f, "CPU {cpu} is listed twice"),

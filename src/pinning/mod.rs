@@ -17,7 +17,10 @@ pub use plan::{CpuAffinity, PlacementError, PlacementPlan, WorkerPlacement};
 #[cfg(target_os = "linux")]
 pub fn pin_current_thread(cpu: u32) -> io::Result<()> {
     if cpu > MAX_CPU {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is above {MAX_CPU}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is above {MAX_CPU}"),
+        ));
     }
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -27,7 +30,10 @@ pub fn pin_current_thread(cpu: u32) -> io::Result<()> {
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("sched_setaffinity(CPU {cpu}): {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("sched_setaffinity(CPU {cpu}): {e}"),
+        ));
     }
     Ok(())
 }
@@ -44,16 +50,22 @@ pub fn current_thread_cpus() -> io::Result<Vec<u32>> {
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: every index is < CPU_SETSIZE, inside `set`.
-    Ok((0..=MAX_CPU).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu as usize, &set) }).collect())
+    Ok((0..=MAX_CPU)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu as usize, &set) })
+        .collect())
 }
 
 /// The PUs the calling thread may run on: unsupported off Linux.
 #[cfg(not(target_os = "linux"))]
 pub fn current_thread_cpus() -> io::Result<Vec<u32>> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "thread affinity is only read on Linux"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "thread affinity is only read on Linux",
+    ))
 }

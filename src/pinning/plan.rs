@@ -29,7 +29,9 @@ pub enum CpuAffinity {
 
 impl Default for CpuAffinity {
     fn default() -> CpuAffinity {
-        CpuAffinity::Spread { preferred_node: None }
+        CpuAffinity::Spread {
+            preferred_node: None,
+        }
     }
 }
 
@@ -66,14 +68,24 @@ impl PlacementPlan {
     ///
     /// More workers than PUs (or than listed CPUs) wrap around, so some PUs get two workers;
     /// [`is_oversubscribed`](Self::is_oversubscribed) says so, and the caller should warn.
-    pub fn new(topology: &Topology, workers: usize, affinity: &CpuAffinity) -> Result<PlacementPlan, PlacementError> {
+    pub fn new(
+        topology: &Topology,
+        workers: usize,
+        affinity: &CpuAffinity,
+    ) -> Result<PlacementPlan, PlacementError> {
         if workers == 0 {
             return Err(PlacementError::NoWorkers);
         }
         let placements = match affinity {
             CpuAffinity::Off => {
                 let order = node_order(topology, None)?;
-                (0..workers).map(|w| WorkerPlacement { worker: w, cpu: None, node: order[w % order.len()] }).collect()
+                (0..workers)
+                    .map(|w| WorkerPlacement {
+                        worker: w,
+                        cpu: None,
+                        node: order[w % order.len()],
+                    })
+                    .collect()
             }
             CpuAffinity::Spread { preferred_node } => {
                 let order = node_order(topology, *preferred_node)?;
@@ -81,28 +93,41 @@ impl PlacementPlan {
                 (0..workers)
                     .map(|w| {
                         let (cpu, node) = slots[w % slots.len()];
-                        WorkerPlacement { worker: w, cpu: Some(cpu), node }
+                        WorkerPlacement {
+                            worker: w,
+                            cpu: Some(cpu),
+                            node,
+                        }
                     })
                     .collect()
             }
             CpuAffinity::Cpus(list) => {
                 let mut slots = Vec::with_capacity(list.cpus().len());
                 for &cpu in list.cpus() {
-                    let node = topology.node_of_pu(cpu).ok_or_else(|| PlacementError::UnknownCpu {
-                        cpu,
-                        available: format_sorted(&all_pus(topology)),
-                    })?;
+                    let node =
+                        topology
+                            .node_of_pu(cpu)
+                            .ok_or_else(|| PlacementError::UnknownCpu {
+                                cpu,
+                                available: format_sorted(&all_pus(topology)),
+                            })?;
                     slots.push((cpu, node));
                 }
                 (0..workers)
                     .map(|w| {
                         let (cpu, node) = slots[w % slots.len()];
-                        WorkerPlacement { worker: w, cpu: Some(cpu), node }
+                        WorkerPlacement {
+                            worker: w,
+                            cpu: Some(cpu),
+                            node,
+                        }
                     })
                     .collect()
             }
         };
-        Ok(PlacementPlan { workers: placements })
+        Ok(PlacementPlan {
+            workers: placements,
+        })
     }
 
     /// One entry per worker, in worker order.
@@ -142,7 +167,11 @@ impl PlacementPlan {
 impl fmt::Display for PlacementPlan {
     /// `placement (pinned): worker 0 cpu 0 node 0, worker 1 cpu 2 node 1`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = if self.is_pinned() { "pinned" } else { "not pinned" };
+        let mode = if self.is_pinned() {
+            "pinned"
+        } else {
+            "not pinned"
+        };
         write!(f, "placement ({mode}):")?;
         for (i, w) in self.workers.iter().enumerate() {
             let sep = if i == 0 { " " } else { ", " };
@@ -159,10 +188,14 @@ impl fmt::Display for PlacementPlan {
 fn node_order(topology: &Topology, preferred: Option<u32>) -> Result<Vec<u32>, PlacementError> {
     let mut order: Vec<u32> = topology.nodes().iter().map(|n| n.os_index()).collect();
     if let Some(node) = preferred {
-        let at = order.iter().position(|&n| n == node).ok_or_else(|| PlacementError::UnknownNode {
-            node,
-            available: format_sorted(&order),
-        })?;
+        let at =
+            order
+                .iter()
+                .position(|&n| n == node)
+                .ok_or_else(|| PlacementError::UnknownNode {
+                    node,
+                    available: format_sorted(&order),
+                })?;
         order.remove(at);
         order.insert(0, node);
     }
@@ -174,12 +207,20 @@ fn interleave(topology: &Topology, order: &[u32]) -> Vec<(u32, u32)> {
     let nodes: Vec<_> = order.iter().filter_map(|&n| topology.node(n)).collect();
     let deepest = nodes.iter().map(|n| n.pus().len()).max().unwrap_or(0);
     (0..deepest)
-        .flat_map(|round| nodes.iter().filter_map(move |n| n.pus().get(round).map(|&pu| (pu, n.os_index()))))
+        .flat_map(|round| {
+            nodes
+                .iter()
+                .filter_map(move |n| n.pus().get(round).map(|&pu| (pu, n.os_index())))
+        })
         .collect()
 }
 
 fn all_pus(topology: &Topology) -> Vec<u32> {
-    topology.nodes().iter().flat_map(|n| n.pus().iter().copied()).collect()
+    topology
+        .nodes()
+        .iter()
+        .flat_map(|n| n.pus().iter().copied())
+        .collect()
 }
 
 /// Why no placement could be made.
@@ -211,7 +252,10 @@ impl fmt::Display for PlacementError {
                 write!(f, "NUMA node {node} does not exist (nodes: {available})")
             }
             PlacementError::UnknownCpu { cpu, available } => {
-                write!(f, "CPU {cpu} is not available to this process (available: {available})")
+                write!(
+                    f,
+                    "CPU {cpu} is not available to this process (available: {available})"
+                )
             }
         }
     }

@@ -54,7 +54,10 @@ pub struct SystemBacking {
 impl SystemBacking {
     /// A backing that binds through `topology` when it is the running machine.
     pub fn new(topology: &Topology) -> SystemBacking {
-        SystemBacking { topology: topology.clone(), warned: AtomicBool::new(false) }
+        SystemBacking {
+            topology: topology.clone(),
+            warned: AtomicBool::new(false),
+        }
     }
 }
 
@@ -122,12 +125,14 @@ unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
 fn map_zeroed(len: usize) -> io::Result<NonNull<u8>> {
     let layout = std::alloc::Layout::from_size_align(len, 4096).map_err(io::Error::other)?;
     // SAFETY: len > 0 (pools never ask for empty slabs).
-    NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
+    NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+        .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
 }
 
 #[cfg(not(unix))]
 unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
-    let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout was valid at allocation");
+    let layout =
+        std::alloc::Layout::from_size_align(len, 4096).expect("layout was valid at allocation");
     // SAFETY: allocated by map_zeroed with this layout; the caller guarantees it is unused.
     unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
 }

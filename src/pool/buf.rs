@@ -49,8 +49,21 @@ impl fmt::Display for BufferFull {
 impl std::error::Error for BufferFull {}
 
 impl PooledBuf {
-    pub(crate) fn new(block: Block, capacity: usize, class: usize, node_idx: usize, home: Home) -> PooledBuf {
-        PooledBuf { ptr: block.0, len: 0, capacity, class, node_idx, home }
+    pub(crate) fn new(
+        block: Block,
+        capacity: usize,
+        class: usize,
+        node_idx: usize,
+        home: Home,
+    ) -> PooledBuf {
+        PooledBuf {
+            ptr: block.0,
+            len: 0,
+            capacity,
+            class,
+            node_idx,
+            home,
+        }
     }
 
     /// Bytes filled.
@@ -76,7 +89,12 @@ impl PooledBuf {
     /// The unfilled part, `[len, capacity)`, to read into. Follow with [`commit`](Self::commit).
     pub fn spare_mut(&mut self) -> &mut [u8] {
         // SAFETY: [len, capacity) is inside our block, initialised, and borrowed mutably via self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.capacity - self.len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(self.len),
+                self.capacity - self.len,
+            )
+        }
     }
 
     /// Marks `n` more bytes of the spare part as filled.
@@ -84,7 +102,11 @@ impl PooledBuf {
     /// # Panics
     /// If `n` exceeds the spare capacity.
     pub fn commit(&mut self, n: usize) {
-        assert!(n <= self.capacity - self.len, "commit({n}) beyond spare capacity {}", self.capacity - self.len);
+        assert!(
+            n <= self.capacity - self.len,
+            "commit({n}) beyond spare capacity {}",
+            self.capacity - self.len
+        );
         self.len += n;
     }
 
@@ -93,7 +115,11 @@ impl PooledBuf {
     /// # Panics
     /// If `len` exceeds the capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity, "set_len({len}) beyond capacity {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "set_len({len}) beyond capacity {}",
+            self.capacity
+        );
         self.len = len;
     }
 

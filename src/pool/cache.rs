@@ -54,15 +54,27 @@ pub struct WorkerCache {
 impl WorkerCache {
     pub(crate) fn new(shared: Arc<Shared>, node_idx: usize) -> WorkerCache {
         let classes = shared.classes.len();
-        let capacity: Vec<usize> =
-            (0..classes).map(|class| shared.config.cache_capacity(shared.classes.size(class))).collect();
-        let free = capacity.iter().map(|&cap| Vec::with_capacity(cap)).collect();
+        let capacity: Vec<usize> = (0..classes)
+            .map(|class| shared.config.cache_capacity(shared.classes.size(class)))
+            .collect();
+        let free = capacity
+            .iter()
+            .map(|&cap| Vec::with_capacity(cap))
+            .collect();
         let counters = Arc::new(CacheCounters {
             node_idx,
             classes: (0..classes).map(|_| ClassCounters::default()).collect(),
         });
         shared.lock_caches().push(counters.clone());
-        WorkerCache { inner: Rc::new(CacheInner { shared, node_idx, free: RefCell::new(free), capacity, counters }) }
+        WorkerCache {
+            inner: Rc::new(CacheInner {
+                shared,
+                node_idx,
+                free: RefCell::new(free),
+                capacity,
+                counters,
+            }),
+        }
     }
 
     /// A buffer of at least `size` bytes (empty, `capacity()` = its size class), from
@@ -80,9 +92,13 @@ impl WorkerCache {
             return shared.get(node_idx, class, true);
         }
         match self.inner.take(class) {
-            Ok(block) => {
-                Ok(PooledBuf::new(block, shared.classes.size(class), class, node_idx, Home::Cache(self.inner.clone())))
-            }
+            Ok(block) => Ok(PooledBuf::new(
+                block,
+                shared.classes.size(class),
+                class,
+                node_idx,
+                Home::Cache(self.inner.clone()),
+            )),
             // This node is at its limit: try the others.
             Err(PoolError::Exhausted { .. }) => shared.get(node_idx, class, false),
             Err(e) => Err(e),
@@ -104,13 +120,18 @@ impl WorkerCache {
 
     /// Most free buffers of the size class for `size` this cache keeps before spilling.
     pub fn capacity(&self, size: usize) -> usize {
-        self.inner.shared.class_for(size).map_or(0, |class| self.inner.capacity[class])
+        self.inner
+            .shared
+            .class_for(size)
+            .map_or(0, |class| self.inner.capacity[class])
     }
 }
 
 impl std::fmt::Debug for WorkerCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerCache").field("node", &self.node()).finish_non_exhaustive()
+        f.debug_struct("WorkerCache")
+            .field("node", &self.node())
+            .finish_non_exhaustive()
     }
 }
 
@@ -201,7 +222,9 @@ impl Drop for CacheInner {
         for (class, counters) in self.counters.classes.iter().enumerate() {
             let shared = &node.classes[class].counters;
             shared.hits.fetch_add(counters.hits.load(Relaxed), Relaxed);
-            shared.misses.fetch_add(counters.misses.load(Relaxed), Relaxed);
+            shared
+                .misses
+                .fetch_add(counters.misses.load(Relaxed), Relaxed);
             shared.puts.fetch_add(counters.puts.load(Relaxed), Relaxed);
         }
         caches.retain(|c| !Arc::ptr_eq(c, &self.counters));

@@ -50,7 +50,9 @@ impl PoolConfig {
             if value.is_power_of_two() && value <= MAX_CLASS_SIZE {
                 Ok(())
             } else {
-                Err(PoolConfigError(format!("{name} must be a power of two up to 1 GiB, not {value}")))
+                Err(PoolConfigError(format!(
+                    "{name} must be a power of two up to 1 GiB, not {value}"
+                )))
             }
         };
         power_of_two("min_buffer", self.min_buffer)?;
@@ -68,14 +70,21 @@ impl PoolConfig {
             )));
         }
         if self.max_buffers_per_class == 0 {
-            return Err(PoolConfigError("max_buffers_per_class must be at least 1".into()));
+            return Err(PoolConfigError(
+                "max_buffers_per_class must be at least 1".into(),
+            ));
         }
-        Ok(SizeClasses { min_shift: self.min_buffer.trailing_zeros(), max_shift: self.max_buffer.trailing_zeros() })
+        Ok(SizeClasses {
+            min_shift: self.min_buffer.trailing_zeros(),
+            max_shift: self.max_buffer.trailing_zeros(),
+        })
     }
 
     /// Capacity of a class's free queue: the most buffers of that class a node can ever have.
     pub(crate) fn class_limit(&self, size: usize) -> usize {
-        self.max_buffers_per_class.min(self.node_budget / size).max(1)
+        self.max_buffers_per_class
+            .min(self.node_budget / size)
+            .max(1)
     }
 
     /// How many buffers of `size` a worker cache keeps.
@@ -112,7 +121,11 @@ impl SizeClasses {
         if size > 1 << self.max_shift {
             return None;
         }
-        let shift = size.max(1).next_power_of_two().trailing_zeros().max(self.min_shift);
+        let shift = size
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(self.min_shift);
         Some((shift - self.min_shift) as usize)
     }
 
@@ -193,9 +206,26 @@ mod tests {
     #[test]
     fn rejects_inconsistent_configs() {
         let bad = |c: PoolConfig| c.size_classes().unwrap_err().to_string();
-        assert!(bad(PoolConfig { min_buffer: 3000, ..Default::default() }).contains("min_buffer"));
-        assert!(bad(PoolConfig { min_buffer: 4096, max_buffer: 2048, ..Default::default() }).contains("below"));
-        assert!(bad(PoolConfig { node_budget: MIB, ..Default::default() }).contains("node_budget"));
-        assert!(bad(PoolConfig { max_buffers_per_class: 0, ..Default::default() }).contains("at least 1"));
+        assert!(bad(PoolConfig {
+            min_buffer: 3000,
+            ..Default::default()
+        })
+        .contains("min_buffer"));
+        assert!(bad(PoolConfig {
+            min_buffer: 4096,
+            max_buffer: 2048,
+            ..Default::default()
+        })
+        .contains("below"));
+        assert!(bad(PoolConfig {
+            node_budget: MIB,
+            ..Default::default()
+        })
+        .contains("node_budget"));
+        assert!(bad(PoolConfig {
+            max_buffers_per_class: 0,
+            ..Default::default()
+        })
+        .contains("at least 1"));
     }
 }

@@ -21,6 +21,7 @@ mod config;
 mod node;
 mod stats;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use backing::{Backing, Region, SystemBacking};
@@ -33,7 +34,6 @@ use self::buf::Home;
 use self::cache::CacheCounters;
 use self::config::SizeClasses;
 use self::node::NodePool;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::topology::Topology;
 
@@ -68,16 +68,28 @@ impl PoolManager {
         backing: Arc<dyn Backing>,
     ) -> Result<PoolManager, PoolConfigError> {
         let classes = config.size_classes()?;
-        let nodes: Vec<NodePool> =
-            topology.nodes().iter().map(|n| NodePool::new(n.os_index(), &config, &classes)).collect();
+        let nodes: Vec<NodePool> = topology
+            .nodes()
+            .iter()
+            .map(|n| NodePool::new(n.os_index(), &config, &classes))
+            .collect();
         let pu_nodes = topology
             .nodes()
             .iter()
             .enumerate()
             .flat_map(|(idx, n)| n.pus().iter().map(move |&pu| (pu, idx)))
             .collect();
-        let shared = Shared { config, classes, nodes, backing, pu_nodes, caches: Mutex::new(Vec::new()) };
-        Ok(PoolManager { shared: Arc::new(shared) })
+        let shared = Shared {
+            config,
+            classes,
+            nodes,
+            backing,
+            pu_nodes,
+            caches: Mutex::new(Vec::new()),
+        };
+        Ok(PoolManager {
+            shared: Arc::new(shared),
+        })
     }
 
     /// A buffer of at least `size` bytes (empty; `capacity()` is its size class) from node
@@ -118,26 +130,42 @@ impl PoolManager {
 
 impl std::fmt::Debug for PoolManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolManager").field("nodes", &self.nodes()).field("config", self.config()).finish()
+        f.debug_struct("PoolManager")
+            .field("nodes", &self.nodes())
+            .field("config", self.config())
+            .finish()
     }
 }
 
 impl Shared {
     fn class_for(&self, size: usize) -> Result<usize, PoolError> {
-        self.classes.class_for(size).ok_or(PoolError::TooLarge { requested: size, max: self.classes.max_size() })
+        self.classes.class_for(size).ok_or(PoolError::TooLarge {
+            requested: size,
+            max: self.classes.max_size(),
+        })
     }
 
     fn node_index(&self, node: u32) -> Result<usize, PoolError> {
-        self.nodes.iter().position(|n| n.node == node).ok_or(PoolError::UnknownNode(node))
+        self.nodes
+            .iter()
+            .position(|n| n.node == node)
+            .ok_or(PoolError::UnknownNode(node))
     }
 
     fn current_node_index(&self) -> usize {
-        current_cpu().and_then(|cpu| self.pu_nodes.iter().find(|(pu, _)| *pu == cpu)).map_or(0, |&(_, idx)| idx)
+        current_cpu()
+            .and_then(|cpu| self.pu_nodes.iter().find(|(pu, _)| *pu == cpu))
+            .map_or(0, |&(_, idx)| idx)
     }
 
     /// Takes a buffer of `class` from the shared queues: node `first` (unless `try_first` is
     /// false, when the caller already found it exhausted), then the others.
-    fn get(self: &Arc<Self>, first: usize, class: usize, try_first: bool) -> Result<PooledBuf, PoolError> {
+    fn get(
+        self: &Arc<Self>,
+        first: usize,
+        class: usize,
+        try_first: bool,
+    ) -> Result<PooledBuf, PoolError> {
         let others = (0..self.nodes.len()).filter(|&idx| idx != first);
         let first = std::iter::once(first).filter(|_| try_first);
         for node_idx in first.chain(others) {
@@ -163,9 +191,17 @@ impl Shared {
                     Err(e) => return Err(e),
                 }
             };
-            return Ok(PooledBuf::new(block, pool.size, class, node_idx, Home::Shared(self.clone())));
+            return Ok(PooledBuf::new(
+                block,
+                pool.size,
+                class,
+                node_idx,
+                Home::Shared(self.clone()),
+            ));
         }
-        Err(PoolError::Exhausted { size: self.classes.size(class) })
+        Err(PoolError::Exhausted {
+            size: self.classes.size(class),
+        })
     }
 
     /// Takes back a buffer handed out by [`Shared::get`].
@@ -176,7 +212,9 @@ impl Shared {
     }
 
     fn lock_caches(&self) -> MutexGuard<'_, Vec<Arc<CacheCounters>>> {
-        self.caches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.caches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

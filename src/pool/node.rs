@@ -92,7 +92,11 @@ impl NodePool {
             node,
             classes,
             budget: config.node_budget,
-            growth: Mutex::new(Growth { slabs: Vec::new(), reserved: 0, bound: 0 }),
+            growth: Mutex::new(Growth {
+                slabs: Vec::new(),
+                reserved: 0,
+                bound: 0,
+            }),
         }
     }
 
@@ -106,20 +110,37 @@ impl NodePool {
 
     /// Takes a new slab for `class` from the backing: up to `config.slab_buffers` blocks, fewer
     /// if the class limit or the node budget is close. `Exhausted` when not even one fits.
-    pub fn grow(&self, class: usize, config: &PoolConfig, backing: &dyn Backing) -> Result<Carved, PoolError> {
+    pub fn grow(
+        &self,
+        class: usize,
+        config: &PoolConfig,
+        backing: &dyn Backing,
+    ) -> Result<Carved, PoolError> {
         let pool = &self.classes[class];
         let size = pool.size;
-        let mut growth = self.growth.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut growth = self
+            .growth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let allocated = pool.allocated.load(Relaxed);
         let room_in_class = pool.free.capacity() - allocated;
         let room_in_budget = (self.budget - growth.reserved) / size;
-        let count = config.slab_buffers(size).min(room_in_class).min(room_in_budget);
+        let count = config
+            .slab_buffers(size)
+            .min(room_in_class)
+            .min(room_in_budget);
         if count == 0 {
             return Err(PoolError::Exhausted { size });
         }
         let len = count * size;
-        let region = backing.allocate(self.node, len).map_err(|e| PoolError::Backing(e.to_string()))?;
-        let carved = Carved { base: region.ptr, size, count };
+        let region = backing
+            .allocate(self.node, len)
+            .map_err(|e| PoolError::Backing(e.to_string()))?;
+        let carved = Carved {
+            base: region.ptr,
+            size,
+            count,
+        };
         growth.reserved += len;
         if region.bound {
             growth.bound += len;
@@ -131,7 +152,10 @@ impl NodePool {
 
     /// (reserved bytes, bytes bound to the node).
     pub fn reserved(&self) -> (usize, usize) {
-        let growth = self.growth.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let growth = self
+            .growth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         (growth.reserved, growth.bound)
     }
 
@@ -141,7 +165,10 @@ impl NodePool {
 
     /// Gives every slab back to the backing. Only when no block is in use any more.
     pub fn release_all(&mut self, backing: &dyn Backing) {
-        let growth = self.growth.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let growth = self
+            .growth
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for region in growth.slabs.drain(..) {
             // SAFETY: called from the pool manager's drop, when no buffer or cache is left.
             unsafe { backing.release(region) };

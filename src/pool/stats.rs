@@ -86,7 +86,11 @@ impl PoolStats {
     }
     /// Exhausted gets on all nodes.
     pub fn exhausted(&self) -> u64 {
-        self.nodes.iter().flat_map(|n| &n.classes).map(|c| c.exhausted).sum()
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.classes)
+            .map(|c| c.exhausted)
+            .sum()
     }
     /// The stats of node `node` (OS index).
     pub fn node(&self, node: u32) -> Option<&NodeStats> {
@@ -108,8 +112,11 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolStats {
                 .enumerate()
                 .map(|(class, pool)| {
                     let c = &pool.counters;
-                    let (mut hits, mut misses, mut puts) =
-                        (c.hits.load(Relaxed), c.misses.load(Relaxed), c.puts.load(Relaxed));
+                    let (mut hits, mut misses, mut puts) = (
+                        c.hits.load(Relaxed),
+                        c.misses.load(Relaxed),
+                        c.puts.load(Relaxed),
+                    );
                     for cache in caches.iter().filter(|cache| cache.node_idx == idx) {
                         let cc = &cache.classes[class];
                         hits += cc.hits.load(Relaxed);
@@ -128,7 +135,13 @@ pub(crate) fn snapshot(shared: &Shared) -> PoolStats {
                 })
                 .collect();
             let (reserved_bytes, bound_bytes) = node.reserved();
-            NodeStats { node: node.node, reserved_bytes, bound_bytes, budget_bytes: node.budget(), classes }
+            NodeStats {
+                node: node.node,
+                reserved_bytes,
+                bound_bytes,
+                budget_bytes: node.budget(),
+                classes,
+            }
         })
         .collect();
     PoolStats { nodes }

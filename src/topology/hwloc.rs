@@ -68,13 +68,17 @@ const MEMBIND_BYNODESET: c_int = 1 << 5;
 #[link(name = "hwloc")]
 extern "C" {
     fn hwloc_topology_init(topology: *mut *mut RawTopology) -> c_int;
-    fn hwloc_topology_set_synthetic(topology: *mut RawTopology, description: *const c_char) -> c_int;
+    fn hwloc_topology_set_synthetic(
+        topology: *mut RawTopology,
+        description: *const c_char,
+    ) -> c_int;
     fn hwloc_topology_load(topology: *mut RawTopology) -> c_int;
     fn hwloc_topology_destroy(topology: *mut RawTopology);
     fn hwloc_topology_is_thissystem(topology: *mut RawTopology) -> c_int;
     fn hwloc_get_type_depth(topology: *mut RawTopology, obj_type: c_int) -> c_int;
     fn hwloc_get_nbobjs_by_depth(topology: *mut RawTopology, depth: c_int) -> c_uint;
-    fn hwloc_get_obj_by_depth(topology: *mut RawTopology, depth: c_int, idx: c_uint) -> *mut RawObj;
+    fn hwloc_get_obj_by_depth(topology: *mut RawTopology, depth: c_int, idx: c_uint)
+        -> *mut RawObj;
     fn hwloc_bitmap_alloc() -> *mut RawBitmap;
     fn hwloc_bitmap_free(bitmap: *mut RawBitmap);
     fn hwloc_bitmap_only(bitmap: *mut RawBitmap, id: c_uint) -> c_int;
@@ -173,7 +177,11 @@ impl Hwloc {
     /// Every processing unit, in logical order.
     pub fn processing_units(&self) -> Vec<RawPu> {
         self.objects(OBJ_PU)
-            .map(|pu| RawPu { os_index: pu.os_index, core: core_of(pu), node: first_bit(pu.nodeset) })
+            .map(|pu| RawPu {
+                os_index: pu.os_index,
+                core: core_of(pu),
+                node: first_bit(pu.nodeset),
+            })
             .collect()
     }
 

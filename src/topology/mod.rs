@@ -71,10 +71,18 @@ impl Topology {
             description: description.to_string(),
             reason: e,
         })?;
-        Self::from_hwloc(hwloc, TopologySource::Synthetic(description.to_string()), false)
+        Self::from_hwloc(
+            hwloc,
+            TopologySource::Synthetic(description.to_string()),
+            false,
+        )
     }
 
-    fn from_hwloc(hwloc: Hwloc, source: TopologySource, this_system: bool) -> Result<Topology, TopologyError> {
+    fn from_hwloc(
+        hwloc: Hwloc,
+        source: TopologySource,
+        this_system: bool,
+    ) -> Result<Topology, TopologyError> {
         let node_ids = hwloc.numa_nodes();
         let first_node = *node_ids.first().ok_or(TopologyError::NoNumaNode)?;
         // node -> core -> PUs of that core, cores in logical order; a PU whose core hwloc does
@@ -83,12 +91,20 @@ impl Topology {
             node_ids.iter().map(|&n| (n, BTreeMap::new())).collect();
         let mut pu_count = 0;
         for pu in hwloc.processing_units() {
-            let node = pu.node.filter(|n| by_node.contains_key(n)).unwrap_or(first_node);
+            let node = pu
+                .node
+                .filter(|n| by_node.contains_key(n))
+                .unwrap_or(first_node);
             let core = match pu.core {
                 Some(core) => (false, core),
                 None => (true, pu.os_index),
             };
-            by_node.entry(node).or_default().entry(core).or_default().push(pu.os_index);
+            by_node
+                .entry(node)
+                .or_default()
+                .entry(core)
+                .or_default()
+                .push(pu.os_index);
             pu_count += 1;
         }
         if pu_count == 0 {
@@ -96,10 +112,17 @@ impl Topology {
         }
         let nodes = by_node
             .into_iter()
-            .map(|(os_index, cores)| NumaNode { os_index, pus: spread(cores.into_values().collect()) })
+            .map(|(os_index, cores)| NumaNode {
+                os_index,
+                pus: spread(cores.into_values().collect()),
+            })
             .collect();
         let system = this_system.then(|| Arc::new(hwloc));
-        Ok(Topology { nodes, source, system })
+        Ok(Topology {
+            nodes,
+            source,
+            system,
+        })
     }
 
     /// The NUMA nodes, by ascending OS index. Never empty.
@@ -114,7 +137,10 @@ impl Topology {
 
     /// The NUMA node of processing unit `pu` (OS index), if the topology has that PU.
     pub fn node_of_pu(&self, pu: u32) -> Option<u32> {
-        self.nodes.iter().find(|n| n.pus.contains(&pu)).map(|n| n.os_index)
+        self.nodes
+            .iter()
+            .find(|n| n.pus.contains(&pu))
+            .map(|n| n.os_index)
     }
 
     /// Number of processing units on all nodes.
@@ -146,7 +172,10 @@ impl Topology {
 
     fn system_hwloc(&self) -> io::Result<&Hwloc> {
         self.system.as_deref().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::Unsupported, "synthetic topology: not the running machine")
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "synthetic topology: not the running machine",
+            )
         })
     }
 }
@@ -154,12 +183,17 @@ impl Topology {
 /// Interleaves the PUs of the cores: first PU of each core, then the second of each, ...
 fn spread(cores: Vec<Vec<u32>>) -> Vec<u32> {
     let deepest = cores.iter().map(Vec::len).max().unwrap_or(0);
-    (0..deepest).flat_map(|round| cores.iter().filter_map(move |pus| pus.get(round).copied())).collect()
+    (0..deepest)
+        .flat_map(|round| cores.iter().filter_map(move |pus| pus.get(round).copied()))
+        .collect()
 }
 
 impl fmt::Debug for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Topology").field("nodes", &self.nodes).field("source", &self.source).finish()
+        f.debug_struct("Topology")
+            .field("nodes", &self.nodes)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -170,7 +204,12 @@ impl fmt::Display for Topology {
         write!(f, "{} NUMA node{plural}:", self.nodes.len())?;
         for (i, node) in self.nodes.iter().enumerate() {
             let sep = if i == 0 { " " } else { ", " };
-            write!(f, "{sep}node {} cpus {}", node.os_index, format_sorted(&node.pus))?;
+            write!(
+                f,
+                "{sep}node {} cpus {}",
+                node.os_index,
+                format_sorted(&node.pus)
+            )?;
         }
         if let TopologySource::Synthetic(description) = &self.source {
             write!(f, " (synthetic \"{description}\")")?;
