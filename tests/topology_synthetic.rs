@@ -1,7 +1,7 @@
 //! Topology from hwloc: synthetic machines (so multi-node logic runs on a one-node machine) and
 //! the real one.
 
-use hioload_ws::pinning::current_thread_cpus;
+use hioload_ws::pinning::{current_thread_cpus, CpuList};
 use hioload_ws::topology::{Topology, TopologyError, TopologySource};
 
 #[test]
@@ -71,17 +71,11 @@ fn discovers_the_running_machine() {
         .collect();
     pus.sort_unstable();
     assert_eq!(pus, allowed);
-    let expected_nodes = std::fs::read_dir("/sys/devices/system/node")
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.strip_prefix("node")
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                })
-                .count()
-        })
-        .unwrap_or(1);
-    assert_eq!(topo.nodes().len(), expected_nodes.max(1));
+    // ... and exactly the NUMA nodes it may allocate from, as the kernel lists them.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mems = status.lines().find_map(|l| l.strip_prefix("Mems_allowed_list:")).unwrap();
+    let mut allowed: Vec<u32> = mems.trim().parse::<CpuList>().unwrap().cpus().to_vec();
+    allowed.sort_unstable();
+    let nodes: Vec<u32> = topo.nodes().iter().map(|n| n.os_index()).collect();
+    assert_eq!(nodes, allowed);
 }
