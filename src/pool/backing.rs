@@ -1,9 +1,11 @@
 //! Where pool memory comes from: the seam between the pools and an allocator.
 //!
 //! Pools take memory in slabs, one slab per refill of a size class, and keep it until the pool
-//! manager is dropped. [`SystemBacking`] maps anonymous memory, binds it to the node through hwloc
-//! and touches every page at once, so the hot path never page-faults and the pages sit on the
-//! node. In DPDK mode a backing over `rte_zmalloc_socket` / `rte_free` drops in here unchanged.
+//! manager is dropped. A slab is a [`Region`]: a pointer and length plus the object that owns the
+//! memory, so dropping the region frees it through whatever allocator made it.
+//! [`SystemBacking`] maps anonymous memory, binds it to the node through hwloc and touches every
+//! page at once, so the hot path never page-faults and the pages sit on the node. In DPDK mode a
+//! backing that wraps `hioload_dpdk::NumaBuf` (`rte_zmalloc_socket` / `rte_free`) drops in here.
 
 use std::io;
 use std::ptr::NonNull;
@@ -11,33 +13,74 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::topology::Topology;
 
-/// A slab of memory handed to a pool.
-#[derive(Debug)]
+/// A slab of memory handed to a pool. Dropping it releases the memory (by dropping its owner).
 pub struct Region {
-    /// Start of the memory; aligned to at least 4 KiB.
-    pub ptr: NonNull<u8>,
-    /// Length in bytes.
-    pub len: usize,
-    /// Whether the memory is bound to the node it was asked for.
-    pub bound: bool,
+    ptr: NonNull<u8>,
+    len: usize,
+    bound: bool,
+    _owner: Box<dyn Send>,
 }
 
-// SAFETY: a Region is an owned allocation; nothing ties it to the thread that made it.
+// SAFETY: a Region is exclusive ownership of its memory (and a `Send` owner); nothing ties it to
+// the thread that made it.
 unsafe impl Send for Region {}
 
-/// A source of node-local memory for the pools.
-///
-/// Implementations must return zero-filled (initialised) memory, aligned to 4 KiB, that stays
-/// valid until passed to [`Backing::release`]: pools hand it out as `&mut [u8]`.
-pub trait Backing: Send + Sync + 'static {
-    /// Allocates `len` bytes on NUMA node `node` (OS index).
-    fn allocate(&self, node: u32, len: usize) -> io::Result<Region>;
-
-    /// Returns a region to the system.
+impl Region {
+    /// Wraps memory that `owner` keeps alive and frees when dropped.
     ///
     /// # Safety
-    /// `region` came from this backing's `allocate` and no reference into it remains.
-    unsafe fn release(&self, region: Region);
+    /// `[ptr, ptr + len)` must be zero-filled (or otherwise initialised), aligned to 4 KiB,
+    /// used by nothing else, and stay valid and in place until `owner` is dropped (moving the
+    /// owner must not move the memory, as with a heap allocation).
+    pub unsafe fn new(
+        ptr: NonNull<u8>,
+        len: usize,
+        bound: bool,
+        owner: impl Send + 'static,
+    ) -> Region {
+        Region {
+            ptr,
+            len,
+            bound,
+            _owner: Box::new(owner),
+        }
+    }
+
+    /// Start of the memory.
+    pub fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the memory is bound to the node it was asked for.
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+/// A source of node-local memory for the pools.
+pub trait Backing: Send + Sync + 'static {
+    /// Allocates `len` bytes (a multiple of 2 KiB) on NUMA node `node` (OS index).
+    fn allocate(&self, node: u32, len: usize) -> io::Result<Region>;
 }
 
 /// Anonymous memory bound to its node with hwloc (`hwloc_set_area_membind`, non-strict BIND; on
@@ -63,9 +106,12 @@ impl SystemBacking {
 
 impl Backing for SystemBacking {
     fn allocate(&self, node: u32, len: usize) -> io::Result<Region> {
-        let ptr = map_zeroed(len)?;
+        let mapping = Mapping {
+            ptr: map_zeroed(len)?,
+            len,
+        };
         let bound = if self.topology.is_this_system() {
-            match self.topology.bind_memory(ptr.as_ptr(), len, node) {
+            match self.topology.bind_memory(mapping.ptr.as_ptr(), len, node) {
                 Ok(()) => true,
                 Err(e) => {
                     if !self.warned.swap(true, Ordering::Relaxed) {
@@ -77,13 +123,27 @@ impl Backing for SystemBacking {
         } else {
             false
         };
-        prefault(ptr, len);
-        Ok(Region { ptr, len, bound })
+        prefault(mapping.ptr, len);
+        let ptr = mapping.ptr;
+        // SAFETY: a fresh zero-filled, page-aligned mapping of `len` bytes, owned by `mapping`
+        // (unmapped when it drops).
+        Ok(unsafe { Region::new(ptr, len, bound, mapping) })
     }
+}
 
-    unsafe fn release(&self, region: Region) {
-        // SAFETY: per this function's contract, `region` is ours and unused.
-        unsafe { unmap(region.ptr, region.len) }
+/// An anonymous mapping, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: owned memory, freed by whichever thread drops it.
+unsafe impl Send for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the Region that owns us is being dropped, so nothing uses it.
+        unsafe { unmap(self.ptr, self.len) }
     }
 }
 

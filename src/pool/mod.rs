@@ -218,14 +218,6 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.release_all(&*self.backing);
-        }
-    }
-}
-
 /// The CPU the calling thread runs on (Linux), for `numa_preferred: None`.
 #[cfg(target_os = "linux")]
 fn current_cpu() -> Option<u32> {

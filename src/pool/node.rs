@@ -40,6 +40,7 @@ pub(crate) struct ClassPool {
 }
 
 struct Growth {
+    /// Every slab of the node; dropped (freed) with the pool, when no buffer or cache is left.
     slabs: Vec<Region>,
     reserved: usize,
     bound: usize,
@@ -137,12 +138,12 @@ impl NodePool {
             .allocate(self.node, len)
             .map_err(|e| PoolError::Backing(e.to_string()))?;
         let carved = Carved {
-            base: region.ptr,
+            base: region.ptr(),
             size,
             count,
         };
         growth.reserved += len;
-        if region.bound {
+        if region.is_bound() {
             growth.bound += len;
         }
         growth.slabs.push(region);
@@ -161,17 +162,5 @@ impl NodePool {
 
     pub fn budget(&self) -> usize {
         self.budget
-    }
-
-    /// Gives every slab back to the backing. Only when no block is in use any more.
-    pub fn release_all(&mut self, backing: &dyn Backing) {
-        let growth = self
-            .growth
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for region in growth.slabs.drain(..) {
-            // SAFETY: called from the pool manager's drop, when no buffer or cache is left.
-            unsafe { backing.release(region) };
-        }
     }
 }
