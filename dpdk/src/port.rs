@@ -477,6 +477,15 @@ impl Port {
         check(OP, unsafe {
             sys::rte_eth_dev_configure(self.id.0, config.rx_queues, config.tx_queues, &conf)
         })?;
+        if let Some(mtu) = config.mtu {
+            // ethdev records rxmode.mtu, but some PMDs (net_tap) apply the MTU only through
+            // their mtu_set op; drivers without one read rxmode.mtu instead.
+            // SAFETY: plain call on a configured, stopped port.
+            let ret = unsafe { sys::rte_eth_dev_set_mtu(self.id.0, mtu) };
+            if ret < 0 && ret != -libc::ENOTSUP {
+                return Err(Error::dpdk("rte_eth_dev_set_mtu", ret));
+            }
+        }
         let (mut nb_rxd, mut nb_txd) = (config.rx_descriptors, config.tx_descriptors);
         // SAFETY: valid out-pointers.
         check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {

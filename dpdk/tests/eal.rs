@@ -558,3 +558,57 @@ fn tap_port_talks_to_kernel_in_namespace() {
         drop(ns);
     });
 }
+
+#[test]
+fn tap_port_configures_rss_offloads_and_mtu_from_capabilities() {
+    isolated(
+        "tap_port_configures_rss_offloads_and_mtu_from_capabilities",
+        || {
+            let tap = format!("hlq{}", std::process::id());
+            let eal = init_eal(&[]);
+            let pool = small_pool(&eal, "tapq", 2047);
+            {
+                let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).unwrap();
+                let info = port.id().info().unwrap();
+                println!("{info:?}");
+                let config = PortConfig {
+                    rx_queues: 2,
+                    tx_queues: 2,
+                    rx_descriptors: 128,
+                    tx_descriptors: 128,
+                    mtu: Some(1400),
+                    ..PortConfig::default()
+                };
+                let configured = port.configure(&config, &[&pool]).unwrap();
+                // What was enabled follows what the device reports, bit for bit.
+                assert_eq!(
+                    configured.rss_hash,
+                    info.rss_offloads & hioload_dpdk::RSS_TCP_4TUPLE
+                );
+                assert_eq!(configured.rss_hash != 0, info.supports_rss_tcp());
+                assert_eq!(configured.rx_checksums, info.rx_checksums());
+                assert_eq!(configured.tx_checksums, info.tx_checksums());
+                assert_eq!((configured.rx_queues, configured.tx_queues), (2, 2));
+                port.start().unwrap();
+                assert_eq!(port.id().mtu().unwrap(), 1400);
+                let link = support::run("ip", &["-o", "link", "show", &tap]);
+                assert!(
+                    link.contains(" mtu 1400 "),
+                    "kernel side has the MTU: {link}"
+                );
+                port.set_mtu(1300).unwrap();
+                assert_eq!(port.id().mtu().unwrap(), 1300);
+                assert_eq!(port.queues().len(), 2);
+                let too_big = PortConfig {
+                    mtu: Some(u16::MAX),
+                    ..config.clone()
+                };
+                port.stop().unwrap();
+                if info.max_mtu < u16::MAX {
+                    assert!(port.configure(&too_big, &[&pool]).is_err());
+                }
+            }
+            assert_pool_full(&pool);
+        },
+    );
+}
