@@ -151,7 +151,8 @@ fn check(op: &'static str, ret: i32) -> Result<()> {
 }
 
 impl PortId {
-    pub(crate) fn new(id: u16) -> PortId {
+    /// The port with this numeric id (e.g. `Mbuf::port()`); every query checks it exists.
+    pub fn new(id: u16) -> PortId {
         PortId(id)
     }
 
