@@ -40,6 +40,8 @@ pub(crate) struct Connection {
     pub out: OutBuf,
     /// `Service::on_close` has been called (the session is over for the application).
     pub reported: bool,
+    /// The poller reported the peer's FIN or an error: read until the read says so.
+    pub hangup: bool,
     /// Backpressure: not read until `out` drains below the soft bound.
     pub read_paused: bool,
     /// In the worker's ready list (has input we have not read yet).
@@ -63,6 +65,7 @@ impl Connection {
             held: 0,
             out: OutBuf::new(),
             reported: false,
+            hangup: false,
             read_paused: false,
             queued_ready: false,
             watched: false,

@@ -155,7 +155,13 @@ impl<S: Service> Worker<S> {
                         if event.is_writable() {
                             self.on_writable(idx);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if hangup {
+                            if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                                conn.hangup = true;
+                            }
+                        }
+                        if event.is_readable() || hangup {
                             self.on_readable(idx);
                         }
                     }
@@ -176,7 +182,7 @@ impl<S: Service> Worker<S> {
                 self.next_tick = now + TICK;
             }
             if let Some(deadline) = self.stop_deadline {
-                if self.live == 0 || now >= deadline {
+                if now >= deadline || self.all_finished() {
                     break;
                 }
             }
@@ -346,8 +352,11 @@ impl<S: Service> Worker<S> {
                 }
                 Ok(n) => {
                     self.process_input(idx, buf, held + n);
-                    // A short read emptied the socket: the next byte brings a new edge.
-                    if cfg!(target_os = "linux") && n < space {
+                    // A short read emptied the socket, and anything arriving later (data, FIN,
+                    // RST) brings a new edge; unless the FIN or RST is already here: then read on
+                    // until the read reports it.
+                    let hangup = self.conns[idx].as_ref().map_or(true, |c| c.hangup);
+                    if cfg!(target_os = "linux") && n < space && !hangup {
                         return;
                     }
                 }
@@ -691,6 +700,13 @@ impl<S: Service> Worker<S> {
             }
         }
         info!(worker = self.index, sessions = closing, "stopping: listener closed, close 1001 sent");
+    }
+
+    /// Whether every connection has completed its close: nothing left to wait for but the peers'
+    /// FINs, which the exit does not need.
+    fn all_finished(&self) -> bool {
+        self.live == 0
+            || self.conns.iter().flatten().all(|c| matches!(c.phase, Phase::Finishing { shut: true }))
     }
 
     fn close_all(&mut self) {
