@@ -25,7 +25,10 @@
 pub mod config;
 pub mod handler;
 pub mod http;
+pub mod pinning;
+pub mod pool;
 pub mod server;
+pub mod topology;
 
 pub use config::{Backpressure, Config, ConfigError, DataPath, Limits};
 pub use handler::{CloseCode, Ctx, Handler, Message, SendError, State};
