@@ -166,6 +166,7 @@ impl Config {
             workers: self.num_workers,
             batch_size: self.batch_size,
             cpu_affinity: self.cpu_affinity,
+            worker_cpus: Vec::new(),
             pool_buffers: self.ring_capacity,
             limits: self.limits.clone(),
             backpressure: self.backpressure.clone(),

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use hioload_fallback::{Conn, Service, Transport};
 use hioload_wsproto::{CloseCode, Event, HttpRequest, UpgradePolicy};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::config::{Config, ConfigError, DataPath};
 use crate::handler::{Ctx, Handler, Message};
 use crate::http::{write_response, HttpHandler, NotFound};
+use crate::pinning::{CpuAffinity, PlacementPlan};
+use crate::topology::Topology;
 
 /// Why a server could not be built or started.
 #[derive(Debug)]
@@ -129,10 +131,38 @@ impl Server {
             http: self.http.clone(),
             route: PathRoute { path: self.cfg.path.clone() },
         };
-        let transport = Transport::start(self.cfg.transport(), Arc::new(service))?;
+        let mut transport_cfg = self.cfg.transport();
+        transport_cfg.worker_cpus = self.placement();
+        let transport = Transport::start(transport_cfg, Arc::new(service))?;
         debug!(addr = %transport.local_addr(), workers = self.cfg.num_workers, path = %self.cfg.path, "server started");
         let _ = self.running.set(transport);
         Ok(())
+    }
+
+    /// The CPU of each worker from the topology-aware placement plan (spread over NUMA nodes,
+    /// distinct cores before SMT siblings); empty when pinning is off or the topology is unknown,
+    /// in which case the transport pins worker `i` to the `i`-th allowed CPU.
+    fn placement(&self) -> Vec<Option<usize>> {
+        if !self.cfg.cpu_affinity {
+            return Vec::new();
+        }
+        let topology = match Topology::discover() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("cannot read the CPU topology ({e}); pinning worker i to the i-th allowed CPU");
+                return Vec::new();
+            }
+        };
+        match PlacementPlan::new(&topology, self.cfg.num_workers, &CpuAffinity::default()) {
+            Ok(plan) => {
+                plan.log();
+                plan.workers().iter().map(|w| w.cpu.map(|c| c as usize)).collect()
+            }
+            Err(e) => {
+                warn!("no placement plan ({e}); pinning worker i to the i-th allowed CPU");
+                Vec::new()
+            }
+        }
     }
 
     /// The bound address (with the real port when port 0 was configured); `None` before `start`.

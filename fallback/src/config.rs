@@ -37,8 +37,12 @@ pub struct TransportConfig {
     pub workers: usize,
     /// Most readiness events taken from the kernel per wait.
     pub batch_size: usize,
-    /// Pin worker `i` to the `i`-th CPU this process may run on (Linux; ignored elsewhere).
+    /// Pin workers to CPUs (Linux; ignored elsewhere): to `worker_cpus[i]` when given, else
+    /// worker `i` to the `i`-th CPU this process may run on.
     pub cpu_affinity: bool,
+    /// The CPU of each worker, from a topology-aware plan (the facade's `PlacementPlan`); empty:
+    /// the transport picks.
+    pub worker_cpus: Vec<Option<usize>>,
     /// How many free receive buffers each worker keeps pooled (more are freed).
     pub pool_buffers: usize,
     /// Protocol limits handed to every session.
@@ -61,6 +65,7 @@ impl Default for TransportConfig {
             workers: 4,
             batch_size: 16,
             cpu_affinity: true,
+            worker_cpus: Vec::new(),
             pool_buffers: 1024,
             limits: Limits::default(),
             backpressure: Backpressure::default(),

@@ -40,7 +40,7 @@ impl Transport {
             sessions: (0..cfg.workers).map(|_| PaddedCounter::default()).collect(),
         });
         let cfg = Arc::new(cfg);
-        let cpus = if cfg.cpu_affinity { affinity::allowed_cpus() } else { Vec::new() };
+        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() { affinity::allowed_cpus() } else { Vec::new() };
 
         let mut workers = Vec::with_capacity(cfg.workers);
         let mut wakers = Vec::with_capacity(cfg.workers);
@@ -52,7 +52,13 @@ impl Transport {
 
         let transport = Transport { local_addr, shared, wakers, threads: Mutex::new(Vec::new()) };
         for (index, worker) in workers.into_iter().enumerate() {
-            let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+            let cpu = if !cfg.cpu_affinity {
+                None
+            } else if !cfg.worker_cpus.is_empty() {
+                cfg.worker_cpus.get(index).copied().flatten()
+            } else {
+                (!cpus.is_empty()).then(|| cpus[index % cpus.len()])
+            };
             let spawned = std::thread::Builder::new().name(format!("hioload-w{index}")).spawn(move || {
                 if let Some(cpu) = cpu {
                     if let Err(e) = affinity::pin_current_thread(cpu) {
