@@ -91,11 +91,18 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn check(ok: bool, field: &'static str, problem: impl FnOnce() -> String) -> Result<(), ConfigError> {
+fn check(
+    ok: bool,
+    field: &'static str,
+    problem: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError { field, problem: problem() })
+        Err(ConfigError {
+            field,
+            problem: problem(),
+        })
     }
 }
 
@@ -105,57 +112,104 @@ impl Config {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.num_workers;
-        check((1..=1024).contains(&n), "num_workers", || format!("must be between 1 and 1024, got {n}"))?;
-        let r = self.ring_capacity;
-        check(r.is_power_of_two() && (64..=65536).contains(&r), "ring_capacity", || {
-            format!("must be a power of two between 64 and 65536, got {r}")
+        check((1..=1024).contains(&n), "num_workers", || {
+            format!("must be between 1 and 1024, got {n}")
         })?;
+        let r = self.ring_capacity;
+        check(
+            r.is_power_of_two() && (64..=65536).contains(&r),
+            "ring_capacity",
+            || format!("must be a power of two between 64 and 65536, got {r}"),
+        )?;
         let b = self.batch_size;
         check((1..=r.min(1024)).contains(&b), "batch_size", || {
-            format!("must be between 1 and min(ring_capacity, 1024) = {}, got {b}", r.min(1024))
+            format!(
+                "must be between 1 and min(ring_capacity, 1024) = {}, got {b}",
+                r.min(1024)
+            )
         })?;
         let s = self.session_shards;
         check(s.is_power_of_two() && s <= 4096, "session_shards", || {
             format!("must be a power of two between 1 and 4096, got {s}")
         })?;
         let p = &self.path;
-        check(p.starts_with('/') && p.len() <= 1024, "path", || format!("must start with '/' (at most 1024 bytes), got {p:?}"))?;
-        check(p.bytes().all(|c| c.is_ascii_graphic()) && !p.contains(['?', '#']), "path", || {
-            format!("must be printable ASCII without spaces, '?' or '#', got {p:?}")
+        check(p.starts_with('/') && p.len() <= 1024, "path", || {
+            format!("must start with '/' (at most 1024 bytes), got {p:?}")
         })?;
+        check(
+            p.bytes().all(|c| c.is_ascii_graphic()) && !p.contains(['?', '#']),
+            "path",
+            || format!("must be printable ASCII without spaces, '?' or '#', got {p:?}"),
+        )?;
 
         let l = &self.limits;
-        check((125..=1 << 30).contains(&l.max_frame_size), "limits.max_frame_size", || {
-            format!("must be between 125 (a control frame) and 1 GiB, got {}", l.max_frame_size)
-        })?;
-        check((125..=1 << 30).contains(&l.max_message_size), "limits.max_message_size", || {
-            format!("must be between 125 and 1 GiB, got {}", l.max_message_size)
-        })?;
-        check((256..=1 << 20).contains(&l.max_head_bytes), "limits.max_head_bytes", || {
-            format!("must be between 256 and 1 MiB, got {}", l.max_head_bytes)
-        })?;
-        check((8..=1024).contains(&l.max_headers), "limits.max_headers", || {
-            format!("must be between 8 and 1024, got {}", l.max_headers)
-        })?;
-        check((256..=16 << 20).contains(&l.inplace_frame_max), "limits.inplace_frame_max", || {
-            format!("must be between 256 bytes and 16 MiB, got {}", l.inplace_frame_max)
-        })?;
+        check(
+            (125..=1 << 30).contains(&l.max_frame_size),
+            "limits.max_frame_size",
+            || {
+                format!(
+                    "must be between 125 (a control frame) and 1 GiB, got {}",
+                    l.max_frame_size
+                )
+            },
+        )?;
+        check(
+            (125..=1 << 30).contains(&l.max_message_size),
+            "limits.max_message_size",
+            || format!("must be between 125 and 1 GiB, got {}", l.max_message_size),
+        )?;
+        check(
+            (256..=1 << 20).contains(&l.max_head_bytes),
+            "limits.max_head_bytes",
+            || format!("must be between 256 and 1 MiB, got {}", l.max_head_bytes),
+        )?;
+        check(
+            (8..=1024).contains(&l.max_headers),
+            "limits.max_headers",
+            || format!("must be between 8 and 1024, got {}", l.max_headers),
+        )?;
+        check(
+            (256..=16 << 20).contains(&l.inplace_frame_max),
+            "limits.inplace_frame_max",
+            || {
+                format!(
+                    "must be between 256 bytes and 16 MiB, got {}",
+                    l.inplace_frame_max
+                )
+            },
+        )?;
 
         let bp = &self.backpressure;
         check(bp.soft_bytes >= 4096, "backpressure.soft_bytes", || {
             format!("must be at least 4096, got {}", bp.soft_bytes)
         })?;
-        check(bp.hard_bytes >= bp.soft_bytes, "backpressure.hard_bytes", || {
-            format!("must be at least backpressure.soft_bytes ({}), got {}", bp.soft_bytes, bp.hard_bytes)
-        })?;
-        check(!bp.timeout.is_zero() && bp.timeout <= MAX_TIMEOUT, "backpressure.timeout", || {
-            format!("must be between 1 ms and 1 h, got {:?}", bp.timeout)
-        })?;
-        for (field, value) in [("handshake_timeout", self.handshake_timeout), ("close_timeout", self.close_timeout)] {
-            check(!value.is_zero() && value <= MAX_TIMEOUT, field, || format!("must be between 1 ms and 1 h, got {value:?}"))?;
+        check(
+            bp.hard_bytes >= bp.soft_bytes,
+            "backpressure.hard_bytes",
+            || {
+                format!(
+                    "must be at least backpressure.soft_bytes ({}), got {}",
+                    bp.soft_bytes, bp.hard_bytes
+                )
+            },
+        )?;
+        check(
+            !bp.timeout.is_zero() && bp.timeout <= MAX_TIMEOUT,
+            "backpressure.timeout",
+            || format!("must be between 1 ms and 1 h, got {:?}", bp.timeout),
+        )?;
+        for (field, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            check(!value.is_zero() && value <= MAX_TIMEOUT, field, || {
+                format!("must be between 1 ms and 1 h, got {value:?}")
+            })?;
         }
         let g = self.shutdown_grace;
-        check(g <= MAX_TIMEOUT, "shutdown_grace", || format!("must be at most 1 h, got {g:?}"))?;
+        check(g <= MAX_TIMEOUT, "shutdown_grace", || {
+            format!("must be at most 1 h, got {g:?}")
+        })?;
         Ok(())
     }
 
@@ -211,24 +265,59 @@ mod tests {
         assert_eq!(field_of(|c| c.session_shards = 3), "session_shards");
         assert_eq!(field_of(|c| c.path = "ws".into()), "path");
         assert_eq!(field_of(|c| c.path = "/a b".into()), "path");
-        assert_eq!(field_of(|c| c.limits.max_frame_size = 10), "limits.max_frame_size");
-        assert_eq!(field_of(|c| c.limits.max_message_size = 0), "limits.max_message_size");
-        assert_eq!(field_of(|c| c.limits.max_head_bytes = 10), "limits.max_head_bytes");
+        assert_eq!(
+            field_of(|c| c.limits.max_frame_size = 10),
+            "limits.max_frame_size"
+        );
+        assert_eq!(
+            field_of(|c| c.limits.max_message_size = 0),
+            "limits.max_message_size"
+        );
+        assert_eq!(
+            field_of(|c| c.limits.max_head_bytes = 10),
+            "limits.max_head_bytes"
+        );
         assert_eq!(field_of(|c| c.limits.max_headers = 0), "limits.max_headers");
-        assert_eq!(field_of(|c| c.limits.inplace_frame_max = 0), "limits.inplace_frame_max");
-        assert_eq!(field_of(|c| c.backpressure.soft_bytes = 10), "backpressure.soft_bytes");
-        assert_eq!(field_of(|c| c.backpressure.hard_bytes = 4096), "backpressure.hard_bytes");
-        assert_eq!(field_of(|c| c.backpressure.timeout = Duration::ZERO), "backpressure.timeout");
-        assert_eq!(field_of(|c| c.handshake_timeout = Duration::ZERO), "handshake_timeout");
-        assert_eq!(field_of(|c| c.close_timeout = Duration::from_secs(7200)), "close_timeout");
-        assert_eq!(field_of(|c| c.shutdown_grace = Duration::from_secs(7200)), "shutdown_grace");
+        assert_eq!(
+            field_of(|c| c.limits.inplace_frame_max = 0),
+            "limits.inplace_frame_max"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.soft_bytes = 10),
+            "backpressure.soft_bytes"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.hard_bytes = 4096),
+            "backpressure.hard_bytes"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.timeout = Duration::ZERO),
+            "backpressure.timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.handshake_timeout = Duration::ZERO),
+            "handshake_timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.close_timeout = Duration::from_secs(7200)),
+            "close_timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.shutdown_grace = Duration::from_secs(7200)),
+            "shutdown_grace"
+        );
     }
 
     #[test]
     fn the_message_says_what_is_wrong() {
-        let mut c = Config::default();
-        c.num_workers = 0;
+        let c = Config {
+            num_workers: 0,
+            ..Config::default()
+        };
         let msg = c.validate().unwrap_err().to_string();
-        assert_eq!(msg, "invalid configuration: num_workers: must be between 1 and 1024, got 0");
+        assert_eq!(
+            msg,
+            "invalid configuration: num_workers: must be between 1 and 1024, got 0"
+        );
     }
 }

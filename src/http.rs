@@ -30,12 +30,24 @@ pub struct NotFound;
 
 impl HttpHandler for NotFound {
     fn handle(&self, _request: &HttpRequest<'_>, _peer: SocketAddr, response: &mut Vec<u8>) {
-        write_response(response, 404, "Not Found", "text/plain; charset=utf-8", b"not found\n");
+        write_response(
+            response,
+            404,
+            "Not Found",
+            "text/plain; charset=utf-8",
+            b"not found\n",
+        );
     }
 }
 
 /// Appends a complete `HTTP/1.1` response with `Content-Length` and `Connection: close`.
-pub fn write_response(out: &mut Vec<u8>, status: u16, reason: &str, content_type: &str, body: &[u8]) {
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+) {
     use std::io::Write;
     let _ = write!(
         out,
@@ -51,7 +63,11 @@ mod tests {
 
     #[test]
     fn not_found_is_a_complete_response() {
-        let req = HttpRequest { method: "GET", path: "/x", head_len: 20 };
+        let req = HttpRequest {
+            method: "GET",
+            path: "/x",
+            head_len: 20,
+        };
         let mut out = Vec::new();
         NotFound.handle(&req, "127.0.0.1:1".parse().unwrap(), &mut out);
         let text = String::from_utf8(out).unwrap();

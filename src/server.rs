@@ -85,7 +85,13 @@ impl Server {
     /// A server for `cfg`, which is validated here.
     pub fn new(cfg: Config) -> Result<Server, Error> {
         cfg.validate()?;
-        Ok(Server { cfg, handler: None, http: Arc::new(NotFound), start_lock: Mutex::new(()), running: OnceLock::new() })
+        Ok(Server {
+            cfg,
+            handler: None,
+            http: Arc::new(NotFound),
+            start_lock: Mutex::new(()),
+            running: OnceLock::new(),
+        })
     }
 
     /// Sets the WebSocket handler.
@@ -129,7 +135,9 @@ impl Server {
         let service = KernelService {
             handler,
             http: self.http.clone(),
-            route: PathRoute { path: self.cfg.path.clone() },
+            route: PathRoute {
+                path: self.cfg.path.clone(),
+            },
         };
         let mut transport_cfg = self.cfg.transport();
         transport_cfg.worker_cpus = self.placement();
@@ -149,14 +157,19 @@ impl Server {
         let topology = match Topology::discover() {
             Ok(t) => t,
             Err(e) => {
-                warn!("cannot read the CPU topology ({e}); pinning worker i to the i-th allowed CPU");
+                warn!(
+                    "cannot read the CPU topology ({e}); pinning worker i to the i-th allowed CPU"
+                );
                 return Vec::new();
             }
         };
         match PlacementPlan::new(&topology, self.cfg.num_workers, &CpuAffinity::default()) {
             Ok(plan) => {
                 plan.log();
-                plan.workers().iter().map(|w| w.cpu.map(|c| c as usize)).collect()
+                plan.workers()
+                    .iter()
+                    .map(|w| w.cpu.map(|c| c as usize))
+                    .collect()
             }
             Err(e) => {
                 warn!("no placement plan ({e}); pinning worker i to the i-th allowed CPU");
@@ -235,10 +248,20 @@ impl Service for KernelService {
     }
 
     fn on_http(&self, request: &HttpRequest<'_>, peer: SocketAddr, response: &mut Vec<u8>) {
-        if catch_unwind(AssertUnwindSafe(|| self.http.handle(request, peer, response))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            self.http.handle(request, peer, response)
+        }))
+        .is_err()
+        {
             error!(%peer, path = request.path, "HTTP handler panicked; answering 500");
             response.clear();
-            write_response(response, 500, "Internal Server Error", "text/plain; charset=utf-8", b"internal error\n");
+            write_response(
+                response,
+                500,
+                "Internal Server Error",
+                "text/plain; charset=utf-8",
+                b"internal error\n",
+            );
         }
     }
 
@@ -276,8 +299,10 @@ mod tests {
 
     #[test]
     fn start_without_handler_is_an_error() {
-        let mut cfg = Config::default();
-        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        let cfg = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
         let server = Server::new(cfg).unwrap();
         assert!(matches!(server.start(), Err(Error::NoHandler)));
         assert_eq!(server.local_addr(), None);
@@ -285,8 +310,10 @@ mod tests {
 
     #[test]
     fn an_invalid_config_is_refused_by_new() {
-        let mut cfg = Config::default();
-        cfg.batch_size = 0;
+        let cfg = Config {
+            batch_size: 0,
+            ..Config::default()
+        };
         let err = Server::new(cfg).err().unwrap();
         assert!(err.to_string().contains("batch_size"), "{err}");
     }

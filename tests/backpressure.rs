@@ -39,14 +39,23 @@ fn a_peer_stuck_above_the_hard_bound_is_closed_with_1008() {
     let addr = server.local_addr().unwrap();
 
     let mut s = raw_ws(addr);
-    socket2::SockRef::from(&s).set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
     use std::io::Write;
     s.write_all(&frame(true, 0x1, b"flood")).unwrap();
     let started = Instant::now();
-    rec.wait_for(Duration::from_secs(10), "on_close 1008", |r| r.closes.iter().any(|c| c.1 == 1008));
+    rec.wait_for(Duration::from_secs(10), "on_close 1008", |r| {
+        r.closes.iter().any(|c| c.1 == 1008)
+    });
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(500), "closed before the timeout: {took:?}");
-    wait_until(Duration::from_secs(5), "session count 0", || server.session_count() == 0);
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed before the timeout: {took:?}"
+    );
+    wait_until(Duration::from_secs(5), "session count 0", || {
+        server.session_count() == 0
+    });
 
     // Others are unaffected.
     let mut ws = client(addr, "/ws");

@@ -39,7 +39,9 @@ fn text_comes_back_as_text_and_binary_as_binary() {
 fn a_16_mib_message_is_echoed_intact() {
     let (server, _rec) = start_echo(test_config());
     let mut ws = client(server.local_addr().unwrap(), "/ws");
-    let big: Vec<u8> = (0..16usize << 20).map(|i| (i * 7 + i / 4099) as u8).collect();
+    let big: Vec<u8> = (0..16usize << 20)
+        .map(|i| (i * 7 + i / 4099) as u8)
+        .collect();
     ws.send(WsMessage::binary(big.clone())).unwrap();
     match ws.read().unwrap() {
         WsMessage::Binary(b) => assert!(b[..] == big[..], "16 MiB echo differs"),
@@ -57,7 +59,8 @@ fn a_message_over_the_limit_is_closed_with_1009() {
     cfg.limits.max_message_size = 1 << 20;
     let (server, rec) = start_echo(cfg);
     let mut ws = client(server.local_addr().unwrap(), "/ws");
-    ws.send(WsMessage::binary(vec![1u8; (1 << 20) + 1])).unwrap();
+    ws.send(WsMessage::binary(vec![1u8; (1 << 20) + 1]))
+        .unwrap();
     match ws.read() {
         Ok(WsMessage::Close(Some(f))) => assert_eq!(f.code, TCode::Size),
         other => panic!("expected close 1009, got {other:?}"),
@@ -78,8 +81,15 @@ fn a_fragmented_message_is_reassembled_with_a_ping_in_between() {
         s.write_all(std::slice::from_ref(b)).unwrap();
         s.flush().unwrap();
     }
-    assert_eq!(read_frame(&mut s), (true, 0xA, b"in-between".to_vec()), "pong first");
-    assert_eq!(read_frame(&mut s), (true, 0x1, "Hello, wörld".as_bytes().to_vec()));
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 0xA, b"in-between".to_vec()),
+        "pong first"
+    );
+    assert_eq!(
+        read_frame(&mut s),
+        (true, 0x1, "Hello, wörld".as_bytes().to_vec())
+    );
     // Large fragments (streamed through the session's assembly buffer) work too.
     let a = vec![b'a'; 100_000];
     let b = vec![b'b'; 70_000];
@@ -94,8 +104,12 @@ fn a_fragmented_message_is_reassembled_with_a_ping_in_between() {
 fn ping_is_answered_with_pong() {
     let (server, _rec) = start_echo(test_config());
     let mut ws = client(server.local_addr().unwrap(), "/ws");
-    ws.send(WsMessage::Ping(b"are you there?".to_vec().into())).unwrap();
-    assert_eq!(ws.read().unwrap(), WsMessage::Pong(b"are you there?".to_vec().into()));
+    ws.send(WsMessage::Ping(b"are you there?".to_vec().into()))
+        .unwrap();
+    assert_eq!(
+        ws.read().unwrap(),
+        WsMessage::Pong(b"are you there?".to_vec().into())
+    );
     ws.send(WsMessage::Ping(vec![0xAB; 125].into())).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::Pong(vec![0xAB; 125].into()));
 }
@@ -106,7 +120,11 @@ fn client_initiated_close_handshake() {
     let mut ws = client(server.local_addr().unwrap(), "/ws");
     ws.send(WsMessage::text("hi")).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::text("hi"));
-    ws.close(Some(CloseFrame { code: TCode::Normal, reason: "bye".into() })).unwrap();
+    ws.close(Some(CloseFrame {
+        code: TCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
     loop {
         match ws.read() {
             Ok(WsMessage::Close(Some(f))) => assert_eq!(f.code, TCode::Normal, "close code echoed"),
@@ -132,12 +150,10 @@ fn server_initiated_close_handshake() {
         other => panic!("expected close, got {other:?}"),
     }
     // tungstenite queued its answering Close; flush it and see the server close the TCP connection.
-    loop {
-        match ws.read() {
-            Err(WsError::ConnectionClosed) => break,
-            Err(e) => panic!("{e}"),
-            Ok(m) => panic!("unexpected {m:?}"),
-        }
+    match ws.read() {
+        Err(WsError::ConnectionClosed) => {}
+        Err(e) => panic!("{e}"),
+        Ok(m) => panic!("unexpected {m:?}"),
     }
     rec.wait_for(T, "on_close 4000", |r| r.closes.iter().any(|c| c.1 == 4000));
     wait_until(T, "session count 0", || server.session_count() == 0);
@@ -147,7 +163,8 @@ fn server_initiated_close_handshake() {
     s.write_all(&frame(true, 0x1, b"close-me 1000")).unwrap();
     let (_, op, payload) = read_frame(&mut s);
     assert_eq!((op, &payload[..2]), (0x8, &1000u16.to_be_bytes()[..]));
-    s.write_all(&frame(true, 0x8, &1000u16.to_be_bytes())).unwrap();
+    s.write_all(&frame(true, 0x8, &1000u16.to_be_bytes()))
+        .unwrap();
     expect_eof(&mut s);
 }
 
@@ -204,22 +221,31 @@ fn abrupt_resets_mid_frame_leave_the_server_serving() {
         let mut s = raw_ws(addr);
         if i % 5 == 0 {
             // Also leave output pending: a whole 1 MiB message whose echo the peer never reads.
-            s.write_all(&frame(true, 0x2, &vec![7u8; 1 << 20])[..]).unwrap();
+            s.write_all(&frame(true, 0x2, &vec![7u8; 1 << 20])[..])
+                .unwrap();
         }
         // Half a frame (or just part of its header), then RST.
         let f = frame(true, 0x2, &vec![i as u8; 5000]);
         s.write_all(&f[..[1, 3, 100, 2500][i % 4]]).unwrap();
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     }
     // A reset during the handshake, too.
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(s);
 
     rec.wait_for(T, "every reset reported", |r| r.closes.len() == N);
-    assert!(rec.close_codes().iter().all(|&c| c == 1006), "{:?}", rec.close_codes());
+    assert!(
+        rec.close_codes().iter().all(|&c| c == 1006),
+        "{:?}",
+        rec.close_codes()
+    );
     wait_until(T, "session count 0", || server.session_count() == 0);
     let mut ws = client(addr, "/ws");
     ws.send(WsMessage::text("still here")).unwrap();
@@ -270,7 +296,13 @@ fn stop_sends_1001_to_every_session_and_wait_returns() {
         }
     }
     server.wait().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(4), "every client answered: no need for the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "every client answered: no need for the grace period"
+    );
     assert_eq!(rec.close_codes(), vec![1001; 10]);
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
 }

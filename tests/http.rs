@@ -10,7 +10,10 @@ use hioload_ws::http::write_response;
 use hioload_ws::{HttpRequest, Server};
 
 fn status_of(head: &str) -> u16 {
-    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line: {head}"))
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"))
 }
 
 #[test]
@@ -41,12 +44,19 @@ fn handshake_errors_get_their_status_and_the_connection_closes() {
     read_body_then_eof(&mut s, &head);
 
     // A request head over the limit: 431.
-    let big = format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let (mut s, head) = raw_request(addr, &big);
     assert_eq!(status_of(&head), 431, "{head}");
     read_body_then_eof(&mut s, &head);
 
-    assert_eq!(rec.record.lock().unwrap().opened, 0, "no session was opened");
+    assert_eq!(
+        rec.record.lock().unwrap().opened,
+        0,
+        "no session was opened"
+    );
     assert_eq!(server.session_count(), 0);
 }
 
@@ -54,7 +64,11 @@ fn read_body_then_eof(s: &mut std::net::TcpStream, head: &str) {
     use std::io::Read;
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).unwrap();
@@ -64,7 +78,10 @@ fn read_body_then_eof(s: &mut std::net::TcpStream, head: &str) {
 #[test]
 fn plain_http_requests_get_404_by_default() {
     let (server, _rec) = start_echo(test_config());
-    let (mut s, head) = raw_request(server.local_addr().unwrap(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (mut s, head) = raw_request(
+        server.local_addr().unwrap(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     assert_eq!(status_of(&head), 404, "{head}");
     read_body_then_eof(&mut s, &head);
 }
@@ -74,14 +91,19 @@ fn the_http_hook_serves_other_paths_on_the_same_listener() {
     let server = Server::new(test_config())
         .unwrap()
         .with_handler(common::RecordingEcho::default())
-        .with_http_handler(|req: &HttpRequest<'_>, peer: SocketAddr, out: &mut Vec<u8>| {
-            if req.path == "/metrics" {
-                let body = format!("hioload_up 1\npeer_is_loopback {}\n", peer.ip().is_loopback() as u8);
-                write_response(out, 200, "OK", "text/plain", body.as_bytes());
-            } else {
-                hioload_ws::http::HttpHandler::handle(&hioload_ws::NotFound, req, peer, out);
-            }
-        });
+        .with_http_handler(
+            |req: &HttpRequest<'_>, peer: SocketAddr, out: &mut Vec<u8>| {
+                if req.path == "/metrics" {
+                    let body = format!(
+                        "hioload_up 1\npeer_is_loopback {}\n",
+                        peer.ip().is_loopback() as u8
+                    );
+                    write_response(out, 200, "OK", "text/plain", body.as_bytes());
+                } else {
+                    hioload_ws::http::HttpHandler::handle(&hioload_ws::NotFound, req, peer, out);
+                }
+            },
+        );
     server.start().unwrap();
     let addr = server.local_addr().unwrap();
     let (mut s, head) = raw_request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");

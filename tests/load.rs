@@ -18,10 +18,14 @@ fn payload(conn: usize, round: usize) -> Message {
     let len = 1 + (conn * 31 + round * 17) % 3000;
     let seed = (conn * 7919 + round * 104_729) as u32;
     if (conn + round) % 2 == 0 {
-        let text: String = (0..len).map(|i| (b'a' + ((seed as usize + i) % 26) as u8) as char).collect();
+        let text: String = (0..len)
+            .map(|i| (b'a' + ((seed as usize + i) % 26) as u8) as char)
+            .collect();
         Message::text(text)
     } else {
-        let bin: Vec<u8> = (0..len).map(|i| (seed.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 7) as u8).collect();
+        let bin: Vec<u8> = (0..len)
+            .map(|i| (seed.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 7) as u8)
+            .collect();
         Message::binary(bin)
     }
 }
@@ -47,8 +51,13 @@ fn a_thousand_connections_each_echo_a_hundred_messages() {
                         ws.send(payload(id, round)).unwrap();
                     }
                     for (ws, &id) in conns.iter_mut().zip(&ids) {
-                        let got = ws.read().unwrap_or_else(|e| panic!("conn {id} round {round}: {e}"));
-                        assert!(got == payload(id, round), "conn {id} round {round}: echo differs");
+                        let got = ws
+                            .read()
+                            .unwrap_or_else(|e| panic!("conn {id} round {round}: {e}"));
+                        assert!(
+                            got == payload(id, round),
+                            "conn {id} round {round}: echo differs"
+                        );
                     }
                     assert!(Instant::now() < deadline, "load test over its time bound");
                 }
@@ -65,13 +74,24 @@ fn a_thousand_connections_each_echo_a_hundred_messages() {
     let t0 = Instant::now();
     barrier.wait();
     eprintln!("{CONNS} connections open in {:?}", t0.elapsed());
-    assert_eq!(server.session_count(), CONNS, "all connections open at once");
+    assert_eq!(
+        server.session_count(),
+        CONNS,
+        "all connections open at once"
+    );
     let t1 = Instant::now();
     barrier.wait();
     let echoed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     eprintln!("{echoed} echoes checked in {:?}", t1.elapsed());
     assert_eq!(echoed, CONNS * MESSAGES);
-    rec.wait_for(Duration::from_secs(30), "every close", |r| r.closes.len() == CONNS);
-    assert!(rec.close_codes().iter().all(|&c| c == 1005), "clients closed without a code");
-    wait_until(Duration::from_secs(10), "session count 0", || server.session_count() == 0);
+    rec.wait_for(Duration::from_secs(30), "every close", |r| {
+        r.closes.len() == CONNS
+    });
+    assert!(
+        rec.close_codes().iter().all(|&c| c == 1005),
+        "clients closed without a code"
+    );
+    wait_until(Duration::from_secs(10), "session count 0", || {
+        server.session_count() == 0
+    });
 }

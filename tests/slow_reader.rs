@@ -49,7 +49,9 @@ fn a_client_that_never_reads_neither_grows_memory_nor_stalls_others() {
                     pushed += n;
                     off = (off + n) % msg.len();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 Err(e) => panic!("slow client write failed: {e}"),
             }
         }
@@ -69,11 +71,30 @@ fn a_client_that_never_reads_neither_grows_memory_nor_stalls_others() {
     let others_took = started.elapsed();
     let (slow_sock, pushed) = slow.join().unwrap();
     let grown = rss_bytes().saturating_sub(baseline);
-    eprintln!("slow client pushed {} KiB; others' 2000 echoes took {others_took:?}; RSS grew {} KiB", pushed >> 10, grown >> 10);
+    eprintln!(
+        "slow client pushed {} KiB; others' 2000 echoes took {others_took:?}; RSS grew {} KiB",
+        pushed >> 10,
+        grown >> 10
+    );
 
-    assert!(others_took < Duration::from_secs(20), "others were stalled: {others_took:?}");
-    assert!(pushed < 128 << 20, "the server kept reading a client that does not read ({} MiB)", pushed >> 20);
-    assert!(grown < 48 << 20, "server memory grew by {} MiB", grown >> 20);
-    assert_eq!(server.session_count(), 11, "the slow client is held back, not dropped");
+    assert!(
+        others_took < Duration::from_secs(20),
+        "others were stalled: {others_took:?}"
+    );
+    assert!(
+        pushed < 128 << 20,
+        "the server kept reading a client that does not read ({} MiB)",
+        pushed >> 20
+    );
+    assert!(
+        grown < 48 << 20,
+        "server memory grew by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(
+        server.session_count(),
+        11,
+        "the slow client is held back, not dropped"
+    );
     drop(slow_sock);
 }

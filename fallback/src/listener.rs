@@ -15,7 +15,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners on `addr`; returns them and the address actually bound.
-pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     assert!(count > 0, "at least one listener");
     let first = bind_one(addr)?;
     let bound = first.local_addr()?;
@@ -40,7 +43,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
 }
@@ -58,7 +63,9 @@ mod tests {
             assert_eq!(l.local_addr().unwrap(), addr);
         }
         // Every connection lands in one of the three accept queues.
-        let clients: Vec<_> = (0..12).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let clients: Vec<_> = (0..12)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut accepted = 0;
         for l in &ls {

@@ -41,7 +41,12 @@ impl BufPool {
     /// A pool of `buf_size`-byte buffers that keeps at most `max_free` of them when idle.
     pub fn new(buf_size: usize, max_free: usize) -> Self {
         assert!(buf_size > 0);
-        BufPool { buf_size, max_free, free: Vec::with_capacity(max_free.min(1024)), allocated: 0 }
+        BufPool {
+            buf_size,
+            max_free,
+            free: Vec::with_capacity(max_free.min(1024)),
+            allocated: 0,
+        }
     }
 
     /// Size of every buffer.
@@ -55,7 +60,9 @@ impl BufPool {
             Some(buf) => buf,
             None => {
                 self.allocated += 1;
-                RecvBuf { data: vec![0u8; self.buf_size].into_boxed_slice() }
+                RecvBuf {
+                    data: vec![0u8; self.buf_size].into_boxed_slice(),
+                }
             }
         }
     }

@@ -42,8 +42,18 @@ pub struct Conn<'a> {
 }
 
 impl<'a> Conn<'a> {
-    pub(crate) fn new(id: u64, peer: SocketAddr, worker: usize, out: &'a mut (dyn Sender + 'a)) -> Self {
-        Conn { id, peer, worker, out }
+    pub(crate) fn new(
+        id: u64,
+        peer: SocketAddr,
+        worker: usize,
+        out: &'a mut (dyn Sender + 'a),
+    ) -> Self {
+        Conn {
+            id,
+            peer,
+            worker,
+            out,
+        }
     }
 
     /// Server-unique session id (the worker index is in the top 16 bits).

@@ -63,7 +63,9 @@ pub fn is_fd_exhaustion(err: &io::Error) -> bool {
 pub fn is_transient_accept_error(err: &io::Error) -> bool {
     matches!(
         err.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     )
 }
 
@@ -71,19 +73,26 @@ pub fn is_transient_accept_error(err: &io::Error) -> bool {
 /// A server with thousands of connections needs more than the usual default of 1024.
 #[cfg(unix)]
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid out-pointer for getrlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
-        let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
         // SAFETY: `wanted` is a valid rlimit; raising the soft limit up to the hard one is allowed.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
             return Err(io::Error::last_os_error());
         }
         lim = wanted;
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32-bit on some targets
     Ok(lim.rlim_cur as u64)
 }
 
@@ -105,7 +114,9 @@ impl ReserveFd {
     pub fn new() -> Self {
         #[cfg(unix)]
         {
-            ReserveFd { file: std::fs::File::open("/dev/null").ok() }
+            ReserveFd {
+                file: std::fs::File::open("/dev/null").ok(),
+            }
         }
         #[cfg(not(unix))]
         {

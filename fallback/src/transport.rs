@@ -40,17 +40,33 @@ impl Transport {
             sessions: (0..cfg.workers).map(|_| PaddedCounter::default()).collect(),
         });
         let cfg = Arc::new(cfg);
-        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() { affinity::allowed_cpus() } else { Vec::new() };
+        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() {
+            affinity::allowed_cpus()
+        } else {
+            Vec::new()
+        };
 
         let mut workers = Vec::with_capacity(cfg.workers);
         let mut wakers = Vec::with_capacity(cfg.workers);
         for (index, listener) in listeners.into_iter().enumerate() {
             let poll = Poll::new()?;
             wakers.push(Waker::new(poll.registry(), WAKER)?);
-            workers.push(Worker::new(index, cfg.clone(), service.clone(), shared.clone(), poll, listener)?);
+            workers.push(Worker::new(
+                index,
+                cfg.clone(),
+                service.clone(),
+                shared.clone(),
+                poll,
+                listener,
+            )?);
         }
 
-        let transport = Transport { local_addr, shared, wakers, threads: Mutex::new(Vec::new()) };
+        let transport = Transport {
+            local_addr,
+            shared,
+            wakers,
+            threads: Mutex::new(Vec::new()),
+        };
         for (index, worker) in workers.into_iter().enumerate() {
             let cpu = if !cfg.cpu_affinity {
                 None
@@ -59,14 +75,16 @@ impl Transport {
             } else {
                 (!cpus.is_empty()).then(|| cpus[index % cpus.len()])
             };
-            let spawned = std::thread::Builder::new().name(format!("hioload-w{index}")).spawn(move || {
-                if let Some(cpu) = cpu {
-                    if let Err(e) = affinity::pin_current_thread(cpu) {
-                        warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
+            let spawned = std::thread::Builder::new()
+                .name(format!("hioload-w{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = affinity::pin_current_thread(cpu) {
+                            warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
+                        }
                     }
-                }
-                worker.run();
-            });
+                    worker.run();
+                });
             match spawned {
                 Ok(handle) => transport.threads.lock().unwrap().push(handle),
                 Err(e) => {
@@ -86,7 +104,11 @@ impl Transport {
 
     /// Open sessions (upgraded and not yet closed) across all workers.
     pub fn session_count(&self) -> usize {
-        self.shared.sessions.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        self.shared
+            .sessions
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Begins the graceful stop and returns at once: listeners close, every session gets Close

@@ -46,7 +46,11 @@ pub struct TurnOutput {
 impl TurnOutput {
     /// Empty output; grows to the largest turn seen (within `STAGING_KEEP`).
     pub fn new() -> Self {
-        TurnOutput { staging: Vec::with_capacity(64 << 10), segs: Vec::with_capacity(MAX_SEGS), bytes: 0 }
+        TurnOutput {
+            staging: Vec::with_capacity(64 << 10),
+            segs: Vec::with_capacity(MAX_SEGS),
+            bytes: 0,
+        }
     }
 
     /// Bytes queued this turn.
@@ -67,7 +71,11 @@ impl TurnOutput {
     /// A frame sink for this turn. `input` is the connection's receive buffer (empty outside a
     /// read): payloads inside it may be sent from there.
     pub fn sink(&mut self, input: &[u8]) -> TurnSink<'_> {
-        TurnSink { base: input.as_ptr() as usize, len: input.len(), out: self }
+        TurnSink {
+            base: input.as_ptr() as usize,
+            len: input.len(),
+            out: self,
+        }
     }
 
     fn stage(&mut self, bytes: &[u8]) {
@@ -79,7 +87,10 @@ impl TurnOutput {
         self.bytes += bytes.len();
         match self.segs.last_mut() {
             Some(Seg::Staged { start: s, len }) if *s + *len == start => *len += bytes.len(),
-            _ => self.segs.push(Seg::Staged { start, len: bytes.len() }),
+            _ => self.segs.push(Seg::Staged {
+                start,
+                len: bytes.len(),
+            }),
         }
     }
 
@@ -94,7 +105,12 @@ impl TurnOutput {
     /// vectored sends as the kernel allows, stopping at `WouldBlock`; appends what was not sent to
     /// `pending` and clears this turn. Returns the bytes sent. `input` must be the buffer given to
     /// [`TurnOutput::sink`], unchanged since.
-    pub fn flush(&mut self, stream: &TcpStream, pending: &mut OutBuf, input: &[u8]) -> io::Result<usize> {
+    pub fn flush(
+        &mut self,
+        stream: &TcpStream,
+        pending: &mut OutBuf,
+        input: &[u8],
+    ) -> io::Result<usize> {
         let total = pending.len() + self.bytes;
         let mut sent = 0;
         let mut result = Ok(());
@@ -102,7 +118,8 @@ impl TurnOutput {
             let mut iov = [IoSlice::new(&[]); MAX_SEGS + 1];
             let mut n_iov = 0;
             let mut skip = sent;
-            let pieces = std::iter::once(pending.unsent()).chain(self.segs.iter().map(|&s| self.piece(s, input)));
+            let pieces = std::iter::once(pending.unsent())
+                .chain(self.segs.iter().map(|&s| self.piece(s, input)));
             for piece in pieces {
                 if skip >= piece.len() {
                     skip -= piece.len();
@@ -173,7 +190,10 @@ impl FrameSink for TurnSink<'_> {
         self.out.stage(header);
         if payload.len() >= ZERO_COPY_MIN && self.out.segs.len() < MAX_SEGS - 1 {
             if let Some(start) = self.input_offset(payload) {
-                self.out.segs.push(Seg::Input { start, len: payload.len() });
+                self.out.segs.push(Seg::Input {
+                    start,
+                    len: payload.len(),
+                });
                 self.out.bytes += payload.len();
                 return;
             }
@@ -207,8 +227,21 @@ mod tests {
             sink.send_frame(b"H2", b"small"); // copied
             sink.send_frame(b"H3", &vec![9u8; 2000]); // large, outside input: copied
         }
-        assert!(matches!(turn.segs[1], Seg::Input { start: 100, len: 4096 }));
-        let expect: Vec<u8> = [&b"H1"[..], &input[100..4196], b"H2small", b"H3", &vec![9u8; 2000]].concat();
+        assert!(matches!(
+            turn.segs[1],
+            Seg::Input {
+                start: 100,
+                len: 4096
+            }
+        ));
+        let expect: Vec<u8> = [
+            &b"H1"[..],
+            &input[100..4196],
+            b"H2small",
+            b"H3",
+            &vec![9u8; 2000],
+        ]
+        .concat();
         assert_eq!(turn.len(), expect.len());
         let sent = turn.flush(&server, &mut pending, &input).unwrap();
         assert_eq!(sent, expect.len());
@@ -221,13 +254,18 @@ mod tests {
     #[test]
     fn what_the_kernel_does_not_take_is_kept_in_order() {
         let (server, mut client) = pair();
-        socket2::SockRef::from(&server).set_send_buffer_size(4096).unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
         let input: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
         let mut turn = TurnOutput::new();
         let mut pending = OutBuf::new();
         turn.sink(&input).send_frame(b"HEAD", &input);
         let sent = turn.flush(&server, &mut pending, &input).unwrap();
-        assert!(sent < input.len(), "a 4 MiB write into a small socket buffer is partial");
+        assert!(
+            sent < input.len(),
+            "a 4 MiB write into a small socket buffer is partial"
+        );
         assert_eq!(sent + pending.len(), input.len() + 4);
         // Drain in turns, as the writable events would.
         let reader = std::thread::spawn(move || {
@@ -248,7 +286,9 @@ mod tests {
     #[test]
     fn a_reset_peer_is_an_error_not_a_signal() {
         let (server, client) = pair();
-        socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut turn = TurnOutput::new();
@@ -262,6 +302,12 @@ mod tests {
             }
         }
         let err = err.expect("writing to a reset connection fails");
-        assert!(matches!(err.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe), "{err}");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
     }
 }

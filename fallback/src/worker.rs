@@ -102,7 +102,8 @@ impl<S: Service> Worker<S> {
         listener: std::net::TcpListener,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let pool = BufPool::new(cfg.receive_buffer_size(), cfg.pool_buffers);
         Ok(Worker {
             index,
@@ -191,10 +192,14 @@ impl<S: Service> Worker<S> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        let accept_pending = self.listener_ready && self.listener.is_some() && self.accept_resume_at.is_none();
+        let accept_pending =
+            self.listener_ready && self.listener.is_some() && self.accept_resume_at.is_none();
         if !self.ready.is_empty() || accept_pending {
             Some(Duration::ZERO)
-        } else if !self.watched.is_empty() || self.stop_deadline.is_some() || self.accept_resume_at.is_some() {
+        } else if !self.watched.is_empty()
+            || self.stop_deadline.is_some()
+            || self.accept_resume_at.is_some()
+        {
             Some(TICK)
         } else {
             None
@@ -211,7 +216,9 @@ impl<S: Service> Worker<S> {
             self.accept_resume_at = None;
         }
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => self.add_connection(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -234,7 +241,10 @@ impl<S: Service> Worker<S> {
                     if sys::is_fd_exhaustion(&e) {
                         self.warn_fd_exhaustion(&e, None);
                     } else {
-                        warn!(worker = self.index, "accept failed: {e}; pausing accepts for 100 ms");
+                        warn!(
+                            worker = self.index,
+                            "accept failed: {e}; pausing accepts for 100 ms"
+                        );
                     }
                     self.accept_resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
@@ -245,13 +255,19 @@ impl<S: Service> Worker<S> {
 
     fn warn_fd_exhaustion(&mut self, e: &io::Error, peer: Option<std::net::SocketAddr>) {
         let now = Instant::now();
-        if self.last_fd_warning.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if self
+            .last_fd_warning
+            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             self.last_fd_warning = Some(now);
             warn!(
                 worker = self.index,
                 dropped_total = self.dropped_for_fds,
                 "accept: {e}; dropping new connections ({}), raise RLIMIT_NOFILE (ulimit -n)",
-                peer.map_or_else(|| "none left to drop".to_string(), |p| format!("last from {p}"))
+                peer.map_or_else(
+                    || "none left to drop".to_string(),
+                    |p| format!("last from {p}")
+                )
             );
         }
     }
@@ -269,7 +285,11 @@ impl<S: Service> Worker<S> {
             }
         };
         let token = Token(idx + FIRST_CONN);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!(%peer, "cannot register connection: {e}");
             self.free_slots.push(idx);
             return;
@@ -285,7 +305,9 @@ impl<S: Service> Worker<S> {
     // ---- readiness ---------------------------------------------------------------------------
 
     fn on_writable(&mut self, idx: usize) {
-        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else { return };
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
         if conn.out.is_empty() {
             return;
         }
@@ -301,7 +323,9 @@ impl<S: Service> Worker<S> {
     }
 
     fn on_readable(&mut self, idx: usize) {
-        let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) else { return };
+        let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) else {
+            return;
+        };
         if !conn.read_paused {
             self.read_conn(idx);
         }
@@ -336,7 +360,9 @@ impl<S: Service> Worker<S> {
     /// pauses the connection.
     fn read_conn(&mut self, idx: usize) {
         for _ in 0..READ_ROUNDS {
-            let Some(conn) = self.conns[idx].as_mut() else { return };
+            let Some(conn) = self.conns[idx].as_mut() else {
+                return;
+            };
             if conn.read_paused {
                 return;
             }
@@ -398,7 +424,10 @@ impl<S: Service> Worker<S> {
         match handshake::parse_request(&buf.as_slice()[..filled], &self.cfg.limits) {
             Parsed::Partial if filled < buf.len() => return 0..filled,
             Parsed::Partial => {
-                let err = HttpError { status: 431, reason: "request header fields too large" };
+                let err = HttpError {
+                    status: 431,
+                    reason: "request header fields too large",
+                };
                 reject(&mut self.turn, conn, &err);
             }
             Parsed::Reject(err) => reject(&mut self.turn, conn, &err),
@@ -411,7 +440,8 @@ impl<S: Service> Worker<S> {
             }
             Parsed::Upgrade(req) => {
                 let mut response = [0u8; 512];
-                let (n, decision) = handshake::respond(&req, self.service.upgrade_policy(), &mut response);
+                let (n, decision) =
+                    handshake::respond(&req, self.service.upgrade_policy(), &mut response);
                 self.turn.push_bytes(&response[..n]);
                 match decision {
                     Ok(()) => upgraded_at = Some(req.head_len),
@@ -432,12 +462,15 @@ impl<S: Service> Worker<S> {
         // The session starts; bytes after the head are already frames.
         conn.phase = Phase::Open(Session::new(self.cfg.limits.clone()));
         conn.deadline = None;
-        self.shared.sessions[self.index].0.fetch_add(1, Ordering::Relaxed);
+        self.shared.sessions[self.index]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
         let (id, worker) = (conn.id, self.index);
         if let Phase::Open(session) = &mut conn.phase {
             let mut sink = self.turn.sink(&[]);
             let mut out = session.outgoing(&mut sink);
-            self.service.on_open(&mut Conn::new(id, peer, worker, &mut out));
+            self.service
+                .on_open(&mut Conn::new(id, peer, worker, &mut out));
         }
         if filled > head_len {
             self.feed_session(idx, buf, head_len, filled)
@@ -447,24 +480,36 @@ impl<S: Service> Worker<S> {
     }
 
     /// Runs the session over `buf[start..filled]`; returns the input range to keep.
-    fn feed_session(&mut self, idx: usize, buf: &mut RecvBuf, start: usize, filled: usize) -> Range<usize> {
+    fn feed_session(
+        &mut self,
+        idx: usize,
+        buf: &mut RecvBuf,
+        start: usize,
+        filled: usize,
+    ) -> Range<usize> {
         let conn = self.conns[idx].as_mut().expect("live connection");
-        let Phase::Open(session) = &mut conn.phase else { return 0..0 };
+        let Phase::Open(session) = &mut conn.phase else {
+            return 0..0;
+        };
         let (id, peer, worker) = (conn.id, conn.peer, self.index);
         let service = &*self.service;
         let mut reported = false;
         let result = {
             let mut sink = self.turn.sink(buf.as_slice());
-            session.receive(&mut buf.as_mut_slice()[start..filled], &mut sink, |event, out| {
-                let mut c = Conn::new(id, peer, worker, out);
-                match event {
-                    Event::Close(code, reason) => {
-                        service.on_close(&mut c, code.unwrap_or(CloseCode::NO_STATUS), reason);
-                        reported = true;
+            session.receive(
+                &mut buf.as_mut_slice()[start..filled],
+                &mut sink,
+                |event, out| {
+                    let mut c = Conn::new(id, peer, worker, out);
+                    match event {
+                        Event::Close(code, reason) => {
+                            service.on_close(&mut c, code.unwrap_or(CloseCode::NO_STATUS), reason);
+                            reported = true;
+                        }
+                        other => service.on_event(&mut c, other),
                     }
-                    other => service.on_event(&mut c, other),
-                }
-            })
+                },
+            )
         };
         conn.reported |= reported;
         match result {
@@ -473,7 +518,11 @@ impl<S: Service> Worker<S> {
                 info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
                 if !conn.reported {
                     conn.reported = true;
-                    service.on_close(&mut Conn::new(id, peer, worker, &mut Ended), err.code, err.reason);
+                    service.on_close(
+                        &mut Conn::new(id, peer, worker, &mut Ended),
+                        err.code,
+                        err.reason,
+                    );
                 }
                 0..0
             }
@@ -516,7 +565,9 @@ impl<S: Service> Worker<S> {
 
     /// Updates phase, deadlines and backpressure after anything changed a connection.
     fn after_turn(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else { return };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
         let mut watch = false;
         if let Phase::Open(session) = &conn.phase {
             let state = session.state();
@@ -524,9 +575,15 @@ impl<S: Service> Worker<S> {
                 if !conn.reported {
                     conn.reported = true;
                     let (id, peer) = (conn.id, conn.peer);
-                    self.service.on_close(&mut Conn::new(id, peer, self.index, &mut Ended), CloseCode::ABNORMAL, "session closed");
+                    self.service.on_close(
+                        &mut Conn::new(id, peer, self.index, &mut Ended),
+                        CloseCode::ABNORMAL,
+                        "session closed",
+                    );
                 }
-                self.shared.sessions[self.index].0.fetch_sub(1, Ordering::Relaxed);
+                self.shared.sessions[self.index]
+                    .0
+                    .fetch_sub(1, Ordering::Relaxed);
                 conn.phase = Phase::Finishing { shut: false };
                 conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
                 watch = true;
@@ -564,7 +621,9 @@ impl<S: Service> Worker<S> {
 
     /// The peer closed or reset the connection (or a send failed).
     fn peer_gone(&mut self, idx: usize, err: Option<io::Error>) {
-        let Some(conn) = self.conns[idx].as_mut() else { return };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
         if conn.has_live_session() {
             let reason = match &err {
                 Some(_) => "connection reset",
@@ -582,18 +641,28 @@ impl<S: Service> Worker<S> {
 
     /// Reports `code` to the service if the session is live, then drops the connection.
     fn end_abnormally(&mut self, idx: usize, code: CloseCode, reason: &str) {
-        let Some(conn) = self.conns[idx].as_mut() else { return };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
         if conn.has_live_session() {
             conn.reported = true;
             let (id, peer) = (conn.id, conn.peer);
-            self.service.on_close(&mut Conn::new(id, peer, self.index, &mut Ended), code, reason);
-            self.shared.sessions[self.index].0.fetch_sub(1, Ordering::Relaxed);
+            self.service.on_close(
+                &mut Conn::new(id, peer, self.index, &mut Ended),
+                code,
+                reason,
+            );
+            self.shared.sessions[self.index]
+                .0
+                .fetch_sub(1, Ordering::Relaxed);
         }
         self.drop_conn(idx);
     }
 
     fn drop_conn(&mut self, idx: usize) {
-        let Some(mut conn) = self.conns[idx].take() else { return };
+        let Some(mut conn) = self.conns[idx].take() else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if let Some(buf) = conn.rbuf.take() {
             self.pool.give(buf);
@@ -614,7 +683,8 @@ impl<S: Service> Worker<S> {
     }
 
     fn tick(&mut self, now: Instant) {
-        let mut list = std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
+        let mut list =
+            std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &(idx, id) in &list {
             match self.conns[idx].as_ref() {
                 Some(conn) if conn.id == id => {}
@@ -634,9 +704,14 @@ impl<S: Service> Worker<S> {
     }
 
     fn check_deadlines(&mut self, idx: usize, now: Instant) {
-        let Some(conn) = self.conns[idx].as_mut() else { return };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
         let bp_timeout = self.cfg.backpressure.timeout;
-        if conn.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp_timeout) {
+        if conn
+            .over_hard_since
+            .is_some_and(|since| now.duration_since(since) >= bp_timeout)
+        {
             self.close_stuck(idx);
             return;
         }
@@ -658,11 +733,15 @@ impl<S: Service> Worker<S> {
 
     /// A peer that has not drained its output for the backpressure timeout: close 1008.
     fn close_stuck(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else { return };
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
         let pending = conn.out.len();
         if let Phase::Open(session) = &mut conn.phase {
             let mut sink = self.turn.sink(&[]);
-            let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+            let _ = session
+                .outgoing(&mut sink)
+                .close(CloseCode::POLICY_VIOLATION, "output not drained");
             let _ = self.turn.flush(&conn.stream, &mut conn.out, &[]);
         }
         info!(
@@ -683,12 +762,16 @@ impl<S: Service> Worker<S> {
         self.listener_ready = false;
         let mut closing = 0;
         for idx in 0..self.conns.len() {
-            let Some(conn) = self.conns[idx].as_mut() else { continue };
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
             match &mut conn.phase {
                 Phase::Handshake => self.drop_conn(idx),
                 Phase::Open(session) if session.state() == State::Open => {
                     let mut sink = self.turn.sink(&[]);
-                    let _ = session.outgoing(&mut sink).close(CloseCode::GOING_AWAY, "server shutting down");
+                    let _ = session
+                        .outgoing(&mut sink)
+                        .close(CloseCode::GOING_AWAY, "server shutting down");
                     if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
                         self.peer_gone(idx, Some(e));
                         continue;
@@ -699,14 +782,22 @@ impl<S: Service> Worker<S> {
                 _ => {}
             }
         }
-        info!(worker = self.index, sessions = closing, "stopping: listener closed, close 1001 sent");
+        info!(
+            worker = self.index,
+            sessions = closing,
+            "stopping: listener closed, close 1001 sent"
+        );
     }
 
     /// Whether every connection has completed its close: nothing left to wait for but the peers'
     /// FINs, which the exit does not need.
     fn all_finished(&self) -> bool {
         self.live == 0
-            || self.conns.iter().flatten().all(|c| matches!(c.phase, Phase::Finishing { shut: true }))
+            || self
+                .conns
+                .iter()
+                .flatten()
+                .all(|c| matches!(c.phase, Phase::Finishing { shut: true }))
     }
 
     fn close_all(&mut self) {

@@ -13,7 +13,12 @@ use tungstenite::WebSocket;
 
 /// A config for tests: loopback, port 0, two workers, no pinning (the machine is shared).
 pub fn test_config() -> Config {
-    Config { listen: "127.0.0.1:0".parse().unwrap(), num_workers: 2, cpu_affinity: false, ..Config::default() }
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        num_workers: 2,
+        cpu_affinity: false,
+        ..Config::default()
+    }
 }
 
 /// What the server's handler saw.
@@ -37,15 +42,26 @@ impl RecordingEcho {
         let deadline = Instant::now() + timeout;
         let mut rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
         while !pred(&rec) {
-            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| {
-                panic!("timed out waiting for {what}; closes so far: {:?}", rec.closes)
-            });
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "timed out waiting for {what}; closes so far: {:?}",
+                        rec.closes
+                    )
+                });
             rec = self.changed.wait_timeout(rec, left).unwrap().0;
         }
     }
 
     pub fn close_codes(&self) -> Vec<u16> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).closes.iter().map(|c| c.1).collect()
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closes
+            .iter()
+            .map(|c| c.1)
+            .collect()
     }
 }
 
@@ -57,7 +73,8 @@ impl Handler for RecordingEcho {
     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         if let Message::Text(t) = msg {
             if let Some(code) = t.strip_prefix("close-me ") {
-                ctx.close(CloseCode(code.parse().unwrap()), "requested").unwrap();
+                ctx.close(CloseCode(code.parse().unwrap()), "requested")
+                    .unwrap();
                 return;
             }
             if t == "panic" {
@@ -67,8 +84,15 @@ impl Handler for RecordingEcho {
         ctx.send(msg).unwrap();
     }
     fn on_close(&self, ctx: &mut Ctx<'_>, code: CloseCode, reason: &str) {
-        assert!(ctx.send_text("too late").is_err(), "sends are refused after the close");
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).closes.push((ctx.session_id(), code.0, reason.to_string()));
+        assert!(
+            ctx.send_text("too late").is_err(),
+            "sends are refused after the close"
+        );
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closes
+            .push((ctx.session_id(), code.0, reason.to_string()));
         self.changed.notify_all();
     }
 }
@@ -84,9 +108,12 @@ pub fn start_echo(cfg: Config) -> (Server, Arc<RecordingEcho>) {
 /// A tungstenite client connected to `ws://addr{path}`.
 pub fn client(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     stream.set_nodelay(true).unwrap();
-    let (ws, resp) = tungstenite::client::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    let (ws, resp) =
+        tungstenite::client::client(format!("ws://{addr}{path}"), stream).expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
 }
@@ -117,7 +144,10 @@ pub fn read_head(s: &mut TcpStream) -> String {
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            other => panic!("response head cut short ({other:?}): {:?}", String::from_utf8_lossy(&head)),
+            other => panic!(
+                "response head cut short ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
         }
     }
     String::from_utf8(head).unwrap()

@@ -80,28 +80,57 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64KiB, 16MiB)"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64KiB, 16MiB)"))?;
     let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
         "m" | "mib" | "mb" => 1 << 20,
         "g" | "gib" | "gb" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use K, M or G, powers of 1024)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use K, M or G, powers of 1024)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses seconds, fractions allowed (`5`, `0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a valid duration"))
 }
 
 /// Flags that only DPDK's EAL takes.
 const EAL_FLAGS: &[&str] = &[
-    "-l", "-c", "-n", "-a", "-b", "-m", "--lcores", "--vdev", "--allow", "--block", "--file-prefix",
-    "--no-huge", "--no-pci", "--in-memory", "--huge-dir", "--socket-mem", "--proc-type",
-    "--iova-mode", "--main-lcore", "--log-level", "--no-shconf", "--legacy-mem",
+    "-l",
+    "-c",
+    "-n",
+    "-a",
+    "-b",
+    "-m",
+    "--lcores",
+    "--vdev",
+    "--allow",
+    "--block",
+    "--file-prefix",
+    "--no-huge",
+    "--no-pci",
+    "--in-memory",
+    "--huge-dir",
+    "--socket-mem",
+    "--proc-type",
+    "--iova-mode",
+    "--main-lcore",
+    "--log-level",
+    "--no-shconf",
+    "--legacy-mem",
 ];
 
 fn is_eal_flag(arg: &str) -> bool {
@@ -109,7 +138,11 @@ fn is_eal_flag(arg: &str) -> bool {
         arg == *f
             || arg.strip_prefix(f).is_some_and(|rest| {
                 // `--vdev=x`, `-l2-5`; but not our own long flags that merely share a prefix.
-                if f.starts_with("--") { rest.starts_with('=') } else { !rest.is_empty() && !f.starts_with("--") }
+                if f.starts_with("--") {
+                    rest.starts_with('=')
+                } else {
+                    !rest.is_empty() && !f.starts_with("--")
+                }
             })
     })
 }
@@ -132,10 +165,17 @@ pub fn split_eal(argv: Vec<OsString>) -> SplitArgs {
     let program = it.next().unwrap_or_else(|| OsString::from("hioload-echo"));
     let rest: Vec<OsString> = it.collect();
     if let Some(pos) = rest.iter().position(|a| a == "--") {
-        let eal = rest[..pos].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let eal = rest[..pos]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let mut ours = vec![program];
         ours.extend(rest[pos + 1..].iter().cloned());
-        return SplitArgs { eal, ours, separated: true };
+        return SplitArgs {
+            eal,
+            ours,
+            separated: true,
+        };
     }
     let eal: Vec<String> = rest
         .iter()
@@ -145,7 +185,11 @@ pub fn split_eal(argv: Vec<OsString>) -> SplitArgs {
         .collect();
     let mut ours = vec![program];
     ours.extend(rest);
-    SplitArgs { eal, ours, separated: false }
+    SplitArgs {
+        eal,
+        ours,
+        separated: false,
+    }
 }
 
 /// The refusal printed by a build without DPDK when EAL arguments are given.
@@ -192,10 +236,20 @@ mod tests {
 
     #[test]
     fn eal_flags_without_double_dash_are_detected() {
-        assert_eq!(split_eal(argv("echo -l 2-5 --addr 1.2.3.4:5")).eal, vec!["-l"]);
+        assert_eq!(
+            split_eal(argv("echo -l 2-5 --addr 1.2.3.4:5")).eal,
+            vec!["-l"]
+        );
         assert_eq!(split_eal(argv("echo -l2-5")).eal, vec!["-l2-5"]);
-        assert_eq!(split_eal(argv("echo --vdev=net_tap0")).eal, vec!["--vdev=net_tap0"]);
-        assert!(split_eal(argv("echo --addr 127.0.0.1:1 --workers 2 --no-affinity")).eal.is_empty());
+        assert_eq!(
+            split_eal(argv("echo --vdev=net_tap0")).eal,
+            vec!["--vdev=net_tap0"]
+        );
+        assert!(
+            split_eal(argv("echo --addr 127.0.0.1:1 --workers 2 --no-affinity"))
+                .eal
+                .is_empty()
+        );
         assert!(split_eal(argv("echo -- --addr 127.0.0.1:1")).eal.is_empty());
     }
 

@@ -70,7 +70,9 @@ fn main() -> ExitCode {
     cfg.backpressure.timeout = args.backpressure_timeout;
     #[cfg(feature = "dpdk")]
     if !split.eal.is_empty() {
-        cfg.data_path = DataPath::Dpdk { eal_args: split.eal.clone() };
+        cfg.data_path = DataPath::Dpdk {
+            eal_args: split.eal.clone(),
+        };
     }
     let data_path = match cfg.data_path {
         DataPath::Kernel => "kernel",
@@ -79,7 +81,9 @@ fn main() -> ExitCode {
     };
 
     match hioload_ws::raise_fd_limit() {
-        Ok(n) if n < 4096 => warn!("open-files limit is {n}; fewer connections than that can be served"),
+        Ok(n) if n < 4096 => {
+            warn!("open-files limit is {n}; fewer connections than that can be served")
+        }
         Ok(_) => {}
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
     }
@@ -114,7 +118,11 @@ fn main() -> ExitCode {
         let mut seen = 0;
         for signal in signals.forever() {
             seen += 1;
-            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
             if seen == 1 {
                 info!(
                     sessions = stopper.session_count(),
