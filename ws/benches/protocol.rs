@@ -37,7 +37,7 @@ fn time_per_call(mut f: impl FnMut()) -> f64 {
             f();
         }
         if t.elapsed() > Duration::from_millis(20) {
-            calls = calls * 5;
+            calls *= 5;
             break;
         }
         calls *= 2;
