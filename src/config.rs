@@ -179,6 +179,9 @@ impl Config {
             },
         )?;
 
+        // And whatever else the protocol layer needs of its limits.
+        l.validate().map_err(|problem| ConfigError { field: "limits", problem })?;
+
         let bp = &self.backpressure;
         check(bp.soft_bytes >= 4096, "backpressure.soft_bytes", || {
             format!("must be at least 4096, got {}", bp.soft_bytes)

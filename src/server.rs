@@ -128,7 +128,8 @@ impl Server {
             #[cfg(feature = "dpdk")]
             DataPath::Dpdk { .. } => {
                 return Err(Error::Unsupported(
-                    "the DPDK data path is not wired into the server yet; use DataPath::Kernel",
+                    "the DPDK data path is not wired into the server yet; without EAL arguments \
+                     (DataPath::Kernel) the kernel data path serves",
                 ))
             }
         }

@@ -214,6 +214,8 @@ impl<S: Service> Worker<S> {
                 return;
             }
             self.accept_resume_at = None;
+            // Another worker may have taken the descriptor this one released: take one back.
+            self.reserve.restore();
         }
         for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.listener else {
@@ -229,13 +231,20 @@ impl<S: Service> Worker<S> {
                 Err(e) if sys::is_fd_exhaustion(&e) && self.reserve.is_held() => {
                     // Free the reserve, take the connection off the queue and close it, so that the
                     // listener stops being readable; tell the operator (at most once a second).
+                    // (Linux reports EMFILE even when the queue is empty: then we are done.)
                     self.reserve.release();
-                    if let Ok((stream, peer)) = listener.accept() {
-                        drop(stream);
+                    let next = listener.accept();
+                    let peer = next.as_ref().ok().map(|(_, peer)| *peer);
+                    let empty = matches!(&next, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+                    drop(next);
+                    self.reserve.restore();
+                    if let Some(peer) = peer {
                         self.dropped_for_fds += 1;
                         self.warn_fd_exhaustion(&e, Some(peer));
+                    } else if empty {
+                        self.listener_ready = false;
+                        return;
                     }
-                    self.reserve.restore();
                 }
                 Err(e) => {
                     if sys::is_fd_exhaustion(&e) {

@@ -193,6 +193,7 @@ pub fn split_eal(argv: Vec<OsString>) -> SplitArgs {
 }
 
 /// The refusal printed by a build without DPDK when EAL arguments are given.
+#[cfg(not(feature = "dpdk"))]
 pub fn no_dpdk_message(eal: &[String]) -> String {
     format!(
         "error: DPDK EAL arguments given ({}), but this build of hioload-echo has no DPDK support \

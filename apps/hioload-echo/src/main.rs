@@ -108,8 +108,10 @@ fn main() -> ExitCode {
     }
     let addr = server.local_addr().expect("started");
     info!(
-        "hioload-echo listening on ws://{addr}{} ({} workers, {data_path} data path)",
-        args.path, args.workers
+        "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path)",
+        args.path,
+        args.workers,
+        if args.workers == 1 { "" } else { "s" }
     );
 
     let stopper = server.clone();

@@ -21,15 +21,19 @@ struct Echo {
 
 impl Echo {
     fn start(extra: &[&str]) -> Echo {
-        let mut child = Command::new(BIN)
-            .args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        Echo::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (stderr piped) and waits for its start line.
+    fn spawn(mut cmd: Command) -> Echo {
+        let mut child = cmd.spawn().unwrap();
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -47,7 +51,7 @@ impl Echo {
                 .expect("hioload-echo exited before its start line");
             if let Some(rest) = line.split("listening on ws://").nth(1) {
                 assert!(
-                    line.contains("2 workers") && line.contains("kernel data path"),
+                    line.contains("workers, kernel data path)") || line.contains("1 worker, kernel"),
                     "{line}"
                 );
                 break rest.split('/').next().unwrap().parse().unwrap();
@@ -260,4 +264,76 @@ fn a_busy_address_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot bind {addr}")), "{err}");
+}
+
+#[test]
+fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    // One worker: with several, one may take the descriptor another just released for its
+    // accept-and-close, and that other then backs off until a descriptor frees.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--addr", "127.0.0.1:0", "--workers", "1", "--no-affinity"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut echo = Echo::spawn(cmd);
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut open = Vec::new();
+    let mut dropped = 0;
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(echo.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(upgrade);
+        let mut head = [0u8; 12];
+        match s.read_exact(&mut head) {
+            Ok(()) => {
+                assert_eq!(&head, b"HTTP/1.1 101");
+                open.push(s);
+            }
+            Err(e) => {
+                // Closed at once, not left hanging until the read timeout.
+                assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "connection left hanging");
+                dropped += 1;
+            }
+        }
+    }
+    assert!(open.len() >= 20 && dropped >= 20, "{} open, {dropped} dropped", open.len());
+    let cpu_before = cpu_seconds(echo.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_cpu = cpu_seconds(echo.child.id()) - cpu_before;
+    assert!(idle_cpu < 0.2, "the server spins while out of descriptors: {idle_cpu} s CPU in 1 s");
+
+    drop(open);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ws = client(echo.addr);
+    ws.send(Message::text("back")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("back"));
+    let log = echo.log_lines().join("\n");
+    assert!(log.contains("raise RLIMIT_NOFILE"), "{log}");
+    drop(ws);
+    echo.signal(libc::SIGTERM);
+    assert!(echo.wait_exit(Duration::from_secs(10)).0.success());
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
