@@ -71,6 +71,19 @@ pub struct PortProfile {
     pub tx_checksums: Checksums,
 }
 
+impl PortProfile {
+    /// The profile of a configured port.
+    pub fn of(port: &hioload_dpdk::Port) -> Result<PortProfile, StackError> {
+        let configured = port.configured().ok_or_else(|| StackError::Config("the port is not configured".into()))?;
+        Ok(PortProfile {
+            mac: port.id().mac_addr().map_err(StackError::Dpdk)?.0,
+            mtu: port.id().mtu().map_err(StackError::Dpdk)?,
+            rx_checksums: configured.rx_checksums,
+            tx_checksums: configured.tx_checksums,
+        })
+    }
+}
+
 /// Counters and gauges of one stack.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
