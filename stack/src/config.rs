@@ -1,0 +1,74 @@
+//! What one stack instance needs to know: its address, its limits and its ring sizes.
+
+use std::net::Ipv4Addr;
+
+/// Configuration of a per-lcore [`Stack`](crate::Stack). `StackConfig::new(ip, prefix_len)`
+/// gives the defaults listed on each field.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// Our IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of our subnet (24 for a /24).
+    pub prefix_len: u8,
+    /// Default gateway, if peers outside the subnet are to be reached. Default: none.
+    pub gateway: Option<Ipv4Addr>,
+    /// Most passive connections between SYN and their hand-over to the application (SYN
+    /// received but not yet established, or established but not yet reported). SYNs beyond it
+    /// are dropped, as a kernel drops them on a full queue, and the client retries. Default 1024.
+    pub backlog: usize,
+    /// Most connections (passive and active) at once; sizes the ring slab. Default 8192.
+    pub max_connections: usize,
+    /// Receive ring bytes per connection. Default 16 KiB.
+    pub rx_ring: usize,
+    /// Send ring bytes per connection. Default 16 KiB.
+    pub tx_ring: usize,
+    /// Number of socket buckets (a power of two). Packets are dispatched to a bucket by flow
+    /// hash and smoltcp only ever scans that bucket, so the cost per packet stays flat while
+    /// connections per bucket stay small. Default 4096.
+    pub buckets: usize,
+    /// Nagle's algorithm on new connections. Default off (request/response traffic).
+    pub nagle: bool,
+    /// Delay ACKs of received data by this long (`None`: ACK at once). Default `None`: the
+    /// application answers in the same loop turn, so the ACK rides on the answer anyway.
+    pub ack_delay_ms: Option<u64>,
+    /// First and last local port for outgoing connections. Default 10000..=65535.
+    pub ephemeral_ports: (u16, u16),
+}
+
+impl StackConfig {
+    /// Defaults for the stack at `ip`/`prefix_len`.
+    pub fn new(ip: Ipv4Addr, prefix_len: u8) -> StackConfig {
+        StackConfig {
+            ip,
+            prefix_len,
+            gateway: None,
+            backlog: 1024,
+            max_connections: 8192,
+            rx_ring: 16 * 1024,
+            tx_ring: 16 * 1024,
+            buckets: 4096,
+            nagle: false,
+            ack_delay_ms: None,
+            ephemeral_ports: (10_000, 65_535),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !(1..=32).contains(&self.prefix_len) {
+            return Err(format!("prefix length {} is not in 1..=32", self.prefix_len));
+        }
+        if !self.buckets.is_power_of_two() || self.buckets > 1 << 20 {
+            return Err(format!("buckets ({}) must be a power of two up to 2^20", self.buckets));
+        }
+        if self.max_connections == 0 || self.max_connections > u32::MAX as usize / 2 {
+            return Err(format!("max_connections ({}) out of range", self.max_connections));
+        }
+        if self.rx_ring < 64 || self.tx_ring < 64 {
+            return Err("rings must hold at least 64 bytes".into());
+        }
+        if self.ephemeral_ports.0 == 0 || self.ephemeral_ports.0 > self.ephemeral_ports.1 {
+            return Err(format!("bad ephemeral port range {:?}", self.ephemeral_ports));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,450 @@
+//! The stack against the Linux kernel: a net_tap port whose kernel side lives in a network
+//! namespace, kernel TCP clients (threads that entered the namespace) and a stack-level TCP echo.
+//!
+//! Each test runs in its own process with its own EAL and namespace (the dpdk/ crate's test
+//! support, shared by path). Ports on the stack side (198.18.0.2):
+//! - 7: echo; closes its side once the client closed its side (client-initiated FIN);
+//! - 8: sends a greeting and closes at once (server-initiated FIN);
+//! - 9: resets the connection when data arrives (server-initiated RST).
+
+#[path = "../../dpdk/tests/support/mod.rs"]
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hioload_dpdk::{Mempool, MempoolConfig, Port, PortConfig, Queue};
+use hioload_stack::{CloseReason, Conn, ConnId, Handler, PortProfile, Stack, StackConfig};
+use support::{init_eal, isolated, Netns};
+
+const STACK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ECHO: u16 = 7;
+const GREET_AND_CLOSE: u16 = 8;
+const RESET_ON_DATA: u16 = 9;
+const GREETING: &[u8] = b"bye\n";
+
+/// The stack-side application.
+#[derive(Default)]
+struct EchoServer {
+    opened: usize,
+    graceful: usize,
+    reset: usize,
+    echoed: u64,
+}
+
+impl Handler for EchoServer {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        self.opened += 1;
+        if conn.local_port() == GREET_AND_CLOSE {
+            assert!(conn.send_all(&[GREETING]));
+            conn.close();
+        }
+    }
+
+    fn on_ready(&mut self, conn: &mut Conn<'_>) {
+        match conn.local_port() {
+            RESET_ON_DATA if conn.recv_queue() > 0 => conn.abort(),
+            ECHO => {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    let room = conn.send_free().min(buf.len());
+                    if room == 0 {
+                        break; // send ring full: leave the rest unread (backpressure)
+                    }
+                    let n = conn.recv_slice(&mut buf[..room]);
+                    if n == 0 {
+                        break;
+                    }
+                    assert_eq!(conn.send_slice(&buf[..n]), n);
+                    self.echoed += n as u64;
+                }
+                if conn.is_eof() {
+                    conn.close();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_close(&mut self, _id: ConnId, reason: CloseReason) {
+        match reason {
+            CloseReason::Graceful => self.graceful += 1,
+            CloseReason::Reset => self.reset += 1,
+        }
+    }
+}
+
+/// A net_tap port with its kernel side (198.18.0.1/24) in a fresh namespace, and a stack on it.
+fn run_against_kernel<R: Send + 'static>(
+    config: impl FnOnce(&mut StackConfig),
+    client: impl FnOnce() -> R + Send + 'static,
+    check: impl FnOnce(R, &EchoServer, &mut Stack<Queue<'_>>),
+) {
+    let tap = format!("hls{}", std::process::id());
+    let ns = Netns::create();
+    let eal = init_eal(&[]);
+    let socket = eal.main_lcore().socket();
+    let pool_config = MempoolConfig { mbufs: 8191, cache_size: 256, socket, ..MempoolConfig::default() };
+    let pool = Mempool::new(&eal, "stack_tap", &pool_config).unwrap();
+    {
+        let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
+        let port_config = PortConfig { rx_descriptors: 512, tx_descriptors: 512, ..PortConfig::default() };
+        port.configure(&port_config, &[pool.clone()]).unwrap();
+        port.start().unwrap();
+        support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
+        ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &tap]);
+        ns.exec(&["ip", "link", "set", &tap, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+
+        let profile = PortProfile::of(&port).unwrap();
+        println!("port profile: {profile:?}");
+        let mut stack_config = StackConfig::new(STACK_IP, 24);
+        stack_config.max_connections = 2048;
+        config(&mut stack_config);
+        let queue = port.queues().remove(0);
+        let mut stack = Stack::new(&eal, queue, pool.clone(), profile, socket, stack_config).unwrap();
+        stack.listen(ECHO);
+        stack.listen(GREET_AND_CLOSE);
+        stack.listen(RESET_ON_DATA);
+        let idle_in_use = pool.in_use();
+        let idle_stats = stack.stats();
+
+        let mut server = EchoServer::default();
+        let client = in_netns(&ns.name, client);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "client did not finish in time; stack {:?}", stack.stats());
+            stack.poll(&mut server);
+        }
+        let result = client.join().expect("client thread panicked");
+        // Let the last FIN/ACK exchanges finish.
+        let settle = Instant::now() + Duration::from_secs(5);
+        while (stack.stats().sockets > 0 || stack.tx_pending() > 0) && Instant::now() < settle {
+            stack.poll(&mut server);
+        }
+        for _ in 0..100 {
+            stack.poll(&mut server);
+        }
+        let stats = stack.stats();
+        println!("server: {} opened, {} graceful, {} reset, {} bytes echoed; {stats:?}", server.opened, server.graceful, server.reset, server.echoed);
+        println!("memory per idle connection: {} bytes", stack.memory_per_connection());
+        check(result, &server, &mut stack);
+
+        assert_eq!(stats.sockets, idle_stats.sockets, "every socket is gone after the connections closed");
+        assert_eq!((stats.open, stats.pending, stats.connecting), (0, 0, 0));
+        assert_eq!(stats.accepted, stats.closed, "each accepted connection was closed");
+        assert_eq!(pool.in_use(), idle_in_use, "mbufs in use are back to the idle count");
+        assert_eq!(stats.io.rx_bad_checksum, 0);
+    }
+    support::assert_pool_full(&pool);
+    drop(ns);
+}
+
+/// Run `f` on a thread inside namespace `ns`.
+fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> JoinHandle<R> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns with a valid namespace fd moves only this thread into the namespace.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// `read`, retried on EINTR (the tap PMD's SIGIO interrupts blocking calls of other threads).
+fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn stack_addr(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(STACK_IP, port)
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = loop {
+        match TcpStream::connect_timeout(&stack_addr(port).into(), Duration::from_secs(10)) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => break other.expect("connect to the stack"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Byte `i` of the test stream with seed `seed`.
+fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    (x >> 56) as u8
+}
+
+/// Write `len` pattern bytes from one thread, read the echo on this one, then half-close and
+/// expect EOF. Returns the bytes that came back intact.
+fn echo_stream(len: u64, seed: u64) -> u64 {
+    let stream = connect(ECHO);
+    let mut writer = stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < len {
+            let n = (len - sent).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern(seed, sent + k as u64);
+            }
+            writer.write_all(&buf[..n]).expect("write to the stack");
+            sent += n as u64;
+        }
+        writer.shutdown(std::net::Shutdown::Write).unwrap(); // our FIN
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = read_some(&mut reader, &mut buf).expect("read the echo");
+        if n == 0 {
+            break; // the stack's FIN after the echo
+        }
+        for (k, &b) in buf[..n].iter().enumerate() {
+            assert_eq!(b, pattern(seed, got + k as u64), "echo byte {} of {len}", got + k as u64);
+        }
+        got += n as u64;
+    }
+    w.join().unwrap();
+    got
+}
+
+#[test]
+fn streams_of_1k_1m_64m_echo_intact() {
+    isolated("streams_of_1k_1m_64m_echo_intact", || {
+        let sizes = [1u64 << 10, 1 << 20, 64 << 20];
+        run_against_kernel(
+            |c| {
+                c.rx_ring = 64 * 1024;
+                c.tx_ring = 64 * 1024;
+            },
+            move || sizes.iter().enumerate().map(|(i, &len)| (len, echo_stream(len, i as u64 + 1))).collect::<Vec<_>>(),
+            |results, server, _| {
+                for (len, got) in results {
+                    assert_eq!(got, len, "the whole {len}-byte stream came back");
+                }
+                assert_eq!(server.opened, 3);
+                assert_eq!(server.graceful, 3, "client FIN, then ours: graceful closes");
+                assert_eq!(server.echoed, (1 << 10) + (1 << 20) + (64 << 20));
+            },
+        );
+    });
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// `n` nonblocking connects issued back to back, then every connection echoes one message.
+fn thousand_clients(n: usize) -> usize {
+    raise_fd_limit();
+    let mut fds = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: ECHO.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(STACK_IP).to_be() },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sa is a valid sockaddr_in of the given size.
+        let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) };
+        assert!(r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS));
+        fds.push(fd);
+    }
+    // Wait until every connect completed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pending: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }).collect();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "{} of {n} connects still pending", pending.len());
+        // SAFETY: pending is a valid pollfd array.
+        unsafe { libc::poll(pending.as_mut_ptr(), pending.len() as u64, 100) };
+        pending.retain(|p| {
+            if p.revents == 0 {
+                return true;
+            }
+            assert_eq!(p.revents & (libc::POLLERR | libc::POLLHUP), 0, "connect failed on fd {}", p.fd);
+            false
+        });
+        for p in &mut pending {
+            p.revents = 0;
+        }
+    }
+    let streams: Vec<TcpStream> = fds
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: fd is an open, connected socket we own; TcpStream takes it over.
+            let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        })
+        .collect();
+    for (i, mut s) in streams.iter().enumerate() {
+        s.write_all(format!("client {i:04}").as_bytes()).unwrap();
+    }
+    let mut served = 0;
+    for (i, mut s) in streams.iter().enumerate() {
+        let mut buf = [0u8; 11];
+        s.read_exact(&mut buf).expect("echo of one client");
+        assert_eq!(&buf, format!("client {i:04}").as_bytes());
+        served += 1;
+    }
+    for s in &streams {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    for mut s in streams {
+        let mut rest = [0u8; 1];
+        assert_eq!(read_some(&mut s, &mut rest).unwrap(), 0, "the stack closes after our FIN");
+    }
+    served
+}
+
+#[test]
+fn thousand_clients_connect_at_once_and_are_served() {
+    isolated("thousand_clients_connect_at_once_and_are_served", || {
+        run_against_kernel(
+            |c| {
+                c.rx_ring = 4096;
+                c.tx_ring = 4096;
+            },
+            || thousand_clients(1000),
+            |served, server, stack| {
+                assert_eq!(served, 1000);
+                assert_eq!(server.opened, 1000);
+                assert_eq!(server.graceful, 1000);
+                assert_eq!(stack.stats().syn_dropped, 0, "the default backlog (1024) takes 1000 SYNs");
+            },
+        );
+    });
+}
+
+/// ICMP echo request/reply over a raw socket (no `ping` binary needed); returns replies seen.
+fn ping(count: u16) -> u16 {
+    // SAFETY: plain socket(2) call (root).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: valid option pointer and size.
+    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, std::mem::size_of_val(&tv) as u32) };
+    let dst = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(STACK_IP).to_be() }, sin_zero: [0; 8] };
+    let mut replies = 0;
+    for seq in 0..count {
+        let mut pkt = [0u8; 64];
+        pkt[0] = 8; // echo request
+        pkt[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+        for (i, b) in pkt[8..].iter_mut().enumerate() {
+            *b = i as u8 ^ seq as u8;
+        }
+        let sum = internet_checksum(&pkt);
+        pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+        // SAFETY: valid buffer and address.
+        let r = unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, &dst as *const _ as *const libc::sockaddr, std::mem::size_of_val(&dst) as u32) };
+        assert_eq!(r, 64, "sendto: {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 1500];
+            // SAFETY: valid buffer.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                break;
+            }
+            let ihl = (buf[0] & 15) as usize * 4;
+            let icmp = &buf[ihl..n as usize];
+            if buf[12..16] == STACK_IP.octets() && icmp[0] == 0 && icmp[4..6] == 0x4242u16.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() {
+                assert_eq!(icmp[8..], pkt[8..], "the reply carries our payload");
+                assert_eq!(internet_checksum(icmp), 0, "the reply's checksum is right");
+                replies += 1;
+                break;
+            }
+        }
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    replies
+}
+
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut acc = 0u32;
+    for w in data.chunks(2) {
+        acc += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// FIN and RST, each initiated by either side.
+fn fin_and_rst_both_ways() -> (u16, [bool; 4]) {
+    let replies = ping(3);
+    // 1. Client FIN first: the stack echoes, sees EOF, closes.
+    let client_fin = echo_stream(100, 9) == 100;
+    // 2. Stack FIN first: greeting, then EOF; then we close.
+    let mut s = connect(GREET_AND_CLOSE);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read until the stack's FIN");
+    let server_fin = got == GREETING;
+    drop(s);
+    // 3. Client RST: SO_LINGER 0 then close.
+    let mut s = connect(ECHO);
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid option pointer and size on our socket.
+    let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const _, std::mem::size_of_val(&linger) as u32) };
+    assert_eq!(r, 0);
+    drop(s); // RST
+    let client_rst = buf == *b"ping";
+    // 4. Stack RST: data makes it abort.
+    let mut s = connect(RESET_ON_DATA);
+    s.write_all(b"x").unwrap();
+    let mut buf = [0u8; 8];
+    let server_rst = match read_some(&mut s, &mut buf) {
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    };
+    (replies, [client_fin, server_fin, client_rst, server_rst])
+}
+
+#[test]
+fn ping_fin_and_rst_in_both_directions() {
+    isolated("ping_fin_and_rst_in_both_directions", || {
+        run_against_kernel(
+            |_| {},
+            fin_and_rst_both_ways,
+            |(replies, [client_fin, server_fin, client_rst, server_rst]), server, _| {
+                assert_eq!(replies, 3, "every ping answered");
+                assert!(client_fin, "client FIN: echo then EOF");
+                assert!(server_fin, "server FIN: greeting then EOF");
+                assert!(client_rst, "client RST after an echo");
+                assert!(server_rst, "server RST seen as ECONNRESET by the kernel");
+                assert_eq!(server.opened, 4);
+                assert_eq!(server.graceful, 2, "the two FIN cases end gracefully on the stack side");
+                assert_eq!(server.reset, 2, "the two RST cases end in a reset on the stack side");
+            },
+        );
+    });
+}
