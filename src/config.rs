@@ -14,12 +14,10 @@ pub enum DataPath {
     /// The kernel's TCP stack through `mio` (every OS; the default).
     #[default]
     Kernel,
-    /// DPDK with the userspace TCP stack; `eal_args` are passed to the EAL (e.g. `-l 2-5`).
+    /// DPDK with the userspace TCP stack (EAL arguments, netmask, gateway, ...); `listen` is the
+    /// stack's own address.
     #[cfg(feature = "dpdk")]
-    Dpdk {
-        /// EAL arguments, without the program name.
-        eal_args: Vec<String>,
-    },
+    Dpdk(crate::dpdk::DpdkConfig),
 }
 
 /// Everything a [`Server`](crate::Server) needs. `Default` gives the documented defaults.

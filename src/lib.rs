@@ -23,6 +23,8 @@
 //! ```
 
 pub mod config;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod handler;
 pub mod http;
 pub mod pinning;
@@ -31,6 +33,8 @@ pub mod server;
 pub mod topology;
 
 pub use config::{Backpressure, Config, ConfigError, DataPath, Limits};
+#[cfg(feature = "dpdk")]
+pub use dpdk::DpdkConfig;
 pub use handler::{CloseCode, Ctx, Handler, Message, SendError, State};
 pub use http::{HttpHandler, HttpRequest, NotFound};
 pub use server::{Error, Server};

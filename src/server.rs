@@ -79,6 +79,8 @@ pub struct Server {
     http: Arc<dyn HttpHandler>,
     start_lock: Mutex<()>,
     running: OnceLock<Transport>,
+    #[cfg(feature = "dpdk")]
+    dpdk: OnceLock<crate::dpdk::DpdkRuntime>,
 }
 
 impl Server {
@@ -91,6 +93,8 @@ impl Server {
             http: Arc::new(NotFound),
             start_lock: Mutex::new(()),
             running: OnceLock::new(),
+            #[cfg(feature = "dpdk")]
+            dpdk: OnceLock::new(),
         })
     }
 
@@ -119,18 +123,26 @@ impl Server {
     /// Binds the address and starts the workers; returns once they run (it does not block).
     pub fn start(&self) -> Result<(), Error> {
         let _guard = self.start_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.running.get().is_some() {
+        if self.running.get().is_some() || self.dpdk_running() {
             return Err(Error::AlreadyStarted);
         }
         let handler = self.handler.clone().ok_or(Error::NoHandler)?;
         match &self.cfg.data_path {
             DataPath::Kernel => {}
             #[cfg(feature = "dpdk")]
-            DataPath::Dpdk { .. } => {
-                return Err(Error::Unsupported(
-                    "the DPDK data path is not wired into the server yet; without EAL arguments \
-                     (DataPath::Kernel) the kernel data path serves",
-                ))
+            DataPath::Dpdk(dpdk) => {
+                let route = PathRoute {
+                    path: self.cfg.path.clone(),
+                };
+                let runtime = crate::dpdk::DpdkRuntime::start(
+                    &self.cfg,
+                    dpdk,
+                    handler,
+                    self.http.clone(),
+                    route,
+                )?;
+                let _ = self.dpdk.set(runtime);
+                return Ok(());
             }
         }
         let service = KernelService {
@@ -146,6 +158,14 @@ impl Server {
         debug!(addr = %transport.local_addr(), workers = self.cfg.num_workers, path = %self.cfg.path, "server started");
         let _ = self.running.set(transport);
         Ok(())
+    }
+
+    /// Whether the DPDK data path has been started.
+    fn dpdk_running(&self) -> bool {
+        #[cfg(feature = "dpdk")]
+        return self.dpdk.get().is_some();
+        #[cfg(not(feature = "dpdk"))]
+        false
     }
 
     /// The CPU of each worker from the topology-aware placement plan (spread over NUMA nodes,
@@ -181,17 +201,29 @@ impl Server {
 
     /// The bound address (with the real port when port 0 was configured); `None` before `start`.
     pub fn local_addr(&self) -> Option<SocketAddr> {
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = self.dpdk.get() {
+            return Some(d.local_addr());
+        }
         self.running.get().map(Transport::local_addr)
     }
 
     /// Open WebSocket sessions across all workers.
     pub fn session_count(&self) -> usize {
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = self.dpdk.get() {
+            return d.session_count();
+        }
         self.running.get().map_or(0, Transport::session_count)
     }
 
     /// Begins a graceful stop and returns at once: stop accepting, send Close 1001 to every
     /// session, give them `shutdown_grace` to complete the close handshake, then drop the rest.
     pub fn stop(&self) {
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = self.dpdk.get() {
+            d.stop();
+        }
         if let Some(t) = self.running.get() {
             t.stop();
         }
@@ -199,6 +231,10 @@ impl Server {
 
     /// Blocks until the workers have exited (that is, after `stop`, within the grace period).
     pub fn wait(&self) -> Result<(), Error> {
+        #[cfg(feature = "dpdk")]
+        if let Some(d) = self.dpdk.get() {
+            return d.wait();
+        }
         match self.running.get() {
             Some(t) => t.wait().map_err(Error::Io),
             None => Ok(()),
@@ -213,8 +249,8 @@ impl Server {
 }
 
 /// Upgrades only the configured path (the query string is ignored).
-struct PathRoute {
-    path: String,
+pub(crate) struct PathRoute {
+    pub(crate) path: String,
 }
 
 impl UpgradePolicy for PathRoute {

@@ -22,10 +22,32 @@ SIGINT/SIGTERM stop the server gracefully: it stops accepting, sends Close 1001 
 session, waits up to --grace-period for the close handshakes, and exits 0.
 Logs go to stderr; RUST_LOG sets the level (default info).";
 
+/// DPDK mode, printed by `--help` of a build with the `dpdk` feature.
+#[cfg(feature = "dpdk")]
+const DPDK_HELP: &str = "
+DPDK mode (this build has it):
+  hioload-echo [EAL options] -- [options]
+EAL options come first and go to DPDK as they are; ours follow `--`. Without `--` (no EAL
+options) the kernel data path serves, as in a build without DPDK. In DPDK mode --addr is the
+userspace stack's own IPv4 address and port (it answers ARP and ping for it); --netmask and
+--gateway place it in its subnet; --workers, --batch-size and --no-affinity do not apply (the
+lcores come from -l). Needs hugepages (echo 1024 > /proc/sys/vm/nr_hugepages) and root.
+Common EAL options:
+  -l 0-1                        lcores to run on (the first one polls the port)
+  --vdev=net_tap0,iface=hl0     a TAP device as the port (its kernel side is the peer)
+  -a 0000:01:00.0               allow this PCI NIC (bound to vfio-pci: scripts/bind-nic.sh)
+  --no-pci                      use no PCI NIC (virtual devices only)
+  --in-memory                   no shared runtime files (several instances at once)
+Example:
+  hioload-echo -l 0-1 --no-pci --vdev=net_tap0,iface=hl0 -- --addr 198.18.0.2:8080 --netmask 24
+  (then, on the kernel side: ip addr add 198.18.0.1/24 dev hl0; ip link set hl0 up)";
+#[cfg(not(feature = "dpdk"))]
+const DPDK_HELP: &str = "";
+
 /// WebSocket echo server: every text message comes back as text, every binary message as binary.
 /// Requests for other paths get 404.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "hioload-echo", version, after_help = EXAMPLES)]
+#[command(name = "hioload-echo", version, after_help = const_format_help())]
 pub struct Args {
     /// Address to listen on. The default serves this machine only; use 0.0.0.0:PORT to accept
     /// connections from elsewhere. Port 0 picks a free port (printed at start).
@@ -73,6 +95,52 @@ pub struct Args {
     /// Seconds a client has to send a complete upgrade request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
+
+    /// DPDK mode: the stack's subnet, as a prefix length (24) or a mask (255.255.255.0).
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "PREFIX|MASK", default_value = "24", value_parser = parse_netmask)]
+    pub netmask: u8,
+
+    /// DPDK mode: default gateway, to reach clients outside the subnet (default: none).
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "IPV4")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+
+    /// DPDK mode: microseconds an lcore sleeps after a poll that received nothing
+    /// (0 = pure busy poll, lowest latency, one core at 100%).
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub idle_sleep_us: u64,
+
+    /// DPDK mode: most TCP connections at once (each holds two 16 KiB rings in hugepages).
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub max_connections: usize,
+
+    /// DPDK mode: the port to serve on, by DPDK name (net_tap0, 0000:01:00.0); default: the first.
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "NAME")]
+    pub dpdk_port: Option<String>,
+}
+
+/// The text after the flags: examples, then the DPDK mode (in a DPDK build).
+fn const_format_help() -> String {
+    format!("{EXAMPLES}\n{DPDK_HELP}")
+}
+
+/// Parses a prefix length (`24`) or a dotted netmask (`255.255.255.0`).
+#[cfg(feature = "dpdk")]
+pub fn parse_netmask(s: &str) -> Result<u8, String> {
+    if let Ok(n) = s.parse::<u8>() {
+        return if (1..=32).contains(&n) { Ok(n) } else { Err(format!("prefix length {n} is not in 1..=32")) };
+    }
+    let mask: std::net::Ipv4Addr = s.parse().map_err(|_| format!("{s:?} is neither a prefix length nor a netmask"))?;
+    let bits = u32::from(mask);
+    let n = bits.leading_ones();
+    if n == 0 || bits.checked_shl(n).unwrap_or(0) != 0 {
+        return Err(format!("{s} is not a contiguous netmask"));
+    }
+    Ok(n as u8)
 }
 
 /// Parses `65536`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB`.

@@ -70,9 +70,13 @@ fn main() -> ExitCode {
     cfg.backpressure.timeout = args.backpressure_timeout;
     #[cfg(feature = "dpdk")]
     if !split.eal.is_empty() {
-        cfg.data_path = DataPath::Dpdk {
-            eal_args: split.eal.clone(),
-        };
+        let mut dpdk = hioload_ws::DpdkConfig::new(split.eal.clone());
+        dpdk.prefix_len = args.netmask;
+        dpdk.gateway = args.gateway;
+        dpdk.idle_sleep = std::time::Duration::from_micros(args.idle_sleep_us);
+        dpdk.max_connections = args.max_connections;
+        dpdk.port = args.dpdk_port.clone();
+        cfg.data_path = DataPath::Dpdk(dpdk);
     }
     let data_path = match cfg.data_path {
         DataPath::Kernel => "kernel",
@@ -107,12 +111,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let addr = server.local_addr().expect("started");
-    info!(
-        "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path)",
-        args.path,
-        args.workers,
-        if args.workers == 1 { "" } else { "s" }
-    );
+    if data_path == "kernel" {
+        info!(
+            "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path)",
+            args.path,
+            args.workers,
+            if args.workers == 1 { "" } else { "s" }
+        );
+    } else {
+        info!("hioload-echo listening on ws://{addr}{} (1 lcore, {data_path} data path)", args.path);
+    }
 
     let stopper = server.clone();
     let grace = args.grace_period;

@@ -1,0 +1,550 @@
+//! One lcore's WebSocket connections over its stack, from the upgrade request to the last FIN.
+//!
+//! The [`Driver`] is the stack's [`Handler`](hioload_stack::Handler): the stack calls it from inside
+//! its poll loop for each connection that opened, has bytes, saw the peer's FIN or got send room,
+//! and when a connection is gone. It mirrors the kernel transport's worker, phase for phase:
+//! handshake (or a plain HTTP answer through the `HttpHandler` hook), session (events to the
+//! application's `Handler`, panics caught and closed with 1011), and finishing (output drained,
+//! FIN, input discarded), with the same timeouts and the same close codes.
+//!
+//! Input: the bytes in the socket's receive ring are copied into the lcore's receive buffer with a
+//! peek (across the ring's wrap), parsed there in place, and only what the protocol consumed is
+//! taken from the ring. An incomplete frame therefore waits in the ring, not in a buffer of ours;
+//! the sessions' `inplace_frame_max` is capped at half a ring so that such a frame always fits.
+//! Output goes straight into the send ring ([`RingSink`]); when that is full the connection is not
+//! read until it drains (see `sink`).
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hioload_stack::{CloseReason, Conn, ConnId, PacketQueue, Stack};
+use hioload_wsproto::handshake::{self, Parsed};
+use hioload_wsproto::session::{FrameSink, Outgoing};
+use hioload_wsproto::{CloseCode, Event, HttpError, Limits, SendError, Session, State};
+use tracing::{debug, error, info};
+
+use super::conn::{Phase, WsConn};
+use super::runtime::Shared;
+use super::sink::{drain, RingSink};
+use crate::config::Backpressure;
+use crate::handler::{Ctx, Handler, Message, SessionOps};
+use crate::http::{write_response, HttpHandler};
+use crate::server::PathRoute;
+
+/// Deadline resolution.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+
+/// What a driver needs from the server's configuration.
+pub(super) struct DriverConfig {
+    pub lcore_index: usize,
+    pub limits: Limits,
+    pub backpressure: Backpressure,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_connections: usize,
+    pub ring_bytes: usize,
+}
+
+/// The WebSocket side of one lcore.
+pub(super) struct Driver {
+    cfg: DriverConfig,
+    handler: Arc<dyn Handler>,
+    http: Arc<dyn HttpHandler>,
+    route: PathRoute,
+    shared: Arc<Shared>,
+    /// Indexed by the stack's dense connection slot.
+    conns: Vec<Option<WsConn>>,
+    /// The receive buffer: one whole receive ring.
+    rbuf: Box<[u8]>,
+    http_response: Vec<u8>,
+    watched: Vec<ConnId>,
+    watched_spare: Vec<ConnId>,
+    next_serial: u64,
+    stopping: bool,
+}
+
+impl Driver {
+    pub fn new(
+        mut cfg: DriverConfig,
+        handler: Arc<dyn Handler>,
+        http: Arc<dyn HttpHandler>,
+        route: PathRoute,
+        shared: Arc<Shared>,
+    ) -> Driver {
+        // A frame waited for whole must fit in the receive ring with room to spare.
+        cfg.limits.inplace_frame_max = cfg.limits.inplace_frame_max.min(cfg.ring_bytes / 2);
+        Driver {
+            conns: (0..cfg.max_connections).map(|_| None).collect(),
+            rbuf: vec![0u8; cfg.ring_bytes].into_boxed_slice(),
+            http_response: Vec::with_capacity(1024),
+            watched: Vec::new(),
+            watched_spare: Vec::new(),
+            next_serial: 0,
+            stopping: false,
+            cfg,
+            handler,
+            http,
+            route,
+            shared,
+        }
+    }
+
+    // ---- input -------------------------------------------------------------------------------
+
+    /// Reads and processes what the receive ring holds, unless the send ring is full.
+    fn read(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) {
+        loop {
+            if !ws.out.is_empty() {
+                return; // backpressure: the send ring is full
+            }
+            let n = conn.peek_slice(&mut self.rbuf);
+            if n == 0 {
+                break;
+            }
+            let consumed = match &ws.phase {
+                Phase::Handshake => self.handshake(conn, ws, n),
+                Phase::Open(s) if s.state() != State::Closed => self.feed(conn, ws, 0, n),
+                Phase::Open(_) | Phase::Finishing { .. } => n, // discarded
+            };
+            // After a failed or finished session nothing more is parsed.
+            let consumed = match &ws.phase {
+                Phase::Open(s) if s.state() == State::Closed => n,
+                Phase::Finishing { .. } => n,
+                _ => consumed,
+            };
+            consume(conn, consumed);
+            if consumed < n {
+                break; // an incomplete frame or request head waits in the ring
+            }
+        }
+        if conn.is_eof() {
+            self.peer_finished(ws);
+        }
+    }
+
+    /// Parses the request head in `rbuf[..n]`; returns the bytes consumed.
+    fn handshake(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, n: usize) -> usize {
+        let peer = ws.peer;
+        let mut sink = RingSink { conn, out: &mut ws.out };
+        let head_len = match handshake::parse_request(&self.rbuf[..n], &self.cfg.limits) {
+            Parsed::Partial if n < self.rbuf.len() => return 0,
+            Parsed::Partial => {
+                let err = HttpError { status: 431, reason: "request header fields too large" };
+                reject(&mut sink, peer, &err);
+                None
+            }
+            Parsed::Reject(err) => {
+                reject(&mut sink, peer, &err);
+                None
+            }
+            Parsed::Http(req) => {
+                self.http_response.clear();
+                let http = &*self.http;
+                let response = &mut self.http_response;
+                if catch_unwind(AssertUnwindSafe(|| http.handle(&req, peer, response))).is_err() {
+                    error!(%peer, path = req.path, "HTTP handler panicked; answering 500");
+                    response.clear();
+                    write_response(response, 500, "Internal Server Error", "text/plain; charset=utf-8", b"internal error\n");
+                }
+                debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
+                sink.write(&self.http_response);
+                None
+            }
+            Parsed::Upgrade(req) => {
+                let mut response = [0u8; 512];
+                let (len, decision) = handshake::respond(&req, &self.route, &mut response);
+                sink.write(&response[..len]);
+                match decision {
+                    Ok(()) => Some(req.head_len),
+                    Err(err) => {
+                        debug!(%peer, path = req.path, status = err.status, "upgrade refused: {}", err.reason);
+                        None
+                    }
+                }
+            }
+        };
+        let Some(head_len) = head_len else {
+            // Answered: give the peer the close timeout to read the answer and close.
+            ws.phase = Phase::Finishing { fin: false };
+            ws.deadline = Some(Instant::now() + self.cfg.close_timeout);
+            return n;
+        };
+
+        // The session starts; bytes after the head are already frames.
+        ws.phase = Phase::Open(Session::new(self.cfg.limits.clone()));
+        ws.deadline = None;
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        if let Phase::Open(session) = &mut ws.phase {
+            let mut out = session.outgoing(&mut sink);
+            let mut ops = SessionRef { id: ws.session_id, peer, out: Some(&mut out) };
+            call(&*self.handler, &mut ops, "on_open", |h, ctx| h.on_open(ctx));
+        }
+        if n > head_len {
+            self.feed(conn, ws, head_len, n)
+        } else {
+            head_len
+        }
+    }
+
+    /// Runs the session over `rbuf[start..end]`; returns the offset up to which it consumed.
+    fn feed(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, start: usize, end: usize) -> usize {
+        let Phase::Open(session) = &mut ws.phase else {
+            return end;
+        };
+        let (id, peer) = (ws.session_id, ws.peer);
+        let handler = &*self.handler;
+        let mut reported = false;
+        let result = {
+            let mut sink = RingSink { conn, out: &mut ws.out };
+            session.receive(&mut self.rbuf[start..end], &mut sink, |event, out| {
+                let mut ops = SessionRef { id, peer, out: Some(out) };
+                match event {
+                    Event::Text(t) => call(handler, &mut ops, "on_message", |h, ctx| h.on_message(ctx, Message::Text(t))),
+                    Event::Binary(b) => call(handler, &mut ops, "on_message", |h, ctx| h.on_message(ctx, Message::Binary(b))),
+                    Event::Close(code, reason) => {
+                        let code = code.unwrap_or(CloseCode::NO_STATUS);
+                        call(handler, &mut ops, "on_close", |h, ctx| h.on_close(ctx, code, reason));
+                        reported = true;
+                    }
+                    Event::Ping(_) | Event::Pong(_) => {}
+                }
+            })
+        };
+        ws.reported |= reported;
+        match result {
+            Ok(consumed) => start + consumed,
+            Err(err) => {
+                info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                self.report(ws, err.code, err.reason);
+                end
+            }
+        }
+    }
+
+    /// The peer sent its FIN and every byte before it was read.
+    fn peer_finished(&mut self, ws: &mut WsConn) {
+        match ws.phase {
+            Phase::Handshake => {
+                debug!(peer = %ws.peer, "connection ended during the handshake");
+                ws.phase = Phase::Finishing { fin: false };
+            }
+            Phase::Open(_) => {
+                if ws.has_live_session() {
+                    debug!(peer = %ws.peer, session = ws.session_id, "connection closed without a close frame");
+                }
+                self.report(ws, CloseCode::ABNORMAL, "connection closed without a close frame");
+                self.leave_open(ws);
+            }
+            Phase::Finishing { .. } => {}
+        }
+        if ws.deadline.is_none() {
+            ws.deadline = Some(Instant::now() + self.cfg.close_timeout);
+        }
+    }
+
+    // ---- state -------------------------------------------------------------------------------
+
+    /// Calls `on_close` once per session.
+    fn report(&mut self, ws: &mut WsConn, code: CloseCode, reason: &str) {
+        if ws.has_live_session() {
+            ws.reported = true;
+            let mut ops = Ended { id: ws.session_id, peer: ws.peer };
+            call(&*self.handler, &mut ops, "on_close", |h, ctx| h.on_close(ctx, code, reason));
+        }
+    }
+
+    /// Ends the session phase (counted once) and starts finishing.
+    fn leave_open(&mut self, ws: &mut WsConn) {
+        if matches!(ws.phase, Phase::Open(_)) {
+            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            ws.phase = Phase::Finishing { fin: false };
+            ws.deadline = Some(Instant::now() + self.cfg.close_timeout);
+        }
+    }
+
+    /// Updates phase, deadlines, backpressure and our FIN after anything changed a connection.
+    fn after_turn(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) {
+        if let Phase::Open(session) = &ws.phase {
+            let state = session.state();
+            if ws.reported || state == State::Closed {
+                self.report(ws, CloseCode::ABNORMAL, "session closed");
+                self.leave_open(ws);
+            } else if state == State::Closing && ws.deadline.is_none() {
+                ws.deadline = Some(Instant::now() + self.cfg.close_timeout);
+            }
+        }
+        if ws.out.len() > self.cfg.backpressure.hard_bytes {
+            ws.over_hard_since.get_or_insert_with(Instant::now);
+        } else {
+            ws.over_hard_since = None;
+        }
+        if let Phase::Finishing { fin } = &mut ws.phase {
+            if !*fin && ws.out.is_empty() {
+                conn.close(); // FIN after what the send ring holds
+                *fin = true;
+            }
+        }
+        if ws.needs_watch() && !ws.watched {
+            ws.watched = true;
+            self.watched.push(ws.id);
+        }
+    }
+
+    // ---- deadlines ---------------------------------------------------------------------------
+
+    /// Acts on the deadlines that passed (call every [`TICK`]).
+    pub fn tick<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>, now: Instant) {
+        let mut list = std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
+        for &id in &list {
+            let idx = id.index();
+            let Some(mut ws) = self.conns[idx].take_if(|ws| ws.id == id) else {
+                continue;
+            };
+            match stack.conn(id) {
+                Some(mut conn) => self.check_deadlines(&mut conn, &mut ws, now),
+                None => {}
+            }
+            if ws.needs_watch() {
+                self.watched.push(id);
+            } else {
+                ws.watched = false;
+            }
+            self.conns[idx] = Some(ws);
+        }
+        list.clear();
+        self.watched_spare = list;
+    }
+
+    fn check_deadlines(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, now: Instant) {
+        let bp = &self.cfg.backpressure;
+        if ws.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp.timeout) {
+            info!(
+                peer = %ws.peer, session = ws.session_id, pending = ws.out.len(),
+                "peer does not read: output above {} bytes for {:?}; closing with 1008", bp.hard_bytes, bp.timeout
+            );
+            if let Phase::Open(session) = &mut ws.phase {
+                let mut sink = RingSink { conn, out: &mut ws.out };
+                let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+            }
+            self.end_now(conn, ws, CloseCode::POLICY_VIOLATION, "output not drained");
+            return;
+        }
+        if !ws.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        match ws.phase {
+            Phase::Handshake => debug!(peer = %ws.peer, "handshake timed out"),
+            Phase::Open(_) => debug!(peer = %ws.peer, session = ws.session_id, "close handshake timed out"),
+            Phase::Finishing { .. } => {}
+        }
+        self.end_now(conn, ws, CloseCode::ABNORMAL, "close handshake timed out");
+    }
+
+    /// Reports `code` if the session is live and resets the connection; the stack's `on_close`
+    /// removes it.
+    fn end_now(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, code: CloseCode, reason: &str) {
+        self.report(ws, code, reason);
+        self.leave_open(ws);
+        ws.phase = Phase::Finishing { fin: true };
+        ws.deadline = None;
+        ws.over_hard_since = None;
+        conn.abort();
+    }
+
+    // ---- stop --------------------------------------------------------------------------------
+
+    /// Sends Close 1001 to every open session and resets connections still in their handshake.
+    pub fn begin_shutdown<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>) -> usize {
+        self.stopping = true;
+        let mut closing = 0;
+        for idx in 0..self.conns.len() {
+            let Some(mut ws) = self.conns[idx].take() else {
+                continue;
+            };
+            if let Some(mut conn) = stack.conn(ws.id) {
+                match &mut ws.phase {
+                    Phase::Handshake => self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped"),
+                    Phase::Open(session) if session.state() == State::Open => {
+                        let mut sink = RingSink { conn: &mut conn, out: &mut ws.out };
+                        let _ = session.outgoing(&mut sink).close(CloseCode::GOING_AWAY, "server shutting down");
+                        closing += 1;
+                        self.after_turn(&mut conn, &mut ws);
+                    }
+                    _ => {}
+                }
+            }
+            self.conns[idx] = Some(ws);
+        }
+        closing
+    }
+
+    /// Whether every connection has finished its close: nothing is left but FIN exchanges.
+    pub fn all_finished(&self) -> bool {
+        self.conns.iter().flatten().all(|ws| matches!(ws.phase, Phase::Finishing { fin: true }))
+    }
+
+    /// At the end of the grace period: reports 1006 for the sessions still open and resets them.
+    pub fn close_all<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>) {
+        for idx in 0..self.conns.len() {
+            let Some(mut ws) = self.conns[idx].take() else {
+                continue;
+            };
+            let finished = matches!(ws.phase, Phase::Finishing { fin: true });
+            match stack.conn(ws.id) {
+                Some(mut conn) if !finished => self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped"),
+                Some(_) => {}
+                None => {
+                    self.report(&mut ws, CloseCode::ABNORMAL, "server stopped");
+                    self.leave_open(&mut ws);
+                }
+            }
+            self.conns[idx] = Some(ws);
+        }
+    }
+
+    /// Connections the driver still tracks.
+    pub fn connections(&self) -> usize {
+        self.conns.iter().flatten().count()
+    }
+}
+
+impl hioload_stack::Handler for Driver {
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        let id = conn.id();
+        if self.stopping {
+            conn.abort(); // accepted from the backlog after the listener closed
+            return;
+        }
+        let session_id = ((self.cfg.lcore_index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
+        self.next_serial += 1;
+        let peer = SocketAddr::V4(conn.remote());
+        let mut ws = WsConn::new(id, session_id, peer, Instant::now() + self.cfg.handshake_timeout);
+        ws.watched = true;
+        self.watched.push(id);
+        self.conns[id.index()] = Some(ws);
+    }
+
+    fn on_ready(&mut self, conn: &mut Conn<'_>) {
+        let id = conn.id();
+        let Some(mut ws) = self.conns[id.index()].take_if(|ws| ws.id == id) else {
+            // Not ours (reset at stop): discard what arrives.
+            consume(conn, usize::MAX);
+            return;
+        };
+        drain(conn, &mut ws.out);
+        self.read(conn, &mut ws);
+        self.after_turn(conn, &mut ws);
+        self.conns[id.index()] = Some(ws);
+    }
+
+    fn on_close(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut ws) = self.conns[id.index()].take_if(|ws| ws.id == id) else {
+            return;
+        };
+        let why = match reason {
+            CloseReason::Reset => "connection reset",
+            CloseReason::Graceful => "connection closed without a close frame",
+        };
+        if ws.has_live_session() {
+            debug!(peer = %ws.peer, session = ws.session_id, "{why}");
+        }
+        self.report(&mut ws, CloseCode::ABNORMAL, why);
+        self.leave_open(&mut ws);
+    }
+}
+
+/// Takes up to `n` bytes from the receive ring (two rounds cover its wrap).
+fn consume(conn: &mut Conn<'_>, mut n: usize) {
+    for _ in 0..2 {
+        if n == 0 {
+            return;
+        }
+        let taken = conn.recv_with(|b| n.min(b.len()));
+        if taken == 0 {
+            return;
+        }
+        n -= taken;
+    }
+}
+
+/// Queues an HTTP error answer.
+fn reject(sink: &mut RingSink<'_, '_>, peer: SocketAddr, err: &HttpError) {
+    debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
+    let mut response = [0u8; 256];
+    let n = handshake::write_error_response(err, &mut response);
+    sink.write(&response[..n]);
+}
+
+/// Runs a handler callback; a panic closes the session with 1011 instead of killing the lcore.
+fn call(handler: &dyn Handler, ops: &mut dyn SessionOps, what: &str, f: impl FnOnce(&dyn Handler, &mut Ctx<'_>)) {
+    let (id, peer) = (ops.session_id(), ops.peer_addr());
+    let mut ctx = Ctx::new(ops);
+    if catch_unwind(AssertUnwindSafe(|| f(handler, &mut ctx))).is_err() {
+        error!(session = id, %peer, "handler panicked in {what}; closing the session with 1011");
+        let _ = ctx.close(CloseCode::INTERNAL_ERROR, "internal error");
+    }
+}
+
+/// A live session lent to a callback: sends go through its `Outgoing` into the send ring.
+struct SessionRef<'o, 's, S: FrameSink + ?Sized> {
+    id: u64,
+    peer: SocketAddr,
+    out: Option<&'o mut Outgoing<'s, S>>,
+}
+
+impl<S: FrameSink + ?Sized> SessionOps for SessionRef<'_, '_, S> {
+    fn session_id(&self) -> u64 {
+        self.id
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+    fn state(&self) -> State {
+        self.out.as_ref().map_or(State::Closed, |o| o.state())
+    }
+    fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.out.as_mut().ok_or(SendError::Closed)?.send_text(text)
+    }
+    fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.out.as_mut().ok_or(SendError::Closed)?.send_binary(data)
+    }
+    fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.out.as_mut().ok_or(SendError::Closed)?.ping(payload)
+    }
+    fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        self.out.as_mut().ok_or(SendError::Closed)?.close(code, reason)
+    }
+}
+
+/// A session that has ended: every send is refused.
+struct Ended {
+    id: u64,
+    peer: SocketAddr,
+}
+
+impl SessionOps for Ended {
+    fn session_id(&self) -> u64 {
+        self.id
+    }
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+    fn state(&self) -> State {
+        State::Closed
+    }
+    fn send_text(&mut self, _: &str) -> Result<(), SendError> {
+        Err(SendError::Closed)
+    }
+    fn send_binary(&mut self, _: &[u8]) -> Result<(), SendError> {
+        Err(SendError::Closed)
+    }
+    fn ping(&mut self, _: &[u8]) -> Result<(), SendError> {
+        Err(SendError::Closed)
+    }
+    fn close(&mut self, _: CloseCode, _: &str) -> Result<(), SendError> {
+        Err(SendError::Closed)
+    }
+}

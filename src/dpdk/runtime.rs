@@ -1,0 +1,347 @@
+//! The EAL thread: everything DPDK, from `rte_eal_init` to `rte_eal_cleanup`, on one thread.
+//!
+//! The EAL belongs to the thread that initialised it (that thread becomes the main lcore), while
+//! `Server::start` must return once the server runs. So `start` spawns this thread and waits for
+//! its report: either the port is up and the stack listens, or a clear error (bad EAL arguments,
+//! no usable port, no hugepage memory). The thread then runs the lcore loop, top to bottom:
+//! 1. one stack poll: rx burst, TCP, the driver's callbacks (WebSocket), tx burst;
+//! 2. on stop: stop listening, Close 1001 to every session, start the grace period;
+//! 3. every 100 ms, the deadlines of the few connections that have one;
+//! 4. after a turn that received nothing, sleep `idle_sleep` (if set).
+//!
+//! When every session has finished (or the grace period ends), the remaining ones are reset, the
+//! FINs and RSTs leave, and stack, port, mempool and EAL are released in that order.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hioload_dpdk::{Eal, Mempool, MempoolConfig, Port, PortConfig, PortId, SocketId};
+use hioload_stack::{PortProfile, Stack, StackConfig};
+use tracing::{info, warn};
+
+use super::driver::{Driver, DriverConfig, TICK};
+use super::DpdkConfig;
+use crate::config::{Config, ConfigError};
+use crate::handler::Handler;
+use crate::http::HttpHandler;
+use crate::server::{Error, PathRoute};
+
+/// State shared between the EAL thread and the server's callers.
+pub(crate) struct Shared {
+    pub stopping: AtomicBool,
+    pub sessions: AtomicUsize,
+}
+
+/// A running DPDK data path.
+pub(crate) struct DpdkRuntime {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the EAL thread takes with it.
+struct Setup {
+    cfg: Config,
+    dpdk: DpdkConfig,
+    ip: Ipv4Addr,
+    handler: Arc<dyn Handler>,
+    http: Arc<dyn HttpHandler>,
+    route: PathRoute,
+    shared: Arc<Shared>,
+}
+
+impl DpdkRuntime {
+    /// Starts the EAL thread and returns once the stack listens (or with why it could not).
+    pub fn start(
+        cfg: &Config,
+        dpdk: &DpdkConfig,
+        handler: Arc<dyn Handler>,
+        http: Arc<dyn HttpHandler>,
+        route: PathRoute,
+    ) -> Result<DpdkRuntime, Error> {
+        dpdk.validate()?;
+        let ip = match cfg.listen {
+            SocketAddr::V4(a) if !a.ip().is_unspecified() && a.port() != 0 => *a.ip(),
+            other => {
+                return Err(Error::Config(ConfigError {
+                    field: "listen",
+                    problem: format!(
+                        "the DPDK data path needs the stack's own IPv4 address and a port \
+                         (e.g. 198.18.0.2:8080), got {other}"
+                    ),
+                }))
+            }
+        };
+        if dpdk.ring_bytes <= cfg.limits.max_head_bytes {
+            return Err(Error::Config(ConfigError {
+                field: "dpdk.ring_bytes",
+                problem: format!(
+                    "must exceed limits.max_head_bytes ({}) so that a request head fits the receive ring, got {}",
+                    cfg.limits.max_head_bytes, dpdk.ring_bytes
+                ),
+            }));
+        }
+        let shared = Arc::new(Shared { stopping: AtomicBool::new(false), sessions: AtomicUsize::new(0) });
+        let setup = Setup {
+            cfg: cfg.clone(),
+            dpdk: dpdk.clone(),
+            ip,
+            handler,
+            http,
+            route,
+            shared: shared.clone(),
+        };
+        let (ready_tx, ready_rx) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("hioload-eal".into())
+            .spawn(move || serve(setup, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(DpdkRuntime { local_addr: cfg.listen, shared, thread: Mutex::new(Some(thread)) }),
+            Ok(Err(message)) => {
+                let _ = thread.join();
+                Err(Error::Io(io::Error::other(message)))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(Error::Io(io::Error::other("the DPDK thread died while starting (see the log)")))
+            }
+        }
+    }
+
+    /// The stack's address and port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open WebSocket sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Begins the graceful stop (see `Server::stop`).
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+
+    /// Blocks until the EAL thread has cleaned up and exited.
+    pub fn wait(&self) -> Result<(), Error> {
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match handle.map(JoinHandle::join) {
+            Some(Err(_)) => Err(Error::Io(io::Error::other("the DPDK lcore thread panicked"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for DpdkRuntime {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.wait();
+    }
+}
+
+/// The EAL thread's body: EAL up, serve, EAL down.
+fn serve(setup: Setup, ready: SyncSender<Result<(), String>>) {
+    let mut argv = vec!["hioload-ws".to_string()];
+    argv.extend(setup.dpdk.eal_args.iter().cloned());
+    let (eal, rest) = match Eal::init(&argv) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "DPDK EAL initialisation failed: {e} (EAL arguments: {})",
+                setup.dpdk.eal_args.join(" ")
+            )));
+            return;
+        }
+    };
+    if !rest.is_empty() {
+        let _ = ready.send(Err(format!("unexpected arguments after the EAL's: {}", rest.join(" "))));
+        return;
+    }
+    if let Err(message) = run(&eal, setup, &ready) {
+        let _ = ready.send(Err(message));
+    }
+    // `eal` drops here: rte_eal_cleanup, every port, pool and ring being gone.
+}
+
+/// Picks the port: the one named, else the first DPDK knows.
+fn choose_port(eal: &Eal, name: Option<&str>) -> Result<PortId, String> {
+    if let Some(name) = name {
+        return PortId::by_name(eal, name).map_err(|e| format!("no usable port: port {name:?}: {e}"));
+    }
+    eal.ports().first().copied().ok_or_else(|| {
+        "no usable port: DPDK found no Ethernet port. It sees NICs bound to a DPDK driver \
+         (scripts/bind-nic.sh binds one to vfio-pci) that the EAL may use (-a PCI_ADDRESS; \
+         --no-pci hides every NIC), and virtual devices given with --vdev (e.g. \
+         --vdev=net_tap0,iface=hl0)"
+            .to_string()
+    })
+}
+
+/// Sets up port and stack, reports ready, runs the lcore loop until stopped.
+fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Result<(), String> {
+    let Setup { cfg, dpdk, ip, handler, http, route, shared } = setup;
+    let main = eal.main_lcore();
+    let lcores = eal.lcores();
+    let port_id = choose_port(eal, dpdk.port.as_deref())?;
+    let port_name = port_id.name().unwrap_or_else(|_| format!("port {}", port_id.id()));
+    let info = port_id.info().map_err(|e| format!("no usable port: {port_name}: {e}"))?;
+    let mut socket = port_id.socket();
+    if socket == SocketId::ANY || socket.0 < 0 {
+        socket = main.socket();
+    }
+
+    let pool_config = MempoolConfig { mbufs: 16383, cache_size: 256, socket, ..MempoolConfig::default() };
+    let pool = Mempool::new(eal, "hioload_rx0", &pool_config)
+        .map_err(|e| format!("cannot create the mbuf pool on NUMA socket {}: {e} (are hugepages reserved?)", socket.0))?;
+    let mut port = Port::open(eal, port_id).map_err(|e| format!("no usable port: {port_name}: {e}"))?;
+    let descriptors = cfg.ring_capacity.min(u16::MAX as usize) as u16;
+    let port_config = PortConfig {
+        rx_queues: 1,
+        tx_queues: 1,
+        rx_descriptors: descriptors,
+        tx_descriptors: descriptors,
+        ..PortConfig::default()
+    };
+    let configured = port
+        .configure(&port_config, &[&pool])
+        .map_err(|e| format!("no usable port: {port_name} ({}) refused its configuration: {e}", info.driver))?;
+    port.start().map_err(|e| format!("no usable port: {port_name} ({}) did not start: {e}", info.driver))?;
+    let mac = port_id.mac_addr().map(|m| m.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let link = match port_id.link() {
+        Ok(l) if l.up => format!("up, {} Mbit/s{}", l.speed_mbps, if l.full_duplex { " full duplex" } else { "" }),
+        Ok(_) => "down".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    info!(
+        "DPDK port {} {port_name} (driver {}): MAC {mac}, link {link}, {} rx / {} tx queue(s) of {} / {} descriptors, \
+         RSS {}, checksum offload rx {:?} tx {:?}, NUMA socket {}",
+        port_id.id(),
+        info.driver,
+        configured.rx_queues,
+        configured.tx_queues,
+        configured.rx_descriptors,
+        configured.tx_descriptors,
+        if configured.rss_hash != 0 { "on" } else { "off" },
+        configured.rx_checksums,
+        configured.tx_checksums,
+        socket.0
+    );
+    let ids: Vec<String> = lcores.iter().map(|l| format!("{}(socket {})", l.id(), l.socket().0)).collect();
+    info!("{}; lcores {} (main {}); polling on lcore {}", eal.version(), ids.join(", "), main.id(), main.id());
+    if lcores.len() > 1 {
+        warn!(
+            "{} worker lcore(s) stay idle: this version serves the port's single queue pair from the main lcore \
+             (flow steering to more lcores comes with hioload-stack's multi-lcore support)",
+            lcores.len() - 1
+        );
+    }
+
+    let profile = PortProfile::of(&port).map_err(|e| e.to_string())?;
+    let mut stack_config = StackConfig::new(ip, dpdk.prefix_len);
+    stack_config.gateway = dpdk.gateway;
+    stack_config.max_connections = dpdk.max_connections;
+    stack_config.backlog = stack_config.backlog.min(dpdk.max_connections);
+    stack_config.rx_ring = dpdk.ring_bytes;
+    stack_config.tx_ring = dpdk.ring_bytes;
+    let listen_port = cfg.listen.port();
+    {
+        let queue = port.queues().remove(0);
+        let mut stack = Stack::new(eal, queue, pool.clone(), profile, main.socket(), stack_config)
+            .map_err(|e| format!("cannot set up the TCP stack: {e} (are enough hugepages reserved?)"))?;
+        stack.listen(listen_port);
+        info!(
+            "stack {ip}/{}{}, port {listen_port}, MTU {}; up to {} connections, {} bytes each while idle, {} KiB rings",
+            dpdk.prefix_len,
+            dpdk.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+            profile.mtu,
+            dpdk.max_connections,
+            stack.memory_per_connection(),
+            dpdk.ring_bytes >> 10
+        );
+        let driver_config = DriverConfig {
+            lcore_index: main.index(),
+            limits: cfg.limits.clone(),
+            backpressure: cfg.backpressure.clone(),
+            handshake_timeout: cfg.handshake_timeout,
+            close_timeout: cfg.close_timeout,
+            max_connections: dpdk.max_connections,
+            ring_bytes: dpdk.ring_bytes,
+        };
+        let mut driver = Driver::new(driver_config, handler, http, route, shared.clone());
+        let _ = ready.send(Ok(()));
+
+        lcore_loop(&mut stack, &mut driver, &shared, &cfg, &dpdk, listen_port);
+
+        let stats = stack.stats();
+        info!(
+            accepted = stats.accepted,
+            closed = stats.closed,
+            rx_packets = stats.io.rx_packets,
+            tx_packets = stats.io.tx_packets,
+            tx_dropped = stats.io.tx_dropped,
+            "lcore {} stopped",
+            main.id()
+        );
+    }
+    if let Err(e) = port.stop() {
+        warn!("stopping port {port_name}: {e}");
+    }
+    drop(port);
+    drop(pool);
+    Ok(())
+}
+
+/// The lcore loop, until stopped and every session finished (or the grace period ended).
+fn lcore_loop<Q: hioload_stack::PacketQueue>(
+    stack: &mut Stack<Q>,
+    driver: &mut Driver,
+    shared: &Shared,
+    cfg: &Config,
+    dpdk: &DpdkConfig,
+    listen_port: u16,
+) {
+    let mut next_tick = Instant::now() + TICK;
+    let mut stop_deadline = None;
+    loop {
+        let received = stack.poll(driver);
+        let now = Instant::now();
+        if stop_deadline.is_none() && shared.stopping.load(Ordering::Acquire) {
+            stack.unlisten(listen_port);
+            let closing = driver.begin_shutdown(stack);
+            info!(sessions = closing, "stopping: listener closed, close 1001 sent");
+            stop_deadline = Some(now + cfg.shutdown_grace);
+        }
+        if now >= next_tick {
+            driver.tick(stack, now);
+            next_tick = now + TICK;
+        }
+        if let Some(deadline) = stop_deadline {
+            if now >= deadline || driver.all_finished() {
+                break;
+            }
+        }
+        if received == 0 && !dpdk.idle_sleep.is_zero() && stack.tx_pending() == 0 {
+            std::thread::sleep(dpdk.idle_sleep);
+        }
+    }
+    // Reset what did not finish, then let the last FINs and RSTs leave and the peers' FINs in.
+    driver.close_all(stack);
+    let settle = Instant::now() + Duration::from_secs(1);
+    let mut turns = 0;
+    while Instant::now() < settle && (turns < 100 || stack.stats().open > 0 || stack.tx_pending() > 0) {
+        stack.poll(driver);
+        turns += 1;
+        if turns >= 100 && !dpdk.idle_sleep.is_zero() {
+            std::thread::sleep(dpdk.idle_sleep);
+        }
+    }
+    if driver.connections() > 0 {
+        info!(connections = driver.connections(), "connections left in their FIN exchange at exit");
+    }
+}
