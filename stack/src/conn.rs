@@ -110,13 +110,6 @@ impl Conn<'_> {
             .unwrap_or(0)
     }
 
-    /// Copy up to `out.len()` received bytes out without consuming them; unlike
-    /// [`recv_with`](Self::recv_with) this reads across the ring's wrap. Consume afterwards
-    /// with `recv_with(|b| n.min(b.len()))` (twice if the bytes wrap).
-    pub fn peek_slice(&mut self, out: &mut [u8]) -> usize {
-        self.socket.peek_slice(out).unwrap_or(0)
-    }
-
     /// Copy up to `out.len()` received bytes out (for callers that want a copy).
     pub fn recv_slice(&mut self, out: &mut [u8]) -> usize {
         self.socket.recv_slice(out).unwrap_or(0)
