@@ -1,6 +1,6 @@
-//! A stack connection as the WebSocket driver sees it: protocol phase, output the send ring could
-//! not take yet, and the deadlines the lcore's tick acts on. Received bytes have no buffer here:
-//! what the protocol did not consume stays in the socket's receive ring.
+//! A stack connection as the WebSocket driver sees it: protocol phase, the input the protocol has
+//! not consumed yet, output the send ring could not take yet, and the deadlines the lcore's tick
+//! acts on.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -31,6 +31,9 @@ pub(super) struct WsConn {
     pub session_id: u64,
     pub peer: SocketAddr,
     pub phase: Phase,
+    /// Unconsumed input (an incomplete frame or request head), as the protocol left it. Empty
+    /// (and allocation-free) until a connection first needs it; bounded by the limits.
+    pub held: Vec<u8>,
     /// Output the send ring had no room for, in order, ahead of anything sent later.
     pub out: OutBuf,
     /// `Handler::on_close` has been called.
@@ -50,6 +53,7 @@ impl WsConn {
             session_id,
             peer,
             phase: Phase::Handshake,
+            held: Vec::new(),
             out: OutBuf::new(),
             reported: false,
             watched: false,

@@ -7,12 +7,13 @@
 //! application's `Handler`, panics caught and closed with 1011), and finishing (output drained,
 //! FIN, input discarded), with the same timeouts and the same close codes.
 //!
-//! Input: the bytes in the socket's receive ring are copied into the lcore's receive buffer with a
-//! peek (across the ring's wrap), parsed there in place, and only what the protocol consumed is
-//! taken from the ring. An incomplete frame therefore waits in the ring, not in a buffer of ours;
-//! the sessions' `inplace_frame_max` is capped at half a ring so that such a frame always fits.
-//! Output goes straight into the send ring ([`RingSink`]); when that is full the connection is not
-//! read until it drains (see `sink`).
+//! Input: what the socket's receive ring holds is taken into the lcore's receive buffer, behind
+//! the bytes the connection held back last time, and parsed there in place (the protocol unmasks
+//! in place and hands out whole messages as sub-slices). What the protocol leaves unconsumed (an
+//! incomplete frame of at most `inplace_frame_max` bytes, or an incomplete request head) is kept
+//! in the connection's small `held` buffer, as modified, because the session relies on finding it
+//! unchanged. Output goes straight into the send ring ([`RingSink`]); when that is full the
+//! connection is not read until it drains (see `sink`).
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -68,17 +69,15 @@ pub(super) struct Driver {
 
 impl Driver {
     pub fn new(
-        mut cfg: DriverConfig,
+        cfg: DriverConfig,
         handler: Arc<dyn Handler>,
         http: Arc<dyn HttpHandler>,
         route: PathRoute,
         shared: Arc<Shared>,
     ) -> Driver {
-        // A frame waited for whole must fit in the receive ring with room to spare.
-        cfg.limits.inplace_frame_max = cfg.limits.inplace_frame_max.min(cfg.ring_bytes / 2);
         Driver {
             conns: (0..cfg.max_connections).map(|_| None).collect(),
-            rbuf: vec![0u8; cfg.ring_bytes].into_boxed_slice(),
+            rbuf: vec![0u8; cfg.ring_bytes + held_max(&cfg.limits)].into_boxed_slice(),
             http_response: Vec::with_capacity(1024),
             watched: Vec::new(),
             watched_spare: Vec::new(),
@@ -96,29 +95,31 @@ impl Driver {
 
     /// Reads and processes what the receive ring holds, unless the send ring is full.
     fn read(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) {
-        loop {
-            if !ws.out.is_empty() {
-                return; // backpressure: the send ring is full
-            }
-            let n = conn.peek_slice(&mut self.rbuf);
-            if n == 0 {
-                break;
-            }
+        // The ring holds at most `ring_bytes`, and nothing arrives during this loop: it ends.
+        while ws.out.is_empty() && conn.recv_queue() > 0 {
+            let held = ws.held.len();
+            self.rbuf[..held].copy_from_slice(&ws.held);
+            ws.held.clear();
+            let filled = held + conn.recv_slice(&mut self.rbuf[held..]);
             let consumed = match &ws.phase {
-                Phase::Handshake => self.handshake(conn, ws, n),
-                Phase::Open(s) if s.state() != State::Closed => self.feed(conn, ws, 0, n),
-                Phase::Open(_) | Phase::Finishing { .. } => n, // discarded
+                Phase::Handshake => self.handshake(conn, ws, filled),
+                Phase::Open(s) if s.state() != State::Closed => self.feed(conn, ws, 0, filled),
+                Phase::Open(_) | Phase::Finishing { .. } => filled, // discarded
             };
             // After a failed or finished session nothing more is parsed.
             let consumed = match &ws.phase {
-                Phase::Open(s) if s.state() == State::Closed => n,
-                Phase::Finishing { .. } => n,
-                _ => consumed,
+                Phase::Open(s) if s.state() != State::Closed => consumed,
+                Phase::Handshake => consumed,
+                _ => filled,
             };
-            consume(conn, consumed);
-            if consumed < n {
-                break; // an incomplete frame or request head waits in the ring
+            let rest = &self.rbuf[consumed..filled];
+            if rest.len() > held_max(&self.cfg.limits) {
+                // The protocol layer consumes whole frames larger than `inplace_frame_max`.
+                error!(peer = %ws.peer, "{} bytes of unconsumed input; closing", rest.len());
+                self.end_now(conn, ws, CloseCode::INTERNAL_ERROR, "receive buffer overflow");
+                return;
             }
+            ws.held.extend_from_slice(rest);
         }
         if conn.is_eof() {
             self.peer_finished(ws);
@@ -130,12 +131,8 @@ impl Driver {
         let peer = ws.peer;
         let mut sink = RingSink { conn, out: &mut ws.out };
         let head_len = match handshake::parse_request(&self.rbuf[..n], &self.cfg.limits) {
-            Parsed::Partial if n < self.rbuf.len() => return 0,
-            Parsed::Partial => {
-                let err = HttpError { status: 431, reason: "request header fields too large" };
-                reject(&mut sink, peer, &err);
-                None
-            }
+            // Heads over `max_head_bytes` are rejected (431), so what is held stays small.
+            Parsed::Partial => return 0,
             Parsed::Reject(err) => {
                 reject(&mut sink, peer, &err);
                 None
@@ -454,6 +451,12 @@ impl hioload_stack::Handler for Driver {
         self.report(&mut ws, CloseCode::ABNORMAL, why);
         self.leave_open(&mut ws);
     }
+}
+
+/// Most bytes a connection holds back between reads: an incomplete in-place frame (with its
+/// largest header) or an incomplete request head.
+fn held_max(limits: &Limits) -> usize {
+    (limits.inplace_frame_max + 14).max(limits.max_head_bytes)
 }
 
 /// Takes up to `n` bytes from the receive ring (two rounds cover its wrap).

@@ -1,0 +1,411 @@
+//! `hioload-echo` in DPDK mode, end to end: the real binary on a real EAL with a net_tap port
+//! whose kernel side the test moves into a network namespace it creates (198.18.0.1/24 there,
+//! the userspace stack at 198.18.0.2), and real WebSocket clients (tungstenite on kernel sockets)
+//! on threads that entered that namespace.
+//!
+//! Every test starts its own server process (one EAL per process), so the tests may run in
+//! parallel threads (`cargo test`) or processes (`cargo nextest`). Root is needed (hugepages,
+//! tap devices, namespaces). The servers sleep 100 µs when idle so that parallel tests share the
+//! CPUs; every wait is bounded.
+
+#![cfg(feature = "dpdk")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hioload-echo");
+const STACK: &str = "198.18.0.2:8080";
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A DPDK-mode hioload-echo with its namespace; killed (by pid) and cleaned up on drop.
+struct DpdkEcho {
+    child: Child,
+    ns: String,
+    log: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+impl DpdkEcho {
+    /// Starts the server with `app_args` after `--` and waits for its start line; then moves the
+    /// tap's kernel side into a fresh namespace as 198.18.0.1/24.
+    fn start(app_args: &[&str]) -> DpdkEcho {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "DPDK tests need root (hugepages, tap, netns)");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tap = format!("hle{:x}{n}", pid & 0xfffff);
+        let ns = format!("hioload-e{pid}-{n}");
+        let cpus = allowed_cpus();
+        let cpu = cpus[n % cpus.len()];
+        let mut eal = vec![
+            "--no-pci".to_string(),
+            "--no-telemetry".into(),
+            format!("--file-prefix=hle-{pid}-{n}"),
+            format!("--lcores=0@{cpu}"),
+            format!("--vdev=net_tap0,iface={tap}"),
+        ];
+        if free_hugepages() >= 256 {
+            eal.push("--in-memory".into());
+        } else {
+            eal.extend(["--no-huge".into(), "--no-shconf".into(), "-m".into(), "512".into()]);
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(&eal)
+            .arg("--")
+            .args(["--addr", STACK, "--netmask", "24", "--idle-sleep-us", "100", "--max-connections", "2048"])
+            .args(app_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        run("ip", &["netns", "add", &ns]);
+        let mut echo = DpdkEcho { child, ns, log, seen: Vec::new() };
+        echo.wait_for_line("listening on ws://198.18.0.2:8080/ws (1 lcore, dpdk data path)", Duration::from_secs(60));
+        run("ip", &["link", "set", &tap, "netns", &echo.ns]);
+        run("ip", &["-n", &echo.ns, "addr", "add", "198.18.0.1/24", "dev", &tap]);
+        run("ip", &["-n", &echo.ns, "link", "set", &tap, "up"]);
+        run("ip", &["-n", &echo.ns, "link", "set", "lo", "up"]);
+        echo
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no log line {needle:?} within {limit:?}; log:\n{}", self.seen.join("\n")));
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line.clone());
+                    if hit {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line {needle:?} (server {}); log:\n{}",
+                    match self.child.try_wait() {
+                        Ok(Some(s)) => format!("exited: {s}"),
+                        _ => "running".into(),
+                    },
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn log_text(&mut self) -> String {
+        self.seen.extend(self.log.try_iter());
+        self.seen.join("\n")
+    }
+
+    /// Runs `f` on a thread inside the namespace and returns its result.
+    fn in_ns<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/var/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: setns with a valid namespace fd moves only this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own running child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "hioload-echo did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for DpdkEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // by pid
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A WebSocket client to the stack (call inside the namespace).
+fn client(path: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect_timeout(&STACK.parse().unwrap(), Duration::from_secs(10)).expect("connect to the stack");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let config = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
+    tungstenite::client::client_with_config(format!("ws://{STACK}{path}"), stream, Some(config))
+        .expect("WebSocket handshake")
+        .0
+}
+
+fn normal_close() -> tungstenite::protocol::CloseFrame {
+    tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "done".into() }
+}
+
+/// Reads until the close handshake completes; returns the peer's close code.
+fn expect_close(ws: &mut WebSocket<TcpStream>) -> CloseCode {
+    let code = match ws.read().expect("a close frame") {
+        Message::Close(Some(f)) => f.code,
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    match ws.read() {
+        Err(WsError::ConnectionClosed) => code,
+        other => panic!("close handshake not completed: {other:?}"),
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn text_binary_and_plain_http_over_the_userspace_stack() {
+    let mut echo = DpdkEcho::start(&[]);
+    echo.wait_for_line("MAC", Duration::from_secs(1));
+    let start_log = echo.log_text();
+    for what in ["DPDK port 0 net_tap0 (driver net_tap): MAC ", "link ", "queue(s)", "NUMA socket", "lcores 0(socket"] {
+        assert!(start_log.contains(what), "start log lacks {what:?}:\n{start_log}");
+    }
+    let (text, binary, empty, http) = echo.in_ns(|| {
+        let mut ws = client("/ws");
+        ws.send(Message::text("Hello")).unwrap();
+        let text = ws.read().unwrap();
+        let payload = pattern(1, 3000);
+        ws.send(Message::binary(payload.clone())).unwrap();
+        let binary = ws.read().unwrap() == Message::binary(payload);
+        ws.send(Message::binary(Vec::new())).unwrap();
+        let empty = ws.read().unwrap() == Message::binary(Vec::new());
+        // Client-initiated close: our 1000 comes back, then the server closes TCP.
+        ws.close(Some(normal_close())).unwrap();
+        assert_eq!(expect_close(&mut ws), CloseCode::Normal);
+        // A request that is no upgrade goes to the HTTP hook (404 by default).
+        let mut s = TcpStream::connect(STACK).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut http = String::new();
+        s.read_to_string(&mut http).unwrap();
+        (text, binary, empty, http)
+    });
+    assert_eq!(text, Message::text("Hello"));
+    assert!(binary, "3000 binary bytes came back intact");
+    assert!(empty, "an empty message comes back");
+    assert!(http.starts_with("HTTP/1.1 404 Not Found\r\n") && http.ends_with("not found\n"), "{http}");
+}
+
+#[test]
+fn a_16_mib_message_comes_back_intact() {
+    let echo = DpdkEcho::start(&[]);
+    let ok = echo.in_ns(|| {
+        let mut ws = client("/ws");
+        let payload = pattern(16, 16 << 20);
+        ws.send(Message::binary(payload.clone())).unwrap();
+        let back = ws.read().unwrap();
+        let ok = back.len() == payload.len() && back.into_data()[..] == payload[..];
+        ws.close(Some(normal_close())).unwrap();
+        expect_close(&mut ws);
+        ok
+    });
+    assert!(ok, "the 16 MiB message came back byte for byte");
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_sessions_echo_every_byte() {
+    raise_fd_limit();
+    let mut echo = DpdkEcho::start(&[]);
+    let checked = echo.in_ns(|| {
+        let mut clients: Vec<_> = (0..1000).map(|_| client("/ws")).collect();
+        // All 1000 open at once; each sends a message of its own length and content.
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let msg = pattern(i as u64 + 100, 64 + (i * 37) % 4000);
+            if i % 2 == 0 {
+                ws.send(Message::binary(msg)).unwrap();
+            } else {
+                let text: String = msg.iter().map(|b| (b'a' + b % 26) as char).collect();
+                ws.send(Message::text(text)).unwrap();
+            }
+        }
+        let mut bytes = 0usize;
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let msg = pattern(i as u64 + 100, 64 + (i * 37) % 4000);
+            let got = ws.read().unwrap();
+            if i % 2 == 0 {
+                assert_eq!(got, Message::binary(msg.clone()), "client {i}");
+            } else {
+                let text: String = msg.iter().map(|b| (b'a' + b % 26) as char).collect();
+                assert_eq!(got, Message::text(text), "client {i}");
+            }
+            bytes += msg.len();
+        }
+        for ws in &mut clients {
+            ws.close(Some(normal_close())).unwrap();
+        }
+        for ws in &mut clients {
+            assert_eq!(expect_close(ws), CloseCode::Normal);
+        }
+        bytes
+    });
+    let expect: usize = (0..1000).map(|i| 64 + (i * 37) % 4000).sum();
+    assert_eq!(checked, expect);
+    echo.signal(libc::SIGTERM);
+    assert!(echo.wait_exit(Duration::from_secs(15)).success());
+    let log = echo.log_text();
+    assert!(log.contains("accepted=1000 closed=1000"), "every connection closed at exit:\n{log}");
+}
+
+#[test]
+fn the_server_closes_with_1009_and_completes_the_handshake() {
+    let echo = DpdkEcho::start(&["--max-message", "1KiB"]);
+    let (code, after) = echo.in_ns(|| {
+        let mut ws = client("/ws");
+        ws.send(Message::binary(vec![7u8; 1000])).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(vec![7u8; 1000]));
+        ws.send(Message::binary(vec![7u8; 2000])).unwrap();
+        let code = expect_close(&mut ws); // tungstenite answers the close; the server then FINs
+        // The server is still serving others.
+        let mut other = client("/ws");
+        other.send(Message::text("still here")).unwrap();
+        (code, other.read().unwrap())
+    });
+    assert_eq!(code, CloseCode::Size, "a message over --max-message is closed with 1009");
+    assert_eq!(after, Message::text("still here"));
+}
+
+#[test]
+fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
+    let mut echo = DpdkEcho::start(&["--grace-period", "5"]);
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let path = format!("/var/run/netns/{}", echo.ns);
+    let clients = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns with a valid namespace fd moves only this thread.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut clients: Vec<_> = (0..50).map(|_| client("/ws")).collect();
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::text(format!("hello {i}"))).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::text(format!("hello {i}")));
+        }
+        tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        clients.iter_mut().map(expect_close).collect::<Vec<_>>()
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("clients connected");
+    echo.wait_for_line("listening", Duration::from_secs(1));
+    echo.signal(libc::SIGTERM);
+    go_tx.send(()).unwrap();
+    let codes = clients.join().unwrap();
+    assert!(codes.iter().all(|&c| c == CloseCode::Away), "every client got 1001: {codes:?}");
+    let status = echo.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    let log = echo.log_text();
+    assert!(log.contains("SIGTERM: stopping") && log.contains("close 1001 sent sessions=50"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn no_usable_port_is_a_clear_error() {
+    let pid = std::process::id();
+    let out = Command::new(BIN)
+        .args(["--no-pci", "--no-telemetry", "--no-huge", "--no-shconf", "-m", "128"])
+        .arg(format!("--file-prefix=hle-noport-{pid}"))
+        .args(["--", "--addr", STACK])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no usable port: DPDK found no Ethernet port"), "{err}");
+    assert!(err.contains("--vdev"), "says how to give one: {err}");
+}
+
+#[test]
+fn help_explains_the_eal_half_and_ours() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "hioload-echo [EAL options] -- [options]",
+        "Without `--`",
+        "--vdev=net_tap0,iface=hl0",
+        "--netmask <PREFIX|MASK>",
+        "--gateway <IPV4>",
+        "--idle-sleep-us <N>",
+        "--max-connections <N>",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
