@@ -41,6 +41,7 @@ cleanup() {
     wait "$server" 2>/dev/null || true
   fi
   ip netns del "$ns" 2>/dev/null || true
+  rm -rf "/var/run/dpdk/hioload-ab$$" # the EAL's runtime directory (--file-prefix)
 }
 trap cleanup EXIT
 

@@ -31,6 +31,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 struct DpdkEcho {
     child: Child,
     ns: String,
+    /// The EAL's `--file-prefix` (its runtime directory under /var/run/dpdk).
+    prefix: String,
     log: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -69,12 +71,13 @@ impl DpdkEcho {
         let pid = std::process::id();
         let tap = format!("hle{:x}{n}", pid & 0xfffff);
         let ns = format!("hioload-e{pid}-{n}");
+        let prefix = format!("hle-{pid}-{n}");
         let cpus = allowed_cpus();
         let cpu = cpus[n % cpus.len()];
         let mut eal = vec![
             "--no-pci".to_string(),
             "--no-telemetry".into(),
-            format!("--file-prefix=hle-{pid}-{n}"),
+            format!("--file-prefix={prefix}"),
             format!("--lcores=0@{cpu}"),
             format!("--vdev=net_tap0,iface={tap}"),
         ];
@@ -101,7 +104,7 @@ impl DpdkEcho {
             }
         });
         run("ip", &["netns", "add", &ns]);
-        let mut echo = DpdkEcho { child, ns, log, seen: Vec::new() };
+        let mut echo = DpdkEcho { child, ns, prefix, log, seen: Vec::new() };
         echo.wait_for_line("listening on ws://198.18.0.2:8080/ws (1 lcore, dpdk data path)", Duration::from_secs(60));
         run("ip", &["link", "set", &tap, "netns", &echo.ns]);
         run("ip", &["-n", &echo.ns, "addr", "add", "198.18.0.1/24", "dev", &tap]);
@@ -181,6 +184,7 @@ impl Drop for DpdkEcho {
         let _ = self.child.kill(); // by pid
         let _ = self.child.wait();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
     }
 }
 
@@ -379,13 +383,14 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
 
 #[test]
 fn no_usable_port_is_a_clear_error() {
-    let pid = std::process::id();
+    let prefix = format!("hle-noport-{}", std::process::id());
     let out = Command::new(BIN)
         .args(["--no-pci", "--no-telemetry", "--no-huge", "--no-shconf", "-m", "128"])
-        .arg(format!("--file-prefix=hle-noport-{pid}"))
+        .arg(format!("--file-prefix={prefix}"))
         .args(["--", "--addr", STACK])
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no usable port: DPDK found no Ethernet port"), "{err}");
