@@ -47,7 +47,12 @@ pub(super) struct WsConn {
 }
 
 impl WsConn {
-    pub fn new(id: ConnId, session_id: u64, peer: SocketAddr, handshake_deadline: Instant) -> WsConn {
+    pub fn new(
+        id: ConnId,
+        session_id: u64,
+        peer: SocketAddr,
+        handshake_deadline: Instant,
+    ) -> WsConn {
         WsConn {
             id,
             session_id,

@@ -116,7 +116,12 @@ impl Driver {
             if rest.len() > held_max(&self.cfg.limits) {
                 // The protocol layer consumes whole frames larger than `inplace_frame_max`.
                 error!(peer = %ws.peer, "{} bytes of unconsumed input; closing", rest.len());
-                self.end_now(conn, ws, CloseCode::INTERNAL_ERROR, "receive buffer overflow");
+                self.end_now(
+                    conn,
+                    ws,
+                    CloseCode::INTERNAL_ERROR,
+                    "receive buffer overflow",
+                );
                 return;
             }
             ws.held.extend_from_slice(rest);
@@ -129,7 +134,10 @@ impl Driver {
     /// Parses the request head in `rbuf[..n]`; returns the bytes consumed.
     fn handshake(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, n: usize) -> usize {
         let peer = ws.peer;
-        let mut sink = RingSink { conn, out: &mut ws.out };
+        let mut sink = RingSink {
+            conn,
+            out: &mut ws.out,
+        };
         let head_len = match handshake::parse_request(&self.rbuf[..n], &self.cfg.limits) {
             // Heads over `max_head_bytes` are rejected (431), so what is held stays small.
             Parsed::Partial => return 0,
@@ -144,7 +152,13 @@ impl Driver {
                 if catch_unwind(AssertUnwindSafe(|| http.handle(&req, peer, response))).is_err() {
                     error!(%peer, path = req.path, "HTTP handler panicked; answering 500");
                     response.clear();
-                    write_response(response, 500, "Internal Server Error", "text/plain; charset=utf-8", b"internal error\n");
+                    write_response(
+                        response,
+                        500,
+                        "Internal Server Error",
+                        "text/plain; charset=utf-8",
+                        b"internal error\n",
+                    );
                 }
                 debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
                 sink.write(&self.http_response);
@@ -176,7 +190,11 @@ impl Driver {
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         if let Phase::Open(session) = &mut ws.phase {
             let mut out = session.outgoing(&mut sink);
-            let mut ops = SessionRef { id: ws.session_id, peer, out: Some(&mut out) };
+            let mut ops = SessionRef {
+                id: ws.session_id,
+                peer,
+                out: Some(&mut out),
+            };
             call(&*self.handler, &mut ops, "on_open", |h, ctx| h.on_open(ctx));
         }
         if n > head_len {
@@ -195,15 +213,28 @@ impl Driver {
         let handler = &*self.handler;
         let mut reported = false;
         let result = {
-            let mut sink = RingSink { conn, out: &mut ws.out };
+            let mut sink = RingSink {
+                conn,
+                out: &mut ws.out,
+            };
             session.receive(&mut self.rbuf[start..end], &mut sink, |event, out| {
-                let mut ops = SessionRef { id, peer, out: Some(out) };
+                let mut ops = SessionRef {
+                    id,
+                    peer,
+                    out: Some(out),
+                };
                 match event {
-                    Event::Text(t) => call(handler, &mut ops, "on_message", |h, ctx| h.on_message(ctx, Message::Text(t))),
-                    Event::Binary(b) => call(handler, &mut ops, "on_message", |h, ctx| h.on_message(ctx, Message::Binary(b))),
+                    Event::Text(t) => call(handler, &mut ops, "on_message", |h, ctx| {
+                        h.on_message(ctx, Message::Text(t))
+                    }),
+                    Event::Binary(b) => call(handler, &mut ops, "on_message", |h, ctx| {
+                        h.on_message(ctx, Message::Binary(b))
+                    }),
                     Event::Close(code, reason) => {
                         let code = code.unwrap_or(CloseCode::NO_STATUS);
-                        call(handler, &mut ops, "on_close", |h, ctx| h.on_close(ctx, code, reason));
+                        call(handler, &mut ops, "on_close", |h, ctx| {
+                            h.on_close(ctx, code, reason)
+                        });
                         reported = true;
                     }
                     Event::Ping(_) | Event::Pong(_) => {}
@@ -232,7 +263,11 @@ impl Driver {
                 if ws.has_live_session() {
                     debug!(peer = %ws.peer, session = ws.session_id, "connection closed without a close frame");
                 }
-                self.report(ws, CloseCode::ABNORMAL, "connection closed without a close frame");
+                self.report(
+                    ws,
+                    CloseCode::ABNORMAL,
+                    "connection closed without a close frame",
+                );
                 self.leave_open(ws);
             }
             Phase::Finishing { .. } => {}
@@ -248,8 +283,13 @@ impl Driver {
     fn report(&mut self, ws: &mut WsConn, code: CloseCode, reason: &str) {
         if ws.has_live_session() {
             ws.reported = true;
-            let mut ops = Ended { id: ws.session_id, peer: ws.peer };
-            call(&*self.handler, &mut ops, "on_close", |h, ctx| h.on_close(ctx, code, reason));
+            let mut ops = Ended {
+                id: ws.session_id,
+                peer: ws.peer,
+            };
+            call(&*self.handler, &mut ops, "on_close", |h, ctx| {
+                h.on_close(ctx, code, reason)
+            });
         }
     }
 
@@ -294,15 +334,15 @@ impl Driver {
 
     /// Acts on the deadlines that passed (call every [`TICK`]).
     pub fn tick<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>, now: Instant) {
-        let mut list = std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
+        let mut list =
+            std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &id in &list {
             let idx = id.index();
             let Some(mut ws) = self.conns[idx].take_if(|ws| ws.id == id) else {
                 continue;
             };
-            match stack.conn(id) {
-                Some(mut conn) => self.check_deadlines(&mut conn, &mut ws, now),
-                None => {}
+            if let Some(mut conn) = stack.conn(id) {
+                self.check_deadlines(&mut conn, &mut ws, now);
             }
             if ws.needs_watch() {
                 self.watched.push(id);
@@ -317,14 +357,22 @@ impl Driver {
 
     fn check_deadlines(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, now: Instant) {
         let bp = &self.cfg.backpressure;
-        if ws.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp.timeout) {
+        if ws
+            .over_hard_since
+            .is_some_and(|since| now.duration_since(since) >= bp.timeout)
+        {
             info!(
                 peer = %ws.peer, session = ws.session_id, pending = ws.out.len(),
                 "peer does not read: output above {} bytes for {:?}; closing with 1008", bp.hard_bytes, bp.timeout
             );
             if let Phase::Open(session) = &mut ws.phase {
-                let mut sink = RingSink { conn, out: &mut ws.out };
-                let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+                let mut sink = RingSink {
+                    conn,
+                    out: &mut ws.out,
+                };
+                let _ = session
+                    .outgoing(&mut sink)
+                    .close(CloseCode::POLICY_VIOLATION, "output not drained");
             }
             self.end_now(conn, ws, CloseCode::POLICY_VIOLATION, "output not drained");
             return;
@@ -334,7 +382,9 @@ impl Driver {
         }
         match ws.phase {
             Phase::Handshake => debug!(peer = %ws.peer, "handshake timed out"),
-            Phase::Open(_) => debug!(peer = %ws.peer, session = ws.session_id, "close handshake timed out"),
+            Phase::Open(_) => {
+                debug!(peer = %ws.peer, session = ws.session_id, "close handshake timed out")
+            }
             Phase::Finishing { .. } => {}
         }
         self.end_now(conn, ws, CloseCode::ABNORMAL, "close handshake timed out");
@@ -363,10 +413,17 @@ impl Driver {
             };
             if let Some(mut conn) = stack.conn(ws.id) {
                 match &mut ws.phase {
-                    Phase::Handshake => self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped"),
+                    Phase::Handshake => {
+                        self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped")
+                    }
                     Phase::Open(session) if session.state() == State::Open => {
-                        let mut sink = RingSink { conn: &mut conn, out: &mut ws.out };
-                        let _ = session.outgoing(&mut sink).close(CloseCode::GOING_AWAY, "server shutting down");
+                        let mut sink = RingSink {
+                            conn: &mut conn,
+                            out: &mut ws.out,
+                        };
+                        let _ = session
+                            .outgoing(&mut sink)
+                            .close(CloseCode::GOING_AWAY, "server shutting down");
                         closing += 1;
                         self.after_turn(&mut conn, &mut ws);
                     }
@@ -380,7 +437,10 @@ impl Driver {
 
     /// Whether every connection has finished its close: nothing is left but FIN exchanges.
     pub fn all_finished(&self) -> bool {
-        self.conns.iter().flatten().all(|ws| matches!(ws.phase, Phase::Finishing { fin: true }))
+        self.conns
+            .iter()
+            .flatten()
+            .all(|ws| matches!(ws.phase, Phase::Finishing { fin: true }))
     }
 
     /// At the end of the grace period: reports 1006 for the sessions still open and resets them.
@@ -391,7 +451,9 @@ impl Driver {
             };
             let finished = matches!(ws.phase, Phase::Finishing { fin: true });
             match stack.conn(ws.id) {
-                Some(mut conn) if !finished => self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped"),
+                Some(mut conn) if !finished => {
+                    self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "server stopped")
+                }
                 Some(_) => {}
                 None => {
                     self.report(&mut ws, CloseCode::ABNORMAL, "server stopped");
@@ -415,10 +477,16 @@ impl hioload_stack::Handler for Driver {
             conn.abort(); // accepted from the backlog after the listener closed
             return;
         }
-        let session_id = ((self.cfg.lcore_index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
+        let session_id =
+            ((self.cfg.lcore_index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
         self.next_serial += 1;
         let peer = SocketAddr::V4(conn.remote());
-        let mut ws = WsConn::new(id, session_id, peer, Instant::now() + self.cfg.handshake_timeout);
+        let mut ws = WsConn::new(
+            id,
+            session_id,
+            peer,
+            Instant::now() + self.cfg.handshake_timeout,
+        );
         ws.watched = true;
         self.watched.push(id);
         self.conns[id.index()] = Some(ws);
@@ -482,7 +550,12 @@ fn reject(sink: &mut RingSink<'_, '_>, peer: SocketAddr, err: &HttpError) {
 }
 
 /// Runs a handler callback; a panic closes the session with 1011 instead of killing the lcore.
-fn call(handler: &dyn Handler, ops: &mut dyn SessionOps, what: &str, f: impl FnOnce(&dyn Handler, &mut Ctx<'_>)) {
+fn call(
+    handler: &dyn Handler,
+    ops: &mut dyn SessionOps,
+    what: &str,
+    f: impl FnOnce(&dyn Handler, &mut Ctx<'_>),
+) {
     let (id, peer) = (ops.session_id(), ops.peer_addr());
     let mut ctx = Ctx::new(ops);
     if catch_unwind(AssertUnwindSafe(|| f(handler, &mut ctx))).is_err() {
@@ -512,13 +585,19 @@ impl<S: FrameSink + ?Sized> SessionOps for SessionRef<'_, '_, S> {
         self.out.as_mut().ok_or(SendError::Closed)?.send_text(text)
     }
     fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.out.as_mut().ok_or(SendError::Closed)?.send_binary(data)
+        self.out
+            .as_mut()
+            .ok_or(SendError::Closed)?
+            .send_binary(data)
     }
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.out.as_mut().ok_or(SendError::Closed)?.ping(payload)
     }
     fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        self.out.as_mut().ok_or(SendError::Closed)?.close(code, reason)
+        self.out
+            .as_mut()
+            .ok_or(SendError::Closed)?
+            .close(code, reason)
     }
 }
 

@@ -59,19 +59,31 @@ impl DpdkConfig {
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
         let bad = |field: &'static str, problem: String| Err(crate::ConfigError { field, problem });
         if !(1..=32).contains(&self.prefix_len) {
-            return bad("dpdk.prefix_len", format!("must be between 1 and 32, got {}", self.prefix_len));
+            return bad(
+                "dpdk.prefix_len",
+                format!("must be between 1 and 32, got {}", self.prefix_len),
+            );
         }
         if !(1..=1 << 20).contains(&self.max_connections) {
             return bad(
                 "dpdk.max_connections",
-                format!("must be between 1 and 1048576, got {}", self.max_connections),
+                format!(
+                    "must be between 1 and 1048576, got {}",
+                    self.max_connections
+                ),
             );
         }
         if !(4096..=16 << 20).contains(&self.ring_bytes) {
-            return bad("dpdk.ring_bytes", format!("must be between 4 KiB and 16 MiB, got {}", self.ring_bytes));
+            return bad(
+                "dpdk.ring_bytes",
+                format!("must be between 4 KiB and 16 MiB, got {}", self.ring_bytes),
+            );
         }
         if self.idle_sleep > Duration::from_secs(1) {
-            return bad("dpdk.idle_sleep", format!("must be at most 1 s, got {:?}", self.idle_sleep));
+            return bad(
+                "dpdk.idle_sleep",
+                format!("must be at most 1 s, got {:?}", self.idle_sleep),
+            );
         }
         Ok(())
     }

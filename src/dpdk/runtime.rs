@@ -86,7 +86,10 @@ impl DpdkRuntime {
                 ),
             }));
         }
-        let shared = Arc::new(Shared { stopping: AtomicBool::new(false), sessions: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+        });
         let setup = Setup {
             cfg: cfg.clone(),
             dpdk: dpdk.clone(),
@@ -101,14 +104,20 @@ impl DpdkRuntime {
             .name("hioload-eal".into())
             .spawn(move || serve(setup, ready_tx))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(DpdkRuntime { local_addr: cfg.listen, shared, thread: Mutex::new(Some(thread)) }),
+            Ok(Ok(())) => Ok(DpdkRuntime {
+                local_addr: cfg.listen,
+                shared,
+                thread: Mutex::new(Some(thread)),
+            }),
             Ok(Err(message)) => {
                 let _ = thread.join();
                 Err(Error::Io(io::Error::other(message)))
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(Error::Io(io::Error::other("the DPDK thread died while starting (see the log)")))
+                Err(Error::Io(io::Error::other(
+                    "the DPDK thread died while starting (see the log)",
+                )))
             }
         }
     }
@@ -132,7 +141,9 @@ impl DpdkRuntime {
     pub fn wait(&self) -> Result<(), Error> {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         match handle.map(JoinHandle::join) {
-            Some(Err(_)) => Err(Error::Io(io::Error::other("the DPDK lcore thread panicked"))),
+            Some(Err(_)) => Err(Error::Io(io::Error::other(
+                "the DPDK lcore thread panicked",
+            ))),
             _ => Ok(()),
         }
     }
@@ -160,7 +171,10 @@ fn serve(setup: Setup, ready: SyncSender<Result<(), String>>) {
         }
     };
     if !rest.is_empty() {
-        let _ = ready.send(Err(format!("unexpected arguments after the EAL's: {}", rest.join(" "))));
+        let _ = ready.send(Err(format!(
+            "unexpected arguments after the EAL's: {}",
+            rest.join(" ")
+        )));
         return;
     }
     if let Err(message) = run(&eal, setup, &ready) {
@@ -172,7 +186,8 @@ fn serve(setup: Setup, ready: SyncSender<Result<(), String>>) {
 /// Picks the port: the one named, else the first DPDK knows.
 fn choose_port(eal: &Eal, name: Option<&str>) -> Result<PortId, String> {
     if let Some(name) = name {
-        return PortId::by_name(eal, name).map_err(|e| format!("no usable port: port {name:?}: {e}"));
+        return PortId::by_name(eal, name)
+            .map_err(|e| format!("no usable port: port {name:?}: {e}"));
     }
     eal.ports().first().copied().ok_or_else(|| {
         "no usable port: DPDK found no Ethernet port. It sees NICs bound to a DPDK driver \
@@ -185,21 +200,43 @@ fn choose_port(eal: &Eal, name: Option<&str>) -> Result<PortId, String> {
 
 /// Sets up port and stack, reports ready, runs the lcore loop until stopped.
 fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Result<(), String> {
-    let Setup { cfg, dpdk, ip, handler, http, route, shared } = setup;
+    let Setup {
+        cfg,
+        dpdk,
+        ip,
+        handler,
+        http,
+        route,
+        shared,
+    } = setup;
     let main = eal.main_lcore();
     let lcores = eal.lcores();
     let port_id = choose_port(eal, dpdk.port.as_deref())?;
-    let port_name = port_id.name().unwrap_or_else(|_| format!("port {}", port_id.id()));
-    let info = port_id.info().map_err(|e| format!("no usable port: {port_name}: {e}"))?;
+    let port_name = port_id
+        .name()
+        .unwrap_or_else(|_| format!("port {}", port_id.id()));
+    let info = port_id
+        .info()
+        .map_err(|e| format!("no usable port: {port_name}: {e}"))?;
     let mut socket = port_id.socket();
     if socket == SocketId::ANY || socket.0 < 0 {
         socket = main.socket();
     }
 
-    let pool_config = MempoolConfig { mbufs: 16383, cache_size: 256, socket, ..MempoolConfig::default() };
-    let pool = Mempool::new(eal, "hioload_rx0", &pool_config)
-        .map_err(|e| format!("cannot create the mbuf pool on NUMA socket {}: {e} (are hugepages reserved?)", socket.0))?;
-    let mut port = Port::open(eal, port_id).map_err(|e| format!("no usable port: {port_name}: {e}"))?;
+    let pool_config = MempoolConfig {
+        mbufs: 16383,
+        cache_size: 256,
+        socket,
+        ..MempoolConfig::default()
+    };
+    let pool = Mempool::new(eal, "hioload_rx0", &pool_config).map_err(|e| {
+        format!(
+            "cannot create the mbuf pool on NUMA socket {}: {e} (are hugepages reserved?)",
+            socket.0
+        )
+    })?;
+    let mut port =
+        Port::open(eal, port_id).map_err(|e| format!("no usable port: {port_name}: {e}"))?;
     let descriptors = cfg.ring_capacity.min(u16::MAX as usize) as u16;
     let port_config = PortConfig {
         rx_queues: 1,
@@ -208,13 +245,28 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         tx_descriptors: descriptors,
         ..PortConfig::default()
     };
-    let configured = port
-        .configure(&port_config, &[&pool])
-        .map_err(|e| format!("no usable port: {port_name} ({}) refused its configuration: {e}", info.driver))?;
-    port.start().map_err(|e| format!("no usable port: {port_name} ({}) did not start: {e}", info.driver))?;
-    let mac = port_id.mac_addr().map(|m| m.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let configured = port.configure(&port_config, &[&pool]).map_err(|e| {
+        format!(
+            "no usable port: {port_name} ({}) refused its configuration: {e}",
+            info.driver
+        )
+    })?;
+    port.start().map_err(|e| {
+        format!(
+            "no usable port: {port_name} ({}) did not start: {e}",
+            info.driver
+        )
+    })?;
+    let mac = port_id
+        .mac_addr()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let link = match port_id.link() {
-        Ok(l) if l.up => format!("up, {} Mbit/s{}", l.speed_mbps, if l.full_duplex { " full duplex" } else { "" }),
+        Ok(l) if l.up => format!(
+            "up, {} Mbit/s{}",
+            l.speed_mbps,
+            if l.full_duplex { " full duplex" } else { "" }
+        ),
         Ok(_) => "down".to_string(),
         Err(e) => format!("unknown ({e})"),
     };
@@ -232,8 +284,17 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         configured.tx_checksums,
         socket.0
     );
-    let ids: Vec<String> = lcores.iter().map(|l| format!("{}(socket {})", l.id(), l.socket().0)).collect();
-    info!("{}; lcores {} (main {}); polling on lcore {}", eal.version(), ids.join(", "), main.id(), main.id());
+    let ids: Vec<String> = lcores
+        .iter()
+        .map(|l| format!("{}(socket {})", l.id(), l.socket().0))
+        .collect();
+    info!(
+        "{}; lcores {} (main {}); polling on lcore {}",
+        eal.version(),
+        ids.join(", "),
+        main.id(),
+        main.id()
+    );
     if lcores.len() > 1 {
         warn!(
             "{} worker lcore(s) stay idle: this version serves the port's single queue pair from the main lcore \
@@ -252,8 +313,17 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
     let listen_port = cfg.listen.port();
     {
         let queue = port.queues().remove(0);
-        let mut stack = Stack::new(eal, queue, pool.clone(), profile, main.socket(), stack_config)
-            .map_err(|e| format!("cannot set up the TCP stack: {e} (are enough hugepages reserved?)"))?;
+        let mut stack = Stack::new(
+            eal,
+            queue,
+            pool.clone(),
+            profile,
+            main.socket(),
+            stack_config,
+        )
+        .map_err(|e| {
+            format!("cannot set up the TCP stack: {e} (are enough hugepages reserved?)")
+        })?;
         stack.listen(listen_port);
         info!(
             "stack {ip}/{}{}, port {listen_port}, MTU {}; up to {} connections, {} bytes each while idle, {} KiB rings",
@@ -314,7 +384,10 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
         if stop_deadline.is_none() && shared.stopping.load(Ordering::Acquire) {
             stack.unlisten(listen_port);
             let closing = driver.begin_shutdown(stack);
-            info!(sessions = closing, "stopping: listener closed, close 1001 sent");
+            info!(
+                sessions = closing,
+                "stopping: listener closed, close 1001 sent"
+            );
             stop_deadline = Some(now + cfg.shutdown_grace);
         }
         if now >= next_tick {
@@ -334,7 +407,9 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
     driver.close_all(stack);
     let settle = Instant::now() + Duration::from_secs(1);
     let mut turns = 0;
-    while Instant::now() < settle && (turns < 100 || stack.stats().open > 0 || stack.tx_pending() > 0) {
+    while Instant::now() < settle
+        && (turns < 100 || stack.stats().open > 0 || stack.tx_pending() > 0)
+    {
         stack.poll(driver);
         turns += 1;
         if turns >= 100 && !dpdk.idle_sleep.is_zero() {
@@ -342,6 +417,9 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
         }
     }
     if driver.connections() > 0 {
-        info!(connections = driver.connections(), "connections left in their FIN exchange at exit");
+        info!(
+            connections = driver.connections(),
+            "connections left in their FIN exchange at exit"
+        );
     }
 }

@@ -23,7 +23,11 @@ impl RingSink<'_, '_> {
         if bytes.is_empty() {
             return;
         }
-        let n = if self.out.is_empty() { self.conn.send_slice(bytes) } else { 0 };
+        let n = if self.out.is_empty() {
+            self.conn.send_slice(bytes)
+        } else {
+            0
+        };
         if n < bytes.len() {
             self.out.push(&bytes[n..]);
         }

@@ -132,9 +132,15 @@ fn const_format_help() -> String {
 #[cfg(feature = "dpdk")]
 pub fn parse_netmask(s: &str) -> Result<u8, String> {
     if let Ok(n) = s.parse::<u8>() {
-        return if (1..=32).contains(&n) { Ok(n) } else { Err(format!("prefix length {n} is not in 1..=32")) };
+        return if (1..=32).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("prefix length {n} is not in 1..=32"))
+        };
     }
-    let mask: std::net::Ipv4Addr = s.parse().map_err(|_| format!("{s:?} is neither a prefix length nor a netmask"))?;
+    let mask: std::net::Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is neither a prefix length nor a netmask"))?;
     let bits = u32::from(mask);
     let n = bits.leading_ones();
     if n == 0 || bits.checked_shl(n).unwrap_or(0) != 0 {

@@ -119,7 +119,10 @@ fn main() -> ExitCode {
             if args.workers == 1 { "" } else { "s" }
         );
     } else {
-        info!("hioload-echo listening on ws://{addr}{} (1 lcore, {data_path} data path)", args.path);
+        info!(
+            "hioload-echo listening on ws://{addr}{} (1 lcore, {data_path} data path)",
+            args.path
+        );
     }
 
     let stopper = server.clone();

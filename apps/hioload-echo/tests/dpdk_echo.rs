@@ -38,8 +38,15 @@ struct DpdkEcho {
 }
 
 fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_hugepages() -> u64 {
@@ -57,7 +64,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return vec![0];
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -66,7 +75,11 @@ impl DpdkEcho {
     /// tap's kernel side into a fresh namespace as 198.18.0.1/24.
     fn start(app_args: &[&str]) -> DpdkEcho {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "DPDK tests need root (hugepages, tap, netns)");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "DPDK tests need root (hugepages, tap, netns)"
+        );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tap = format!("hle{:x}{n}", pid & 0xfffff);
@@ -84,12 +97,26 @@ impl DpdkEcho {
         if free_hugepages() >= 256 {
             eal.push("--in-memory".into());
         } else {
-            eal.extend(["--no-huge".into(), "--no-shconf".into(), "-m".into(), "512".into()]);
+            eal.extend([
+                "--no-huge".into(),
+                "--no-shconf".into(),
+                "-m".into(),
+                "512".into(),
+            ]);
         }
         let mut cmd = Command::new(BIN);
         cmd.args(&eal)
             .arg("--")
-            .args(["--addr", STACK, "--netmask", "24", "--idle-sleep-us", "100", "--max-connections", "2048"])
+            .args([
+                "--addr",
+                STACK,
+                "--netmask",
+                "24",
+                "--idle-sleep-us",
+                "100",
+                "--max-connections",
+                "2048",
+            ])
             .args(app_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -104,10 +131,22 @@ impl DpdkEcho {
             }
         });
         run("ip", &["netns", "add", &ns]);
-        let mut echo = DpdkEcho { child, ns, prefix, log, seen: Vec::new() };
-        echo.wait_for_line("listening on ws://198.18.0.2:8080/ws (1 lcore, dpdk data path)", Duration::from_secs(60));
+        let mut echo = DpdkEcho {
+            child,
+            ns,
+            prefix,
+            log,
+            seen: Vec::new(),
+        };
+        echo.wait_for_line(
+            "listening on ws://198.18.0.2:8080/ws (1 lcore, dpdk data path)",
+            Duration::from_secs(60),
+        );
         run("ip", &["link", "set", &tap, "netns", &echo.ns]);
-        run("ip", &["-n", &echo.ns, "addr", "add", "198.18.0.1/24", "dev", &tap]);
+        run(
+            "ip",
+            &["-n", &echo.ns, "addr", "add", "198.18.0.1/24", "dev", &tap],
+        );
         run("ip", &["-n", &echo.ns, "link", "set", &tap, "up"]);
         run("ip", &["-n", &echo.ns, "link", "set", "lo", "up"]);
         echo
@@ -122,7 +161,12 @@ impl DpdkEcho {
         loop {
             let left = deadline
                 .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no log line {needle:?} within {limit:?}; log:\n{}", self.seen.join("\n")));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no log line {needle:?} within {limit:?}; log:\n{}",
+                        self.seen.join("\n")
+                    )
+                });
             match self.log.recv_timeout(left) {
                 Ok(line) => {
                     let hit = line.contains(needle);
@@ -173,7 +217,10 @@ impl DpdkEcho {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < limit, "hioload-echo did not exit within {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "hioload-echo did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -190,17 +237,25 @@ impl Drop for DpdkEcho {
 
 /// A WebSocket client to the stack (call inside the namespace).
 fn client(path: &str) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect_timeout(&STACK.parse().unwrap(), Duration::from_secs(10)).expect("connect to the stack");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let stream = TcpStream::connect_timeout(&STACK.parse().unwrap(), Duration::from_secs(10))
+        .expect("connect to the stack");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     stream.set_nodelay(true).unwrap();
-    let config = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
     tungstenite::client::client_with_config(format!("ws://{STACK}{path}"), stream, Some(config))
         .expect("WebSocket handshake")
         .0
 }
 
 fn normal_close() -> tungstenite::protocol::CloseFrame {
-    tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "done".into() }
+    tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }
 }
 
 /// Reads until the close handshake completes; returns the peer's close code.
@@ -232,8 +287,17 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
     let mut echo = DpdkEcho::start(&[]);
     echo.wait_for_line("MAC", Duration::from_secs(1));
     let start_log = echo.log_text();
-    for what in ["DPDK port 0 net_tap0 (driver net_tap): MAC ", "link ", "queue(s)", "NUMA socket", "lcores 0(socket"] {
-        assert!(start_log.contains(what), "start log lacks {what:?}:\n{start_log}");
+    for what in [
+        "DPDK port 0 net_tap0 (driver net_tap): MAC ",
+        "link ",
+        "queue(s)",
+        "NUMA socket",
+        "lcores 0(socket",
+    ] {
+        assert!(
+            start_log.contains(what),
+            "start log lacks {what:?}:\n{start_log}"
+        );
     }
     let (text, binary, empty, http) = echo.in_ns(|| {
         let mut ws = client("/ws");
@@ -250,7 +314,8 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
         // A request that is no upgrade goes to the HTTP hook (404 by default).
         let mut s = TcpStream::connect(STACK).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut http = String::new();
         s.read_to_string(&mut http).unwrap();
         (text, binary, empty, http)
@@ -258,7 +323,10 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
     assert_eq!(text, Message::text("Hello"));
     assert!(binary, "3000 binary bytes came back intact");
     assert!(empty, "an empty message comes back");
-    assert!(http.starts_with("HTTP/1.1 404 Not Found\r\n") && http.ends_with("not found\n"), "{http}");
+    assert!(
+        http.starts_with("HTTP/1.1 404 Not Found\r\n") && http.ends_with("not found\n"),
+        "{http}"
+    );
 }
 
 #[test]
@@ -328,7 +396,10 @@ fn a_thousand_concurrent_sessions_echo_every_byte() {
     echo.signal(libc::SIGTERM);
     assert!(echo.wait_exit(Duration::from_secs(15)).success());
     let log = echo.log_text();
-    assert!(log.contains("accepted=1000 closed=1000"), "every connection closed at exit:\n{log}");
+    assert!(
+        log.contains("accepted=1000 closed=1000"),
+        "every connection closed at exit:\n{log}"
+    );
 }
 
 #[test]
@@ -340,12 +411,16 @@ fn the_server_closes_with_1009_and_completes_the_handshake() {
         assert_eq!(ws.read().unwrap(), Message::binary(vec![7u8; 1000]));
         ws.send(Message::binary(vec![7u8; 2000])).unwrap();
         let code = expect_close(&mut ws); // tungstenite answers the close; the server then FINs
-        // The server is still serving others.
+                                          // The server is still serving others.
         let mut other = client("/ws");
         other.send(Message::text("still here")).unwrap();
         (code, other.read().unwrap())
     });
-    assert_eq!(code, CloseCode::Size, "a message over --max-message is closed with 1009");
+    assert_eq!(
+        code,
+        CloseCode::Size,
+        "a message over --max-message is closed with 1009"
+    );
     assert_eq!(after, Message::text("still here"));
 }
 
@@ -358,7 +433,10 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
     let clients = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: setns with a valid namespace fd moves only this thread.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         let mut clients: Vec<_> = (0..50).map(|_| client("/ws")).collect();
         for (i, ws) in clients.iter_mut().enumerate() {
             ws.send(Message::text(format!("hello {i}"))).unwrap();
@@ -368,16 +446,23 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
         go_rx.recv().unwrap();
         clients.iter_mut().map(expect_close).collect::<Vec<_>>()
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("clients connected");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("clients connected");
     echo.wait_for_line("listening", Duration::from_secs(1));
     echo.signal(libc::SIGTERM);
     go_tx.send(()).unwrap();
     let codes = clients.join().unwrap();
-    assert!(codes.iter().all(|&c| c == CloseCode::Away), "every client got 1001: {codes:?}");
+    assert!(
+        codes.iter().all(|&c| c == CloseCode::Away),
+        "every client got 1001: {codes:?}"
+    );
     let status = echo.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
     let log = echo.log_text();
-    assert!(log.contains("SIGTERM: stopping") && log.contains("close 1001 sent sessions=50"), "{log}");
+    assert!(
+        log.contains("SIGTERM: stopping") && log.contains("close 1001 sent sessions=50"),
+        "{log}"
+    );
     assert!(log.contains("stopped"), "{log}");
 }
 
@@ -385,7 +470,14 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
 fn no_usable_port_is_a_clear_error() {
     let prefix = format!("hle-noport-{}", std::process::id());
     let out = Command::new(BIN)
-        .args(["--no-pci", "--no-telemetry", "--no-huge", "--no-shconf", "-m", "128"])
+        .args([
+            "--no-pci",
+            "--no-telemetry",
+            "--no-huge",
+            "--no-shconf",
+            "-m",
+            "128",
+        ])
         .arg(format!("--file-prefix={prefix}"))
         .args(["--", "--addr", STACK])
         .output()
@@ -393,7 +485,10 @@ fn no_usable_port_is_a_clear_error() {
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no usable port: DPDK found no Ethernet port"), "{err}");
+    assert!(
+        err.contains("no usable port: DPDK found no Ethernet port"),
+        "{err}"
+    );
     assert!(err.contains("--vdev"), "says how to give one: {err}");
 }
 
