@@ -45,6 +45,8 @@ fn main() -> ExitCode {
     let args = cli::Args::parse_from(split.ours);
 
     tracing_subscriber::fmt()
+        // A closed stderr (the reader went away) must not panic the signal thread.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -137,11 +139,12 @@ fn main() -> ExitCode {
                 "SIGTERM"
             };
             if seen == 1 {
+                let sessions = stopper.session_count();
+                stopper.stop();
                 info!(
-                    sessions = stopper.session_count(),
+                    sessions,
                     "{name}: stopping; closing sessions with 1001, grace period {grace:?} (signal again to exit now)"
                 );
-                stopper.stop();
             } else {
                 warn!("{name} again: exiting without waiting");
                 std::process::exit(1);

@@ -509,3 +509,110 @@ fn help_explains_the_eal_half_and_ours() {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 }
+
+/// A masked client frame (binary, FIN) with a 1 KiB payload.
+fn masked_frame(payload: &[u8; 1024], key: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0x82, 0x80 | 126, 0x04, 0x00];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+fn set_buffer(stream: &TcpStream, opt: i32, bytes: i32) {
+    // SAFETY: setsockopt on our own socket with a valid int option.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &bytes as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    assert_eq!(r, 0);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_held_back_and_later_gets_every_byte() {
+    let echo = DpdkEcho::start(&[]);
+    let (written, frames, other, intact) = echo.in_ns(|| {
+        let mut s = TcpStream::connect(STACK).unwrap();
+        set_buffer(&s, libc::SO_RCVBUF, 32 << 10);
+        set_buffer(&s, libc::SO_SNDBUF, 32 << 10);
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        // Write 1 KiB messages without reading any echo, until nothing more is taken for 1 s.
+        s.set_nonblocking(true).unwrap();
+        let payload_of =
+            |i: usize| -> [u8; 1024] { std::array::from_fn(|k| (i * 7 + k * 13 % 251) as u8) };
+        let (mut frames, mut written, mut pending) = (0usize, 0usize, Vec::new());
+        let mut stalled_since = None;
+        while written < (64 << 20) {
+            if pending.is_empty() {
+                pending = masked_frame(&payload_of(frames), [1, 2, 3, (frames % 256) as u8]);
+            }
+            match s.write(&pending) {
+                Ok(n) => {
+                    written += n;
+                    pending.drain(..n);
+                    if pending.is_empty() {
+                        frames += 1;
+                    }
+                    stalled_since = None;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        // The server still serves others meanwhile.
+        let mut ws = client("/ws");
+        ws.send(Message::text("still served")).unwrap();
+        let other = ws.read().unwrap();
+        // Now read: every echo arrives intact; then the rest of the partial message can go.
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut intact = 0;
+        let mut read_echo = |i: usize, s: &mut TcpStream| {
+            let mut h = [0u8; 4];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(h, [0x82, 126, 0x04, 0x00], "echo header of message {i}");
+            let mut p = [0u8; 1024];
+            s.read_exact(&mut p).unwrap();
+            if p == payload_of(i) {
+                intact += 1;
+            }
+        };
+        for i in 0..frames {
+            read_echo(i, &mut s);
+        }
+        if !pending.is_empty() {
+            s.write_all(&pending).unwrap();
+            read_echo(frames, &mut s);
+            frames += 1;
+        }
+        (written, frames, other, intact)
+    });
+    println!("the client could write {written} bytes ({frames} messages) before TCP held it back");
+    assert!(
+        written < 4 << 20,
+        "a peer that does not read is held back by the windows: {written} bytes taken"
+    );
+    assert_eq!(other, Message::text("still served"));
+    assert_eq!(intact, frames, "every held-back message was echoed intact");
+}
