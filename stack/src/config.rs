@@ -16,16 +16,13 @@ pub struct StackConfig {
     /// received but not yet established, or established but not yet reported). SYNs beyond it
     /// are dropped, as a kernel drops them on a full queue, and the client retries. Default 1024.
     pub backlog: usize,
-    /// Most connections (passive and active) at once; sizes the ring slab. Default 8192.
+    /// Most connections (passive and active) at once; sizes the ring slab, the connection
+    /// slots and the flow table, all allocated at start. Default 8192.
     pub max_connections: usize,
     /// Receive ring bytes per connection. Default 16 KiB.
     pub rx_ring: usize,
     /// Send ring bytes per connection. Default 16 KiB.
     pub tx_ring: usize,
-    /// Number of socket buckets (a power of two). Packets are dispatched to a bucket by flow
-    /// hash and smoltcp only ever scans that bucket, so the cost per packet stays flat while
-    /// connections per bucket stay small. Default 4096.
-    pub buckets: usize,
     /// Nagle's algorithm on new connections. Default off (request/response traffic).
     pub nagle: bool,
     /// Delay ACKs of received data by this long (`None`: ACK at once). Default `None`: the
@@ -46,7 +43,6 @@ impl StackConfig {
             max_connections: 8192,
             rx_ring: 16 * 1024,
             tx_ring: 16 * 1024,
-            buckets: 4096,
             nagle: false,
             ack_delay_ms: None,
             ephemeral_ports: (10_000, 65_535),
@@ -56,9 +52,6 @@ impl StackConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !(1..=32).contains(&self.prefix_len) {
             return Err(format!("prefix length {} is not in 1..=32", self.prefix_len));
-        }
-        if !self.buckets.is_power_of_two() || self.buckets > 1 << 20 {
-            return Err(format!("buckets ({}) must be a power of two up to 2^20", self.buckets));
         }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize / 2 {
             return Err(format!("max_connections ({}) out of range", self.max_connections));

@@ -2,17 +2,14 @@
 //!
 //! Each polling lcore owns a [`Stack`] over one queue pair and runs it to completion: one rx
 //! burst, each packet through TCP, the application's callbacks ([`Handler`]), one tx burst. The
-//! stack keeps smoltcp's protocol code and replaces what does not scale: packets are dispatched
-//! by flow hash into many small socket sets (flat cost per packet at tens of thousands of
-//! connections), listening sockets are created per SYN (a real accept backlog), and smoltcp
-//! sees exactly the packets dispatched to it (bounded work per turn).
+//! stack keeps smoltcp's protocol code and replaces what does not scale: each connection has its
+//! own one-socket set, found by an exact 4-tuple lookup (flat cost per packet at tens of
+//! thousands of connections), listening sockets are created per SYN (a real accept backlog),
+//! and smoltcp sees exactly the packets dispatched to it (bounded work per turn).
 //!
 //! Socket rings live in NUMA-local hugepage memory; the application parses received bytes in
 //! place ([`Conn::recv_with`]) and writes its output into the send ring ([`Conn::send_with`],
 //! [`Conn::send_all`]). The only copies are smoltcp's, between mbuf and ring.
-//!
-
-
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,6 +19,7 @@ mod config;
 mod conn;
 mod device;
 mod flow;
+mod flow_table;
 mod ring_slab;
 mod stack;
 
