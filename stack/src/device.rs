@@ -27,6 +27,12 @@ pub trait PacketQueue {
     fn rx_burst<const N: usize>(&mut self, burst: &mut Burst<N>) -> usize;
     /// Send from the front of `burst`; what was not taken stays in it.
     fn tx_burst<const N: usize>(&mut self, burst: &mut Burst<N>) -> usize;
+    /// Whether replies for a connection from `local_port` to `remote` come back to this queue
+    /// (outgoing connections pick their local port with it). Default: yes.
+    fn owns(&self, remote: std::net::SocketAddrV4, local_port: u16) -> bool {
+        let _ = (remote, local_port);
+        true
+    }
 }
 
 impl PacketQueue for Queue<'_> {

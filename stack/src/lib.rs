@@ -10,6 +10,10 @@
 //! Socket rings live in NUMA-local hugepage memory; the application parses received bytes in
 //! place ([`Conn::recv_with`]) and writes its output into the send ring ([`Conn::send_with`],
 //! [`Conn::send_all`]). The only copies are smoltcp's, between mbuf and ring.
+//!
+//! With several lcores on one port, each owns a queue pair; [`SteeredQueue`] makes sure each
+//! flow lives on one lcore when the port cannot do that itself (no RSS), and that ARP reaches
+//! every lcore's neighbour table.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,9 +26,11 @@ mod flow;
 mod flow_table;
 mod ring_slab;
 mod stack;
+mod steer;
 
 pub use config::StackConfig;
 pub use conn::{CloseReason, Conn, ConnId, Handler, State};
 pub use device::{IoStats, PacketQueue, TX_BURST};
 pub use flow::{flow_hash, TcpFlow};
 pub use stack::{PortProfile, Stack, StackError, StackStats, RX_BURST};
+pub use steer::{SteerStats, SteeredQueue, Steering};

@@ -284,11 +284,11 @@ impl<Q: PacketQueue> Stack<Q> {
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, StackError> {
         let (lo, hi) = self.config.ephemeral_ports;
         let range = (hi - lo) as usize + 1;
-        for _ in 0..range.min(1024) {
+        for _ in 0..range.min(4096) {
             let port = self.next_port;
             self.next_port = if port >= hi { lo } else { port + 1 };
             let key = flow_key(remote, port);
-            if self.flows.get(key).is_some() {
+            if self.flows.get(key).is_some() || !self.io.queue.owns(remote, port) {
                 continue;
             }
             let index = self.new_socket(key, Phase::Connecting)?;

@@ -448,3 +448,105 @@ fn ping_fin_and_rst_in_both_directions() {
         );
     });
 }
+
+/// What one lcore's stack did in the two-lcore test.
+struct LcoreReport {
+    opened: usize,
+    graceful: usize,
+    stats: hioload_stack::StackStats,
+    steer: hioload_stack::SteerStats,
+}
+
+#[test]
+fn two_lcores_share_a_port_each_flow_on_one_lcore() {
+    isolated("two_lcores_share_a_port_each_flow_on_one_lcore", || {
+        use hioload_stack::{SteeredQueue, Steering};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let tap = format!("hlm{}", std::process::id());
+        let ns = Netns::create();
+        let eal = init_eal(&[]);
+        let socket = eal.main_lcore().socket();
+        let pool_config = MempoolConfig { mbufs: 8191, cache_size: 256, socket, ..MempoolConfig::default() };
+        let pool = Mempool::new(&eal, "stack_mq", &pool_config).unwrap();
+        {
+            let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
+            // Two queue pairs and no RSS: the kernel spreads flows over the queues by a hash of
+            // its own, so lcores must hand packets to each other.
+            let port_config = PortConfig { rx_queues: 2, tx_queues: 2, rx_descriptors: 512, tx_descriptors: 512, rss: false, ..PortConfig::default() };
+            let configured = port.configure(&port_config, &[pool.clone()]).unwrap();
+            assert_eq!(configured.rss_hash, 0);
+            port.start().unwrap();
+            support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
+            ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &tap]);
+            ns.exec(&["ip", "link", "set", &tap, "up"]);
+
+            let profile = PortProfile::of(&port).unwrap();
+            let steering = Steering::new(2, 1024, false);
+            let lcores = [eal.main_lcore(), eal.worker_lcores()[0]];
+            let mut jobs = Vec::new();
+            for (index, queue) in port.queues().into_iter().enumerate() {
+                let mut config = StackConfig::new(STACK_IP, 24);
+                config.max_connections = 1024;
+                config.rx_ring = 4096;
+                config.tx_ring = 4096;
+                let steered = SteeredQueue::new(queue, index, steering.clone(), pool.clone());
+                let mut stack = Stack::new(&eal, steered, pool.clone(), profile, socket, config).unwrap();
+                stack.listen(ECHO);
+                jobs.push((lcores[index], stack));
+            }
+            let idle_in_use = pool.in_use();
+
+            let done = Arc::new(AtomicBool::new(false));
+            let client_done = done.clone();
+            let client = in_netns(&ns.name, move || {
+                let replies = ping(2);
+                let served = thousand_clients(200);
+                client_done.store(true, Ordering::Release);
+                (replies, served)
+            });
+            let reports = eal
+                .run_on(jobs, |_lcore, mut stack| {
+                    let mut server = EchoServer::default();
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                        if stack.poll(&mut server) == 0 {
+                            std::thread::yield_now(); // the lcores share one CPU in tests
+                        }
+                    }
+                    let settle = Instant::now() + Duration::from_secs(5);
+                    while (stack.stats().sockets > 0 || stack.tx_pending() > 0) && Instant::now() < settle {
+                        if stack.poll(&mut server) == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    for _ in 0..100 {
+                        stack.poll(&mut server);
+                    }
+                    LcoreReport { opened: server.opened, graceful: server.graceful, stats: stack.stats(), steer: stack.queue().stats() }
+                })
+                .unwrap();
+            let (replies, served) = client.join().expect("client thread");
+            for (i, r) in reports.iter().enumerate() {
+                println!("lcore {i}: {} opened, {} graceful; {:?}; {:?}", r.opened, r.graceful, r.stats, r.steer);
+            }
+            assert_eq!(replies, 2, "ping answered (by lcore 0)");
+            assert_eq!(served, 200);
+            assert_eq!(reports.iter().map(|r| r.opened).sum::<usize>(), 200, "each connection opened on exactly one lcore");
+            assert_eq!(reports.iter().map(|r| r.graceful).sum::<usize>(), 200);
+            assert!(reports.iter().all(|r| r.opened > 0), "both lcores own flows");
+            assert!(reports.iter().map(|r| r.steer.handed_over).sum::<u64>() > 0, "packets were handed to their flow's lcore");
+            assert_eq!(reports.iter().map(|r| r.steer.inbox_full).sum::<u64>(), 0);
+            assert!(reports[1].steer.arp_copies + reports[0].steer.arp_copies > 0, "lcore 1 got ARP copies");
+            for r in &reports {
+                assert_eq!((r.stats.sockets, r.stats.open, r.stats.pending), (0, 0, 0));
+                assert_eq!(r.stats.syn_dropped, 0);
+            }
+            assert_eq!(steering.queued(), 0, "every inbox was drained");
+            assert_eq!(pool.in_use(), idle_in_use, "mbufs in use are back to the idle count");
+        }
+        support::assert_pool_full(&pool);
+        drop(ns);
+    });
+}
