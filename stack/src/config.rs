@@ -51,16 +51,25 @@ impl StackConfig {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !(1..=32).contains(&self.prefix_len) {
-            return Err(format!("prefix length {} is not in 1..=32", self.prefix_len));
+            return Err(format!(
+                "prefix length {} is not in 1..=32",
+                self.prefix_len
+            ));
         }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize / 2 {
-            return Err(format!("max_connections ({}) out of range", self.max_connections));
+            return Err(format!(
+                "max_connections ({}) out of range",
+                self.max_connections
+            ));
         }
         if self.rx_ring < 64 || self.tx_ring < 64 {
             return Err("rings must hold at least 64 bytes".into());
         }
         if self.ephemeral_ports.0 == 0 || self.ephemeral_ports.0 > self.ephemeral_ports.1 {
-            return Err(format!("bad ephemeral port range {:?}", self.ephemeral_ports));
+            return Err(format!(
+                "bad ephemeral port range {:?}",
+                self.ephemeral_ports
+            ));
         }
         Ok(())
     }

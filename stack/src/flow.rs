@@ -33,7 +33,12 @@ impl TcpFlow {
         let ip = &frame[14..];
         let ihl = (ip[0] & 0x0f) as usize * 4;
         let more_fragments_or_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-        if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 6 || more_fragments_or_offset != 0 || ip.len() < ihl + 20 {
+        if ip[0] >> 4 != 4
+            || ihl < 20
+            || ip[9] != 6
+            || more_fragments_or_offset != 0
+            || ip.len() < ihl + 20
+        {
             return None;
         }
         let tcp = &ip[ihl..];

@@ -20,7 +20,12 @@ impl FlowTable {
     /// A table for up to `max` entries.
     pub(crate) fn new(max: usize) -> FlowTable {
         let cap = (max * 2).next_power_of_two().max(16);
-        FlowTable { keys: vec![0; cap].into_boxed_slice(), slots: vec![EMPTY; cap].into_boxed_slice(), mask: cap - 1, len: 0 }
+        FlowTable {
+            keys: vec![0; cap].into_boxed_slice(),
+            slots: vec![EMPTY; cap].into_boxed_slice(),
+            mask: cap - 1,
+            len: 0,
+        }
     }
 
     #[inline]
@@ -46,7 +51,10 @@ impl FlowTable {
 
     /// Store `slot` for `key` (replacing an existing entry).
     pub(crate) fn insert(&mut self, key: u64, slot: u32) {
-        assert!(slot != EMPTY && self.len < self.slots.len() / 2, "flow table over its sizing");
+        assert!(
+            slot != EMPTY && self.len < self.slots.len() / 2,
+            "flow table over its sizing"
+        );
         let mut i = self.home(key);
         loop {
             if self.slots[i] == EMPTY {
@@ -87,7 +95,11 @@ impl FlowTable {
             }
             let home = self.home(self.keys[j]);
             // The entry at j may move to `hole` unless its home lies cyclically in (hole, j].
-            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
             if !stays {
                 self.keys[hole] = self.keys[j];
                 self.slots[hole] = self.slots[j];

@@ -56,7 +56,9 @@ impl std::fmt::Display for StackError {
         match self {
             StackError::Config(s) => write!(f, "stack configuration: {s}"),
             StackError::Dpdk(e) => write!(f, "stack setup: {e}"),
-            StackError::NoFreeSlot => f.write_str("no free connection slot (max_connections reached)"),
+            StackError::NoFreeSlot => {
+                f.write_str("no free connection slot (max_connections reached)")
+            }
             StackError::Connect(s) => write!(f, "connect: {s}"),
         }
     }
@@ -80,7 +82,9 @@ pub struct PortProfile {
 impl PortProfile {
     /// The profile of a configured port.
     pub fn of(port: &hioload_dpdk::Port) -> Result<PortProfile, StackError> {
-        let configured = port.configured().ok_or_else(|| StackError::Config("the port is not configured".into()))?;
+        let configured = port
+            .configured()
+            .ok_or_else(|| StackError::Config("the port is not configured".into()))?;
         Ok(PortProfile {
             mac: port.id().mac_addr().map_err(StackError::Dpdk)?.0,
             mtu: port.id().mtu().map_err(StackError::Dpdk)?,
@@ -155,7 +159,10 @@ struct Clock {
 impl Clock {
     fn new() -> Clock {
         let hz = tsc_hz().max(1) as u128;
-        Clock { start: tsc(), micros_per_cycle: (1_000_000u128 << 32) / hz }
+        Clock {
+            start: tsc(),
+            micros_per_cycle: (1_000_000u128 << 32) / hz,
+        }
     }
     #[inline]
     fn now(&self) -> Instant {
@@ -191,19 +198,44 @@ impl<Q: PacketQueue> Stack<Q> {
     /// A stack on `queue`, allocating tx frames from `pool` and its socket rings on `socket`
     /// (the NUMA socket of the lcore that will poll it). Everything is allocated here, for
     /// `max_connections`; the loop itself allocates nothing.
-    pub fn new(eal: &Eal, queue: Q, pool: Mempool, port: PortProfile, socket: SocketId, config: StackConfig) -> Result<Self, StackError> {
+    pub fn new(
+        eal: &Eal,
+        queue: Q,
+        pool: Mempool,
+        port: PortProfile,
+        socket: SocketId,
+        config: StackConfig,
+    ) -> Result<Self, StackError> {
         config.validate().map_err(StackError::Config)?;
-        let slab = RingSlab::new(eal, config.max_connections, config.rx_ring, config.tx_ring, socket).map_err(StackError::Dpdk)?;
-        let mut io = PacketIo::new(queue, pool, port.mtu as usize, port.rx_checksums, port.tx_checksums);
+        let slab = RingSlab::new(
+            eal,
+            config.max_connections,
+            config.rx_ring,
+            config.tx_ring,
+            socket,
+        )
+        .map_err(StackError::Dpdk)?;
+        let mut io = PacketIo::new(
+            queue,
+            pool,
+            port.mtu as usize,
+            port.rx_checksums,
+            port.tx_checksums,
+        );
         let clock = Clock::new();
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(port.mac)));
         iface_config.random_seed = tsc() ^ (u64::from(config.ip.to_bits()) << 16);
         let mut iface = Interface::new(iface_config, &mut io.view(None), clock.now());
         iface.update_ip_addrs(|addrs| {
-            addrs.push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len)).expect("one address fits");
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len))
+                .expect("one address fits");
         });
         if let Some(gw) = config.gateway {
-            iface.routes_mut().add_default_ipv4_route(gw).map_err(|_| StackError::Config("route table full".into()))?;
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gw)
+                .map_err(|_| StackError::Config("route table full".into()))?;
         }
         let slots = (0..config.max_connections)
             .map(|_| Slot {
@@ -302,9 +334,14 @@ impl<Q: PacketQueue> Stack<Q> {
             }
             self.stats.connecting += 1;
             self.touch(index);
-            return Ok(ConnId { index, gen: self.slots[index as usize].gen });
+            return Ok(ConnId {
+                index,
+                gen: self.slots[index as usize].gen,
+            });
         }
-        Err(StackError::Connect(format!("no free local port towards {remote}")))
+        Err(StackError::Connect(format!(
+            "no free local port towards {remote}"
+        )))
     }
 
     /// Borrow an open connection outside the poll loop (e.g. to start sending). Whatever is
@@ -316,7 +353,12 @@ impl<Q: PacketQueue> Stack<Q> {
         }
         let handle = slot.conn.as_ref()?.handle;
         self.touch(id.index);
-        Some(Conn { id, socket: self.slots[id.index as usize].sockets.get_mut::<tcp::Socket>(handle) })
+        Some(Conn {
+            id,
+            socket: self.slots[id.index as usize]
+                .sockets
+                .get_mut::<tcp::Socket>(handle),
+        })
     }
 
     /// One loop turn: one rx burst dispatched packet by packet, due timers, application
@@ -364,7 +406,8 @@ impl<Q: PacketQueue> Stack<Q> {
             if flow.local_ip == self.config.ip {
                 let key = flow.key();
                 target = self.flows.get(key);
-                if target.is_none() && flow.is_syn() && self.listen_ports.contains(&flow.local_port) {
+                if target.is_none() && flow.is_syn() && self.listen_ports.contains(&flow.local_port)
+                {
                     if self.stats.pending >= self.config.backlog {
                         self.stats.syn_dropped += 1;
                         return; // like a full kernel queue: drop, the client retries
@@ -390,14 +433,17 @@ impl<Q: PacketQueue> Stack<Q> {
             // ARP, ICMP, and segments of no connection (smoltcp answers those with RST).
             None => &mut self.no_sockets,
         };
-        self.iface.poll_ingress_single(now, &mut self.io.view(Some(m)), sockets);
+        self.iface
+            .poll_ingress_single(now, &mut self.io.view(Some(m)), sockets);
     }
 
     fn listen_on(&mut self, index: u32, port: u16) {
         let slot = &mut self.slots[index as usize];
         let handle = slot.conn.as_ref().unwrap().handle;
         let socket = slot.sockets.get_mut::<tcp::Socket>(handle);
-        socket.listen(port).expect("a fresh socket listens on a non-zero port");
+        socket
+            .listen(port)
+            .expect("a fresh socket listens on a non-zero port");
         self.stats.pending += 1;
     }
 
@@ -413,7 +459,14 @@ impl<Q: PacketQueue> Stack<Q> {
         socket.set_ack_delay(self.config.ack_delay_ms.map(Duration::from_millis));
         let slot = &mut self.slots[index as usize];
         let handle = slot.sockets.add(socket); // capacity 1, empty: no allocation
-        slot.conn = Some(ConnState { handle, key, phase, last_state: tcp::State::Closed, eof_reported: false, last_send_queue: 0 });
+        slot.conn = Some(ConnState {
+            handle,
+            key,
+            phase,
+            last_state: tcp::State::Closed,
+            eof_reported: false,
+            last_send_queue: 0,
+        });
         self.flows.insert(key, index);
         self.stats.sockets += 1;
         Ok(index)
@@ -454,12 +507,22 @@ impl<Q: PacketQueue> Stack<Q> {
         self.stats.visits += 1;
         let slot = &mut self.slots[index as usize];
         slot.touched = false;
-        let id = ConnId { index, gen: slot.gen };
+        let id = ConnId {
+            index,
+            gen: slot.gen,
+        };
         let Some(st) = slot.conn.as_mut() else { return };
         let socket = slot.sockets.get_mut::<tcp::Socket>(st.handle);
         let state = socket.state();
         let mut conn = Conn { id, socket };
-        if !matches!(state, tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent) {
+        if !matches!(
+            state,
+            tcp::State::Closed
+                | tcp::State::TimeWait
+                | tcp::State::Listen
+                | tcp::State::SynReceived
+                | tcp::State::SynSent
+        ) {
             if st.phase != Phase::Open {
                 match st.phase {
                     Phase::Pending => self.stats.pending -= 1,
@@ -472,7 +535,10 @@ impl<Q: PacketQueue> Stack<Q> {
                 handler.on_open(&mut conn);
             }
             let eof = !conn.socket.may_recv();
-            if conn.recv_queue() > 0 || (eof && !st.eof_reported) || conn.send_queue() < st.last_send_queue {
+            if conn.recv_queue() > 0
+                || (eof && !st.eof_reported)
+                || conn.send_queue() < st.last_send_queue
+            {
                 st.eof_reported |= eof;
                 handler.on_ready(&mut conn);
             }
@@ -480,7 +546,8 @@ impl<Q: PacketQueue> Stack<Q> {
             st.last_state = conn.socket.state();
         }
 
-        self.iface.poll_egress(now, &mut self.io.view(None), &mut slot.sockets);
+        self.iface
+            .poll_egress(now, &mut self.io.view(None), &mut slot.sockets);
         let st = slot.conn.as_ref().unwrap();
         let socket = slot.sockets.get::<tcp::Socket>(st.handle);
         // Over, and owing the peer nothing (a CLOSED socket that still knows its peer has an RST to send).
@@ -493,7 +560,10 @@ impl<Q: PacketQueue> Stack<Q> {
         };
         if done {
             let graceful = socket.state() == tcp::State::TimeWait
-                || matches!(st.last_state, tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait);
+                || matches!(
+                    st.last_state,
+                    tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+                );
             let phase = st.phase;
             self.release(index);
             self.stats.closed += 1;
@@ -503,11 +573,21 @@ impl<Q: PacketQueue> Stack<Q> {
                 Phase::Open => self.stats.open -= 1,
             }
             if phase != Phase::Pending {
-                handler.on_close(id, if graceful { CloseReason::Graceful } else { CloseReason::Reset });
+                handler.on_close(
+                    id,
+                    if graceful {
+                        CloseReason::Graceful
+                    } else {
+                        CloseReason::Reset
+                    },
+                );
             }
             return;
         }
-        let at = self.iface.poll_at(now, &slot.sockets).map_or(i64::MAX, |t| t.total_micros());
+        let at = self
+            .iface
+            .poll_at(now, &slot.sockets)
+            .map_or(i64::MAX, |t| t.total_micros());
         if at < slot.armed_at {
             slot.armed_at = at;
             self.timers.push(Reverse((at, index)));

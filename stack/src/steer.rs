@@ -44,7 +44,10 @@ impl Steering {
     /// their 4-tuple itself (`Configured::rss_hash != 0`), so only ARP/ICMP are moved.
     pub fn new(lcores: usize, capacity: usize, rss: bool) -> Arc<Steering> {
         assert!(lcores > 0, "at least one lcore");
-        Arc::new(Steering { inboxes: (0..lcores).map(|_| ArrayQueue::new(capacity)).collect(), rss })
+        Arc::new(Steering {
+            inboxes: (0..lcores).map(|_| ArrayQueue::new(capacity)).collect(),
+            rss,
+        })
     }
 
     /// The lcore (index) that owns the flow of `remote` → our `local_port` under software steering.
@@ -78,9 +81,20 @@ pub struct SteeredQueue<'p> {
 
 impl<'p> SteeredQueue<'p> {
     /// Lcore number `index` (0 handles ARP and ICMP) polling `queue`.
-    pub fn new(queue: Queue<'p>, index: usize, steering: Arc<Steering>, pool: Mempool) -> SteeredQueue<'p> {
+    pub fn new(
+        queue: Queue<'p>,
+        index: usize,
+        steering: Arc<Steering>,
+        pool: Mempool,
+    ) -> SteeredQueue<'p> {
         assert!(index < steering.inboxes.len(), "lcore index out of range");
-        SteeredQueue { queue, index, steering, pool, stats: SteerStats::default() }
+        SteeredQueue {
+            queue,
+            index,
+            steering,
+            pool,
+            stats: SteerStats::default(),
+        }
     }
 
     /// Counters.
@@ -101,7 +115,9 @@ impl<'p> SteeredQueue<'p> {
     /// Copies of an ARP frame, as replies, to every lcore but 0; `keep` collects our own copy.
     fn spread_arp<const N: usize>(&mut self, frame: &[u8], keep: &mut Burst<N>) {
         for lcore in 1..self.steering.inboxes.len() {
-            let Some(mut copy) = self.pool.alloc() else { return };
+            let Some(mut copy) = self.pool.alloc() else {
+                return;
+            };
             if !copy.extend_from_slice(frame) {
                 return;
             }
@@ -123,7 +139,11 @@ fn is_arp(frame: &[u8]) -> bool {
 impl PacketQueue for SteeredQueue<'_> {
     fn rx_burst<const N: usize>(&mut self, burst: &mut Burst<N>) -> usize {
         const HW: usize = 16;
-        assert!(N > HW + 1, "steered bursts hold more than {} packets", HW + 1);
+        assert!(
+            N > HW + 1,
+            "steered bursts hold more than {} packets",
+            HW + 1
+        );
         let start = burst.len();
         // What other lcores received for us first (it arrived earlier), leaving room for a
         // hardware burst and one ARP copy.
