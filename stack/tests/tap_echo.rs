@@ -270,6 +270,7 @@ fn streams_of_1k_1m_64m_echo_intact() {
             |c| {
                 c.rx_ring = 64 * 1024;
                 c.tx_ring = 64 * 1024;
+                c.max_connections = 64;
             },
             move || {
                 sizes
