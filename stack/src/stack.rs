@@ -147,6 +147,9 @@ struct Slot {
     touched: bool,
     /// Earliest time (µs) this slot has an entry in the timer heap for; `i64::MAX`: none.
     armed_at: i64,
+    /// When smoltcp last asked to be polled for this connection (µs); `i64::MAX`: only on
+    /// ingress. Heap entries older than this are re-armed, not visited.
+    due_at: i64,
 }
 
 /// TSC to smoltcp time, without a division per reading.
@@ -244,6 +247,7 @@ impl<Q: PacketQueue> Stack<Q> {
                 conn: None,
                 touched: false,
                 armed_at: i64::MAX,
+                due_at: i64::MAX,
             })
             .collect();
         Ok(Stack {
@@ -477,6 +481,7 @@ impl<Q: PacketQueue> Stack<Q> {
         let slot = &mut self.slots[index as usize];
         let st = slot.conn.take().expect("released slot is live");
         slot.gen = slot.gen.wrapping_add(1);
+        slot.due_at = i64::MAX;
         drop(slot.sockets.remove(st.handle)); // its rings are unused from here on
         self.flows.remove(st.key);
         self.free_slots.push(index);
@@ -492,12 +497,20 @@ impl<Q: PacketQueue> Stack<Q> {
             }
             self.timers.pop();
             let slot = &mut self.slots[index as usize];
-            if slot.armed_at == at {
-                slot.armed_at = i64::MAX;
-                if slot.conn.is_some() {
-                    self.stats.timer_wakeups += 1;
-                    self.touch(index);
-                }
+            if slot.armed_at != at {
+                continue; // superseded by an earlier entry
+            }
+            slot.armed_at = i64::MAX;
+            if slot.conn.is_none() {
+                continue; // the connection is gone
+            }
+            if slot.due_at <= now {
+                self.stats.timer_wakeups += 1;
+                self.touch(index);
+            } else if slot.due_at != i64::MAX {
+                // smoltcp moved its deadline later since this entry was pushed.
+                slot.armed_at = slot.due_at;
+                self.timers.push(Reverse((slot.due_at, index)));
             }
         }
     }
@@ -588,6 +601,7 @@ impl<Q: PacketQueue> Stack<Q> {
             .iface
             .poll_at(now, &slot.sockets)
             .map_or(i64::MAX, |t| t.total_micros());
+        slot.due_at = at;
         if at < slot.armed_at {
             slot.armed_at = at;
             self.timers.push(Reverse((at, index)));
