@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # CI check of the container image: builds docker/Dockerfile with podman, then starts the built
 # image's entrypoint in both modes and gets a WebSocket echo back from each (docker/ws-probe.py):
-#   kernel  in a network namespace of its own, as the image's non-root user, on the entrypoint's
-#           default address 0.0.0.0:8080, probed at 127.0.0.1:8080 in that namespace;
+#   kernel  in a network namespace of its own, on the entrypoint's default address 0.0.0.0:8080,
+#           probed at 127.0.0.1:8080 there: started as root, the server must run as uid 10001
+#           without capabilities; then once more started as that user (`docker run --user`);
+#           the entrypoint's refusals (EAL arguments in kernel mode, and so on) are checked too;
 #   dpdk    on a net_tap vdev inside a network namespace: the tap's kernel side is 198.18.0.1/15,
 #           hioload-echo's userspace stack is 198.18.0.2, probed from the namespace.
 # Both get SIGTERM at the end and must stop gracefully (exit 0).
 #
-# Usage: docker/check.sh [--rebuild-bases] [--keep-image]
+# Usage: docker/check.sh [--rebuild-bases]
 #   --rebuild-bases   remake the local base images even if they exist
-#   --keep-image      leave localhost/hioload-echo:check in podman's storage (default: kept too;
-#                     the build cache makes the next run fast) -- accepted for symmetry, no-op
+#   The image stays in podman's storage as localhost/hioload-echo:check; with the layer and cargo
+#   caches, a second run takes about a minute.
 #   DOCKER_CHECK_DPDK=auto|require|skip  (default auto: the DPDK mode is run, and counted as
 #                     skipped, with a notice, only while the binary in the image says that its
 #                     DPDK data path is not wired into the server yet; require: that is a failure)
+#   DOCKER_CHECK_EAL, DOCKER_CHECK_APP_ARGS  override the DPDK-mode arguments (defaults:
+#                     "-l 0-1 --no-pci --file-prefix hlckPID --vdev=net_tap0,iface=hlckPID" and
+#                     "--addr 198.18.0.2:8080"; the address must stay 198.18.0.2:8080)
 #
 # Why this way: CI has no Docker engine and no registry, and containers cannot be started in its
 # sandbox (setrlimit is refused). So:
@@ -36,8 +41,7 @@ rebuild_bases=0
 for arg in "$@"; do
     case "$arg" in
     --rebuild-bases) rebuild_bases=1 ;;
-    --keep-image) ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "check.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -86,6 +90,7 @@ running() {
     [ -n "$state" ] && [ "$state" != Z ]
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 stage "tools"
 need=()
@@ -172,7 +177,8 @@ stage "podman build -f docker/Dockerfile (hioload-echo --features dpdk)"
 build_start=$SECONDS
 podman build --isolation=chroot --pull=never -f docker/Dockerfile -t "$IMAGE" "$repo" >"$work/build.log" 2>&1 ||
     { tail -60 "$work/build.log"; fail "podman build of docker/Dockerfile"; }
-grep -E '^(STEP|COMMIT)|Finished|^hioload-echo ' "$work/build.log" | sed 's/^/  /'
+echo "  $(grep -c 'Using cache' "$work/build.log" || true) steps from the layer cache"
+grep -E 'Finished|^hioload-echo ' "$work/build.log" | sed 's/^/  /' || true
 echo "image built in $((SECONDS - build_start))s: $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 
 # ---- 3. a container's root file system, and a way to run the entrypoint in it ----
@@ -208,25 +214,27 @@ ln -s /proc/self/fd/1 "$root/dev/stdout"; ln -s /proc/self/fd/2 "$root/dev/stder
 # --ulimit memlock=-1 (this sandbox refuses it; net_tap does not need it, VFIO would)
 [ "$(ulimit -l)" = unlimited ] || ulimit -l unlimited 2>/dev/null ||
     echo "enter.sh: note: cannot lift the locked-memory limit here ($(ulimit -l) KiB)" >&2
+# --read-only: the image's file system read-only (the mounts above stay writable, as in Docker)
+if [ -n "${READONLY:-}" ]; then mount --rbind "$root" "$root"; mount -o remount,bind,ro "$root"; fi
 env=""
 while [ "$1" != "--" ]; do env="$env $1"; shift; done
 shift
 # shellcheck disable=SC2086 # the image's ENV entries have no spaces in this image (checked by the caller)
-exec chroot "$root" /usr/bin/env -i $env "$@"
+exec chroot ${USERSPEC:+--userspec="$USERSPEC"} "$root" /usr/bin/env -i $env "$@"
 EOF
 chmod +x "$work/enter.sh"
 for e in "${image_env[@]}"; do case "$e" in *' '*) fail "image ENV entry with a space is not supported here: $e" ;; esac; done
 
 # start_entrypoint NETNS LOG [VAR=VALUE...] -- ARGS...: starts the entrypoint in the background
-# in NETNS; sets $runner (the unshare process) and $server (PID 1 inside: after the entrypoint's
-# exec, hioload-echo itself).
+# in NETNS (as root, or as $run_as, a uid:gid, like `docker run --user`); sets $runner (the
+# unshare process) and $server (PID 1 inside: after the entrypoint's exec, hioload-echo itself).
 start_entrypoint() {
     local ns=$1 log=$2
     shift 2
     local extra=()
     while [ "$1" != "--" ]; do extra+=("$1"); shift; done
     shift
-    HUGE_DIR=${huge_dir:-} nsenter --net="/run/netns/$ns" \
+    HUGE_DIR=${huge_dir:-} USERSPEC=${run_as:-} READONLY=${read_only:-} nsenter --net="/run/netns/$ns" \
         unshare --mount --propagation private --pid --fork \
         "$work/enter.sh" "$root" HOME=/root "${image_env[@]}" "${extra[@]}" -- "${entrypoint[@]}" "$@" \
         >"$log" 2>&1 &
@@ -280,6 +288,8 @@ case "$version" in *"data paths: kernel)"*) fail "the image's hioload-echo was b
 stage "kernel mode: entrypoint as in 'docker run -e HIOLOAD_MODE=kernel IMAGE --workers 2'"
 ns_k=hlck-kern-$$
 new_netns "$ns_k"
+run_as=""
+read_only=""
 run_refusal "kernel mode with EAL arguments" "takes hioload-echo arguments only" HIOLOAD_MODE=kernel -- -l 0 -- --addr 127.0.0.1:1
 run_refusal "dpdk mode without '--'" "expects EAL arguments" -- --addr 127.0.0.1:1
 run_refusal "unknown mode" "must be dpdk or kernel" HIOLOAD_MODE=xdp --
@@ -295,6 +305,18 @@ echo "kernel mode: served by $exe as uid $uid with no capabilities"
 grep -q 'listening on ws://0.0.0.0:8080/ws' "$work/kernel.log" || { cat "$work/kernel.log"; fail "kernel mode: no 'listening on ws://0.0.0.0:8080/ws' line"; }
 stop_gracefully "$work/kernel.log" "kernel mode"
 sed 's/^/  | /' "$work/kernel.log"
+
+stage "kernel mode as in 'docker run --user hioload --read-only -e HIOLOAD_MODE=kernel IMAGE' (compose.kernel.yaml)"
+hioload_ids=$(chroot "$root" id -u hioload):$(chroot "$root" id -g hioload)
+run_as=$hioload_ids
+read_only=1
+start_entrypoint "$ns_k" "$work/kernel-user.log" HIOLOAD_MODE=kernel -- --addr 0.0.0.0:8081 --workers 1
+[ -n "$server" ] || { cat "$work/kernel-user.log"; fail "kernel mode as hioload: the entrypoint did not start"; }
+ip netns exec "$ns_k" "$python" docker/ws-probe.py 127.0.0.1 8081 --wait 20 ||
+    { cat "$work/kernel-user.log"; fail "kernel mode as hioload: no echo"; }
+stop_gracefully "$work/kernel-user.log" "kernel mode as hioload ($hioload_ids), read-only root"
+run_as=""
+read_only=""
 
 # ---- 5. DPDK mode ----
 stage "dpdk mode: net_tap in a namespace, 198.18.0.2 (userspace stack) <- 198.18.0.1 (kernel)"
@@ -313,8 +335,10 @@ else
     new_netns "$ns_d"
     # shellcheck disable=SC2206 # word splitting of the override is intended
     eal=(${DOCKER_CHECK_EAL:--l 0-1 --no-pci --file-prefix $huge_prefix --vdev=net_tap0,iface=$tap})
-    echo "args: ${eal[*]} -- --addr 198.18.0.2:8080"
-    start_entrypoint "$ns_d" "$work/dpdk.log" -- "${eal[@]}" -- --addr 198.18.0.2:8080
+    # shellcheck disable=SC2206
+    app=(${DOCKER_CHECK_APP_ARGS:---addr 198.18.0.2:8080})
+    echo "args: ${eal[*]} -- ${app[*]}"
+    start_entrypoint "$ns_d" "$work/dpdk.log" -- "${eal[@]}" -- "${app[@]}"
     up=0
     for _ in $(seq 300); do # 30 s for EAL init and the tap to appear
         running "$runner" || break
