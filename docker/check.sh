@@ -197,7 +197,7 @@ echo "entrypoint: ${entrypoint[*]}   env: ${image_env[*]}"
 # The mounts `docker run --device /dev/net/tun -v /dev/hugepages:/dev/hugepages` sets up, made
 # inside a private mount namespace (they vanish with it), then chroot and the image's entrypoint.
 cat >"$work/enter.sh" <<'EOF'
-#!/bin/sh
+#!/bin/bash
 # enter.sh ROOT ENV... -- ENTRYPOINT... ARGS...   (runs as PID 1 of fresh mount + PID namespaces)
 set -eu
 root=$1; shift
@@ -241,8 +241,7 @@ start_entrypoint() {
     runner=$!
     pids+=("$runner")
     server=""
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         server=$(cat "/proc/$runner/task/$runner/children" 2>/dev/null | awk '{print $1}') || true
         [ -n "$server" ] && break
         running "$runner" || break
@@ -252,10 +251,10 @@ start_entrypoint() {
 
 # stop_gracefully LOG WHAT: SIGTERM to the server, then it must exit 0 within 15 s.
 stop_gracefully() {
-    local log=$1 what=$2 i rc
+    local log=$1 what=$2 rc
     [ -n "$server" ] || fail "$what: no server process"
     kill -TERM "$server"
-    for i in $(seq 150); do running "$runner" || break; sleep 0.1; done
+    for _ in $(seq 150); do running "$runner" || break; sleep 0.1; done
     running "$runner" && { cat "$log"; fail "$what: still running 15 s after SIGTERM"; }
     rc=0
     wait "$runner" || rc=$?
@@ -275,8 +274,10 @@ run_refusal() {
     shift 2
     start_entrypoint "$ns_k" "$work/refusal.log" "$@"
     wait "$runner" || rc=$?
-    [ "$rc" -eq 2 ] && grep -q -- "$want" "$work/refusal.log" ||
-        { cat "$work/refusal.log"; fail "$what: want exit 2 and '$want', got exit $rc"; }
+    if [ "$rc" -ne 2 ] || ! grep -q -- "$want" "$work/refusal.log"; then
+        cat "$work/refusal.log"
+        fail "$what: want exit 2 and '$want', got exit $rc"
+    fi
     echo "$what: refused (exit 2): $(grep -m1 '^hioload-entrypoint:' "$work/refusal.log")"
 }
 

@@ -57,7 +57,9 @@ See docker/README.md."
     if ! has_arg --no-huge "$@" && ! grep -qs ' hugetlbfs ' /proc/mounts; then
         echo "hioload-entrypoint: warning: no hugetlbfs mounted in the container; run with -v /dev/hugepages:/dev/hugepages after reserving hugepages on the host (scripts/bind-nic.sh)" >&2
     fi
+    # shellcheck disable=SC3045 # dash, Debian's sh, has ulimit -l
     if [ "$(ulimit -l)" != unlimited ]; then
+        # shellcheck disable=SC3045
         echo "hioload-entrypoint: warning: locked-memory limit is $(ulimit -l) KiB; VFIO needs --ulimit memlock=-1" >&2
     fi
     exec "$bin" "$@"
