@@ -22,7 +22,13 @@ cargo test --workspace --no-fail-fast 2>&1 | tee target-test.log
 
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 
+stage "fuzz targets (build both flavours, short run of each)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ws/fuzz/run.sh check
+
 stage "autobahn (kernel fallback)"
 scripts/autobahn.sh
+
+stage "docker image (podman build; echo from the entrypoint in kernel and DPDK mode)"
+docker/check.sh
 
 stage "done"

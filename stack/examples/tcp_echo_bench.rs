@@ -348,7 +348,7 @@ fn our_stack(args: &Args) -> Vec<Figures> {
                 tx_descriptors: 1024,
                 ..PortConfig::default()
             },
-            std::slice::from_ref(pool),
+            &[pool],
         )
         .unwrap();
         port.start().unwrap();

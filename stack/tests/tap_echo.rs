@@ -101,7 +101,7 @@ fn run_against_kernel<R: Send + 'static>(
             tx_descriptors: 512,
             ..PortConfig::default()
         };
-        port.configure(&port_config, std::slice::from_ref(&pool))
+        port.configure(&port_config, &[&pool])
             .unwrap();
         port.start().unwrap();
         support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
@@ -625,7 +625,7 @@ fn two_lcores_share_a_port_each_flow_on_one_lcore() {
                 ..PortConfig::default()
             };
             let configured = port
-                .configure(&port_config, std::slice::from_ref(&pool))
+                .configure(&port_config, &[&pool])
                 .unwrap();
             assert_eq!(configured.rss_hash, 0);
             port.start().unwrap();
