@@ -101,8 +101,7 @@ fn run_against_kernel<R: Send + 'static>(
             tx_descriptors: 512,
             ..PortConfig::default()
         };
-        port.configure(&port_config, &[&pool])
-            .unwrap();
+        port.configure(&port_config, &[&pool]).unwrap();
         port.start().unwrap();
         support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
         ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &tap]);
@@ -624,9 +623,7 @@ fn two_lcores_share_a_port_each_flow_on_one_lcore() {
                 rss: false,
                 ..PortConfig::default()
             };
-            let configured = port
-                .configure(&port_config, &[&pool])
-                .unwrap();
+            let configured = port.configure(&port_config, &[&pool]).unwrap();
             assert_eq!(configured.rss_hash, 0);
             port.start().unwrap();
             support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
