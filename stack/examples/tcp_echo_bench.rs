@@ -560,67 +560,28 @@ fn run_client(stack: &mut Stack<Queue<'_>>, args: &Args, server_busy: &BusyMeter
 // ---------------------------------------------------------------- kernel loopback, same traffic
 
 fn kernel_loopback(args: &Args) -> Vec<Figures> {
-    use mio::net::{TcpListener, TcpStream};
+    use mio::net::TcpStream;
     use mio::{Events, Interest, Poll, Token};
 
-    // Both ends live in this process: two descriptors per connection.
-    let fd_limit = raise_fd_limit(2 * args.phases.iter().max().unwrap() + 1024);
-    let max_conns = (fd_limit.saturating_sub(256)) / 2;
+    // The echo server is a child process (this binary with --kernel-echo-server), so each
+    // side has its own open-file limit: one descriptor per connection here.
+    let fd_limit = raise_fd_limit(args.phases.iter().max().unwrap() + 1024);
+    let max_conns = fd_limit.saturating_sub(256);
     let cpus = allowed_cpus();
     let (client_cpu, server_cpu) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let stop_server = stop.clone();
-    let server = std::thread::spawn(move || {
-        pin_to(server_cpu);
-        let mut listener = TcpListener::from_std(std_listener);
-        let mut poll = Poll::new().unwrap();
-        poll.registry()
-            .register(&mut listener, Token(usize::MAX), Interest::READABLE)
-            .unwrap();
-        let mut conns: HashMap<usize, TcpStream> = HashMap::new();
-        let mut next = 0usize;
-        let mut events = Events::with_capacity(1024);
-        let mut buf = vec![0u8; 4096];
-        while !stop_server.load(Ordering::Relaxed) {
-            poll.poll(&mut events, Some(Duration::from_millis(50)))
-                .unwrap();
-            for ev in &events {
-                if ev.token() == Token(usize::MAX) {
-                    while let Ok((mut s, _)) = listener.accept() {
-                        s.set_nodelay(true).unwrap();
-                        poll.registry()
-                            .register(&mut s, Token(next), Interest::READABLE)
-                            .unwrap();
-                        conns.insert(next, s);
-                        next += 1;
-                    }
-                    continue;
-                }
-                let Some(s) = conns.get_mut(&ev.token().0) else {
-                    continue;
-                };
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => {
-                            conns.remove(&ev.token().0);
-                            break;
-                        }
-                        Ok(n) => s
-                            .write_all(&buf[..n])
-                            .expect("echo write (small messages fit the socket buffer)"),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            conns.remove(&ev.token().0);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
+    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--kernel-echo-server", &server_cpu.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the kernel echo server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line.trim().parse().expect("the server prints its address");
 
     pin_to(client_cpu);
     let mut poll = Poll::new().unwrap();
@@ -752,9 +713,73 @@ fn kernel_loopback(args: &Args) -> Vec<Figures> {
         figures.push(f);
     }
     drop(conns);
-    stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    drop(server.stdin.take()); // EOF: the server exits
+    server.wait().unwrap();
     figures
+}
+
+/// The kernel echo server (child process): one epoll loop pinned to `cpu`, until stdin closes.
+fn kernel_echo_server(cpu: usize) {
+    use mio::net::{TcpListener, TcpStream};
+    use mio::{Events, Interest, Poll, Token};
+
+    raise_fd_limit(PHASES.iter().max().unwrap() + 1024);
+    pin_to(cpu);
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", std_listener.local_addr().unwrap());
+    std_listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        stop_flag.store(true, Ordering::Relaxed);
+    });
+    let mut listener = TcpListener::from_std(std_listener);
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut listener, Token(usize::MAX), Interest::READABLE)
+        .unwrap();
+    let mut conns: HashMap<usize, TcpStream> = HashMap::new();
+    let mut next = 0usize;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        for ev in &events {
+            if ev.token() == Token(usize::MAX) {
+                while let Ok((mut s, _)) = listener.accept() {
+                    s.set_nodelay(true).unwrap();
+                    poll.registry()
+                        .register(&mut s, Token(next), Interest::READABLE)
+                        .unwrap();
+                    conns.insert(next, s);
+                    next += 1;
+                }
+                continue;
+            }
+            let Some(s) = conns.get_mut(&ev.token().0) else {
+                continue;
+            };
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        conns.remove(&ev.token().0);
+                        break;
+                    }
+                    Ok(n) => s
+                        .write_all(&buf[..n])
+                        .expect("echo write (small messages fit the socket buffer)"),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        conns.remove(&ev.token().0);
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Raise the open-file limit towards `want`; returns the limit in force.
@@ -795,6 +820,11 @@ fn best_per_count(all: Vec<Figures>) -> Vec<Figures> {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--kernel-echo-server") {
+        kernel_echo_server(argv[2].parse().expect("--kernel-echo-server CPU"));
+        return;
+    }
     let args = parse_args();
     println!(
         "TCP echo, {} B messages, {} s per phase, up to {} active senders",
