@@ -30,6 +30,9 @@ pub struct StackConfig {
     pub ack_delay_ms: Option<u64>,
     /// First and last local port for outgoing connections. Default 10000..=65535.
     pub ephemeral_ports: (u16, u16),
+    /// A handshake that hears nothing from the peer for this long is dropped, so unanswered
+    /// SYN-ACKs (a SYN flood, a vanished client) cannot hold the backlog. Default 20 s.
+    pub handshake_timeout_ms: u64,
 }
 
 impl StackConfig {
@@ -46,6 +49,7 @@ impl StackConfig {
             nagle: false,
             ack_delay_ms: None,
             ephemeral_ports: (10_000, 65_535),
+            handshake_timeout_ms: 20_000,
         }
     }
 
@@ -64,6 +68,9 @@ impl StackConfig {
         }
         if self.rx_ring < 64 || self.tx_ring < 64 {
             return Err("rings must hold at least 64 bytes".into());
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err("handshake_timeout_ms must be positive".into());
         }
         if self.ephemeral_ports.0 == 0 || self.ephemeral_ports.0 > self.ephemeral_ports.1 {
             return Err(format!(

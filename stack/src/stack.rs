@@ -107,8 +107,10 @@ pub struct StackStats {
     pub sockets: usize,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections closed since start (any reason).
+    /// Open connections closed since start (any reason).
     pub closed: u64,
+    /// Handshakes that never completed (reset, refused, or timed out), since start.
+    pub handshakes_failed: u64,
     /// SYNs dropped because the backlog or the connection slots were full.
     pub syn_dropped: u64,
     /// Connection visits (application callbacks and egress), since start.
@@ -133,6 +135,8 @@ struct ConnState {
     handle: SocketHandle,
     key: u64,
     phase: Phase,
+    /// Until open: when the handshake is given up (µs).
+    handshake_deadline: i64,
     /// The TCP state at the previous visit, to tell a graceful end from a reset.
     last_state: tcp::State,
     eof_reported: bool,
@@ -269,8 +273,9 @@ impl<Q: PacketQueue> Stack<Q> {
         })
     }
 
-    /// Accept connections on `port` from now on.
+    /// Accept connections on `port` (not 0) from now on.
     pub fn listen(&mut self, port: u16) {
+        assert_ne!(port, 0, "cannot listen on port 0");
         if !self.listen_ports.contains(&port) {
             self.listen_ports.push(port);
         }
@@ -463,7 +468,10 @@ impl<Q: PacketQueue> Stack<Q> {
         socket.set_ack_delay(self.config.ack_delay_ms.map(Duration::from_millis));
         let slot = &mut self.slots[index as usize];
         let handle = slot.sockets.add(socket); // capacity 1, empty: no allocation
+        let handshake_deadline =
+            self.clock.now().total_micros() + self.config.handshake_timeout_ms as i64 * 1000;
         slot.conn = Some(ConnState {
+            handshake_deadline,
             handle,
             key,
             phase,
@@ -564,7 +572,11 @@ impl<Q: PacketQueue> Stack<Q> {
         let st = slot.conn.as_ref().unwrap();
         let socket = slot.sockets.get::<tcp::Socket>(st.handle);
         // Over, and owing the peer nothing (a CLOSED socket that still knows its peer has an RST to send).
+        let handshake_over = st.phase != Phase::Open && now.total_micros() >= st.handshake_deadline;
         let done = match socket.state() {
+            // A handshake that did not finish in time (no answer, no neighbour): dropped
+            // without a word, as a kernel drops a half-open connection.
+            _ if handshake_over => true,
             tcp::State::TimeWait => true,
             // Created for a SYN that smoltcp then refused (e.g. addressed to another MAC).
             tcp::State::Listen => st.phase == Phase::Pending,
@@ -579,7 +591,11 @@ impl<Q: PacketQueue> Stack<Q> {
                 );
             let phase = st.phase;
             self.release(index);
-            self.stats.closed += 1;
+            if phase == Phase::Open {
+                self.stats.closed += 1;
+            } else {
+                self.stats.handshakes_failed += 1;
+            }
             match phase {
                 Phase::Pending => self.stats.pending -= 1,
                 Phase::Connecting => self.stats.connecting -= 1,
@@ -597,10 +613,13 @@ impl<Q: PacketQueue> Stack<Q> {
             }
             return;
         }
-        let at = self
+        let mut at = self
             .iface
             .poll_at(now, &slot.sockets)
             .map_or(i64::MAX, |t| t.total_micros());
+        if st.phase != Phase::Open {
+            at = at.min(st.handshake_deadline);
+        }
         slot.due_at = at;
         if at < slot.armed_at {
             slot.armed_at = at;

@@ -726,3 +726,98 @@ fn two_lcores_share_a_port_each_flow_on_one_lcore() {
         drop(ns);
     });
 }
+
+/// Raw SYNs to the echo port from addresses of the subnet that nobody answers for.
+fn spoofed_syns(count: u8) {
+    // SAFETY: plain socket(2) call (root); IPPROTO_RAW implies IP_HDRINCL.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    for i in 0..count {
+        let src = [198, 18, 0, 50 + i];
+        let mut pkt = [0u8; 40];
+        pkt[0] = 0x45;
+        pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 6;
+        pkt[12..16].copy_from_slice(&src);
+        pkt[16..20].copy_from_slice(&STACK_IP.octets());
+        let tcp = &mut pkt[20..];
+        tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&ECHO.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02; // SYN
+        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&STACK_IP.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(tcp);
+        let sum = internet_checksum(&pseudo);
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(STACK_IP).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                &dst as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&dst) as u32,
+            )
+        };
+        assert_eq!(r, 40, "sendto: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn unanswered_handshakes_expire_and_free_the_backlog() {
+    isolated("unanswered_handshakes_expire_and_free_the_backlog", || {
+        run_against_kernel(
+            |c| {
+                c.backlog = 4;
+                c.handshake_timeout_ms = 500;
+            },
+            || {
+                // Fill the backlog with half-open connections whose peers never answer.
+                spoofed_syns(4);
+                std::thread::sleep(Duration::from_millis(100));
+                let mut refused = TcpStream::connect_timeout(
+                    &stack_addr(ECHO).into(),
+                    Duration::from_millis(300),
+                )
+                .is_err();
+                // After the handshake timeout the backlog is free again.
+                std::thread::sleep(Duration::from_millis(800));
+                refused &= echo_stream(1000, 5) == 1000;
+                refused
+            },
+            |ok, server, stack| {
+                assert!(
+                    ok,
+                    "a full backlog holds a new client off; after the timeout it is served"
+                );
+                assert_eq!(server.opened, 1);
+                assert!(
+                    stack.stats().syn_dropped >= 1,
+                    "SYNs beyond the backlog were dropped"
+                );
+                assert_eq!(
+                    stack.stats().handshakes_failed,
+                    4,
+                    "the four half-open connections expired"
+                );
+            },
+        );
+    });
+}
