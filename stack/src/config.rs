@@ -16,16 +16,13 @@ pub struct StackConfig {
     /// received but not yet established, or established but not yet reported). SYNs beyond it
     /// are dropped, as a kernel drops them on a full queue, and the client retries. Default 1024.
     pub backlog: usize,
-    /// Most connections (passive and active) at once; sizes the ring slab. Default 8192.
+    /// Most connections (passive and active) at once; sizes the ring slab, the connection
+    /// slots and the flow table, all allocated at start. Default 8192.
     pub max_connections: usize,
     /// Receive ring bytes per connection. Default 16 KiB.
     pub rx_ring: usize,
     /// Send ring bytes per connection. Default 16 KiB.
     pub tx_ring: usize,
-    /// Number of socket buckets (a power of two). Packets are dispatched to a bucket by flow
-    /// hash and smoltcp only ever scans that bucket, so the cost per packet stays flat while
-    /// connections per bucket stay small. Default 4096.
-    pub buckets: usize,
     /// Nagle's algorithm on new connections. Default off (request/response traffic).
     pub nagle: bool,
     /// Delay ACKs of received data by this long (`None`: ACK at once). Default `None`: the
@@ -33,6 +30,9 @@ pub struct StackConfig {
     pub ack_delay_ms: Option<u64>,
     /// First and last local port for outgoing connections. Default 10000..=65535.
     pub ephemeral_ports: (u16, u16),
+    /// A handshake that hears nothing from the peer for this long is dropped, so unanswered
+    /// SYN-ACKs (a SYN flood, a vanished client) cannot hold the backlog. Default 20 s.
+    pub handshake_timeout_ms: u64,
 }
 
 impl StackConfig {
@@ -46,28 +46,37 @@ impl StackConfig {
             max_connections: 8192,
             rx_ring: 16 * 1024,
             tx_ring: 16 * 1024,
-            buckets: 4096,
             nagle: false,
             ack_delay_ms: None,
             ephemeral_ports: (10_000, 65_535),
+            handshake_timeout_ms: 20_000,
         }
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !(1..=32).contains(&self.prefix_len) {
-            return Err(format!("prefix length {} is not in 1..=32", self.prefix_len));
-        }
-        if !self.buckets.is_power_of_two() || self.buckets > 1 << 20 {
-            return Err(format!("buckets ({}) must be a power of two up to 2^20", self.buckets));
+            return Err(format!(
+                "prefix length {} is not in 1..=32",
+                self.prefix_len
+            ));
         }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize / 2 {
-            return Err(format!("max_connections ({}) out of range", self.max_connections));
+            return Err(format!(
+                "max_connections ({}) out of range",
+                self.max_connections
+            ));
         }
         if self.rx_ring < 64 || self.tx_ring < 64 {
             return Err("rings must hold at least 64 bytes".into());
         }
+        if self.handshake_timeout_ms == 0 {
+            return Err("handshake_timeout_ms must be positive".into());
+        }
         if self.ephemeral_ports.0 == 0 || self.ephemeral_ports.0 > self.ephemeral_ports.1 {
-            return Err(format!("bad ephemeral port range {:?}", self.ephemeral_ports));
+            return Err(format!(
+                "bad ephemeral port range {:?}",
+                self.ephemeral_ports
+            ));
         }
         Ok(())
     }

@@ -27,6 +27,12 @@ pub trait PacketQueue {
     fn rx_burst<const N: usize>(&mut self, burst: &mut Burst<N>) -> usize;
     /// Send from the front of `burst`; what was not taken stays in it.
     fn tx_burst<const N: usize>(&mut self, burst: &mut Burst<N>) -> usize;
+    /// Whether replies for a connection from `local_port` to `remote` come back to this queue
+    /// (outgoing connections pick their local port with it). Default: yes.
+    fn owns(&self, remote: std::net::SocketAddrV4, local_port: u16) -> bool {
+        let _ = (remote, local_port);
+        true
+    }
 }
 
 impl PacketQueue for Queue<'_> {
@@ -69,14 +75,29 @@ pub struct PacketIo<Q> {
 impl<Q: PacketQueue> PacketIo<Q> {
     /// `mtu` is the IP MTU of the port (1500 → 1514-byte frames). The offloads are those the
     /// port was configured with (`Configured::rx_checksums` / `tx_checksums`).
-    pub(crate) fn new(queue: Q, pool: Mempool, mtu: usize, rx_offload: Checksums, tx_offload: Checksums) -> Self {
+    pub(crate) fn new(
+        queue: Q,
+        pool: Mempool,
+        mtu: usize,
+        rx_offload: Checksums,
+        tx_offload: Checksums,
+    ) -> Self {
         let frame = mtu + 14;
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = frame;
         caps.max_burst_size = Some(TX_BURST);
         caps.checksum = checksum_caps(rx_offload, tx_offload);
-        PacketIo { queue, pool, tx: Burst::new(), rx_offload, tx_offload, caps, scratch: vec![0; frame].into_boxed_slice(), stats: IoStats::default() }
+        PacketIo {
+            queue,
+            pool,
+            tx: Burst::new(),
+            rx_offload,
+            tx_offload,
+            caps,
+            scratch: vec![0; frame].into_boxed_slice(),
+            stats: IoStats::default(),
+        }
     }
 
     /// One rx burst from the queue into `burst`.
@@ -186,7 +207,9 @@ fn rx_checksum_ok(frame: &[u8], ol_flags: u64, offload: Checksums) -> bool {
     if offload.ipv4 {
         match ol_flags as u32 & sys::RTE_MBUF_F_RX_IP_CKSUM_MASK {
             sys::RTE_MBUF_F_RX_IP_CKSUM_BAD => return false,
-            sys::RTE_MBUF_F_RX_IP_CKSUM_UNKNOWN if !checksum::ipv4_header_valid(ip) => return false,
+            sys::RTE_MBUF_F_RX_IP_CKSUM_UNKNOWN if !checksum::ipv4_header_valid(ip) => {
+                return false
+            }
             _ => {}
         }
     }
@@ -225,12 +248,21 @@ impl<Q: PacketQueue> phy::Device for PacketView<'_, Q> {
     fn receive(&mut self, _now: Instant) -> Option<(MbufRx, MbufTx<'_, Q>)> {
         let m = self.rx.take()?;
         // The reply token allocates lazily: most received segments produce no immediate reply.
-        Some((MbufRx(m), MbufTx { io: self.io, mbuf: None }))
+        Some((
+            MbufRx(m),
+            MbufTx {
+                io: self.io,
+                mbuf: None,
+            },
+        ))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<MbufTx<'_, Q>> {
         let m = self.io.pool.alloc()?; // no mbuf, no token: smoltcp retries on a later poll
-        Some(MbufTx { io: self.io, mbuf: Some(m) })
+        Some(MbufTx {
+            io: self.io,
+            mbuf: Some(m),
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

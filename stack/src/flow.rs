@@ -1,9 +1,9 @@
 //! Which connection a frame belongs to, without smoltcp: the TCP 4-tuple and its hash.
 //!
-//! The stack splits its sockets into many small smoltcp `SocketSet`s ("buckets") so the cost of
-//! a packet does not grow with the number of connections. A frame's bucket (and, with software
-//! steering, its lcore) comes from a hash of the remote address, remote port and local port;
-//! the local address is the same for every connection of a stack instance.
+//! The stack gives every connection its own one-socket smoltcp `SocketSet` and finds it by the
+//! frame's 4-tuple, so the cost of a packet does not grow with the number of connections. The
+//! key is the remote address, remote port and local port (the local address is the same for
+//! every connection of a stack instance); its hash also picks the lcore under software steering.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -33,7 +33,12 @@ impl TcpFlow {
         let ip = &frame[14..];
         let ihl = (ip[0] & 0x0f) as usize * 4;
         let more_fragments_or_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-        if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != 6 || more_fragments_or_offset != 0 || ip.len() < ihl + 20 {
+        if ip[0] >> 4 != 4
+            || ihl < 20
+            || ip[9] != 6
+            || more_fragments_or_offset != 0
+            || ip.len() < ihl + 20
+        {
             return None;
         }
         let tcp = &ip[ihl..];
@@ -55,17 +60,33 @@ impl TcpFlow {
     pub fn hash(&self) -> u32 {
         flow_hash(self.remote, self.local_port)
     }
+
+    pub(crate) fn key(&self) -> u64 {
+        flow_key(self.remote, self.local_port)
+    }
 }
 
-/// A well-mixed 32-bit hash of (remote address, remote port, local port).
+/// The flow as one integer: remote address, remote port, local port (the local address is
+/// the stack's own).
 #[inline]
-pub fn flow_hash(remote: SocketAddrV4, local_port: u16) -> u32 {
-    let key = (u32::from(*remote.ip()) as u64) << 32 | (remote.port() as u64) << 16 | local_port as u64;
-    // splitmix64's finaliser: every input bit reaches every output bit.
+pub(crate) fn flow_key(remote: SocketAddrV4, local_port: u16) -> u64 {
+    (u32::from(*remote.ip()) as u64) << 32 | (remote.port() as u64) << 16 | local_port as u64
+}
+
+/// splitmix64's finaliser: every input bit reaches every output bit.
+#[inline]
+pub(crate) fn mix(key: u64) -> u64 {
     let mut x = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (x ^ (x >> 31)) as u32
+    x ^ (x >> 31)
+}
+
+/// A well-mixed 32-bit hash of (remote address, remote port, local port): the same on every
+/// lcore, so software steering and the flow table agree on a flow.
+#[inline]
+pub fn flow_hash(remote: SocketAddrV4, local_port: u16) -> u32 {
+    mix(flow_key(remote, local_port)) as u32
 }
 
 #[cfg(test)]

@@ -19,10 +19,23 @@ pub(crate) struct RingSlab {
 
 impl RingSlab {
     /// Room for `slots` ring pairs of `rx_len` + `tx_len` bytes on `socket`.
-    pub(crate) fn new(eal: &Eal, slots: usize, rx_len: usize, tx_len: usize, socket: SocketId) -> hioload_dpdk::Result<RingSlab> {
-        let bytes = slots.checked_mul(rx_len + tx_len).expect("ring slab size overflows usize");
+    pub(crate) fn new(
+        eal: &Eal,
+        slots: usize,
+        rx_len: usize,
+        tx_len: usize,
+        socket: SocketId,
+    ) -> hioload_dpdk::Result<RingSlab> {
+        let bytes = slots
+            .checked_mul(rx_len + tx_len)
+            .expect("ring slab size overflows usize");
         let buf = NumaBuf::zeroed(eal, bytes, 4096, socket)?;
-        Ok(RingSlab { buf, rx_len, tx_len, slots })
+        Ok(RingSlab {
+            buf,
+            rx_len,
+            tx_len,
+            slots,
+        })
     }
 
     /// The rx and tx rings of `slot`, detached from the slab's lifetime.

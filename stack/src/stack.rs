@@ -2,19 +2,24 @@
 //!
 //! Three properties of stock smoltcp are wrapped away here:
 //! - `Interface::poll` scans the whole `SocketSet` for every packet. We keep one `Interface`
-//!   (addresses, ARP cache, ICMP) but split the sockets into many small sets, "buckets"; a
-//!   TCP segment goes to the bucket of its flow hash and smoltcp only sees that bucket
-//!   (`poll_ingress_single`), then only touched buckets are serviced and sent from
-//!   (`poll_egress`). Buckets with a timer due are found by their cached `poll_at`.
+//!   (addresses, ARP cache, ICMP) but give every connection its own one-socket `SocketSet`,
+//!   found by an exact 4-tuple lookup ([`FlowTable`]); smoltcp only ever sees that set
+//!   (`poll_ingress_single`, then `poll_egress` for the connections touched in the turn).
+//!   Connections with a timer due come out of a heap. Nothing per packet depends on how many
+//!   connections exist. (Many small sets of a few sockets each, by hash, were measured first:
+//!   with 20,000 connections the idle neighbours in a set cost half the throughput.)
 //! - There is no listen backlog: one listening socket takes one connection. We create the
-//!   listening socket when a SYN for a listening port arrives in a bucket that has no socket for
-//!   that flow, so any number of clients may connect at once, bounded by `backlog`.
+//!   listening socket when a SYN for a listening port arrives for a flow without a connection,
+//!   so any number of clients may connect at once, bounded by `backlog`.
 //! - `Interface::poll` receives until the device is empty. Our device view yields exactly the
 //!   one packet the dispatcher picked ([`PacketIo::view`]), and one rx burst happens per turn.
 //!
-//! Connections are removed (their rings reused) when they reach CLOSED or TIME-WAIT, after the
-//! last segment they owed (ACK of the peer's FIN, or our RST) went out.
+//! Connections are removed (their slot and rings reused) when they reach CLOSED or TIME-WAIT,
+//! after the last segment they owed (ACK of the peer's FIN, or our RST) went out. Segments of
+//! no connection reach smoltcp with an empty socket set, which answers them with RST.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddrV4;
 
 use hioload_dpdk::{tsc, tsc_hz, Burst, Checksums, Eal, Mbuf, Mempool, SocketId};
@@ -26,7 +31,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use crate::config::StackConfig;
 use crate::conn::{CloseReason, Conn, ConnId, Handler};
 use crate::device::{IoStats, PacketIo, PacketQueue};
-use crate::flow::{flow_hash, TcpFlow};
+use crate::flow::{flow_key, TcpFlow};
+use crate::flow_table::FlowTable;
 use crate::ring_slab::RingSlab;
 
 /// Packets taken per rx burst (one burst per loop turn).
@@ -50,7 +56,9 @@ impl std::fmt::Display for StackError {
         match self {
             StackError::Config(s) => write!(f, "stack configuration: {s}"),
             StackError::Dpdk(e) => write!(f, "stack setup: {e}"),
-            StackError::NoFreeSlot => f.write_str("no free connection slot (max_connections reached)"),
+            StackError::NoFreeSlot => {
+                f.write_str("no free connection slot (max_connections reached)")
+            }
             StackError::Connect(s) => write!(f, "connect: {s}"),
         }
     }
@@ -74,7 +82,9 @@ pub struct PortProfile {
 impl PortProfile {
     /// The profile of a configured port.
     pub fn of(port: &hioload_dpdk::Port) -> Result<PortProfile, StackError> {
-        let configured = port.configured().ok_or_else(|| StackError::Config("the port is not configured".into()))?;
+        let configured = port
+            .configured()
+            .ok_or_else(|| StackError::Config("the port is not configured".into()))?;
         Ok(PortProfile {
             mac: port.id().mac_addr().map_err(StackError::Dpdk)?.0,
             mtu: port.id().mtu().map_err(StackError::Dpdk)?,
@@ -97,10 +107,16 @@ pub struct StackStats {
     pub sockets: usize,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections closed since start (any reason).
+    /// Open connections closed since start (any reason).
     pub closed: u64,
+    /// Handshakes that never completed (reset, refused, or timed out), since start.
+    pub handshakes_failed: u64,
     /// SYNs dropped because the backlog or the connection slots were full.
     pub syn_dropped: u64,
+    /// Connection visits (application callbacks and egress), since start.
+    pub visits: u64,
+    /// Visits because a timer was due, since start.
+    pub timer_wakeups: u64,
     /// Device-level counters.
     pub io: IoStats,
 }
@@ -116,63 +132,70 @@ enum Phase {
 }
 
 struct ConnState {
-    bucket: u32,
     handle: SocketHandle,
+    key: u64,
     phase: Phase,
+    /// Until open: when the handshake is given up (µs).
+    handshake_deadline: i64,
     /// The TCP state at the previous visit, to tell a graceful end from a reset.
     last_state: tcp::State,
     eof_reported: bool,
     last_send_queue: usize,
 }
 
+/// One connection slot: its own one-socket set, its state, its place in the turn and the timer heap.
 struct Slot {
     gen: u32,
-    conn: Option<ConnState>,
-}
-
-struct Bucket {
     sockets: SocketSet<'static>,
-    /// Slot indices of the connections in this bucket.
-    conns: Vec<u32>,
-    /// smoltcp's next poll time for this bucket, in µs (`i64::MAX`: none).
-    poll_at: i64,
+    conn: Option<ConnState>,
     touched: bool,
-    /// A connection reached CLOSED/TIME-WAIT: reap after the next egress.
-    reap: bool,
+    /// Earliest time (µs) this slot has an entry in the timer heap for; `i64::MAX`: none.
+    armed_at: i64,
+    /// When smoltcp last asked to be polled for this connection (µs); `i64::MAX`: only on
+    /// ingress. Heap entries older than this are re-armed, not visited.
+    due_at: i64,
 }
 
-/// TSC to smoltcp time.
+/// TSC to smoltcp time, without a division per reading.
 struct Clock {
     start: u64,
-    hz: u64,
+    /// Microseconds per cycle, as a 32.32 fixed-point number.
+    micros_per_cycle: u128,
 }
 
 impl Clock {
     fn new() -> Clock {
-        Clock { start: tsc(), hz: tsc_hz().max(1) }
+        let hz = tsc_hz().max(1) as u128;
+        Clock {
+            start: tsc(),
+            micros_per_cycle: (1_000_000u128 << 32) / hz,
+        }
     }
+    #[inline]
     fn now(&self) -> Instant {
         let cycles = tsc().wrapping_sub(self.start) as u128;
-        Instant::from_micros((cycles * 1_000_000 / self.hz as u128) as i64)
+        Instant::from_micros(((cycles * self.micros_per_cycle) >> 32) as i64)
     }
 }
 
 /// One lcore's TCP/IP stack over one queue pair.
 pub struct Stack<Q> {
-    // Field order is drop order: every socket (in the buckets) goes before the ring slab their
+    // Field order is drop order: every socket (in the slots) goes before the ring slab their
     // buffers point into.
-    buckets: Box<[Bucket]>,
-    slots: Vec<Slot>,
+    slots: Box<[Slot]>,
+    /// Always empty: what smoltcp sees for ARP, ICMP and segments of no connection.
+    no_sockets: SocketSet<'static>,
+    flows: FlowTable,
     free_slots: Vec<u32>,
+    timers: BinaryHeap<Reverse<(i64, u32)>>,
     iface: Interface,
     io: PacketIo<Q>,
-    rx: Burst<RX_BURST>,
+    /// The rx burst; boxed so the loop can take it out of `self` by moving a pointer.
+    rx: Option<Box<Burst<RX_BURST>>>,
     touched: Vec<u32>,
     listen_ports: Vec<u16>,
     config: StackConfig,
     clock: Clock,
-    /// Earliest `poll_at` of any bucket, in µs (may be stale-early, never late).
-    next_timer: i64,
     next_port: u16,
     stats: StackStats,
     slab: RingSlab,
@@ -180,44 +203,69 @@ pub struct Stack<Q> {
 
 impl<Q: PacketQueue> Stack<Q> {
     /// A stack on `queue`, allocating tx frames from `pool` and its socket rings on `socket`
-    /// (the NUMA socket of the lcore that will poll it).
-    pub fn new(eal: &Eal, queue: Q, pool: Mempool, port: PortProfile, socket: SocketId, config: StackConfig) -> Result<Self, StackError> {
+    /// (the NUMA socket of the lcore that will poll it). Everything is allocated here, for
+    /// `max_connections`; the loop itself allocates nothing.
+    pub fn new(
+        eal: &Eal,
+        queue: Q,
+        pool: Mempool,
+        port: PortProfile,
+        socket: SocketId,
+        config: StackConfig,
+    ) -> Result<Self, StackError> {
         config.validate().map_err(StackError::Config)?;
-        let slab = RingSlab::new(eal, config.max_connections, config.rx_ring, config.tx_ring, socket).map_err(StackError::Dpdk)?;
-        let mut io = PacketIo::new(queue, pool, port.mtu as usize, port.rx_checksums, port.tx_checksums);
+        let slab = RingSlab::new(
+            eal,
+            config.max_connections,
+            config.rx_ring,
+            config.tx_ring,
+            socket,
+        )
+        .map_err(StackError::Dpdk)?;
+        let mut io = PacketIo::new(
+            queue,
+            pool,
+            port.mtu as usize,
+            port.rx_checksums,
+            port.tx_checksums,
+        );
         let clock = Clock::new();
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(port.mac)));
         iface_config.random_seed = tsc() ^ (u64::from(config.ip.to_bits()) << 16);
         let mut iface = Interface::new(iface_config, &mut io.view(None), clock.now());
         iface.update_ip_addrs(|addrs| {
-            addrs.push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len)).expect("one address fits");
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len))
+                .expect("one address fits");
         });
         if let Some(gw) = config.gateway {
-            iface.routes_mut().add_default_ipv4_route(gw).map_err(|_| StackError::Config("route table full".into()))?;
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gw)
+                .map_err(|_| StackError::Config("route table full".into()))?;
         }
-        let per_bucket = (config.max_connections / config.buckets).clamp(1, 64) * 2;
-        let buckets = (0..config.buckets)
-            .map(|_| Bucket {
-                sockets: SocketSet::new(Vec::<SocketStorage<'static>>::with_capacity(per_bucket)),
-                conns: Vec::with_capacity(per_bucket),
-                poll_at: i64::MAX,
+        let slots = (0..config.max_connections)
+            .map(|_| Slot {
+                gen: 0,
+                sockets: SocketSet::new(Vec::<SocketStorage<'static>>::with_capacity(1)),
+                conn: None,
                 touched: false,
-                reap: false,
+                armed_at: i64::MAX,
+                due_at: i64::MAX,
             })
             .collect();
-        let slots = (0..config.max_connections).map(|_| Slot { gen: 0, conn: None }).collect();
-        let free_slots = (0..config.max_connections as u32).rev().collect();
         Ok(Stack {
-            buckets,
             slots,
-            free_slots,
+            no_sockets: SocketSet::new(Vec::new()),
+            flows: FlowTable::new(config.max_connections),
+            free_slots: (0..config.max_connections as u32).rev().collect(),
+            timers: BinaryHeap::with_capacity(config.max_connections * 2),
             iface,
             io,
-            rx: Burst::new(),
-            touched: Vec::with_capacity(config.buckets),
+            rx: Some(Box::new(Burst::new())),
+            touched: Vec::with_capacity(config.max_connections),
             listen_ports: Vec::new(),
             next_port: config.ephemeral_ports.0,
-            next_timer: i64::MAX,
             stats: StackStats::default(),
             clock,
             config,
@@ -225,8 +273,9 @@ impl<Q: PacketQueue> Stack<Q> {
         })
     }
 
-    /// Accept connections on `port` from now on.
+    /// Accept connections on `port` (not 0) from now on.
     pub fn listen(&mut self, port: u16) {
+        assert_ne!(port, 0, "cannot listen on port 0");
         if !self.listen_ports.contains(&port) {
             self.listen_ports.push(port);
         }
@@ -249,14 +298,16 @@ impl<Q: PacketQueue> Stack<Q> {
         s
     }
 
-    /// Bytes one connection costs while idle: its two rings (hugepage slab) plus its smoltcp
-    /// socket and bookkeeping (ordinary heap).
+    /// Bytes one connection slot costs: its two rings (hugepage slab) plus its smoltcp socket
+    /// set and bookkeeping (ordinary heap) and its share of the flow table. Allocated up front
+    /// for `max_connections`, so this is also the cost of an idle connection.
     pub fn memory_per_connection(&self) -> usize {
         self.config.rx_ring
             + self.config.tx_ring
-            + std::mem::size_of::<SocketStorage<'static>>()
             + std::mem::size_of::<Slot>()
-            + std::mem::size_of::<u32>()
+            + std::mem::size_of::<SocketStorage<'static>>()
+            + std::mem::size_of::<u32>() // free list
+            + 4 * (std::mem::size_of::<u64>() + std::mem::size_of::<u32>()) // flow table, 2-4 entries
     }
 
     /// The mempool tx frames come from.
@@ -274,27 +325,32 @@ impl<Q: PacketQueue> Stack<Q> {
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, StackError> {
         let (lo, hi) = self.config.ephemeral_ports;
         let range = (hi - lo) as usize + 1;
-        for _ in 0..range.min(64) {
+        for _ in 0..range.min(4096) {
             let port = self.next_port;
             self.next_port = if port >= hi { lo } else { port + 1 };
-            let bucket = self.bucket_of(flow_hash(remote, port));
-            if self.find_flow(bucket, remote, port) {
+            let key = flow_key(remote, port);
+            if self.flows.get(key).is_some() || !self.io.queue.owns(remote, port) {
                 continue;
             }
-            let index = self.new_socket(bucket, Phase::Connecting)?;
-            let handle = self.slots[index as usize].conn.as_ref().unwrap().handle;
-            let b = &mut self.buckets[bucket];
-            let socket = b.sockets.get_mut::<tcp::Socket>(handle);
+            let index = self.new_socket(key, Phase::Connecting)?;
+            let slot = &mut self.slots[index as usize];
+            let handle = slot.conn.as_ref().unwrap().handle;
+            let socket = slot.sockets.get_mut::<tcp::Socket>(handle);
             let endpoint = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
             if let Err(e) = socket.connect(self.iface.context(), endpoint, port) {
-                self.release(bucket, index);
+                self.release(index);
                 return Err(StackError::Connect(e.to_string()));
             }
             self.stats.connecting += 1;
-            self.touch(bucket);
-            return Ok(ConnId { index, gen: self.slots[index as usize].gen });
+            self.touch(index);
+            return Ok(ConnId {
+                index,
+                gen: self.slots[index as usize].gen,
+            });
         }
-        Err(StackError::Connect(format!("no free local port towards {remote}")))
+        Err(StackError::Connect(format!(
+            "no free local port towards {remote}"
+        )))
     }
 
     /// Borrow an open connection outside the poll loop (e.g. to start sending). Whatever is
@@ -304,28 +360,32 @@ impl<Q: PacketQueue> Stack<Q> {
         if slot.gen != id.gen {
             return None;
         }
-        let st = slot.conn.as_ref()?;
-        let (bucket, handle) = (st.bucket as usize, st.handle);
-        self.touch(bucket);
-        Some(Conn { id, socket: self.buckets[bucket].sockets.get_mut::<tcp::Socket>(handle) })
+        let handle = slot.conn.as_ref()?.handle;
+        self.touch(id.index);
+        Some(Conn {
+            id,
+            socket: self.slots[id.index as usize]
+                .sockets
+                .get_mut::<tcp::Socket>(handle),
+        })
     }
 
     /// One loop turn: one rx burst dispatched packet by packet, due timers, application
-    /// callbacks and egress of every touched bucket, one tx burst. Returns the number of
+    /// callbacks and egress of every touched connection, one tx burst. Returns the number of
     /// packets received (0: the caller may pause).
     pub fn poll(&mut self, handler: &mut impl Handler) -> usize {
         let now = self.clock.now();
-        let mut rx = std::mem::take(&mut self.rx);
+        let mut rx = self.rx.take().expect("rx burst is home between turns");
         let received = self.io.rx_burst(&mut rx);
-        for m in rx.drain() {
-            self.ingress(now, m);
+        if received > 0 {
+            for m in rx.drain() {
+                self.ingress(now, m);
+            }
         }
-        self.rx = rx;
-        if now.total_micros() >= self.next_timer {
-            self.collect_due(now);
-        }
-        while let Some(b) = self.touched.pop() {
-            self.service(b as usize, now, handler);
+        self.rx = Some(rx);
+        self.collect_due(now);
+        while let Some(index) = self.touched.pop() {
+            self.visit(index, now, handler);
         }
         self.io.flush();
         received
@@ -337,134 +397,153 @@ impl<Q: PacketQueue> Stack<Q> {
     }
 
     #[inline]
-    fn bucket_of(&self, hash: u32) -> usize {
-        hash as usize & (self.config.buckets - 1)
-    }
-
-    #[inline]
-    fn touch(&mut self, b: usize) {
-        let bucket = &mut self.buckets[b];
-        if !bucket.touched {
-            bucket.touched = true;
-            self.touched.push(b as u32);
+    fn touch(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        if !slot.touched {
+            slot.touched = true;
+            self.touched.push(index);
         }
     }
 
-    /// Feed one received frame to smoltcp with only its bucket's sockets.
+    /// Feed one received frame to smoltcp with only its connection's socket set.
     fn ingress(&mut self, now: Instant, m: Mbuf) {
         if !self.io.rx_checksum_ok(&m) {
             return;
         }
-        let b = match TcpFlow::parse(m.data()) {
-            Some(flow) if flow.local_ip == self.config.ip => {
-                let b = self.bucket_of(flow.hash());
-                if flow.is_syn() && self.listen_ports.contains(&flow.local_port) && !self.find_flow(b, flow.remote, flow.local_port) {
-                    if self.stats.pending >= self.config.backlog || self.new_socket(b, Phase::Pending).map(|i| self.listen_on(b, i, flow.local_port)).is_err() {
+        let mut target = None;
+        if let Some(flow) = TcpFlow::parse(m.data()) {
+            if flow.local_ip == self.config.ip {
+                let key = flow.key();
+                target = self.flows.get(key);
+                if target.is_none() && flow.is_syn() && self.listen_ports.contains(&flow.local_port)
+                {
+                    if self.stats.pending >= self.config.backlog {
                         self.stats.syn_dropped += 1;
                         return; // like a full kernel queue: drop, the client retries
                     }
+                    match self.new_socket(key, Phase::Pending) {
+                        Ok(index) => {
+                            self.listen_on(index, flow.local_port);
+                            target = Some(index);
+                        }
+                        Err(_) => {
+                            self.stats.syn_dropped += 1;
+                            return;
+                        }
+                    }
                 }
-                b
             }
-            // ARP, ICMP and anything else: bucket 0 (smoltcp answers without sockets).
-            _ => 0,
+        }
+        let sockets = match target {
+            Some(index) => {
+                self.touch(index);
+                &mut self.slots[index as usize].sockets
+            }
+            // ARP, ICMP, and segments of no connection (smoltcp answers those with RST).
+            None => &mut self.no_sockets,
         };
-        let bucket = &mut self.buckets[b];
-        self.iface.poll_ingress_single(now, &mut self.io.view(Some(m)), &mut bucket.sockets);
-        self.touch(b);
+        self.iface
+            .poll_ingress_single(now, &mut self.io.view(Some(m)), sockets);
     }
 
-    /// True if bucket `b` already has a socket for this flow (a retransmitted SYN goes to it).
-    fn find_flow(&mut self, b: usize, remote: SocketAddrV4, local_port: u16) -> bool {
-        let bucket = &mut self.buckets[b];
-        let want = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
-        bucket.conns.iter().any(|&i| {
-            let handle = self.slots[i as usize].conn.as_ref().unwrap().handle;
-            let s = bucket.sockets.get::<tcp::Socket>(handle);
-            s.remote_endpoint() == Some(want) && s.local_endpoint().map(|e| e.port) == Some(local_port)
-        })
-    }
-
-    fn listen_on(&mut self, b: usize, index: u32, port: u16) {
-        let handle = self.slots[index as usize].conn.as_ref().unwrap().handle;
-        let socket = self.buckets[b].sockets.get_mut::<tcp::Socket>(handle);
-        socket.listen(port).expect("a fresh socket listens on a non-zero port");
+    fn listen_on(&mut self, index: u32, port: u16) {
+        let slot = &mut self.slots[index as usize];
+        let handle = slot.conn.as_ref().unwrap().handle;
+        let socket = slot.sockets.get_mut::<tcp::Socket>(handle);
+        socket
+            .listen(port)
+            .expect("a fresh socket listens on a non-zero port");
         self.stats.pending += 1;
     }
 
-    /// A socket with its slot's rings, in bucket `b`.
-    fn new_socket(&mut self, b: usize, phase: Phase) -> Result<u32, StackError> {
+    /// A socket with its slot's rings, for flow `key`.
+    fn new_socket(&mut self, key: u64, phase: Phase) -> Result<u32, StackError> {
         let index = self.free_slots.pop().ok_or(StackError::NoFreeSlot)?;
         // SAFETY: slot `index` was free, so no live socket holds its rings; the socket built on
-        // them lives in `self.buckets`, which is dropped before `self.slab` (field order), and
+        // them lives in `self.slots`, which is dropped before `self.slab` (field order), and
         // the slot returns to the free list only after the socket was removed (`release`).
         let (rx, tx) = unsafe { self.slab.rings(index as usize) };
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         socket.set_nagle_enabled(self.config.nagle);
         socket.set_ack_delay(self.config.ack_delay_ms.map(Duration::from_millis));
-        let bucket = &mut self.buckets[b];
-        let handle = bucket.sockets.add(socket);
-        bucket.conns.push(index);
         let slot = &mut self.slots[index as usize];
-        slot.conn = Some(ConnState { bucket: b as u32, handle, phase, last_state: tcp::State::Closed, eof_reported: false, last_send_queue: 0 });
+        let handle = slot.sockets.add(socket); // capacity 1, empty: no allocation
+        let handshake_deadline =
+            self.clock.now().total_micros() + self.config.handshake_timeout_ms as i64 * 1000;
+        slot.conn = Some(ConnState {
+            handshake_deadline,
+            handle,
+            key,
+            phase,
+            last_state: tcp::State::Closed,
+            eof_reported: false,
+            last_send_queue: 0,
+        });
+        self.flows.insert(key, index);
         self.stats.sockets += 1;
         Ok(index)
     }
 
-    /// Remove slot `index`'s socket from bucket `b` and free the slot.
-    fn release(&mut self, b: usize, index: u32) {
+    /// Remove slot `index`'s socket and free the slot.
+    fn release(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
         let st = slot.conn.take().expect("released slot is live");
         slot.gen = slot.gen.wrapping_add(1);
-        let bucket = &mut self.buckets[b];
-        drop(bucket.sockets.remove(st.handle)); // its rings are unused from here on
-        let pos = bucket.conns.iter().position(|&i| i == index).expect("slot listed in its bucket");
-        bucket.conns.swap_remove(pos);
+        slot.due_at = i64::MAX;
+        drop(slot.sockets.remove(st.handle)); // its rings are unused from here on
+        self.flows.remove(st.key);
         self.free_slots.push(index);
         self.stats.sockets -= 1;
     }
 
-    /// Mark every bucket whose timer is due; recompute the earliest timer.
+    /// Touch every connection whose timer is due.
     fn collect_due(&mut self, now: Instant) {
         let now = now.total_micros();
-        let mut next = i64::MAX;
-        for b in 0..self.buckets.len() {
-            let at = self.buckets[b].poll_at;
-            if at <= now {
-                self.buckets[b].poll_at = i64::MAX;
-                self.touch(b);
-            } else {
-                next = next.min(at);
+        while let Some(&Reverse((at, index))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let slot = &mut self.slots[index as usize];
+            if slot.armed_at != at {
+                continue; // superseded by an earlier entry
+            }
+            slot.armed_at = i64::MAX;
+            if slot.conn.is_none() {
+                continue; // the connection is gone
+            }
+            if slot.due_at <= now {
+                self.stats.timer_wakeups += 1;
+                self.touch(index);
+            } else if slot.due_at != i64::MAX {
+                // smoltcp moved its deadline later since this entry was pushed.
+                slot.armed_at = slot.due_at;
+                self.timers.push(Reverse((slot.due_at, index)));
             }
         }
-        self.next_timer = next;
     }
 
-    /// Application callbacks, egress, and reaping for one touched bucket.
-    fn service(&mut self, b: usize, now: Instant, handler: &mut impl Handler) {
-        self.buckets[b].touched = false;
-        let mut i = 0;
-        while i < self.buckets[b].conns.len() {
-            let index = self.buckets[b].conns[i];
-            i += 1;
-            let slot = &mut self.slots[index as usize];
-            let id = ConnId { index, gen: slot.gen };
-            let st = slot.conn.as_mut().expect("bucket lists live slots");
-            let bucket = &mut self.buckets[b];
-            let socket = bucket.sockets.get_mut::<tcp::Socket>(st.handle);
-            let state = socket.state();
-            match state {
-                tcp::State::Closed | tcp::State::TimeWait => {
-                    bucket.reap = true;
-                    continue;
-                }
-                tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent => {
-                    st.last_state = state;
-                    continue;
-                }
-                _ => {}
-            }
-            let mut conn = Conn { id, socket };
+    /// Application callbacks, egress, reaping and timer for one touched connection.
+    fn visit(&mut self, index: u32, now: Instant, handler: &mut impl Handler) {
+        self.stats.visits += 1;
+        let slot = &mut self.slots[index as usize];
+        slot.touched = false;
+        let id = ConnId {
+            index,
+            gen: slot.gen,
+        };
+        let Some(st) = slot.conn.as_mut() else { return };
+        let socket = slot.sockets.get_mut::<tcp::Socket>(st.handle);
+        let state = socket.state();
+        let mut conn = Conn { id, socket };
+        if !matches!(
+            state,
+            tcp::State::Closed
+                | tcp::State::TimeWait
+                | tcp::State::Listen
+                | tcp::State::SynReceived
+                | tcp::State::SynSent
+        ) {
             if st.phase != Phase::Open {
                 match st.phase {
                     Phase::Pending => self.stats.pending -= 1,
@@ -477,65 +556,74 @@ impl<Q: PacketQueue> Stack<Q> {
                 handler.on_open(&mut conn);
             }
             let eof = !conn.socket.may_recv();
-            let send_queue = conn.send_queue();
-            if conn.recv_queue() > 0 || (eof && !st.eof_reported) || send_queue < st.last_send_queue {
+            if conn.recv_queue() > 0
+                || (eof && !st.eof_reported)
+                || conn.send_queue() < st.last_send_queue
+            {
                 st.eof_reported |= eof;
                 handler.on_ready(&mut conn);
             }
             st.last_send_queue = conn.send_queue();
             st.last_state = conn.socket.state();
-            if matches!(st.last_state, tcp::State::Closed | tcp::State::TimeWait) {
-                self.buckets[b].reap = true;
-            }
         }
 
-        let bucket = &mut self.buckets[b];
-        self.iface.poll_egress(now, &mut self.io.view(None), &mut bucket.sockets);
-        if bucket.reap {
-            bucket.reap = false;
-            self.reap(b, handler);
-        }
-        let bucket = &mut self.buckets[b];
-        let at = self.iface.poll_at(now, &bucket.sockets).map_or(i64::MAX, |t| t.total_micros());
-        bucket.poll_at = at;
-        self.next_timer = self.next_timer.min(at);
-    }
-
-    /// Remove the bucket's connections that are over, once they owe the peer nothing.
-    fn reap(&mut self, b: usize, handler: &mut impl Handler) {
-        let mut i = 0;
-        while i < self.buckets[b].conns.len() {
-            let index = self.buckets[b].conns[i];
-            let st = self.slots[index as usize].conn.as_ref().unwrap();
-            let socket = self.buckets[b].sockets.get::<tcp::Socket>(st.handle);
-            let state = socket.state();
-            // A CLOSED socket that still knows its peer has an RST to send.
-            let done = match state {
-                tcp::State::TimeWait => true,
-                tcp::State::Closed => socket.remote_endpoint().is_none(),
-                _ => false,
-            };
-            if !done {
-                if state == tcp::State::Closed {
-                    self.buckets[b].reap = true; // try again after the next egress
-                }
-                i += 1;
-                continue;
+        self.iface
+            .poll_egress(now, &mut self.io.view(None), &mut slot.sockets);
+        let st = slot.conn.as_ref().unwrap();
+        let socket = slot.sockets.get::<tcp::Socket>(st.handle);
+        // Over, and owing the peer nothing (a CLOSED socket that still knows its peer has an RST to send).
+        let handshake_over = st.phase != Phase::Open && now.total_micros() >= st.handshake_deadline;
+        let done = match socket.state() {
+            // A handshake that did not finish in time (no answer, no neighbour): dropped
+            // without a word, as a kernel drops a half-open connection.
+            _ if handshake_over => true,
+            tcp::State::TimeWait => true,
+            // Created for a SYN that smoltcp then refused (e.g. addressed to another MAC).
+            tcp::State::Listen => st.phase == Phase::Pending,
+            tcp::State::Closed => socket.remote_endpoint().is_none(),
+            _ => false,
+        };
+        if done {
+            let graceful = socket.state() == tcp::State::TimeWait
+                || matches!(
+                    st.last_state,
+                    tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+                );
+            let phase = st.phase;
+            self.release(index);
+            if phase == Phase::Open {
+                self.stats.closed += 1;
+            } else {
+                self.stats.handshakes_failed += 1;
             }
-            let graceful = state == tcp::State::TimeWait
-                || matches!(st.last_state, tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait);
-            let (phase, gen) = (st.phase, self.slots[index as usize].gen);
-            self.release(b, index); // swap_remove: position i now holds the next one
-            self.stats.closed += 1;
             match phase {
                 Phase::Pending => self.stats.pending -= 1,
                 Phase::Connecting => self.stats.connecting -= 1,
                 Phase::Open => self.stats.open -= 1,
             }
             if phase != Phase::Pending {
-                let reason = if graceful { CloseReason::Graceful } else { CloseReason::Reset };
-                handler.on_close(ConnId { index, gen }, reason);
+                handler.on_close(
+                    id,
+                    if graceful {
+                        CloseReason::Graceful
+                    } else {
+                        CloseReason::Reset
+                    },
+                );
             }
+            return;
+        }
+        let mut at = self
+            .iface
+            .poll_at(now, &slot.sockets)
+            .map_or(i64::MAX, |t| t.total_micros());
+        if st.phase != Phase::Open {
+            at = at.min(st.handshake_deadline);
+        }
+        slot.due_at = at;
+        if at < slot.armed_at {
+            slot.armed_at = at;
+            self.timers.push(Reverse((at, index)));
         }
     }
 }

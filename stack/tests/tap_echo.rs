@@ -87,12 +87,21 @@ fn run_against_kernel<R: Send + 'static>(
     let ns = Netns::create();
     let eal = init_eal(&[]);
     let socket = eal.main_lcore().socket();
-    let pool_config = MempoolConfig { mbufs: 8191, cache_size: 256, socket, ..MempoolConfig::default() };
+    let pool_config = MempoolConfig {
+        mbufs: 8191,
+        cache_size: 256,
+        socket,
+        ..MempoolConfig::default()
+    };
     let pool = Mempool::new(&eal, "stack_tap", &pool_config).unwrap();
     {
         let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
-        let port_config = PortConfig { rx_descriptors: 512, tx_descriptors: 512, ..PortConfig::default() };
-        port.configure(&port_config, &[pool.clone()]).unwrap();
+        let port_config = PortConfig {
+            rx_descriptors: 512,
+            tx_descriptors: 512,
+            ..PortConfig::default()
+        };
+        port.configure(&port_config, &[&pool]).unwrap();
         port.start().unwrap();
         support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
         ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &tap]);
@@ -105,7 +114,8 @@ fn run_against_kernel<R: Send + 'static>(
         stack_config.max_connections = 2048;
         config(&mut stack_config);
         let queue = port.queues().remove(0);
-        let mut stack = Stack::new(&eal, queue, pool.clone(), profile, socket, stack_config).unwrap();
+        let mut stack =
+            Stack::new(&eal, queue, pool.clone(), profile, socket, stack_config).unwrap();
         stack.listen(ECHO);
         stack.listen(GREET_AND_CLOSE);
         stack.listen(RESET_ON_DATA);
@@ -116,7 +126,11 @@ fn run_against_kernel<R: Send + 'static>(
         let client = in_netns(&ns.name, client);
         let deadline = Instant::now() + Duration::from_secs(90);
         while !client.is_finished() {
-            assert!(Instant::now() < deadline, "client did not finish in time; stack {:?}", stack.stats());
+            assert!(
+                Instant::now() < deadline,
+                "client did not finish in time; stack {:?}",
+                stack.stats()
+            );
             stack.poll(&mut server);
         }
         let result = client.join().expect("client thread panicked");
@@ -129,14 +143,30 @@ fn run_against_kernel<R: Send + 'static>(
             stack.poll(&mut server);
         }
         let stats = stack.stats();
-        println!("server: {} opened, {} graceful, {} reset, {} bytes echoed; {stats:?}", server.opened, server.graceful, server.reset, server.echoed);
-        println!("memory per idle connection: {} bytes", stack.memory_per_connection());
+        println!(
+            "server: {} opened, {} graceful, {} reset, {} bytes echoed; {stats:?}",
+            server.opened, server.graceful, server.reset, server.echoed
+        );
+        println!(
+            "memory per idle connection: {} bytes",
+            stack.memory_per_connection()
+        );
         check(result, &server, &mut stack);
 
-        assert_eq!(stats.sockets, idle_stats.sockets, "every socket is gone after the connections closed");
+        assert_eq!(
+            stats.sockets, idle_stats.sockets,
+            "every socket is gone after the connections closed"
+        );
         assert_eq!((stats.open, stats.pending, stats.connecting), (0, 0, 0));
-        assert_eq!(stats.accepted, stats.closed, "each accepted connection was closed");
-        assert_eq!(pool.in_use(), idle_in_use, "mbufs in use are back to the idle count");
+        assert_eq!(
+            stats.accepted, stats.closed,
+            "each accepted connection was closed"
+        );
+        assert_eq!(
+            pool.in_use(),
+            idle_in_use,
+            "mbufs in use are back to the idle count"
+        );
         assert_eq!(stats.io.rx_bad_checksum, 0);
     }
     support::assert_pool_full(&pool);
@@ -149,7 +179,12 @@ fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static)
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
         // SAFETY: setns with a valid namespace fd moves only this thread into the namespace.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns: {}",
+            std::io::Error::last_os_error()
+        );
         f()
     })
 }
@@ -213,7 +248,12 @@ fn echo_stream(len: u64, seed: u64) -> u64 {
             break; // the stack's FIN after the echo
         }
         for (k, &b) in buf[..n].iter().enumerate() {
-            assert_eq!(b, pattern(seed, got + k as u64), "echo byte {} of {len}", got + k as u64);
+            assert_eq!(
+                b,
+                pattern(seed, got + k as u64),
+                "echo byte {} of {len}",
+                got + k as u64
+            );
         }
         got += n as u64;
     }
@@ -229,8 +269,15 @@ fn streams_of_1k_1m_64m_echo_intact() {
             |c| {
                 c.rx_ring = 64 * 1024;
                 c.tx_ring = 64 * 1024;
+                c.max_connections = 64;
             },
-            move || sizes.iter().enumerate().map(|(i, &len)| (len, echo_stream(len, i as u64 + 1))).collect::<Vec<_>>(),
+            move || {
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &len)| (len, echo_stream(len, i as u64 + 1)))
+                    .collect::<Vec<_>>()
+            },
             |results, server, _| {
                 for (len, got) in results {
                     assert_eq!(got, len, "the whole {len}-byte stream came back");
@@ -259,31 +306,63 @@ fn thousand_clients(n: usize) -> usize {
     let mut fds = Vec::with_capacity(n);
     for _ in 0..n {
         // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: ECHO.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(STACK_IP).to_be() },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(STACK_IP).to_be(),
+            },
             sin_zero: [0; 8],
         };
         // SAFETY: sa is a valid sockaddr_in of the given size.
-        let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32) };
-        assert!(r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS));
+        let r = unsafe {
+            libc::connect(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&sa) as u32,
+            )
+        };
+        assert!(
+            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS)
+        );
         fds.push(fd);
     }
     // Wait until every connect completed.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pending: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }).collect();
+    let mut pending: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        })
+        .collect();
     while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "{} of {n} connects still pending", pending.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} connects still pending",
+            pending.len()
+        );
         // SAFETY: pending is a valid pollfd array.
         unsafe { libc::poll(pending.as_mut_ptr(), pending.len() as u64, 100) };
         pending.retain(|p| {
             if p.revents == 0 {
                 return true;
             }
-            assert_eq!(p.revents & (libc::POLLERR | libc::POLLHUP), 0, "connect failed on fd {}", p.fd);
+            assert_eq!(
+                p.revents & (libc::POLLERR | libc::POLLHUP),
+                0,
+                "connect failed on fd {}",
+                p.fd
+            );
             false
         });
         for p in &mut pending {
@@ -315,7 +394,11 @@ fn thousand_clients(n: usize) -> usize {
     }
     for mut s in streams {
         let mut rest = [0u8; 1];
-        assert_eq!(read_some(&mut s, &mut rest).unwrap(), 0, "the stack closes after our FIN");
+        assert_eq!(
+            read_some(&mut s, &mut rest).unwrap(),
+            0,
+            "the stack closes after our FIN"
+        );
     }
     served
 }
@@ -333,7 +416,11 @@ fn thousand_clients_connect_at_once_and_are_served() {
                 assert_eq!(served, 1000);
                 assert_eq!(server.opened, 1000);
                 assert_eq!(server.graceful, 1000);
-                assert_eq!(stack.stats().syn_dropped, 0, "the default backlog (1024) takes 1000 SYNs");
+                assert_eq!(
+                    stack.stats().syn_dropped,
+                    0,
+                    "the default backlog (1024) takes 1000 SYNs"
+                );
             },
         );
     });
@@ -344,10 +431,28 @@ fn ping(count: u16) -> u16 {
     // SAFETY: plain socket(2) call (root).
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
     assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
     // SAFETY: valid option pointer and size.
-    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, std::mem::size_of_val(&tv) as u32) };
-    let dst = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(STACK_IP).to_be() }, sin_zero: [0; 8] };
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const _,
+            std::mem::size_of_val(&tv) as u32,
+        )
+    };
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(STACK_IP).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
     let mut replies = 0;
     for seq in 0..count {
         let mut pkt = [0u8; 64];
@@ -360,7 +465,16 @@ fn ping(count: u16) -> u16 {
         let sum = internet_checksum(&pkt);
         pkt[2..4].copy_from_slice(&sum.to_be_bytes());
         // SAFETY: valid buffer and address.
-        let r = unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, &dst as *const _ as *const libc::sockaddr, std::mem::size_of_val(&dst) as u32) };
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                &dst as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&dst) as u32,
+            )
+        };
         assert_eq!(r, 64, "sendto: {}", std::io::Error::last_os_error());
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
@@ -372,7 +486,11 @@ fn ping(count: u16) -> u16 {
             }
             let ihl = (buf[0] & 15) as usize * 4;
             let icmp = &buf[ihl..n as usize];
-            if buf[12..16] == STACK_IP.octets() && icmp[0] == 0 && icmp[4..6] == 0x4242u16.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() {
+            if buf[12..16] == STACK_IP.octets()
+                && icmp[0] == 0
+                && icmp[4..6] == 0x4242u16.to_be_bytes()
+                && icmp[6..8] == seq.to_be_bytes()
+            {
                 assert_eq!(icmp[8..], pkt[8..], "the reply carries our payload");
                 assert_eq!(internet_checksum(icmp), 0, "the reply's checksum is right");
                 replies += 1;
@@ -412,9 +530,20 @@ fn fin_and_rst_both_ways() -> (u16, [bool; 4]) {
     s.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).unwrap();
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid option pointer and size on our socket.
-    let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const _, std::mem::size_of_val(&linger) as u32) };
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const _,
+            std::mem::size_of_val(&linger) as u32,
+        )
+    };
     assert_eq!(r, 0);
     drop(s); // RST
     let client_rst = buf == *b"ping";
@@ -442,8 +571,252 @@ fn ping_fin_and_rst_in_both_directions() {
                 assert!(client_rst, "client RST after an echo");
                 assert!(server_rst, "server RST seen as ECONNRESET by the kernel");
                 assert_eq!(server.opened, 4);
-                assert_eq!(server.graceful, 2, "the two FIN cases end gracefully on the stack side");
-                assert_eq!(server.reset, 2, "the two RST cases end in a reset on the stack side");
+                assert_eq!(
+                    server.graceful, 2,
+                    "the two FIN cases end gracefully on the stack side"
+                );
+                assert_eq!(
+                    server.reset, 2,
+                    "the two RST cases end in a reset on the stack side"
+                );
+            },
+        );
+    });
+}
+
+/// What one lcore's stack did in the two-lcore test.
+struct LcoreReport {
+    opened: usize,
+    graceful: usize,
+    stats: hioload_stack::StackStats,
+    steer: hioload_stack::SteerStats,
+}
+
+#[test]
+fn two_lcores_share_a_port_each_flow_on_one_lcore() {
+    isolated("two_lcores_share_a_port_each_flow_on_one_lcore", || {
+        use hioload_stack::{SteeredQueue, Steering};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let tap = format!("hlm{}", std::process::id());
+        let ns = Netns::create();
+        let eal = init_eal(&[]);
+        let socket = eal.main_lcore().socket();
+        let pool_config = MempoolConfig {
+            mbufs: 8191,
+            cache_size: 256,
+            socket,
+            ..MempoolConfig::default()
+        };
+        let pool = Mempool::new(&eal, "stack_mq", &pool_config).unwrap();
+        {
+            let mut port =
+                Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
+            // Two queue pairs and no RSS: the kernel spreads flows over the queues by a hash of
+            // its own, so lcores must hand packets to each other.
+            let port_config = PortConfig {
+                rx_queues: 2,
+                tx_queues: 2,
+                rx_descriptors: 512,
+                tx_descriptors: 512,
+                rss: false,
+                ..PortConfig::default()
+            };
+            let configured = port.configure(&port_config, &[&pool]).unwrap();
+            assert_eq!(configured.rss_hash, 0);
+            port.start().unwrap();
+            support::run("ip", &["link", "set", &tap, "netns", &ns.name]);
+            ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &tap]);
+            ns.exec(&["ip", "link", "set", &tap, "up"]);
+
+            let profile = PortProfile::of(&port).unwrap();
+            let steering = Steering::new(2, 1024, false);
+            let lcores = [eal.main_lcore(), eal.worker_lcores()[0]];
+            let mut jobs = Vec::new();
+            for (index, queue) in port.queues().into_iter().enumerate() {
+                let mut config = StackConfig::new(STACK_IP, 24);
+                config.max_connections = 1024;
+                config.rx_ring = 4096;
+                config.tx_ring = 4096;
+                let steered = SteeredQueue::new(queue, index, steering.clone(), pool.clone());
+                let mut stack =
+                    Stack::new(&eal, steered, pool.clone(), profile, socket, config).unwrap();
+                stack.listen(ECHO);
+                jobs.push((lcores[index], stack));
+            }
+            let idle_in_use = pool.in_use();
+
+            let done = Arc::new(AtomicBool::new(false));
+            let client_done = done.clone();
+            let client = in_netns(&ns.name, move || {
+                let replies = ping(2);
+                let served = thousand_clients(200);
+                client_done.store(true, Ordering::Release);
+                (replies, served)
+            });
+            let reports = eal
+                .run_on(jobs, |_lcore, mut stack| {
+                    let mut server = EchoServer::default();
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                        if stack.poll(&mut server) == 0 {
+                            std::thread::yield_now(); // the lcores share one CPU in tests
+                        }
+                    }
+                    let settle = Instant::now() + Duration::from_secs(5);
+                    while (stack.stats().sockets > 0 || stack.tx_pending() > 0)
+                        && Instant::now() < settle
+                    {
+                        if stack.poll(&mut server) == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    for _ in 0..100 {
+                        stack.poll(&mut server);
+                    }
+                    LcoreReport {
+                        opened: server.opened,
+                        graceful: server.graceful,
+                        stats: stack.stats(),
+                        steer: stack.queue().stats(),
+                    }
+                })
+                .unwrap();
+            let (replies, served) = client.join().expect("client thread");
+            for (i, r) in reports.iter().enumerate() {
+                println!(
+                    "lcore {i}: {} opened, {} graceful; {:?}; {:?}",
+                    r.opened, r.graceful, r.stats, r.steer
+                );
+            }
+            assert_eq!(replies, 2, "ping answered (by lcore 0)");
+            assert_eq!(served, 200);
+            assert_eq!(
+                reports.iter().map(|r| r.opened).sum::<usize>(),
+                200,
+                "each connection opened on exactly one lcore"
+            );
+            assert_eq!(reports.iter().map(|r| r.graceful).sum::<usize>(), 200);
+            assert!(
+                reports.iter().all(|r| r.opened > 0),
+                "both lcores own flows"
+            );
+            assert!(
+                reports.iter().map(|r| r.steer.handed_over).sum::<u64>() > 0,
+                "packets were handed to their flow's lcore"
+            );
+            assert_eq!(reports.iter().map(|r| r.steer.inbox_full).sum::<u64>(), 0);
+            assert!(
+                reports[1].steer.arp_copies + reports[0].steer.arp_copies > 0,
+                "lcore 1 got ARP copies"
+            );
+            for r in &reports {
+                assert_eq!((r.stats.sockets, r.stats.open, r.stats.pending), (0, 0, 0));
+                assert_eq!(r.stats.syn_dropped, 0);
+            }
+            assert_eq!(steering.queued(), 0, "every inbox was drained");
+            assert_eq!(
+                pool.in_use(),
+                idle_in_use,
+                "mbufs in use are back to the idle count"
+            );
+        }
+        support::assert_pool_full(&pool);
+        drop(ns);
+    });
+}
+
+/// Raw SYNs to the echo port from addresses of the subnet that nobody answers for.
+fn spoofed_syns(count: u8) {
+    // SAFETY: plain socket(2) call (root); IPPROTO_RAW implies IP_HDRINCL.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    for i in 0..count {
+        let src = [198, 18, 0, 50 + i];
+        let mut pkt = [0u8; 40];
+        pkt[0] = 0x45;
+        pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 6;
+        pkt[12..16].copy_from_slice(&src);
+        pkt[16..20].copy_from_slice(&STACK_IP.octets());
+        let tcp = &mut pkt[20..];
+        tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&ECHO.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02; // SYN
+        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&STACK_IP.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(tcp);
+        let sum = internet_checksum(&pseudo);
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(STACK_IP).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                &dst as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&dst) as u32,
+            )
+        };
+        assert_eq!(r, 40, "sendto: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn unanswered_handshakes_expire_and_free_the_backlog() {
+    isolated("unanswered_handshakes_expire_and_free_the_backlog", || {
+        run_against_kernel(
+            |c| {
+                c.backlog = 4;
+                c.handshake_timeout_ms = 500;
+            },
+            || {
+                // Fill the backlog with half-open connections whose peers never answer.
+                spoofed_syns(4);
+                std::thread::sleep(Duration::from_millis(100));
+                let mut refused = TcpStream::connect_timeout(
+                    &stack_addr(ECHO).into(),
+                    Duration::from_millis(300),
+                )
+                .is_err();
+                // After the handshake timeout the backlog is free again.
+                std::thread::sleep(Duration::from_millis(800));
+                refused &= echo_stream(1000, 5) == 1000;
+                refused
+            },
+            |ok, server, stack| {
+                assert!(
+                    ok,
+                    "a full backlog holds a new client off; after the timeout it is served"
+                );
+                assert_eq!(server.opened, 1);
+                assert!(
+                    stack.stats().syn_dropped >= 1,
+                    "SYNs beyond the backlog were dropped"
+                );
+                assert_eq!(
+                    stack.stats().handshakes_failed,
+                    4,
+                    "the four half-open connections expired"
+                );
             },
         );
     });
