@@ -54,7 +54,7 @@ pub(super) struct Driver {
     cfg: DriverConfig,
     handler: Arc<dyn Handler>,
     http: Arc<dyn HttpHandler>,
-    route: PathRoute,
+    route: Arc<PathRoute>,
     shared: Arc<Shared>,
     /// Indexed by the stack's dense connection slot.
     conns: Vec<Option<WsConn>>,
@@ -72,7 +72,7 @@ impl Driver {
         cfg: DriverConfig,
         handler: Arc<dyn Handler>,
         http: Arc<dyn HttpHandler>,
-        route: PathRoute,
+        route: Arc<PathRoute>,
         shared: Arc<Shared>,
     ) -> Driver {
         Driver {
@@ -166,7 +166,7 @@ impl Driver {
             }
             Parsed::Upgrade(req) => {
                 let mut response = [0u8; 512];
-                let (len, decision) = handshake::respond(&req, &self.route, &mut response);
+                let (len, decision) = handshake::respond(&req, &*self.route, &mut response);
                 sink.write(&response[..len]);
                 match decision {
                     Ok(()) => Some(req.head_len),

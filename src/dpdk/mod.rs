@@ -33,7 +33,7 @@ pub struct DpdkConfig {
     pub gateway: Option<Ipv4Addr>,
     /// How long an lcore sleeps after a loop turn that received nothing (default 0: busy poll).
     pub idle_sleep: Duration,
-    /// Most TCP connections at once; sizes the socket ring slab (default 8192).
+    /// Most TCP connections at once per lcore; sizes each lcore's ring slab (default 8192).
     pub max_connections: usize,
     /// Receive and send ring bytes per connection (default 16 KiB each).
     pub ring_bytes: usize,

@@ -2,15 +2,18 @@
 //!
 //! The EAL belongs to the thread that initialised it (that thread becomes the main lcore), while
 //! `Server::start` must return once the server runs. So `start` spawns this thread and waits for
-//! its report: either the port is up and the stack listens, or a clear error (bad EAL arguments,
-//! no usable port, no hugepage memory). The thread then runs the lcore loop, top to bottom:
+//! its report: either the port is up and the stacks listen, or a clear error (bad EAL arguments,
+//! no usable port, no hugepage memory). Each lcore gets one queue pair of the port, one `Stack`
+//! on it (a `SteeredQueue`: flows the port did not spread by RSS are handed to the lcore that
+//! owns them) and one `Driver`; `Eal::run_on` then runs the lcore loop on each, top to bottom:
 //! 1. one stack poll: rx burst, TCP, the driver's callbacks (WebSocket), tx burst;
 //! 2. on stop: stop listening, Close 1001 to every session, start the grace period;
 //! 3. every 100 ms, the deadlines of the few connections that have one;
 //! 4. after a turn that received nothing, sleep `idle_sleep` (if set).
 //!
-//! When every session has finished (or the grace period ends), the remaining ones are reset, the
-//! FINs and RSTs leave, and stack, port, mempool and EAL are released in that order.
+//! When every session of an lcore has finished (or the grace period ends), the remaining ones are
+//! reset and the FINs and RSTs leave; once every lcore has returned, stacks, port, mempool and EAL
+//! are released in that order.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,8 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hioload_dpdk::{Eal, Mempool, MempoolConfig, Port, PortConfig, PortId, SocketId};
-use hioload_stack::{PortProfile, Stack, StackConfig};
-use tracing::{info, warn};
+use hioload_stack::{PortProfile, Stack, StackConfig, SteeredQueue, Steering};
+use tracing::{error, info, warn};
 
 use super::driver::{Driver, DriverConfig, TICK};
 use super::DpdkConfig;
@@ -198,7 +201,7 @@ fn choose_port(eal: &Eal, name: Option<&str>) -> Result<PortId, String> {
     })
 }
 
-/// Sets up port and stack, reports ready, runs the lcore loop until stopped.
+/// Sets up port and stacks, reports ready, runs the lcore loops until stopped.
 fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Result<(), String> {
     let Setup {
         cfg,
@@ -222,9 +225,15 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
     if socket == SocketId::ANY || socket.0 < 0 {
         socket = main.socket();
     }
+    // One queue pair per lcore, as many as the device has.
+    let queues = lcores
+        .len()
+        .min(info.max_rx_queues.max(1) as usize)
+        .min(info.max_tx_queues.max(1) as usize);
 
+    let mbufs = (16384usize).max((queues * 4096).next_power_of_two()) - 1;
     let pool_config = MempoolConfig {
-        mbufs: 16383,
+        mbufs: mbufs as u32,
         cache_size: 256,
         socket,
         ..MempoolConfig::default()
@@ -239,10 +248,11 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         Port::open(eal, port_id).map_err(|e| format!("no usable port: {port_name}: {e}"))?;
     let descriptors = cfg.ring_capacity.min(u16::MAX as usize) as u16;
     let port_config = PortConfig {
-        rx_queues: 1,
-        tx_queues: 1,
+        rx_queues: queues as u16,
+        tx_queues: queues as u16,
         rx_descriptors: descriptors,
         tx_descriptors: descriptors,
+        rss: true,
         ..PortConfig::default()
     };
     let configured = port.configure(&port_config, &[&pool]).map_err(|e| {
@@ -270,6 +280,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         Ok(_) => "down".to_string(),
         Err(e) => format!("unknown ({e})"),
     };
+    let rss = configured.rss_hash != 0;
     info!(
         "DPDK port {} {port_name} (driver {}): MAC {mac}, link {link}, {} rx / {} tx queue(s) of {} / {} descriptors, \
          RSS {}, checksum offload rx {:?} tx {:?}, NUMA socket {}",
@@ -279,27 +290,26 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         configured.tx_queues,
         configured.rx_descriptors,
         configured.tx_descriptors,
-        if configured.rss_hash != 0 { "on" } else { "off" },
+        if rss { "on" } else { "off (flows are steered between lcores in software)" },
         configured.rx_checksums,
         configured.tx_checksums,
         socket.0
     );
-    let ids: Vec<String> = lcores
+    let polling = &lcores[..queues];
+    let ids: Vec<String> = polling
         .iter()
         .map(|l| format!("{}(socket {})", l.id(), l.socket().0))
         .collect();
     info!(
-        "{}; lcores {} (main {}); polling on lcore {}",
+        "{}; polling lcores {} (main {}), one queue pair each",
         eal.version(),
         ids.join(", "),
-        main.id(),
         main.id()
     );
-    if lcores.len() > 1 {
+    if lcores.len() > queues {
         warn!(
-            "{} worker lcore(s) stay idle: this version serves the port's single queue pair from the main lcore \
-             (flow steering to more lcores comes with hioload-stack's multi-lcore support)",
-            lcores.len() - 1
+            "{} lcore(s) stay idle: port {port_name} has only {queues} queue pair(s)",
+            lcores.len() - queues
         );
     }
 
@@ -311,53 +321,76 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
     stack_config.rx_ring = dpdk.ring_bytes;
     stack_config.tx_ring = dpdk.ring_bytes;
     let listen_port = cfg.listen.port();
+    let route = Arc::new(route);
     {
-        let queue = port.queues().remove(0);
-        let mut stack = Stack::new(
-            eal,
-            queue,
-            pool.clone(),
-            profile,
-            main.socket(),
-            stack_config,
-        )
-        .map_err(|e| {
-            format!("cannot set up the TCP stack: {e} (are enough hugepages reserved?)")
-        })?;
-        stack.listen(listen_port);
-        info!(
-            "stack {ip}/{}{}, port {listen_port}, MTU {}; up to {} connections, {} bytes each while idle, {} KiB rings",
-            dpdk.prefix_len,
-            dpdk.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
-            profile.mtu,
-            dpdk.max_connections,
-            stack.memory_per_connection(),
-            dpdk.ring_bytes >> 10
-        );
-        let driver_config = DriverConfig {
-            lcore_index: main.index(),
-            limits: cfg.limits.clone(),
-            backpressure: cfg.backpressure.clone(),
-            handshake_timeout: cfg.handshake_timeout,
-            close_timeout: cfg.close_timeout,
-            max_connections: dpdk.max_connections,
-            ring_bytes: dpdk.ring_bytes,
-        };
-        let mut driver = Driver::new(driver_config, handler, http, route, shared.clone());
+        let steering = Steering::new(queues, 1024, rss);
+        let mut jobs = Vec::with_capacity(queues);
+        for (index, queue) in port.queues().into_iter().enumerate().take(queues) {
+            let lcore = lcores[index];
+            let steered = SteeredQueue::new(queue, index, steering.clone(), pool.clone());
+            let mut stack = Stack::new(
+                eal,
+                steered,
+                pool.clone(),
+                profile,
+                lcore.socket(),
+                stack_config.clone(),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot set up the TCP stack of lcore {}: {e} (are enough hugepages reserved?)",
+                    lcore.id()
+                )
+            })?;
+            stack.listen(listen_port);
+            if index == 0 {
+                info!(
+                    "stack {ip}/{}{}, port {listen_port}, MTU {}; up to {} connections per lcore, {} bytes each while idle, {} KiB rings",
+                    dpdk.prefix_len,
+                    dpdk.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                    profile.mtu,
+                    dpdk.max_connections,
+                    stack.memory_per_connection(),
+                    dpdk.ring_bytes >> 10
+                );
+            }
+            let driver_config = DriverConfig {
+                lcore_index: index,
+                limits: cfg.limits.clone(),
+                backpressure: cfg.backpressure.clone(),
+                handshake_timeout: cfg.handshake_timeout,
+                close_timeout: cfg.close_timeout,
+                max_connections: dpdk.max_connections,
+                ring_bytes: dpdk.ring_bytes,
+            };
+            let driver = Driver::new(
+                driver_config,
+                handler.clone(),
+                http.clone(),
+                route.clone(),
+                shared.clone(),
+            );
+            jobs.push((lcore, (stack, driver)));
+        }
         let _ = ready.send(Ok(()));
 
-        lcore_loop(&mut stack, &mut driver, &shared, &cfg, &dpdk, listen_port);
-
-        let stats = stack.stats();
-        info!(
-            accepted = stats.accepted,
-            closed = stats.closed,
-            rx_packets = stats.io.rx_packets,
-            tx_packets = stats.io.tx_packets,
-            tx_dropped = stats.io.tx_dropped,
-            "lcore {} stopped",
-            main.id()
-        );
+        let reports = eal.run_on(jobs, |lcore, (mut stack, mut driver)| {
+            lcore_loop(&mut stack, &mut driver, &shared, &cfg, &dpdk, listen_port);
+            let stats = stack.stats();
+            info!(
+                accepted = stats.accepted,
+                closed = stats.closed,
+                rx_packets = stats.io.rx_packets,
+                tx_packets = stats.io.tx_packets,
+                tx_dropped = stats.io.tx_dropped,
+                handed_over = stack.queue().stats().handed_over,
+                "lcore {} stopped",
+                lcore.id()
+            );
+        });
+        if let Err(e) = reports {
+            error!("the lcore loops could not run: {e}");
+        }
     }
     if let Err(e) = port.stop() {
         warn!("stopping port {port_name}: {e}");
@@ -399,8 +432,12 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
                 break;
             }
         }
-        if received == 0 && !dpdk.idle_sleep.is_zero() && stack.tx_pending() == 0 {
-            std::thread::sleep(dpdk.idle_sleep);
+        if received == 0 && stack.tx_pending() == 0 {
+            if !dpdk.idle_sleep.is_zero() {
+                std::thread::sleep(dpdk.idle_sleep);
+            } else if stop_deadline.is_some() {
+                std::thread::yield_now(); // lcores may share a CPU; the stop must not starve
+            }
         }
     }
     // Reset what did not finish, then let the last FINs and RSTs leave and the peers' FINs in.

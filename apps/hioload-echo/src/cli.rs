@@ -33,7 +33,7 @@ userspace stack's own IPv4 address and port (it answers ARP and ping for it); --
 --gateway place it in its subnet; --workers, --batch-size and --no-affinity do not apply (the
 lcores come from -l). Needs hugepages (echo 1024 > /proc/sys/vm/nr_hugepages) and root.
 Common EAL options:
-  -l 0-1                        lcores to run on (the first one polls the port)
+  -l 0-3                        lcores: each polls its own queue pair of the port
   --vdev=net_tap0,iface=hl0     a TAP device as the port (its kernel side is the peer)
   -a 0000:01:00.0               allow this PCI NIC (bound to vfio-pci: scripts/bind-nic.sh)
   --no-pci                      use no PCI NIC (virtual devices only)
@@ -112,7 +112,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle_sleep_us: u64,
 
-    /// DPDK mode: most TCP connections at once (each holds two 16 KiB rings in hugepages).
+    /// DPDK mode: most TCP connections at once per lcore (each holds two 16 KiB rings in
+    /// hugepages).
     #[cfg(feature = "dpdk")]
     #[arg(long, value_name = "N", default_value_t = 8192)]
     pub max_connections: usize,

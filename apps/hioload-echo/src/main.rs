@@ -122,7 +122,7 @@ fn main() -> ExitCode {
         );
     } else {
         info!(
-            "hioload-echo listening on ws://{addr}{} (1 lcore, {data_path} data path)",
+            "hioload-echo listening on ws://{addr}{} ({data_path} data path, lcores as logged above)",
             args.path
         );
     }

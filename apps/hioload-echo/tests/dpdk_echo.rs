@@ -74,6 +74,11 @@ impl DpdkEcho {
     /// Starts the server with `app_args` after `--` and waits for its start line; then moves the
     /// tap's kernel side into a fresh namespace as 198.18.0.1/24.
     fn start(app_args: &[&str]) -> DpdkEcho {
+        DpdkEcho::start_with_lcores(1, app_args)
+    }
+
+    /// As `start`, with `lcores` lcores (all on one CPU: the tests need no spare cores).
+    fn start_with_lcores(lcores: usize, app_args: &[&str]) -> DpdkEcho {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -91,7 +96,13 @@ impl DpdkEcho {
             "--no-pci".to_string(),
             "--no-telemetry".into(),
             format!("--file-prefix={prefix}"),
-            format!("--lcores=0@{cpu}"),
+            format!(
+                "--lcores={}",
+                (0..lcores)
+                    .map(|l| format!("{l}@{cpu}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("--vdev=net_tap0,iface={tap}"),
         ];
         if free_hugepages() >= 256 {
@@ -139,7 +150,7 @@ impl DpdkEcho {
             seen: Vec::new(),
         };
         echo.wait_for_line(
-            "listening on ws://198.18.0.2:8080/ws (1 lcore, dpdk data path)",
+            "listening on ws://198.18.0.2:8080/ws (dpdk data path",
             Duration::from_secs(60),
         );
         run("ip", &["link", "set", &tap, "netns", &echo.ns]);
@@ -292,7 +303,7 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
         "link ",
         "queue(s)",
         "NUMA socket",
-        "lcores 0(socket",
+        "polling lcores 0(socket",
     ] {
         assert!(
             start_log.contains(what),
@@ -615,4 +626,61 @@ fn a_client_that_does_not_read_is_held_back_and_later_gets_every_byte() {
     );
     assert_eq!(other, Message::text("still served"));
     assert_eq!(intact, frames, "every held-back message was echoed intact");
+}
+
+#[test]
+fn two_lcores_share_the_port_and_each_session_lives_on_one() {
+    let mut echo = DpdkEcho::start_with_lcores(2, &[]);
+    let log = echo.wait_for_line("polling lcores", Duration::from_secs(1));
+    assert!(
+        log.contains("polling lcores 0(socket 0), 1(socket 0)"),
+        "{log}"
+    );
+    let checked = echo.in_ns(|| {
+        let mut clients: Vec<_> = (0..200).map(|_| client("/ws")).collect();
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::binary(pattern(i as u64, 100 + i)))
+                .unwrap();
+        }
+        for (i, ws) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                ws.read().unwrap(),
+                Message::binary(pattern(i as u64, 100 + i)),
+                "client {i}"
+            );
+        }
+        for ws in &mut clients {
+            ws.close(Some(normal_close())).unwrap();
+            assert_eq!(expect_close(ws), CloseCode::Normal);
+        }
+        clients.len()
+    });
+    assert_eq!(checked, 200);
+    echo.signal(libc::SIGTERM);
+    assert!(echo.wait_exit(Duration::from_secs(15)).success());
+    let log = echo.log_text();
+    let accepted: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("stopped") && l.contains("accepted="))
+        .map(|l| {
+            l.split("accepted=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(accepted.len(), 2, "both lcores report: {log}");
+    assert_eq!(
+        accepted.iter().sum::<u64>(),
+        200,
+        "each session on exactly one lcore: {log}"
+    );
+    assert!(
+        accepted.iter().all(|&a| a > 0),
+        "both lcores own sessions: {log}"
+    );
 }
