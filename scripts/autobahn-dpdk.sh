@@ -8,7 +8,8 @@
 #
 # Usage: scripts/autobahn-dpdk.sh [CASES]   (default: every case but the permessage-deflate ones)
 # Needs root and hugepages (echo 1024 > /proc/sys/vm/nr_hugepages); without free hugepages it
-# falls back to --no-huge. AUTOBAHN_IDLE_SLEEP_US (default 20) lets the polling lcore back off
+# falls back to --no-huge. AUTOBAHN_LCORES sets the polling lcores (default 1).
+# AUTOBAHN_IDLE_SLEEP_US (default 20) lets the polling lcore back off
 # when idle, so that the suite (Python) gets the CPU on small machines; 0 = pure busy poll.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,10 @@ if [ "$free" -lt 256 ]; then
   echo "autobahn-dpdk.sh: only $free free 2 MiB hugepages; running with --no-huge" >&2
   mem_args=(--no-huge --no-shconf -m 1024)
 fi
+# AUTOBAHN_LCORES (default 1) polling lcores, all on the first CPU this script may use.
 cpu=$(taskset -pc $$ 2>/dev/null | sed 's/.*: *//; s/[,-].*//' || echo 0)
+lcores=""
+for ((l = 0; l < ${AUTOBAHN_LCORES:-1}; l++)); do lcores="${lcores:+$lcores,}$l@$cpu"; done
 
 server=""
 cleanup() {
@@ -48,7 +52,7 @@ trap cleanup EXIT
 ip netns add "$ns"
 mkdir -p "$root/target"
 target/release/hioload-echo --no-pci --no-telemetry "${mem_args[@]}" --file-prefix="hioload-ab$$" \
-  --lcores="0@$cpu" --vdev="net_tap0,iface=$tap" \
+  --lcores="$lcores" --vdev="net_tap0,iface=$tap" \
   -- --addr "198.18.0.2:$port" --netmask 24 --idle-sleep-us "$idle" >"$log" 2>&1 &
 server=$!
 for _ in $(seq 600); do
