@@ -684,3 +684,30 @@ fn two_lcores_share_the_port_and_each_session_lives_on_one() {
         "both lcores own sessions: {log}"
     );
 }
+
+#[test]
+fn a_client_that_never_completes_its_request_is_dropped_after_the_handshake_timeout() {
+    let echo = DpdkEcho::start(&["--handshake-timeout", "1"]);
+    let (took, got, served) = echo.in_ns(|| {
+        let mut s = TcpStream::connect(STACK).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finished
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let got = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read: {e}"),
+        };
+        let took = start.elapsed();
+        let mut ws = client("/ws");
+        ws.send(Message::text("after")).unwrap();
+        (took, got, ws.read().unwrap())
+    });
+    assert_eq!(got, 0, "closed without an answer");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "dropped after {took:?} for a 1 s handshake timeout"
+    );
+    assert_eq!(served, Message::text("after"));
+}
