@@ -15,12 +15,15 @@ mod listener;
 pub mod outbuf;
 pub mod pool;
 mod service;
+mod shared;
 pub mod sys;
 mod transport;
 pub mod turn;
 mod worker;
 
-pub use config::{Backpressure, TransportConfig};
+pub use config::{receive_buffer_size, Backpressure, Settings, TransportConfig};
+pub use pool::{RecvBuffer, RecvBuffers};
 pub use service::{Conn, Service};
+pub use shared::{worker_of, DeliverError, OutMessage, Remote, WorkerStats};
 pub use sys::raise_fd_limit;
 pub use transport::Transport;
