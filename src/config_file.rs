@@ -149,9 +149,23 @@ impl ConfigFile {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<ConfigFile, ConfigFileError> {
-        toml::from_str(text).map_err(|e| ConfigFileError::Parse {
-            path: None,
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e| {
+            // One line, for a log line: "line L, column C: what".
+            let (at, source) = e.span().map_or((String::new(), String::new()), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before.len() - line_start + 1;
+                let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+                (
+                    format!("line {line}, column {column}: "),
+                    format!(" (in `{line_text}`)"),
+                )
+            });
+            ConfigFileError::Parse {
+                path: None,
+                message: format!("{at}{}{source}", e.message().trim()),
+            }
         })
     }
 
