@@ -33,7 +33,10 @@ pub struct ChatRoom {
 impl ChatRoom {
     fn name_of(&self, id: u64) -> String {
         let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.get(&id).cloned().unwrap_or_else(|| format!("guest-{id:x}"))
+        names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("guest-{id:x}"))
     }
 
     /// Members, sorted by id.
@@ -50,7 +53,9 @@ impl Handler for ChatRoom {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, name.clone());
-        let _ = ctx.send_text(&format!("welcome {name} (your id is {id}); /nick, /msg, /who"));
+        let _ = ctx.send_text(&format!(
+            "welcome {name} (your id is {id}); /nick, /msg, /who"
+        ));
         let _ = ctx.broadcast(Message::Text(&format!("* {name} joined")));
     }
 
@@ -96,7 +101,10 @@ impl Handler for ChatRoom {
     fn on_close(&self, ctx: &mut Ctx<'_>, _code: CloseCode, _reason: &str) {
         let id = ctx.session_id();
         let name = self.name_of(id);
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         // This session can no longer send, but the others can be told.
         let _ = ctx.broadcast(Message::Text(&format!("* {name} left")));
     }

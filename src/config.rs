@@ -198,7 +198,10 @@ impl Config {
         )?;
 
         // And whatever else the protocol layer needs of its limits.
-        l.validate().map_err(|problem| ConfigError { field: "limits", problem })?;
+        l.validate().map_err(|problem| ConfigError {
+            field: "limits",
+            problem,
+        })?;
 
         let bp = &self.backpressure;
         check(bp.soft_bytes >= 4096, "backpressure.soft_bytes", || {
@@ -235,11 +238,12 @@ impl Config {
             format!("must be at most 1 h, got {g:?}")
         })?;
         let rbuf = hioload_fallback::receive_buffer_size(l);
-        check(
-            rbuf <= self.pool.max_buffer,
-            "pool.max_buffer",
-            || format!("must hold a receive buffer ({rbuf} bytes for these limits), got {}", self.pool.max_buffer),
-        )?;
+        check(rbuf <= self.pool.max_buffer, "pool.max_buffer", || {
+            format!(
+                "must hold a receive buffer ({rbuf} bytes for these limits), got {}",
+                self.pool.max_buffer
+            )
+        })?;
         crate::pool::check_config(&self.pool).map_err(|e| ConfigError {
             field: "pool",
             problem: e.to_string(),

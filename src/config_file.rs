@@ -186,8 +186,9 @@ impl ConfigFile {
         };
         let bytes = |field: &'static str, b: &Bytes| -> Result<usize, ConfigFileError> {
             match b {
-                Bytes::Number(n) => usize::try_from(*n)
-                    .map_err(|_| invalid(field, format!("{n} is too large"))),
+                Bytes::Number(n) => {
+                    usize::try_from(*n).map_err(|_| invalid(field, format!("{n} is too large")))
+                }
                 Bytes::Text(t) => parse_bytes(t).map_err(|e| invalid(field, e)),
             }
         };
@@ -317,15 +318,22 @@ mod tests {
         assert_eq!(c.num_workers, 2);
         assert_eq!(c.idle_timeout, None);
         assert_eq!(c.limits.max_message_size, 64 << 10);
-        assert_eq!(c.limits.max_frame_size, Config::default().limits.max_frame_size);
+        assert_eq!(
+            c.limits.max_frame_size,
+            Config::default().limits.max_frame_size
+        );
         assert_eq!(c.backpressure.timeout, Duration::from_millis(2500));
     }
 
     #[test]
     fn unknown_keys_wrong_types_and_bad_values_are_refused_with_their_name() {
-        let e = ConfigFile::parse("max_mesage_size = 5\n").unwrap_err().to_string();
+        let e = ConfigFile::parse("max_mesage_size = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_mesage_size"), "{e}");
-        let e = ConfigFile::parse("workers = \"four\"\n").unwrap_err().to_string();
+        let e = ConfigFile::parse("workers = \"four\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("workers"), "{e}");
         let e = ConfigFile::parse("[limits]\nmax_message_size = 10\n")
             .unwrap()

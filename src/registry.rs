@@ -30,7 +30,9 @@ impl Registry {
     /// `shards` must be a power of two (the config checks it).
     pub fn new(shards: usize) -> Registry {
         Registry {
-            shards: (0..shards.max(1)).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         }
     }
 
@@ -81,7 +83,11 @@ mod tests {
         for worker in 0..3u64 {
             for serial in 0..10u64 {
                 let id = (worker << 48) | serial;
-                r.insert(SessionInfo { id, peer, worker: worker as usize });
+                r.insert(SessionInfo {
+                    id,
+                    peer,
+                    worker: worker as usize,
+                });
             }
         }
         assert_eq!(r.snapshot().len(), 30);
@@ -89,7 +95,11 @@ mod tests {
         r.remove((2 << 48) | 9);
         assert!(!r.contains((2 << 48) | 9));
         assert_eq!(r.snapshot().len(), 29);
-        let used = r.shards.iter().filter(|s| !s.lock().unwrap().is_empty()).count();
+        let used = r
+            .shards
+            .iter()
+            .filter(|s| !s.lock().unwrap().is_empty())
+            .count();
         assert!(used > 1, "ids spread over shards");
     }
 }

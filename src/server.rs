@@ -291,7 +291,10 @@ impl Server {
 
     /// Per-worker counters of the data path (`None` before start).
     pub fn worker_stats(&self) -> Option<Vec<hioload_fallback::WorkerStats>> {
-        self.control.runtime.get().map(|rt| rt.remote.worker_stats())
+        self.control
+            .runtime
+            .get()
+            .map(|rt| rt.remote.worker_stats())
     }
 
     /// Everything `/metrics` serves, in the Prometheus text format.

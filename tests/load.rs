@@ -101,7 +101,9 @@ fn a_thousand_connections_each_echo_a_hundred_messages() {
         pools.hits() + pools.misses() >= (CONNS * MESSAGES) as u64,
         "one buffer per read at least: {pools:?}"
     );
-    wait_until(Duration::from_secs(10), "every pool buffer returned", || {
-        server.pool_stats().unwrap().in_use() == 0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "every pool buffer returned",
+        || server.pool_stats().unwrap().in_use() == 0,
+    );
 }

@@ -18,9 +18,12 @@ fn a_panicking_handler_leaves_the_other_sessions_untouched() {
     let mut cfg = test_config();
     cfg.num_workers = 1; // every session on the worker that sees the panic
     let rec = Arc::new(RecordingEcho::default());
-    let server = Server::new(cfg)
-        .unwrap()
-        .with_handler(rec.clone().with(Metrics::new()).with(Recovery::new()).with(Logging::new()));
+    let server = Server::new(cfg).unwrap().with_handler(
+        rec.clone()
+            .with(Metrics::new())
+            .with(Recovery::new())
+            .with(Logging::new()),
+    );
     server.start().unwrap();
     let addr = server.local_addr().unwrap();
     let mut sessions: Vec<_> = (0..10).map(|_| client(addr, "/ws")).collect();
@@ -83,20 +86,33 @@ impl Middleware for Gate {
 fn user_middleware_runs_in_stacking_order_and_can_answer_for_the_handler() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let handler = RecordingEcho::default()
-        .with(Trace { name: "inner", log: log.clone() })
+        .with(Trace {
+            name: "inner",
+            log: log.clone(),
+        })
         .with(Gate)
-        .with(Trace { name: "outer", log: log.clone() });
+        .with(Trace {
+            name: "outer",
+            log: log.clone(),
+        });
     let server = Server::new(test_config()).unwrap().with_handler(handler);
     server.start().unwrap();
     let mut ws = client(server.local_addr().unwrap(), "/ws");
     ws.send(WsMessage::text("hi")).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::text("hi"));
-    assert_eq!(*log.lock().unwrap(), ["outer in", "inner in", "inner out", "outer out"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["outer in", "inner in", "inner out", "outer out"]
+    );
     log.lock().unwrap().clear();
     ws.send(WsMessage::text("secret")).unwrap();
     match ws.read().unwrap() {
         WsMessage::Close(Some(f)) => assert_eq!(f.code, TCode::Policy),
         other => panic!("expected close 1008, got {other:?}"),
     }
-    assert_eq!(*log.lock().unwrap(), ["outer in", "outer out"], "the gate stopped it");
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["outer in", "outer out"],
+        "the gate stopped it"
+    );
 }

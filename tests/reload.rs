@@ -21,7 +21,11 @@ fn a_reload_lowers_the_max_message_size_of_open_sessions_without_dropping_others
     let mut bystander = client(addr, "/ws");
     let ten_k = WsMessage::binary(vec![3u8; 10_000]);
     big_sender.send(ten_k.clone()).unwrap();
-    assert_eq!(big_sender.read().unwrap(), ten_k, "accepted before the reload");
+    assert_eq!(
+        big_sender.read().unwrap(),
+        ten_k,
+        "accepted before the reload"
+    );
 
     let mut new = cfg.clone();
     new.limits.max_message_size = 4096;
@@ -71,14 +75,20 @@ fn restart_only_changes_are_reported_and_invalid_configs_change_nothing() {
     );
     let running = server.config();
     assert_eq!(running.num_workers, 2, "kept until a restart");
-    assert_eq!(running.limits.inplace_frame_max, cfg.limits.inplace_frame_max);
+    assert_eq!(
+        running.limits.inplace_frame_max,
+        cfg.limits.inplace_frame_max
+    );
     assert_eq!(running.close_timeout, Duration::from_secs(2), "applied");
 
     let mut bad = cfg.clone();
     bad.limits.max_message_size = 1;
     let err = server.reload(bad).unwrap_err().to_string();
     assert!(err.contains("limits.max_message_size"), "{err}");
-    assert_eq!(server.config().limits.max_message_size, cfg.limits.max_message_size);
+    assert_eq!(
+        server.config().limits.max_message_size,
+        cfg.limits.max_message_size
+    );
     let big = WsMessage::binary(vec![1u8; 100_000]);
     ws.send(big.clone()).unwrap();
     assert_eq!(ws.read().unwrap(), big, "old limit still in force");

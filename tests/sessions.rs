@@ -69,19 +69,34 @@ fn broadcast_reaches_1000_sessions_on_several_workers() {
     // From outside the workers.
     assert_eq!(server.broadcast(Message::Text("to everyone")).unwrap(), 4);
     for (i, ws) in clients.iter_mut().enumerate() {
-        assert_eq!(ws.read().unwrap(), WsMessage::text("to everyone"), "client {i}");
+        assert_eq!(
+            ws.read().unwrap(),
+            WsMessage::text("to everyone"),
+            "client {i}"
+        );
     }
     // From a session's handler, on one worker, to every worker.
-    clients[0].send(WsMessage::text("all:from client 0")).unwrap();
+    clients[0]
+        .send(WsMessage::text("all:from client 0"))
+        .unwrap();
     for (i, ws) in clients.iter_mut().enumerate() {
-        assert_eq!(ws.read().unwrap(), WsMessage::text("from client 0"), "client {i}");
+        assert_eq!(
+            ws.read().unwrap(),
+            WsMessage::text("from client 0"),
+            "client {i}"
+        );
     }
     // Binary broadcasts stay binary.
     server.broadcast(Message::Binary(&[1, 2, 3])).unwrap();
     for ws in &mut clients {
         assert_eq!(ws.read().unwrap(), WsMessage::binary(vec![1u8, 2, 3]));
     }
-    let undelivered: usize = server.worker_stats().unwrap().iter().map(|w| w.undelivered).sum();
+    let undelivered: usize = server
+        .worker_stats()
+        .unwrap()
+        .iter()
+        .map(|w| w.undelivered)
+        .sum();
     assert_eq!(undelivered, 0);
     drop(clients);
     wait_until(T, "all closed", || server.session_count() == 0);
@@ -105,14 +120,21 @@ fn send_by_id_crosses_workers() {
         if worker != worker_a {
             break (b, id, worker);
         }
-        assert!(Instant::now() < deadline, "every connection landed on one worker");
+        assert!(
+            Instant::now() < deadline,
+            "every connection landed on one worker"
+        );
     };
     assert_ne!(worker_a, worker_b);
 
     a.send(WsMessage::text(format!("to:{id_b}:hello from {id_a}")))
         .unwrap();
-    assert_eq!(b.read().unwrap(), WsMessage::text(format!("hello from {id_a}")));
-    b.send(WsMessage::text(format!("to:{id_a}:and back"))).unwrap();
+    assert_eq!(
+        b.read().unwrap(),
+        WsMessage::text(format!("hello from {id_a}"))
+    );
+    b.send(WsMessage::text(format!("to:{id_a}:and back")))
+        .unwrap();
     assert_eq!(a.read().unwrap(), WsMessage::text("and back"));
 
     // From outside the workers, and to ids that do not exist.
@@ -129,8 +151,11 @@ fn send_by_id_crosses_workers() {
     // A session that is gone: its worker drops the message and counts it.
     b.close(None).unwrap();
     while b.read().is_ok() {}
-    wait_until(T, "b closed", || !server.sessions().iter().any(|s| s.id == id_b));
-    a.send(WsMessage::text(format!("to:{id_b}:too late"))).unwrap();
+    wait_until(T, "b closed", || {
+        !server.sessions().iter().any(|s| s.id == id_b)
+    });
+    a.send(WsMessage::text(format!("to:{id_b}:too late")))
+        .unwrap();
     wait_until(T, "undelivered counted", || {
         server.worker_stats().unwrap()[worker_b].undelivered == 1
     });
@@ -153,7 +178,10 @@ fn an_idle_session_is_pinged_and_dropped_when_it_does_not_answer() {
     let (fin, opcode, payload) = read_frame(&mut silent);
     assert!(fin);
     assert_eq!(opcode, 0x9, "a ping");
-    assert!(opened.elapsed() >= Duration::from_millis(250), "not before idle_timeout");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(250),
+        "not before idle_timeout"
+    );
     assert_eq!(payload, b"idle");
 
     // The other answers its pings (with a pong, as any client does) for a while.
@@ -183,7 +211,9 @@ fn an_idle_session_is_pinged_and_dropped_when_it_does_not_answer() {
     assert!(stats.idle_pings >= 3);
 
     // The answering one is still served.
-    alive.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    alive
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     alive.write_all(&frame(true, 0x1, b"still here")).unwrap();
     loop {
         let (_, opcode, payload) = read_frame(&mut alive);

@@ -31,13 +31,17 @@ pub(crate) struct PaddedCounter(pub AtomicUsize);
 impl PaddedCounter {
     /// Adds `n` (single writer: no read-modify-write needed).
     pub fn add(&self, n: usize) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     /// Subtracts `n` (single writer).
     pub fn sub(&self, n: usize) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
@@ -128,7 +132,9 @@ impl Shared {
         Shared {
             stopping: AtomicBool::new(false),
             workers: (0..n).map(|_| WorkerCounters::default()).collect(),
-            inboxes: (0..n).map(|_| ArrayQueue::new(inbox_capacity.max(1))).collect(),
+            inboxes: (0..n)
+                .map(|_| ArrayQueue::new(inbox_capacity.max(1)))
+                .collect(),
             wakers: wakers.into_boxed_slice(),
             settings: Mutex::new(Arc::new(settings)),
             epoch: AtomicU64::new(0),
@@ -165,11 +171,19 @@ impl Shared {
     }
 
     /// Queues `cmd` for worker `worker`; `from` is the calling worker, if any (no wake needed).
-    pub fn push(&self, worker: usize, cmd: Command, from: Option<usize>) -> Result<(), DeliverError> {
+    pub fn push(
+        &self,
+        worker: usize,
+        cmd: Command,
+        from: Option<usize>,
+    ) -> Result<(), DeliverError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(DeliverError::Stopped);
         }
-        let inbox = self.inboxes.get(worker).ok_or(DeliverError::NoSuchSession)?;
+        let inbox = self
+            .inboxes
+            .get(worker)
+            .ok_or(DeliverError::NoSuchSession)?;
         inbox.push(cmd).map_err(|_| DeliverError::Full)?;
         if from != Some(worker) {
             if let Err(e) = self.wakers[worker].wake() {
@@ -189,7 +203,11 @@ impl Shared {
     }
 
     /// Queues `msg` for every worker; returns how many workers took it (a full inbox misses it).
-    pub fn broadcast(&self, msg: Arc<OutMessage>, from: Option<usize>) -> Result<usize, DeliverError> {
+    pub fn broadcast(
+        &self,
+        msg: Arc<OutMessage>,
+        from: Option<usize>,
+    ) -> Result<usize, DeliverError> {
         let mut reached = 0;
         let mut last_err = DeliverError::Full;
         for worker in 0..self.inboxes.len() {

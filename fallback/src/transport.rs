@@ -56,7 +56,13 @@ impl Transport {
 
         let mut seeds = Vec::with_capacity(cfg.workers);
         for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
-            seeds.push(WorkerSeed::new(index, cfg.clone(), shared.clone(), poll, listener)?);
+            seeds.push(WorkerSeed::new(
+                index,
+                cfg.clone(),
+                shared.clone(),
+                poll,
+                listener,
+            )?);
         }
 
         let transport = Transport {

@@ -256,10 +256,7 @@ impl<S: Service> Worker<S> {
     fn poll_timeout(&self) -> Option<Duration> {
         let accept_pending =
             self.listener_ready && self.listener.is_some() && self.accept_resume_at.is_none();
-        if !self.ready.is_empty()
-            || accept_pending
-            || !self.shared.inboxes[self.index].is_empty()
-        {
+        if !self.ready.is_empty() || accept_pending || !self.shared.inboxes[self.index].is_empty() {
             Some(Duration::ZERO)
         } else if !self.watched.is_empty()
             || !self.starved.is_empty()
@@ -529,7 +526,12 @@ impl<S: Service> Worker<S> {
 
     // ---- one read's worth of protocol --------------------------------------------------------
 
-    fn process_input(&mut self, idx: usize, mut buf: <S::Buffers as RecvBuffers>::Buf, filled: usize) {
+    fn process_input(
+        &mut self,
+        idx: usize,
+        mut buf: <S::Buffers as RecvBuffers>::Buf,
+        filled: usize,
+    ) {
         let keep = match self.conns[idx].as_ref().map(|c| &c.phase) {
             Some(Phase::Handshake) => self.handshake(idx, &mut buf, filled),
             Some(Phase::Open(_)) => self.feed_session(idx, &mut buf, 0, filled),
@@ -539,7 +541,12 @@ impl<S: Service> Worker<S> {
     }
 
     /// Parses the request head; returns the input range to keep for the next read.
-    fn handshake(&mut self, idx: usize, buf: &mut <S::Buffers as RecvBuffers>::Buf, filled: usize) -> Range<usize> {
+    fn handshake(
+        &mut self,
+        idx: usize,
+        buf: &mut <S::Buffers as RecvBuffers>::Buf,
+        filled: usize,
+    ) -> Range<usize> {
         let conn = self.conns[idx].as_mut().expect("live connection");
         let peer = conn.peer;
         let mut upgraded_at = None;
@@ -651,7 +658,12 @@ impl<S: Service> Worker<S> {
     }
 
     /// Ends a read: sends this turn's output, keeps `buf[keep]` for the next read, updates state.
-    fn end_turn(&mut self, idx: usize, mut buf: <S::Buffers as RecvBuffers>::Buf, keep: Range<usize>) {
+    fn end_turn(
+        &mut self,
+        idx: usize,
+        mut buf: <S::Buffers as RecvBuffers>::Buf,
+        keep: Range<usize>,
+    ) {
         let Some(conn) = self.conns[idx].as_mut() else {
             self.turn.clear();
             self.pool.give(buf);

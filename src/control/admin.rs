@@ -34,7 +34,10 @@ impl AdminServer {
     /// Binds `addr` (an error names it) and serves on a thread of its own.
     pub fn start(addr: SocketAddr, control: Arc<Control>) -> io::Result<AdminServer> {
         let listener = TcpListener::bind(addr).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind the admin address {addr}: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the admin address {addr}: {e}"),
+            )
         })?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;

@@ -136,7 +136,10 @@ impl Control {
     }
 
     pub fn config(&self) -> Config {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Answers `/metrics` and `/debug/probes`; `false` for other paths (the caller answers them).
@@ -153,7 +156,10 @@ impl Control {
                 );
                 return true;
             }
-            "/metrics" => (self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8"),
+            "/metrics" => (
+                self.metrics_text(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
             "/debug/probes" => (self.probes_json(), "application/json"),
             _ => return false,
         };
@@ -188,34 +194,98 @@ impl Control {
         );
         type Field = fn(&hioload_fallback::WorkerStats) -> usize;
         let per_worker: [(&str, &str, &str, Field); 6] = [
-            ("hioload_worker_sessions", "gauge", "Open sessions per worker.", |w| w.sessions),
-            ("hioload_worker_connections", "gauge", "TCP connections per worker (any phase).", |w| w.connections),
-            ("hioload_undelivered_total", "counter", "Sends by id whose session had ended.", |w| w.undelivered),
-            ("hioload_idle_pings_total", "counter", "Pings sent to idle sessions.", |w| w.idle_pings),
-            ("hioload_idle_drops_total", "counter", "Idle sessions dropped for not answering a ping.", |w| w.idle_drops),
-            ("hioload_buffer_waits_total", "counter", "Reads deferred for want of a receive buffer.", |w| w.buffer_waits),
+            (
+                "hioload_worker_sessions",
+                "gauge",
+                "Open sessions per worker.",
+                |w| w.sessions,
+            ),
+            (
+                "hioload_worker_connections",
+                "gauge",
+                "TCP connections per worker (any phase).",
+                |w| w.connections,
+            ),
+            (
+                "hioload_undelivered_total",
+                "counter",
+                "Sends by id whose session had ended.",
+                |w| w.undelivered,
+            ),
+            (
+                "hioload_idle_pings_total",
+                "counter",
+                "Pings sent to idle sessions.",
+                |w| w.idle_pings,
+            ),
+            (
+                "hioload_idle_drops_total",
+                "counter",
+                "Idle sessions dropped for not answering a ping.",
+                |w| w.idle_drops,
+            ),
+            (
+                "hioload_buffer_waits_total",
+                "counter",
+                "Reads deferred for want of a receive buffer.",
+                |w| w.buffer_waits,
+            ),
         ];
         for (name, kind, help, field) in per_worker {
             prometheus::header(&mut out, name, kind, help);
             for (i, w) in workers.iter().enumerate() {
-                prometheus::sample(&mut out, name, &[("worker", &i.to_string())], field(w) as f64);
+                prometheus::sample(
+                    &mut out,
+                    name,
+                    &[("worker", &i.to_string())],
+                    field(w) as f64,
+                );
             }
         }
         let pools = rt.pools.stats();
         let node_metrics: [(&str, &str, &str); 6] = [
-            ("hioload_pool_buffers_in_use", "gauge", "Pool buffers handed out and not returned."),
-            ("hioload_pool_buffers_allocated", "gauge", "Pool buffers carved from system memory."),
-            ("hioload_pool_hits_total", "counter", "Pool gets served from free buffers."),
-            ("hioload_pool_misses_total", "counter", "Pool gets that needed fresh memory."),
-            ("hioload_pool_exhausted_total", "counter", "Pool gets that found the class at its limit."),
-            ("hioload_pool_reserved_bytes", "gauge", "Bytes the pool took from the system."),
+            (
+                "hioload_pool_buffers_in_use",
+                "gauge",
+                "Pool buffers handed out and not returned.",
+            ),
+            (
+                "hioload_pool_buffers_allocated",
+                "gauge",
+                "Pool buffers carved from system memory.",
+            ),
+            (
+                "hioload_pool_hits_total",
+                "counter",
+                "Pool gets served from free buffers.",
+            ),
+            (
+                "hioload_pool_misses_total",
+                "counter",
+                "Pool gets that needed fresh memory.",
+            ),
+            (
+                "hioload_pool_exhausted_total",
+                "counter",
+                "Pool gets that found the class at its limit.",
+            ),
+            (
+                "hioload_pool_reserved_bytes",
+                "gauge",
+                "Bytes the pool took from the system.",
+            ),
         ];
         for (name, kind, help) in node_metrics {
             prometheus::header(&mut out, name, kind, help);
             for node in &pools.nodes {
                 let node_label = node.node.to_string();
                 if name == "hioload_pool_reserved_bytes" {
-                    prometheus::sample(&mut out, name, &[("node", &node_label)], node.reserved_bytes as f64);
+                    prometheus::sample(
+                        &mut out,
+                        name,
+                        &[("node", &node_label)],
+                        node.reserved_bytes as f64,
+                    );
                     continue;
                 }
                 for class in node.classes.iter().filter(|c| c.allocated > 0) {
@@ -227,7 +297,12 @@ impl Control {
                         _ => class.exhausted,
                     };
                     let size = class.size.to_string();
-                    prometheus::sample(&mut out, name, &[("node", &node_label), ("size", &size)], v as f64);
+                    prometheus::sample(
+                        &mut out,
+                        name,
+                        &[("node", &node_label), ("size", &size)],
+                        v as f64,
+                    );
                 }
             }
         }
@@ -298,8 +373,11 @@ impl Control {
         });
         let cfg = self.config();
         member(&mut out, "config", &|out| config_json(out, &cfg));
-        let probes: Vec<(String, Arc<ProbeFn>)> =
-            self.probes.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let probes: Vec<(String, Arc<ProbeFn>)> = self
+            .probes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for (name, probe) in probes {
             let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe()))
                 .unwrap_or_else(|_| ProbeValue::Text("probe panicked".into()));

@@ -5,7 +5,11 @@ use std::fmt::Write;
 
 /// `# HELP` and `# TYPE` lines of a metric family.
 pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+    let _ = writeln!(
+        out,
+        "# HELP {name} {}",
+        help.replace('\\', "\\\\").replace('\n', "\\n")
+    );
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
@@ -18,7 +22,10 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64)
             if i > 0 {
                 out.push(',');
             }
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = write!(out, "{k}=\"{v}\"");
         }
         out.push('}');

@@ -198,9 +198,11 @@ impl SessionOps for CountingOps<'_, '_> {
 
 impl Middleware for Metrics {
     fn on_start(&self, workers: usize) {
-        let _ = self
-            .workers
-            .set((0..workers.max(1)).map(|_| WorkerMetrics::default()).collect());
+        let _ = self.workers.set(
+            (0..workers.max(1))
+                .map(|_| WorkerMetrics::default())
+                .collect(),
+        );
     }
 
     fn on_open(&self, ctx: &mut Ctx<'_>, next: &dyn Handler) {
@@ -250,24 +252,92 @@ impl Middleware for Metrics {
 
     fn write_metrics(&self, out: &mut String) {
         let s = self.snapshot();
-        prometheus::counter(out, "hioload_messages_in_total", "Whole messages received.", s.messages_in);
-        prometheus::counter(out, "hioload_bytes_in_total", "Payload bytes of the messages received.", s.bytes_in);
-        prometheus::counter(out, "hioload_messages_out_total", "Messages sent by handlers through their Ctx.", s.messages_out);
-        prometheus::counter(out, "hioload_bytes_out_total", "Payload bytes of the messages sent by handlers.", s.bytes_out);
-        prometheus::counter(out, "hioload_sessions_opened_total", "Sessions opened.", s.sessions_opened);
-        prometheus::counter(out, "hioload_sessions_closed_total", "Sessions closed.", s.sessions_closed);
-        prometheus::header(out, "hioload_session_close_codes_total", "counter", "Sessions closed, by close code (other: outside 1000-1015).");
+        prometheus::counter(
+            out,
+            "hioload_messages_in_total",
+            "Whole messages received.",
+            s.messages_in,
+        );
+        prometheus::counter(
+            out,
+            "hioload_bytes_in_total",
+            "Payload bytes of the messages received.",
+            s.bytes_in,
+        );
+        prometheus::counter(
+            out,
+            "hioload_messages_out_total",
+            "Messages sent by handlers through their Ctx.",
+            s.messages_out,
+        );
+        prometheus::counter(
+            out,
+            "hioload_bytes_out_total",
+            "Payload bytes of the messages sent by handlers.",
+            s.bytes_out,
+        );
+        prometheus::counter(
+            out,
+            "hioload_sessions_opened_total",
+            "Sessions opened.",
+            s.sessions_opened,
+        );
+        prometheus::counter(
+            out,
+            "hioload_sessions_closed_total",
+            "Sessions closed.",
+            s.sessions_closed,
+        );
+        prometheus::header(
+            out,
+            "hioload_session_close_codes_total",
+            "counter",
+            "Sessions closed, by close code (other: outside 1000-1015).",
+        );
         for (code, n) in &s.close_codes {
-            let label = if *code == 0 { "other".to_string() } else { code.to_string() };
-            prometheus::sample(out, "hioload_session_close_codes_total", &[("code", &label)], *n as f64);
+            let label = if *code == 0 {
+                "other".to_string()
+            } else {
+                code.to_string()
+            };
+            prometheus::sample(
+                out,
+                "hioload_session_close_codes_total",
+                &[("code", &label)],
+                *n as f64,
+            );
         }
-        prometheus::header(out, "hioload_handler_latency_seconds", "histogram", "Time spent in on_message by the handler layers below Metrics.");
+        prometheus::header(
+            out,
+            "hioload_handler_latency_seconds",
+            "histogram",
+            "Time spent in on_message by the handler layers below Metrics.",
+        );
         for (bound, n) in &s.latency_buckets {
-            let le = if *bound == u64::MAX { "+Inf".to_string() } else { format!("{}", *bound as f64 / 1e9) };
-            prometheus::sample(out, "hioload_handler_latency_seconds_bucket", &[("le", &le)], *n as f64);
+            let le = if *bound == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                format!("{}", *bound as f64 / 1e9)
+            };
+            prometheus::sample(
+                out,
+                "hioload_handler_latency_seconds_bucket",
+                &[("le", &le)],
+                *n as f64,
+            );
         }
-        prometheus::sample(out, "hioload_handler_latency_seconds_sum", &[], s.latency_sum_ns as f64 / 1e9);
+        prometheus::sample(
+            out,
+            "hioload_handler_latency_seconds_sum",
+            &[],
+            s.latency_sum_ns as f64 / 1e9,
+        );
         let count = s.latency_buckets.last().map_or(0, |b| b.1);
-        prometheus::sample(out, "hioload_handler_latency_seconds_count", &[], count as f64);
+        prometheus::sample(
+            out,
+            "hioload_handler_latency_seconds_count",
+            &[],
+            count as f64,
+        );
     }
 }

@@ -254,7 +254,9 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split(' ');
             let name = it.next().unwrap();
-            let kind = it.next().unwrap_or_else(|| panic!("TYPE without kind: {line}"));
+            let kind = it
+                .next()
+                .unwrap_or_else(|| panic!("TYPE without kind: {line}"));
             assert!(
                 ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
                 "{line}"
@@ -265,11 +267,15 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
         if line.starts_with("# HELP ") {
             continue;
         }
-        assert!(!line.is_empty() && !line.starts_with('#'), "bad line {line:?}");
+        assert!(
+            !line.is_empty() && !line.starts_with('#'),
+            "bad line {line:?}"
+        );
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
         let name = series.split('{').next().unwrap();
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line}"
         );
         if let Some(labels) = series.strip_prefix(name) {
@@ -277,7 +283,10 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
                 assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
                 for pair in labels[1..labels.len() - 1].split(',') {
                     let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
                     assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
                 }
             }

@@ -68,7 +68,10 @@ fn reload(server: &Server, path: &Path, base: &Config, log: &LogHandle) {
                 }
             }
             for field in &done.restart_needed {
-                warn!("SIGHUP: {field} changed in {}; it takes effect after a restart", path.display());
+                warn!(
+                    "SIGHUP: {field} changed in {}; it takes effect after a restart",
+                    path.display()
+                );
             }
             let c = server.config();
             info!(
@@ -80,7 +83,10 @@ fn reload(server: &Server, path: &Path, base: &Config, log: &LogHandle) {
             );
         }
         Err(e) => {
-            error!("SIGHUP: configuration rejected, the running configuration stays: {}: {e}", path.display())
+            error!(
+                "SIGHUP: configuration rejected, the running configuration stays: {}: {e}",
+                path.display()
+            )
         }
     }
 }
@@ -176,11 +182,13 @@ fn main() -> ExitCode {
     }
 
     let server = match Server::new(cfg) {
-        Ok(s) => Arc::new(s.with_handler(
-            Echo.with(Metrics::new())
-                .with(Recovery::new())
-                .with(Logging::new()),
-        )),
+        Ok(s) => Arc::new(
+            s.with_handler(
+                Echo.with(Metrics::new())
+                    .with(Recovery::new())
+                    .with(Logging::new()),
+            ),
+        ),
         Err(e) => {
             eprintln!("hioload-echo: {e}");
             return ExitCode::from(2);

@@ -51,7 +51,8 @@ impl Echo {
                 .expect("hioload-echo exited before its start line");
             if let Some(rest) = line.split("listening on ws://").nth(1) {
                 assert!(
-                    line.contains("workers, kernel data path)") || line.contains("1 worker, kernel"),
+                    line.contains("workers, kernel data path)")
+                        || line.contains("1 worker, kernel"),
                     "{line}"
                 );
                 break rest.split('/').next().unwrap().parse().unwrap();
@@ -303,7 +304,10 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
     // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -327,16 +331,27 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
             }
             Err(e) => {
                 // Closed at once, not left hanging until the read timeout.
-                assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "connection left hanging");
+                assert_ne!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock,
+                    "connection left hanging"
+                );
                 dropped += 1;
             }
         }
     }
-    assert!(open.len() >= 20 && dropped >= 20, "{} open, {dropped} dropped", open.len());
+    assert!(
+        open.len() >= 20 && dropped >= 20,
+        "{} open, {dropped} dropped",
+        open.len()
+    );
     let cpu_before = cpu_seconds(echo.child.id());
     std::thread::sleep(Duration::from_secs(1));
     let idle_cpu = cpu_seconds(echo.child.id()) - cpu_before;
-    assert!(idle_cpu < 0.2, "the server spins while out of descriptors: {idle_cpu} s CPU in 1 s");
+    assert!(
+        idle_cpu < 0.2,
+        "the server spins while out of descriptors: {idle_cpu} s CPU in 1 s"
+    );
 
     drop(open);
     std::thread::sleep(Duration::from_millis(300));
@@ -450,8 +465,14 @@ fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
     for (text, says) in [
         ("[limits]\nmax_message_size = [\n", "invalid.toml"),
         ("[limits]\nmax_mesage_size = 100\n", "max_mesage_size"),
-        ("[limits]\nmax_message_size = 10\n", "limits.max_message_size"),
-        ("log_level = \"info,=[\"\n[limits]\nmax_message_size = 4096\n", "log_level"),
+        (
+            "[limits]\nmax_message_size = 10\n",
+            "limits.max_message_size",
+        ),
+        (
+            "log_level = \"info,=[\"\n[limits]\nmax_message_size = 4096\n",
+            "log_level",
+        ),
     ] {
         file.write(text);
         echo.signal(libc::SIGHUP);
@@ -490,11 +511,21 @@ fn metrics_and_probes_are_served_on_the_admin_address() {
     }
     let (status, body) = http_get(admin, "/metrics");
     assert_eq!(status, 200);
-    assert!(body.lines().any(|l| l == "hioload_messages_in_total 5"), "{body}");
-    assert!(body.lines().any(|l| l == "hioload_sessions_active 1"), "{body}");
+    assert!(
+        body.lines().any(|l| l == "hioload_messages_in_total 5"),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "hioload_sessions_active 1"),
+        "{body}"
+    );
     assert!(body.contains("hioload_pool_buffers_in_use{node="), "{body}");
     let (status, body) = http_get(admin, "/debug/probes");
     assert_eq!(status, 200);
     assert!(body.starts_with("{\"active_sessions\":1,"), "{body}");
-    assert_eq!(http_get(echo.addr, "/metrics").0, 404, "not on the WebSocket address");
+    assert_eq!(
+        http_get(echo.addr, "/metrics").0,
+        404,
+        "not on the WebSocket address"
+    );
 }
