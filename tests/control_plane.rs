@@ -57,7 +57,7 @@ fn a_registered_probe_answers_over_http_with_the_built_in_ones() {
 fn metrics_parse_as_prometheus_text_and_count_the_messages_sent() {
     let server = Server::new(test_config())
         .unwrap()
-        .with_handler(RecordingEcho::default().with(Metrics::new()));
+        .with_handler(RecordingEcho::default().with(Metrics::new().time_every(1)));
     server.start().unwrap();
     let addr = server.local_addr().unwrap();
 
