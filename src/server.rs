@@ -6,7 +6,7 @@
 //! adapter, `KernelService`, that gives each worker its pool cache, turns transport events into
 //! [`Handler`] calls, keeps the session registry, routes only the configured path to the upgrade
 //! and answers the control plane's paths. Handler panics are caught by the chain's
-//! [`Recovery`](crate::middleware::Recovery) (added when the chain has none).
+//! [`Recovery`] (added when the chain has none).
 
 use std::fmt;
 use std::io;

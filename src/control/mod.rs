@@ -10,7 +10,7 @@
 //! Both are plain functions of the server's state, rendered when asked (never on the message
 //! path). Where they are served is the transport's business: on the main listener for requests
 //! that are not upgrades (through the data path's HTTP hook), or on a separate admin listener
-//! (`admin_listen`, [`admin`]), which any data path can share as it is.
+//! (`admin_listen`, `control/admin.rs`), which any data path can share as it is.
 
 pub(crate) mod admin;
 pub mod json;
