@@ -53,7 +53,10 @@ fn a_reload_lowers_the_max_message_size_of_open_sessions_without_dropping_others
     }
     rec.wait_for(T, "two 1009 closes", |r| r.closes.len() == 2);
     assert_eq!(rec.close_codes(), vec![1009, 1009]);
-    assert_eq!(server.session_count(), 1, "only the bystander is left");
+    // (The worker updates its session count just after on_close returns.)
+    wait_until(T, "only the bystander left", || server.session_count() == 1);
+    bystander.send(WsMessage::text("and still")).unwrap();
+    assert_eq!(bystander.read().unwrap(), WsMessage::text("and still"));
 }
 
 #[test]
