@@ -28,11 +28,13 @@ use hioload_wsproto::{CloseCode, Event, HttpError, Limits, SendError, Session, S
 use tracing::{debug, error, info};
 
 use super::conn::{Phase, WsConn};
-use super::runtime::Shared;
+use super::shared::{Command, Shared, SLOT_BITS};
 use super::sink::{drain, RingSink};
 use crate::config::Backpressure;
-use crate::handler::{Ctx, Handler, Message, SessionOps};
+use crate::control::Control;
+use crate::handler::{Ctx, DeliverError, Handler, Message, OutMessage, SessionOps};
 use crate::http::{write_response, HttpHandler};
+use crate::registry::SessionInfo;
 use crate::server::PathRoute;
 
 /// Deadline resolution.
@@ -55,7 +57,13 @@ pub(super) struct Driver {
     handler: Arc<dyn Handler>,
     http: Arc<dyn HttpHandler>,
     route: Arc<PathRoute>,
+    /// Answers `/metrics` and `/debug/probes` (unless they are on the admin address only).
+    control_http: Option<Arc<Control>>,
+    /// The session registry lives there.
+    control: Arc<Control>,
     shared: Arc<Shared>,
+    /// Inbox commands handled per loop turn at most.
+    inbox_batch: usize,
     /// Indexed by the stack's dense connection slot.
     conns: Vec<Option<WsConn>>,
     /// The receive buffer: one whole receive ring.
@@ -73,6 +81,8 @@ impl Driver {
         handler: Arc<dyn Handler>,
         http: Arc<dyn HttpHandler>,
         route: Arc<PathRoute>,
+        control_http: Option<Arc<Control>>,
+        control: Arc<Control>,
         shared: Arc<Shared>,
     ) -> Driver {
         Driver {
@@ -87,7 +97,10 @@ impl Driver {
             handler,
             http,
             route,
+            control_http,
+            control,
             shared,
+            inbox_batch: 1024,
         }
     }
 
@@ -149,7 +162,13 @@ impl Driver {
                 self.http_response.clear();
                 let http = &*self.http;
                 let response = &mut self.http_response;
-                if catch_unwind(AssertUnwindSafe(|| http.handle(&req, peer, response))).is_err() {
+                let answered = self
+                    .control_http
+                    .as_ref()
+                    .is_some_and(|c| c.answer(&req, response));
+                if !answered
+                    && catch_unwind(AssertUnwindSafe(|| http.handle(&req, peer, response))).is_err()
+                {
                     error!(%peer, path = req.path, "HTTP handler panicked; answering 500");
                     response.clear();
                     write_response(
@@ -187,12 +206,20 @@ impl Driver {
         // The session starts; bytes after the head are already frames.
         ws.phase = Phase::Open(Session::new(self.cfg.limits.clone()));
         ws.deadline = None;
-        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        let lcore = self.shared.lcore(self.cfg.lcore_index);
+        lcore.sessions.fetch_add(1, Ordering::Relaxed);
+        self.control.registry.insert(SessionInfo {
+            id: ws.session_id,
+            peer,
+            worker: self.cfg.lcore_index,
+        });
         if let Phase::Open(session) = &mut ws.phase {
             let mut out = session.outgoing(&mut sink);
             let mut ops = SessionRef {
                 id: ws.session_id,
                 peer,
+                lcore: self.cfg.lcore_index,
+                shared: &self.shared,
                 out: Some(&mut out),
             };
             call(&*self.handler, &mut ops, "on_open", |h, ctx| h.on_open(ctx));
@@ -210,6 +237,7 @@ impl Driver {
             return end;
         };
         let (id, peer) = (ws.session_id, ws.peer);
+        let (lcore, shared) = (self.cfg.lcore_index, &*self.shared);
         let handler = &*self.handler;
         let mut reported = false;
         let result = {
@@ -221,6 +249,8 @@ impl Driver {
                 let mut ops = SessionRef {
                     id,
                     peer,
+                    lcore,
+                    shared,
                     out: Some(out),
                 };
                 match event {
@@ -286,6 +316,8 @@ impl Driver {
             let mut ops = Ended {
                 id: ws.session_id,
                 peer: ws.peer,
+                lcore: self.cfg.lcore_index,
+                shared: &self.shared,
             };
             call(&*self.handler, &mut ops, "on_close", |h, ctx| {
                 h.on_close(ctx, code, reason)
@@ -296,7 +328,9 @@ impl Driver {
     /// Ends the session phase (counted once) and starts finishing.
     fn leave_open(&mut self, ws: &mut WsConn) {
         if matches!(ws.phase, Phase::Open(_)) {
-            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            let lcore = self.shared.lcore(self.cfg.lcore_index);
+            lcore.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.control.registry.remove(ws.session_id);
             ws.phase = Phase::Finishing { fin: false };
             ws.deadline = Some(Instant::now() + self.cfg.close_timeout);
         }
@@ -401,6 +435,74 @@ impl Driver {
         conn.abort();
     }
 
+    // ---- messages from elsewhere ------------------------------------------------------------
+
+    /// Sends what other threads queued for this lcore's sessions (call once per loop turn).
+    pub fn deliver<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>) {
+        let shared = self.shared.clone();
+        let lcore = shared.lcore(self.cfg.lcore_index);
+        for _ in 0..self.inbox_batch {
+            let Some(command) = lcore.inbox.pop() else {
+                return;
+            };
+            match command {
+                Command::Send(id, msg) => {
+                    let slot = (id & ((1 << SLOT_BITS) - 1)) as usize;
+                    let live = self
+                        .conns
+                        .get(slot)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|ws| {
+                            ws.session_id == id && matches!(ws.phase, Phase::Open(_))
+                        });
+                    if !live || !self.send_owned(stack, slot, &msg) {
+                        lcore.undelivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Command::Broadcast(msg) => {
+                    for slot in 0..self.conns.len() {
+                        if matches!(
+                            self.conns[slot].as_ref().map(|ws| &ws.phase),
+                            Some(Phase::Open(_))
+                        ) {
+                            self.send_owned(stack, slot, &msg);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` on the open session in `slot`; false if it could not be sent.
+    fn send_owned<Q: PacketQueue>(
+        &mut self,
+        stack: &mut Stack<Q>,
+        slot: usize,
+        msg: &OutMessage,
+    ) -> bool {
+        let Some(mut ws) = self.conns[slot].take() else {
+            return false;
+        };
+        let mut sent = false;
+        if let Some(mut conn) = stack.conn(ws.id) {
+            if let Phase::Open(session) = &mut ws.phase {
+                let mut sink = RingSink {
+                    conn: &mut conn,
+                    out: &mut ws.out,
+                };
+                let mut out = session.outgoing(&mut sink);
+                sent = match msg {
+                    OutMessage::Text(t) => out.send_text(t),
+                    OutMessage::Binary(b) => out.send_binary(b),
+                }
+                .is_ok();
+            }
+            self.after_turn(&mut conn, &mut ws);
+        }
+        self.conns[slot] = Some(ws);
+        sent
+    }
+
     // ---- stop --------------------------------------------------------------------------------
 
     /// Sends Close 1001 to every open session and resets connections still in their handshake.
@@ -477,9 +579,12 @@ impl hioload_stack::Handler for Driver {
             conn.abort(); // accepted from the backlog after the listener closed
             return;
         }
+        let serial = self.next_serial & ((1 << (48 - SLOT_BITS)) - 1);
         let session_id =
-            ((self.cfg.lcore_index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
+            ((self.cfg.lcore_index as u64) << 48) | (serial << SLOT_BITS) | id.index() as u64;
         self.next_serial += 1;
+        let lcore = self.shared.lcore(self.cfg.lcore_index);
+        lcore.connections.fetch_add(1, Ordering::Relaxed);
         let peer = SocketAddr::V4(conn.remote());
         let mut ws = WsConn::new(
             id,
@@ -509,6 +614,8 @@ impl hioload_stack::Handler for Driver {
         let Some(mut ws) = self.conns[id.index()].take_if(|ws| ws.id == id) else {
             return;
         };
+        let lcore = self.shared.lcore(self.cfg.lcore_index);
+        lcore.connections.fetch_sub(1, Ordering::Relaxed);
         let why = match reason {
             CloseReason::Reset => "connection reset",
             CloseReason::Graceful => "connection closed without a close frame",
@@ -568,6 +675,8 @@ fn call(
 struct SessionRef<'o, 's, S: FrameSink + ?Sized> {
     id: u64,
     peer: SocketAddr,
+    lcore: usize,
+    shared: &'o Shared,
     out: Option<&'o mut Outgoing<'s, S>>,
 }
 
@@ -577,6 +686,15 @@ impl<S: FrameSink + ?Sized> SessionOps for SessionRef<'_, '_, S> {
     }
     fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+    fn worker(&self) -> usize {
+        self.lcore
+    }
+    fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
+        self.shared.send_to(id, msg)
+    }
+    fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
+        self.shared.broadcast(msg)
     }
     fn state(&self) -> State {
         self.out.as_ref().map_or(State::Closed, |o| o.state())
@@ -602,17 +720,28 @@ impl<S: FrameSink + ?Sized> SessionOps for SessionRef<'_, '_, S> {
 }
 
 /// A session that has ended: every send is refused.
-struct Ended {
+struct Ended<'a> {
     id: u64,
     peer: SocketAddr,
+    lcore: usize,
+    shared: &'a Shared,
 }
 
-impl SessionOps for Ended {
+impl SessionOps for Ended<'_> {
     fn session_id(&self) -> u64 {
         self.id
     }
     fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+    fn worker(&self) -> usize {
+        self.lcore
+    }
+    fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
+        self.shared.send_to(id, msg)
+    }
+    fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
+        self.shared.broadcast(msg)
     }
     fn state(&self) -> State {
         State::Closed

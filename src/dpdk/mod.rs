@@ -9,17 +9,21 @@
 //!   netmask, gateway, idle back-off, connection slots);
 //! - `runtime`: the EAL thread: EAL, port, mempool, stack, the lcore loop, and the stop;
 //! - `driver`: one lcore's connections, from handshake to close, as a stack `Handler`;
-//! - `sink`: a session's output into the send ring, and what does not fit (backpressure).
+//! - `sink`: a session's output into the send ring, and what does not fit (backpressure);
+//! - `shared`: stop flag, per-lcore counters and inboxes (messages sent by session id).
 
 mod conn;
 mod driver;
 mod runtime;
+mod shared;
 mod sink;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 pub(crate) use runtime::DpdkRuntime;
+/// Per-lcore counters, for the control plane.
+pub(crate) use shared::Shared as LcoreStats;
 
 /// Settings of the DPDK data path; `DpdkConfig::new(eal_args)` gives the defaults listed on each
 /// field. The address and port come from [`Config::listen`](crate::Config::listen).

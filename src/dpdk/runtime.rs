@@ -17,7 +17,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,17 +28,14 @@ use hioload_stack::{PortProfile, Stack, StackConfig, SteeredQueue, Steering};
 use tracing::{error, info, warn};
 
 use super::driver::{Driver, DriverConfig, TICK};
+use super::shared::Shared;
 use super::DpdkConfig;
 use crate::config::{Config, ConfigError};
+use crate::control::Control;
 use crate::handler::Handler;
+use crate::handler::{DeliverError, OutMessage};
 use crate::http::HttpHandler;
 use crate::server::{Error, PathRoute};
-
-/// State shared between the EAL thread and the server's callers.
-pub(crate) struct Shared {
-    pub stopping: AtomicBool,
-    pub sessions: AtomicUsize,
-}
 
 /// A running DPDK data path.
 pub(crate) struct DpdkRuntime {
@@ -55,6 +52,7 @@ struct Setup {
     handler: Arc<dyn Handler>,
     http: Arc<dyn HttpHandler>,
     route: PathRoute,
+    control: Arc<Control>,
     shared: Arc<Shared>,
 }
 
@@ -66,6 +64,7 @@ impl DpdkRuntime {
         handler: Arc<dyn Handler>,
         http: Arc<dyn HttpHandler>,
         route: PathRoute,
+        control: Arc<Control>,
     ) -> Result<DpdkRuntime, Error> {
         dpdk.validate()?;
         let ip = match cfg.listen {
@@ -89,10 +88,7 @@ impl DpdkRuntime {
                 ),
             }));
         }
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            sessions: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         let setup = Setup {
             cfg: cfg.clone(),
             dpdk: dpdk.clone(),
@@ -100,6 +96,7 @@ impl DpdkRuntime {
             handler,
             http,
             route,
+            control,
             shared: shared.clone(),
         };
         let (ready_tx, ready_rx) = sync_channel(1);
@@ -132,7 +129,22 @@ impl DpdkRuntime {
 
     /// Open WebSocket sessions.
     pub fn session_count(&self) -> usize {
-        self.shared.sessions.load(Ordering::Relaxed)
+        self.shared.session_count()
+    }
+
+    /// The per-lcore counters (for the control plane).
+    pub fn stats(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Queues a message for session `id` (on the lcore that owns it).
+    pub fn send_to(&self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
+        self.shared.send_to(id, msg)
+    }
+
+    /// Queues a message for every open session.
+    pub fn broadcast(&self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
+        self.shared.broadcast(msg)
     }
 
     /// Begins the graceful stop (see `Server::stop`).
@@ -210,6 +222,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         handler,
         http,
         route,
+        control,
         shared,
     } = setup;
     let main = eal.main_lcore();
@@ -322,6 +335,9 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
     stack_config.tx_ring = dpdk.ring_bytes;
     let listen_port = cfg.listen.port();
     let route = Arc::new(route);
+    let serve_control = cfg.admin_listen.is_none();
+    shared.set_lcores(queues, cfg.ring_capacity);
+    handler.on_start(queues);
     {
         let steering = Steering::new(queues, 1024, rss);
         let mut jobs = Vec::with_capacity(queues);
@@ -368,6 +384,8 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
                 handler.clone(),
                 http.clone(),
                 route.clone(),
+                Some(control.clone()).filter(|_| serve_control),
+                control.clone(),
                 shared.clone(),
             );
             jobs.push((lcore, (stack, driver)));
@@ -413,6 +431,7 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
     let mut stop_deadline = None;
     loop {
         let received = stack.poll(driver);
+        driver.deliver(stack);
         let now = Instant::now();
         if stop_deadline.is_none() && shared.stopping.load(Ordering::Acquire) {
             stack.unlisten(listen_port);

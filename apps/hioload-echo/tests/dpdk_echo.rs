@@ -310,7 +310,7 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
             "start log lacks {what:?}:\n{start_log}"
         );
     }
-    let (text, binary, empty, http) = echo.in_ns(|| {
+    let (text, binary, empty, [probes, metrics, other]) = echo.in_ns(|| {
         let mut ws = client("/ws");
         ws.send(Message::text("Hello")).unwrap();
         let text = ws.read().unwrap();
@@ -319,24 +319,39 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
         let binary = ws.read().unwrap() == Message::binary(payload);
         ws.send(Message::binary(Vec::new())).unwrap();
         let empty = ws.read().unwrap() == Message::binary(Vec::new());
+        // Requests that are no upgrade go to the control plane and the HTTP hook (404 by
+        // default), on the same userspace port, while the session above is open.
+        let http = ["/debug/probes", "/metrics", "/nothing-here"].map(|path| {
+            let mut s = TcpStream::connect(STACK).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        });
         // Client-initiated close: our 1000 comes back, then the server closes TCP.
         ws.close(Some(normal_close())).unwrap();
         assert_eq!(expect_close(&mut ws), CloseCode::Normal);
-        // A request that is no upgrade goes to the HTTP hook (404 by default).
-        let mut s = TcpStream::connect(STACK).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut http = String::new();
-        s.read_to_string(&mut http).unwrap();
         (text, binary, empty, http)
     });
     assert_eq!(text, Message::text("Hello"));
     assert!(binary, "3000 binary bytes came back intact");
     assert!(empty, "an empty message comes back");
     assert!(
-        http.starts_with("HTTP/1.1 404 Not Found\r\n") && http.ends_with("not found\n"),
-        "{http}"
+        probes.starts_with("HTTP/1.1 200 OK\r\n")
+            && probes.contains("\"active_sessions\":1,")
+            && probes.contains("\"worker_sessions\":[1]"),
+        "{probes}"
+    );
+    assert!(
+        metrics.starts_with("HTTP/1.1 200 OK\r\n")
+            && metrics.contains("\nhioload_sessions_active 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        other.starts_with("HTTP/1.1 404 Not Found\r\n") && other.ends_with("not found\n"),
+        "{other}"
     );
 }
 
