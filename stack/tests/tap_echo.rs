@@ -33,11 +33,22 @@ struct EchoServer {
     graceful: usize,
     reset: usize,
     echoed: u64,
+    /// For connections the stack opened itself: what to send, and what came back.
+    outgoing: Vec<u8>,
+    came_back: Vec<u8>,
 }
+
+const OUTGOING_LOCAL_PORTS: std::ops::RangeInclusive<u16> = 10_000..=65_535;
 
 impl Handler for EchoServer {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         self.opened += 1;
+        if OUTGOING_LOCAL_PORTS.contains(&conn.local_port()) {
+            assert!(
+                conn.send_all(&[&self.outgoing]),
+                "the send ring takes the whole request"
+            );
+        }
         if conn.local_port() == GREET_AND_CLOSE {
             assert!(conn.send_all(&[GREETING]));
             conn.close();
@@ -65,6 +76,19 @@ impl Handler for EchoServer {
                     conn.close();
                 }
             }
+            port if OUTGOING_LOCAL_PORTS.contains(&port) => {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = conn.recv_slice(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    self.came_back.extend_from_slice(&buf[..n]);
+                }
+                if self.came_back.len() >= self.outgoing.len() {
+                    conn.close();
+                }
+            }
             _ => {}
         }
     }
@@ -80,6 +104,16 @@ impl Handler for EchoServer {
 /// A net_tap port with its kernel side (198.18.0.1/24) in a fresh namespace, and a stack on it.
 fn run_against_kernel<R: Send + 'static>(
     config: impl FnOnce(&mut StackConfig),
+    client: impl FnOnce() -> R + Send + 'static,
+    check: impl FnOnce(R, &EchoServer, &mut Stack<Queue<'_>>),
+) {
+    run_against_kernel_with(config, |_, _| {}, client, check)
+}
+
+/// As `run_against_kernel`, with `start` run on the stack once the namespace thread runs.
+fn run_against_kernel_with<R: Send + 'static>(
+    config: impl FnOnce(&mut StackConfig),
+    start: impl FnOnce(&mut Stack<Queue<'_>>, &mut EchoServer),
     client: impl FnOnce() -> R + Send + 'static,
     check: impl FnOnce(R, &EchoServer, &mut Stack<Queue<'_>>),
 ) {
@@ -124,6 +158,7 @@ fn run_against_kernel<R: Send + 'static>(
 
         let mut server = EchoServer::default();
         let client = in_netns(&ns.name, client);
+        start(&mut stack, &mut server);
         let deadline = Instant::now() + Duration::from_secs(90);
         while !client.is_finished() {
             assert!(
@@ -817,6 +852,64 @@ fn unanswered_handshakes_expire_and_free_the_backlog() {
                     4,
                     "the four half-open connections expired"
                 );
+            },
+        );
+    });
+}
+
+#[test]
+fn stack_connects_to_a_kernel_server() {
+    isolated("stack_connects_to_a_kernel_server", || {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        run_against_kernel_with(
+            |_| {},
+            move |stack, app| {
+                app.outgoing = (0..10_000u32).map(|i| pattern(7, i as u64)).collect();
+                ready_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the kernel server listens");
+                let started = Instant::now();
+                stack
+                    .connect("198.18.0.1:9000".parse().unwrap())
+                    .expect("connect");
+                println!("connect issued after {:?}", started.elapsed());
+            },
+            move || {
+                // A kernel echo server in the namespace, for one connection.
+                let listener = std::net::TcpListener::bind("198.18.0.1:9000").unwrap();
+                let started = Instant::now();
+                ready_tx.send(()).unwrap();
+                let (mut s, peer) = listener.accept().expect("the stack connects");
+                let mut buf = [0u8; 4096];
+                let mut echoed = 0;
+                loop {
+                    match read_some(&mut s, &mut buf).expect("read from the stack") {
+                        0 => break, // the stack's FIN
+                        n => {
+                            s.write_all(&buf[..n]).unwrap();
+                            echoed += n;
+                        }
+                    }
+                }
+                let took = started.elapsed();
+                println!("connected, echoed and closed in {took:?}");
+                (peer, echoed, took)
+            },
+            |(peer, echoed, took), app, _| {
+                assert_eq!(peer.ip(), std::net::IpAddr::V4(STACK_IP));
+                assert!(
+                    OUTGOING_LOCAL_PORTS.contains(&peer.port()),
+                    "an ephemeral port: {peer}"
+                );
+                assert_eq!(echoed, 10_000);
+                assert_eq!(
+                    app.came_back, app.outgoing,
+                    "the kernel echoed our bytes intact"
+                );
+                assert_eq!((app.opened, app.graceful), (1, 1));
+                // ARP for the server is resolved by the stack; the answer is used at once, not
+                // after smoltcp's one-second silence.
+                assert!(took < Duration::from_millis(900), "exchange took {took:?}");
             },
         );
     });
