@@ -105,7 +105,7 @@ pub struct StackStats {
     pub connecting: usize,
     /// smoltcp sockets alive (all of the above plus those being torn down).
     pub sockets: usize,
-    /// Connections accepted since start.
+    /// Connections opened since start (accepted or connected; reported with `on_open`).
     pub accepted: u64,
     /// Open connections closed since start (any reason).
     pub closed: u64,
