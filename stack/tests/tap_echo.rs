@@ -550,8 +550,35 @@ fn internet_checksum(data: &[u8]) -> u16 {
 }
 
 /// FIN and RST, each initiated by either side.
-fn fin_and_rst_both_ways() -> (u16, [bool; 4]) {
+/// The MSS the kernel uses towards the stack (from the stack's SYN-ACK), on a fresh connection.
+fn mss_towards_stack() -> i32 {
+    let s = connect(ECHO);
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size on our socket.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            &mut mss as *mut _ as *mut _,
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut s = s;
+    assert_eq!(
+        read_some(&mut s, &mut [0u8; 8]).unwrap(),
+        0,
+        "the stack closes after our FIN"
+    );
+    mss
+}
+
+fn fin_and_rst_both_ways() -> (u16, i32, [bool; 4]) {
     let replies = ping(3);
+    let mss = mss_towards_stack();
     // 1. Client FIN first: the stack echoes, sees EOF, closes.
     let client_fin = echo_stream(100, 9) == 100;
     // 2. Stack FIN first: greeting, then EOF; then we close.
@@ -590,7 +617,11 @@ fn fin_and_rst_both_ways() -> (u16, [bool; 4]) {
         Err(e) => e.kind() == ErrorKind::ConnectionReset,
         Ok(n) => panic!("expected a reset, read {n} bytes"),
     };
-    (replies, [client_fin, server_fin, client_rst, server_rst])
+    (
+        replies,
+        mss,
+        [client_fin, server_fin, client_rst, server_rst],
+    )
 }
 
 #[test]
@@ -599,16 +630,18 @@ fn ping_fin_and_rst_in_both_directions() {
         run_against_kernel(
             |_| {},
             fin_and_rst_both_ways,
-            |(replies, [client_fin, server_fin, client_rst, server_rst]), server, _| {
+            |(replies, mss, [client_fin, server_fin, client_rst, server_rst]), server, _| {
                 assert_eq!(replies, 3, "every ping answered");
+                // 1514-byte frames (MTU 1500 + 14): the stack announces MSS 1460.
+                assert_eq!(mss, 1460, "MSS the kernel uses towards the stack");
                 assert!(client_fin, "client FIN: echo then EOF");
                 assert!(server_fin, "server FIN: greeting then EOF");
                 assert!(client_rst, "client RST after an echo");
                 assert!(server_rst, "server RST seen as ECONNRESET by the kernel");
-                assert_eq!(server.opened, 4);
+                assert_eq!(server.opened, 5);
                 assert_eq!(
-                    server.graceful, 2,
-                    "the two FIN cases end gracefully on the stack side"
+                    server.graceful, 3,
+                    "the FIN cases end gracefully on the stack side"
                 );
                 assert_eq!(
                     server.reset, 2,
