@@ -110,6 +110,38 @@ impl Conn<'_> {
             .unwrap_or(0)
     }
 
+    /// Lend `f` the contiguous readable part of the receive ring *and* a [`SendRing`] writer
+    /// into the send ring, for a protocol that answers while it parses (a WebSocket session:
+    /// frames in, frames out, no copy in between). `f` returns how many received bytes it
+    /// consumed; those leave the receive ring after `f` returns. Returns that count.
+    pub fn recv_and_send(
+        &mut self,
+        f: impl FnOnce(&mut [u8], &mut SendRing<'_>) -> usize,
+    ) -> usize {
+        if self.socket.recv_queue() == 0 {
+            return 0;
+        }
+        // Peek: where the readable bytes are, consuming nothing.
+        let Ok((ptr, len)) = self.socket.recv(|buf| (0, (buf.as_mut_ptr(), buf.len()))) else {
+            return 0;
+        };
+        // SAFETY: the bytes are `len` initialised bytes of this connection's receive ring, in
+        // the stack's ring slab, which outlives this borrow of the connection. smoltcp lent them
+        // to us just above and keeps no reference into them; until the consuming `recv` below,
+        // nothing reads or writes them but `f`: the only other access to the socket meanwhile
+        // is `SendRing`, whose calls (`send`, `send_slice`, queue sizes) touch the send ring and
+        // the socket's counters, never the receive ring's bytes.
+        let rx = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        let mut tx = SendRing {
+            socket: self.socket,
+        };
+        let consumed = f(rx, &mut tx).min(len);
+        if consumed > 0 {
+            let _ = self.socket.recv(|_| (consumed, ()));
+        }
+        consumed
+    }
+
     /// Copy up to `out.len()` received bytes out (for callers that want a copy).
     pub fn recv_slice(&mut self, out: &mut [u8]) -> usize {
         self.socket.recv_slice(out).unwrap_or(0)
@@ -185,6 +217,50 @@ impl Conn<'_> {
     /// Reset the connection (RST now; queued bytes are dropped).
     pub fn abort(&mut self) {
         self.socket.abort();
+    }
+}
+
+/// The send side of a connection, lent next to its receive ring by [`Conn::recv_and_send`].
+pub struct SendRing<'a> {
+    socket: &'a mut tcp::Socket<'static>,
+}
+
+impl SendRing<'_> {
+    /// Free bytes in the send ring.
+    pub fn free(&self) -> usize {
+        self.socket.send_capacity() - self.socket.send_queue()
+    }
+
+    /// Queue every part of `parts` (e.g. a frame header and its payload) or nothing: false if
+    /// they do not all fit or the connection cannot send.
+    pub fn send_all(&mut self, parts: &[&[u8]]) -> bool {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.socket.may_send() || self.free() < total {
+            return false;
+        }
+        for part in parts {
+            let mut done = 0;
+            while done < part.len() {
+                match self.socket.send_slice(&part[done..]) {
+                    Ok(n) if n > 0 => done += n,
+                    _ => return false, // cannot happen: the room was checked
+                }
+            }
+        }
+        true
+    }
+
+    /// Lend `f` the contiguous free part of the send ring; returns the bytes it wrote.
+    pub fn send_with(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        if !self.socket.may_send() {
+            return 0;
+        }
+        self.socket
+            .send(|buf| {
+                let n = f(buf).min(buf.len());
+                (n, n)
+            })
+            .unwrap_or(0)
     }
 }
 

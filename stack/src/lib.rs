@@ -29,7 +29,7 @@ mod stack;
 mod steer;
 
 pub use config::StackConfig;
-pub use conn::{CloseReason, Conn, ConnId, Handler, State};
+pub use conn::{CloseReason, Conn, ConnId, Handler, SendRing, State};
 pub use device::{IoStats, PacketQueue, TX_BURST};
 pub use flow::{flow_hash, TcpFlow};
 pub use stack::{PortProfile, Stack, StackError, StackStats, RX_BURST};

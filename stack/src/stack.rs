@@ -105,7 +105,7 @@ pub struct StackStats {
     pub connecting: usize,
     /// smoltcp sockets alive (all of the above plus those being torn down).
     pub sockets: usize,
-    /// Connections accepted since start.
+    /// Connections opened since start (accepted or connected; reported with `on_open`).
     pub accepted: u64,
     /// Open connections closed since start (any reason).
     pub closed: u64,
@@ -149,6 +149,8 @@ struct Slot {
     sockets: SocketSet<'static>,
     conn: Option<ConnState>,
     touched: bool,
+    /// Listed in `Stack::neighbor_waiters`.
+    waiting_neighbor: bool,
     /// Earliest time (µs) this slot has an entry in the timer heap for; `i64::MAX`: none.
     armed_at: i64,
     /// When smoltcp last asked to be polled for this connection (µs); `i64::MAX`: only on
@@ -193,6 +195,10 @@ pub struct Stack<Q> {
     /// The rx burst; boxed so the loop can take it out of `self` by moving a pointer.
     rx: Option<Box<Burst<RX_BURST>>>,
     touched: Vec<u32>,
+    /// Connections that had output to send and a deadline a second or so away: the mark smoltcp
+    /// leaves on a socket whose next hop's MAC is unknown (it stays silent for a second after
+    /// asking). Touched again as soon as an ARP frame arrives, so the answer is used at once.
+    neighbor_waiters: Vec<u32>,
     listen_ports: Vec<u16>,
     config: StackConfig,
     clock: Clock,
@@ -250,6 +256,7 @@ impl<Q: PacketQueue> Stack<Q> {
                 sockets: SocketSet::new(Vec::<SocketStorage<'static>>::with_capacity(1)),
                 conn: None,
                 touched: false,
+                waiting_neighbor: false,
                 armed_at: i64::MAX,
                 due_at: i64::MAX,
             })
@@ -264,6 +271,7 @@ impl<Q: PacketQueue> Stack<Q> {
             io,
             rx: Some(Box::new(Burst::new())),
             touched: Vec::with_capacity(config.max_connections),
+            neighbor_waiters: Vec::with_capacity(config.max_connections),
             listen_ports: Vec::new(),
             next_port: config.ephemeral_ports.0,
             stats: StackStats::default(),
@@ -434,6 +442,7 @@ impl<Q: PacketQueue> Stack<Q> {
                 }
             }
         }
+        let is_arp = m.data().get(12..14) == Some(&[0x08, 0x06]);
         let sockets = match target {
             Some(index) => {
                 self.touch(index);
@@ -444,6 +453,15 @@ impl<Q: PacketQueue> Stack<Q> {
         };
         self.iface
             .poll_ingress_single(now, &mut self.io.view(Some(m)), sockets);
+        if is_arp {
+            // The neighbour table may have learnt what waiting connections need.
+            while let Some(index) = self.neighbor_waiters.pop() {
+                self.slots[index as usize].waiting_neighbor = false;
+                if self.slots[index as usize].conn.is_some() {
+                    self.touch(index);
+                }
+            }
+        }
     }
 
     fn listen_on(&mut self, index: u32, port: u16) {
@@ -621,6 +639,20 @@ impl<Q: PacketQueue> Stack<Q> {
             at = at.min(st.handshake_deadline);
         }
         slot.due_at = at;
+        let socket = slot.sockets.get::<tcp::Socket>(st.handle);
+        let owes_output = socket.send_queue() > 0
+            || matches!(
+                socket.state(),
+                tcp::State::SynSent
+                    | tcp::State::SynReceived
+                    | tcp::State::FinWait1
+                    | tcp::State::Closing
+                    | tcp::State::LastAck
+            );
+        if owes_output && at >= now.total_micros() + 500_000 && !slot.waiting_neighbor {
+            slot.waiting_neighbor = true;
+            self.neighbor_waiters.push(index);
+        }
         if at < slot.armed_at {
             slot.armed_at = at;
             self.timers.push(Reverse((at, index)));

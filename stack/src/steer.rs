@@ -188,6 +188,10 @@ impl PacketQueue for SteeredQueue<'_> {
         self.queue.tx_burst(burst)
     }
 
+    /// Under software steering, exactly the flows whose hash picks this lcore. Under RSS the
+    /// device's (Toeplitz) hash decides and is not predicted here: outgoing connections on a
+    /// multi-queue RSS port may see their replies arrive on another lcore's queue, where they
+    /// are not handed over. Servers (passive connections) are unaffected.
     fn owns(&self, remote: SocketAddrV4, local_port: u16) -> bool {
         self.steering.rss || self.steering.owner(remote, local_port) == self.index
     }
