@@ -49,6 +49,22 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
+/// Keeps the tap PMD's SIGIO (the EAL runs in this process) away from this thread, so that its
+/// blocking socket calls are not interrupted.
+fn block_sigio() {
+    // SAFETY: a zeroed sigset_t is valid for sigemptyset; pthread_sigmask changes this thread's
+    // mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
 struct Cleanup {
     ns: String,
     prefix: String,
@@ -146,6 +162,7 @@ fn a_peer_that_does_not_read_a_flood_is_closed_with_1008_and_others_are_served()
     let path = format!("/var/run/netns/{ns}");
     let (ended_after, read_before_end, echoed) = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
+        block_sigio();
         // SAFETY: setns with a valid namespace fd moves only this thread.
         assert_eq!(
             unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },

@@ -85,6 +85,22 @@ fn client() -> WebSocket<TcpStream> {
         .0
 }
 
+/// Keeps the tap PMD's SIGIO (the EAL runs in this process) away from this thread, so that its
+/// blocking socket calls are not interrupted.
+fn block_sigio() {
+    // SAFETY: a zeroed sigset_t is valid for sigemptyset; pthread_sigmask changes this thread's
+    // mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
 struct Cleanup {
     ns: String,
     prefix: String,
@@ -148,6 +164,7 @@ fn sessions_send_by_id_and_broadcast_across_lcores_over_the_userspace_stack() {
     let path = format!("/var/run/netns/{ns}");
     let (ids, workers) = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
+        block_sigio();
         // SAFETY: setns with a valid namespace fd moves only this thread.
         assert_eq!(
             unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
