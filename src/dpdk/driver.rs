@@ -7,13 +7,16 @@
 //! application's `Handler`, panics caught and closed with 1011), and finishing (output drained,
 //! FIN, input discarded), with the same timeouts and the same close codes.
 //!
-//! Input: what the socket's receive ring holds is taken into the lcore's receive buffer, behind
-//! the bytes the connection held back last time, and parsed there in place (the protocol unmasks
-//! in place and hands out whole messages as sub-slices). What the protocol leaves unconsumed (an
-//! incomplete frame of at most `inplace_frame_max` bytes, or an incomplete request head) is kept
-//! in the connection's small `held` buffer, as modified, because the session relies on finding it
-//! unchanged. Output goes straight into the send ring ([`RingSink`]); when that is full the
-//! connection is not read until it drains (see `sink`).
+//! Input, the common case: the session parses straight in the socket's receive ring
+//! (`Conn::recv_and_send` lends the ring's readable bytes and the send ring together); it unmasks
+//! in place and hands out whole messages as slices of the ring, and its answers go straight into
+//! the send ring. What it leaves unconsumed (an incomplete frame of at most `inplace_frame_max`
+//! bytes) moves to the connection's small `held` buffer, as the session left it (partly
+//! unmasked: the session relies on finding it unchanged), and is taken from the ring. While
+//! bytes are held (and for the request head), the ring's bytes are copied behind them into the
+//! lcore's receive buffer and parsed there, as the kernel path parses its read buffer. Output
+//! that the send ring cannot take waits in the connection's pending output; then the connection
+//! is not read until it drains (see `sink`).
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,12 +27,14 @@ use std::time::{Duration, Instant};
 use hioload_stack::{CloseReason, Conn, ConnId, PacketQueue, Stack};
 use hioload_wsproto::handshake::{self, Parsed};
 use hioload_wsproto::session::{FrameSink, Outgoing};
-use hioload_wsproto::{CloseCode, Event, HttpError, Limits, SendError, Session, State};
+use hioload_wsproto::{
+    CloseCode, Event, HttpError, Limits, ProtocolError, SendError, Session, State,
+};
 use tracing::{debug, error, info};
 
 use super::conn::{Phase, WsConn};
 use super::shared::{Command, Shared, SLOT_BITS};
-use super::sink::{drain, RingSink};
+use super::sink::{drain, RingSink, SendTarget};
 use crate::config::Backpressure;
 use crate::control::Control;
 use crate::handler::{Ctx, DeliverError, Handler, Message, OutMessage, SessionOps};
@@ -110,6 +115,14 @@ impl Driver {
     fn read(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) {
         // The ring holds at most `ring_bytes`, and nothing arrives during this loop: it ends.
         while ws.out.is_empty() && conn.recv_queue() > 0 {
+            if ws.held.is_empty() && session_open(&ws.phase) {
+                // The common case: parse in the ring. After a wrap, or with a partial frame
+                // held back, the bytes go through the receive buffer below instead.
+                if !self.feed_in_ring(conn, ws) {
+                    return;
+                }
+                continue;
+            }
             let held = ws.held.len();
             self.rbuf[..held].copy_from_slice(&ws.held);
             ws.held.clear();
@@ -148,7 +161,7 @@ impl Driver {
     fn handshake(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, n: usize) -> usize {
         let peer = ws.peer;
         let mut sink = RingSink {
-            conn,
+            ring: &mut *conn,
             out: &mut ws.out,
         };
         let head_len = match handshake::parse_request(&self.rbuf[..n], &self.cfg.limits) {
@@ -236,46 +249,84 @@ impl Driver {
         let Phase::Open(session) = &mut ws.phase else {
             return end;
         };
-        let (id, peer) = (ws.session_id, ws.peer);
-        let (lcore, shared) = (self.cfg.lcore_index, &*self.shared);
-        let handler = &*self.handler;
-        let mut reported = false;
-        let result = {
+        let env = Env {
+            handler: &*self.handler,
+            shared: &self.shared,
+            lcore: self.cfg.lcore_index,
+            id: ws.session_id,
+            peer: ws.peer,
+        };
+        let mut sink = RingSink {
+            ring: &mut *conn,
+            out: &mut ws.out,
+        };
+        let (result, reported) = env.receive(session, &mut self.rbuf[start..end], &mut sink);
+        self.after_receive(ws, result, reported, start, end)
+    }
+
+    /// Runs the session straight over the receive ring's readable bytes, answering into the send
+    /// ring (no copy of ours); what it leaves unconsumed moves to `held`. Returns false when the
+    /// connection had to be ended.
+    fn feed_in_ring(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) -> bool {
+        let held_max = held_max(&self.cfg.limits);
+        let mut outcome = None;
+        conn.recv_and_send(|rx, tx| {
+            let Phase::Open(session) = &mut ws.phase else {
+                return rx.len();
+            };
+            let env = Env {
+                handler: &*self.handler,
+                shared: &self.shared,
+                lcore: self.cfg.lcore_index,
+                id: ws.session_id,
+                peer: ws.peer,
+            };
             let mut sink = RingSink {
-                conn,
+                ring: tx,
                 out: &mut ws.out,
             };
-            session.receive(&mut self.rbuf[start..end], &mut sink, |event, out| {
-                let mut ops = SessionRef {
-                    id,
-                    peer,
-                    lcore,
-                    shared,
-                    out: Some(out),
-                };
-                match event {
-                    Event::Text(t) => call(handler, &mut ops, "on_message", |h, ctx| {
-                        h.on_message(ctx, Message::Text(t))
-                    }),
-                    Event::Binary(b) => call(handler, &mut ops, "on_message", |h, ctx| {
-                        h.on_message(ctx, Message::Binary(b))
-                    }),
-                    Event::Close(code, reason) => {
-                        let code = code.unwrap_or(CloseCode::NO_STATUS);
-                        call(handler, &mut ops, "on_close", |h, ctx| {
-                            h.on_close(ctx, code, reason)
-                        });
-                        reported = true;
-                    }
-                    Event::Ping(_) | Event::Pong(_) => {}
+            let (result, reported) = env.receive(session, rx, &mut sink);
+            if let Ok(consumed) = result {
+                let rest = &rx[consumed..];
+                if rest.len() <= held_max && session_open(&ws.phase) {
+                    ws.held.extend_from_slice(rest); // as the session left it
                 }
-            })
+            }
+            outcome = Some((result, reported, rx.len()));
+            rx.len()
+        });
+        let Some((result, reported, len)) = outcome else {
+            return true;
         };
+        let consumed = self.after_receive(ws, result, reported, 0, len);
+        if len - consumed > held_max && session_open(&ws.phase) {
+            error!(peer = %ws.peer, "{} bytes of unconsumed input; closing", len - consumed);
+            self.end_now(
+                conn,
+                ws,
+                CloseCode::INTERNAL_ERROR,
+                "receive buffer overflow",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Records what a `receive` reported; returns the offset up to which the input is consumed
+    /// (all of it after a protocol error).
+    fn after_receive(
+        &mut self,
+        ws: &mut WsConn,
+        result: Result<usize, ProtocolError>,
+        reported: bool,
+        start: usize,
+        end: usize,
+    ) -> usize {
         ws.reported |= reported;
         match result {
             Ok(consumed) => start + consumed,
             Err(err) => {
-                info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                info!(peer = %ws.peer, session = ws.session_id, code = err.code.0, "protocol error: {}; closing", err.reason);
                 self.report(ws, err.code, err.reason);
                 end
             }
@@ -401,7 +452,7 @@ impl Driver {
             );
             if let Phase::Open(session) = &mut ws.phase {
                 let mut sink = RingSink {
-                    conn,
+                    ring: &mut *conn,
                     out: &mut ws.out,
                 };
                 let _ = session
@@ -487,7 +538,7 @@ impl Driver {
         if let Some(mut conn) = stack.conn(ws.id) {
             if let Phase::Open(session) = &mut ws.phase {
                 let mut sink = RingSink {
-                    conn: &mut conn,
+                    ring: &mut conn,
                     out: &mut ws.out,
                 };
                 let mut out = session.outgoing(&mut sink);
@@ -520,7 +571,7 @@ impl Driver {
                     }
                     Phase::Open(session) if session.state() == State::Open => {
                         let mut sink = RingSink {
-                            conn: &mut conn,
+                            ring: &mut conn,
                             out: &mut ws.out,
                         };
                         let _ = session
@@ -634,6 +685,59 @@ fn held_max(limits: &Limits) -> usize {
     (limits.inplace_frame_max + 14).max(limits.max_head_bytes)
 }
 
+/// Whether the phase is a session that still parses input.
+fn session_open(phase: &Phase) -> bool {
+    matches!(phase, Phase::Open(s) if s.state() != State::Closed)
+}
+
+/// What a session's `receive` needs to call the application.
+struct Env<'a> {
+    handler: &'a dyn Handler,
+    shared: &'a Shared,
+    lcore: usize,
+    id: u64,
+    peer: SocketAddr,
+}
+
+impl Env<'_> {
+    /// Runs `session` over `input`, calling the handler for each message and for the peer's
+    /// close; returns the session's result and whether `on_close` was called.
+    fn receive<S: FrameSink + ?Sized>(
+        &self,
+        session: &mut Session,
+        input: &mut [u8],
+        sink: &mut S,
+    ) -> (Result<usize, ProtocolError>, bool) {
+        let mut reported = false;
+        let result = session.receive(input, sink, |event, out| {
+            let mut ops = SessionRef {
+                id: self.id,
+                peer: self.peer,
+                lcore: self.lcore,
+                shared: self.shared,
+                out: Some(out),
+            };
+            match event {
+                Event::Text(t) => call(self.handler, &mut ops, "on_message", |h, ctx| {
+                    h.on_message(ctx, Message::Text(t))
+                }),
+                Event::Binary(b) => call(self.handler, &mut ops, "on_message", |h, ctx| {
+                    h.on_message(ctx, Message::Binary(b))
+                }),
+                Event::Close(code, reason) => {
+                    let code = code.unwrap_or(CloseCode::NO_STATUS);
+                    call(self.handler, &mut ops, "on_close", |h, ctx| {
+                        h.on_close(ctx, code, reason)
+                    });
+                    reported = true;
+                }
+                Event::Ping(_) | Event::Pong(_) => {}
+            }
+        });
+        (result, reported)
+    }
+}
+
 /// Takes up to `n` bytes from the receive ring (two rounds cover its wrap).
 fn consume(conn: &mut Conn<'_>, mut n: usize) {
     for _ in 0..2 {
@@ -649,7 +753,7 @@ fn consume(conn: &mut Conn<'_>, mut n: usize) {
 }
 
 /// Queues an HTTP error answer.
-fn reject(sink: &mut RingSink<'_, '_>, peer: SocketAddr, err: &HttpError) {
+fn reject<T: SendTarget + ?Sized>(sink: &mut RingSink<'_, T>, peer: SocketAddr, err: &HttpError) {
     debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
     let mut response = [0u8; 256];
     let n = handshake::write_error_response(err, &mut response);

@@ -1,8 +1,8 @@
 //! The DPDK data path: WebSocket sessions over the userspace TCP stack (`hioload-stack`).
 //!
-//! The kernel path hands the protocol layer bytes it read from a socket; this path hands it bytes
-//! it took from a smoltcp socket's receive ring, on the lcore that owns the connection, and
-//! writes the replies straight into that socket's send ring. Everything above the byte level is
+//! The kernel path hands the protocol layer bytes it read from a socket; this path lets it parse
+//! them where they are, in a smoltcp socket's receive ring, on the lcore that owns the connection,
+//! and writes the replies straight into that socket's send ring. Everything above the byte level is
 //! the same as on the kernel path: the same sans-IO `Session`, the same `Handler`/`HttpHandler`
 //! callbacks, limits, timeouts, close codes and graceful stop. The pieces:
 //! - [`DpdkConfig`]: what this path needs besides [`Config`](crate::Config) (EAL arguments,

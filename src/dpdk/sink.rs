@@ -7,16 +7,57 @@
 //! plus at most one turn's worth of output (or one large message a handler sent).
 
 use hioload_fallback::outbuf::OutBuf;
-use hioload_stack::Conn;
+use hioload_stack::{Conn, SendRing};
 use hioload_wsproto::FrameSink;
 
+/// A connection's send ring, reached through the connection ([`Conn`]) or lent next to its
+/// receive ring while a session parses in place ([`SendRing`]).
+pub(super) trait SendTarget {
+    /// Queues all of `parts` or nothing.
+    fn send_all(&mut self, parts: &[&[u8]]) -> bool;
+    /// Queues as much of `bytes` as fits; returns how much.
+    fn send_slice(&mut self, bytes: &[u8]) -> usize;
+}
+
+impl SendTarget for Conn<'_> {
+    fn send_all(&mut self, parts: &[&[u8]]) -> bool {
+        Conn::send_all(self, parts)
+    }
+    fn send_slice(&mut self, bytes: &[u8]) -> usize {
+        Conn::send_slice(self, bytes)
+    }
+}
+
+impl SendTarget for SendRing<'_> {
+    fn send_all(&mut self, parts: &[&[u8]]) -> bool {
+        SendRing::send_all(self, parts)
+    }
+    fn send_slice(&mut self, bytes: &[u8]) -> usize {
+        let mut done = 0;
+        // Two rounds cover the ring's wrap.
+        for _ in 0..2 {
+            let rest = &bytes[done..];
+            let n = self.send_with(|room| {
+                let n = room.len().min(rest.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                n
+            });
+            done += n;
+            if n == 0 || done == bytes.len() {
+                break;
+            }
+        }
+        done
+    }
+}
+
 /// The [`FrameSink`] of one connection for one callback.
-pub(super) struct RingSink<'c, 'a> {
-    pub conn: &'c mut Conn<'a>,
+pub(super) struct RingSink<'c, T: SendTarget + ?Sized> {
+    pub ring: &'c mut T,
     pub out: &'c mut OutBuf,
 }
 
-impl RingSink<'_, '_> {
+impl<T: SendTarget + ?Sized> RingSink<'_, T> {
     /// Queues `bytes` after everything pending: into the ring while nothing waits and it has
     /// room, the rest into the pending output.
     pub fn write(&mut self, bytes: &[u8]) {
@@ -24,7 +65,7 @@ impl RingSink<'_, '_> {
             return;
         }
         let n = if self.out.is_empty() {
-            self.conn.send_slice(bytes)
+            self.ring.send_slice(bytes)
         } else {
             0
         };
@@ -34,9 +75,9 @@ impl RingSink<'_, '_> {
     }
 }
 
-impl FrameSink for RingSink<'_, '_> {
+impl<T: SendTarget + ?Sized> FrameSink for RingSink<'_, T> {
     fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
-        if self.out.is_empty() && self.conn.send_all(&[header, payload]) {
+        if self.out.is_empty() && self.ring.send_all(&[header, payload]) {
             return;
         }
         self.write(header);
