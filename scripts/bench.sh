@@ -11,7 +11,8 @@
 # target/bench/bench-<date>.md.
 #
 # Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--servers "hioload tungstenite fastws raw"]
-#                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--no-build]
+#                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
+#        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf).
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
@@ -29,6 +30,7 @@ port_base=${BENCH_PORT_BASE:-19100}
 servers="hioload tungstenite fastws raw"
 scenarios="100x20 10x1K 200x16K 500x16K 100x20p16"
 build=1
+syscalls=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
         --scenarios) scenarios=$2; shift ;;
         --idle) idle=$2; shift ;;
         --no-build) build=0 ;;
+        --syscalls) syscalls=(--syscalls) ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -119,7 +122,7 @@ done
 # field JSON KEY: a number (or null) from hioload-bench's one-line JSON.
 field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
 
-declare -A rate cpu errs
+declare -A rate cpu errs sys
 errors_seen=()
 for sc in $scenarios; do
     # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
@@ -129,7 +132,7 @@ for sc in $scenarios; do
         mode=(); [ "$s" = raw ] && mode=(--raw)
         echo "  $sc → $(label "$s")" >&2
         out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
-            -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" --json) || true
+            -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" "${syscalls[@]}" --json) || true
         if [ -z "$out" ]; then
             rate[$sc,$s]=; cpu[$sc,$s]=; errs[$sc,$s]=failed
             errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
@@ -138,6 +141,7 @@ for sc in $scenarios; do
         echo "$out" >>"$logdir/bench-$stamp.jsonl"
         rate[$sc,$s]=$(field "$out" msgs_per_s)
         cpu[$sc,$s]=$(field "$out" server_cpu_us_per_msg)
+        sys[$sc,$s]=$(field "$out" server_syscalls_per_msg)
         e=$(field "$out" errors)
         errs[$sc,$s]=$e
         [ "$e" != 0 ] && errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
@@ -194,6 +198,19 @@ report() {
         has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
         echo "$row"
     done
+    if [ "${#syscalls[@]}" -gt 0 ]; then
+        echo
+        echo "Server syscalls per echo (perf stat, all syscalls):"
+        echo
+        local h3="| scenario |" l3="| --- |"
+        for s in $servers; do h3+=" $(label "$s") |"; l3+=" ---: |"; done
+        echo "$h3"; echo "$l3"
+        for sc in $scenarios; do
+            local row="| $sc |"
+            for s in $servers; do row+=" $(cell "${sys[$sc,$s]}") |"; done
+            echo "$row"
+        done
+    fi
     if [ "${#idle_rss[@]}" -gt 0 ]; then
         echo
         echo "Server RSS growth per idle connection at $idle connections (upgraded, one 20 B echo each), bytes:"

@@ -12,6 +12,7 @@ mod connect;
 mod idle;
 mod load;
 mod pattern;
+mod perfstat;
 mod procfs;
 mod report;
 mod wire;
@@ -70,6 +71,10 @@ struct Args {
     /// Server pid: report its CPU time per echo (/proc/PID/stat utime + stime over the window).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also count the server's syscalls per echo over the window (runs `perf stat`; needs
+    /// --server-pid and Linux perf).
+    #[arg(long, requires = "server_pid")]
+    syscalls: bool,
     /// Send text frames (ASCII payload) instead of binary ones.
     #[arg(long, conflicts_with = "raw")]
     text: bool,
@@ -201,6 +206,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     std::thread::sleep(warmup);
     let server_start = args.server_pid.map(server_cpu).transpose()?;
     let client_start = procfs::own_cpu();
+    let counter = match (args.syscalls, args.server_pid) {
+        (true, Some(pid)) => Some(perfstat::SyscallCounter::start(pid)?),
+        _ => None,
+    };
     let start = Instant::now();
     phase.store(load::MEASURE, Ordering::Relaxed);
     std::thread::sleep(duration);
@@ -208,6 +217,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let window = start.elapsed();
     let client_cpu = procfs::own_cpu() - client_start;
     let server_end = args.server_pid.map(server_cpu).transpose()?;
+    let syscalls = counter.map(|c| c.stop()).transpose()?;
 
     let mut stats = ThreadStats::new();
     for t in threads {
@@ -229,6 +239,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         stats,
         server_cpu: server_start.zip(server_end).map(|(a, b)| b.saturating_sub(a)),
         client_cpu,
+        syscalls,
     };
     if args.json {
         println!("{}", report.json());

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::load::ThreadStats;
+use crate::perfstat::SyscallRates;
 
 /// Everything one load run measured.
 pub struct LoadReport {
@@ -22,6 +23,8 @@ pub struct LoadReport {
     pub server_cpu: Option<Duration>,
     /// This process's CPU time over the window.
     pub client_cpu: Duration,
+    /// The server's syscall rates over the window (`--syscalls`).
+    pub syscalls: Option<SyscallRates>,
 }
 
 impl LoadReport {
@@ -36,6 +39,13 @@ impl LoadReport {
 
     fn per_msg_us(&self, cpu: Duration) -> Option<f64> {
         (self.stats.messages > 0).then(|| cpu.as_secs_f64() * 1e6 / self.stats.messages as f64)
+    }
+
+    /// Server syscalls per echo: the total and the broken-out ones.
+    fn syscalls_per_msg(&self) -> Option<(f64, Vec<(&'static str, f64)>)> {
+        let rates = self.syscalls.as_ref()?;
+        let msgs = self.msgs_per_s();
+        (msgs > 0.0).then(|| (rates.total / msgs, rates.by_name.iter().map(|(n, r)| (*n, r / msgs)).collect()))
     }
 
     fn cpu_percent(&self, cpu: Duration) -> f64 {
@@ -88,6 +98,10 @@ impl LoadReport {
                 self.per_msg_us(cpu).map_or("-".into(), |v| format!("{v:.2}"))
             );
         }
+        if let Some((total, by_name)) = self.syscalls_per_msg() {
+            let parts: Vec<String> = by_name.iter().map(|(n, v)| format!("{n} {v:.2}")).collect();
+            let _ = writeln!(s, "  server syscalls per echo  {total:.2} ({})", parts.join(", "));
+        }
         let _ = writeln!(
             s,
             "  client CPU  {:.1} % of a core, {} µs per echo (this load generator)",
@@ -123,12 +137,20 @@ impl LoadReport {
         }
         let _ = write!(
             s,
-            "],\"server_cpu_percent\":{},\"server_cpu_us_per_msg\":{},\"client_cpu_percent\":{:.1},\"client_cpu_us_per_msg\":{}}}",
+            "],\"server_cpu_percent\":{},\"server_cpu_us_per_msg\":{},\"client_cpu_percent\":{:.1},\"client_cpu_us_per_msg\":{}",
             opt(self.server_cpu.map(|c| self.cpu_percent(c))),
             opt(self.server_cpu.and_then(|c| self.per_msg_us(c))),
             self.cpu_percent(self.client_cpu),
             opt(self.per_msg_us(self.client_cpu))
         );
+        if let Some((total, by_name)) = self.syscalls_per_msg() {
+            let _ = write!(s, ",\"server_syscalls_per_msg\":{total:.3},\"server_syscalls\":{{");
+            for (i, (n, v)) in by_name.iter().enumerate() {
+                let _ = write!(s, "{}\"{n}\":{v:.3}", if i > 0 { "," } else { "" });
+            }
+            s.push('}');
+        }
+        s.push('}');
         s
     }
 }
@@ -171,6 +193,7 @@ mod tests {
             stats,
             server_cpu: Some(Duration::from_millis(10)),
             client_cpu: Duration::from_millis(20),
+            syscalls: Some(SyscallRates { total: 1000.0, by_name: vec![("read", 500.0)] }),
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
@@ -178,6 +201,7 @@ mod tests {
         assert!(j.contains("\"client_cpu_us_per_msg\":20.000"), "{j}");
         assert!(j.contains("\"p50\":50.0"), "{j}");
         assert!(j.contains("connection 1: \\\"bad\\\""), "{j}");
+        assert!(j.contains("\"server_syscalls_per_msg\":2.000,\"server_syscalls\":{\"read\":1.000}}"), "{j}");
         assert!(r.text().contains("500 msgs/s"));
     }
 }
