@@ -42,7 +42,14 @@ pub struct ThreadStats {
     pub error_texts: Vec<String>,
 }
 
+impl Default for ThreadStats {
+    fn default() -> Self {
+        ThreadStats::new()
+    }
+}
+
 impl ThreadStats {
+    /// Empty statistics.
     pub fn new() -> ThreadStats {
         ThreadStats {
             messages: 0,

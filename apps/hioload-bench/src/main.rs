@@ -8,15 +8,6 @@
 //! Its own ceiling is what it reaches against `raw-tcp-echo` (apps/bench-peers) with `--raw`: the
 //! same bytes over TCP with nothing behind them; scripts/bench.sh prints that row in every table.
 
-mod connect;
-mod idle;
-mod load;
-mod pattern;
-mod perfstat;
-mod procfs;
-mod report;
-mod wire;
-
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::connect::Target;
-use crate::load::ThreadStats;
-use crate::pattern::{Framing, Pattern};
-use crate::report::LoadReport;
-use crate::wire::DataKind;
+use hioload_bench::connect::{self, Target};
+use hioload_bench::{idle, load, perfstat, procfs};
+use hioload_bench::load::ThreadStats;
+use hioload_bench::pattern::{Framing, Pattern};
+use hioload_bench::report::LoadReport;
+use hioload_bench::wire::DataKind;
 
 /// WebSocket echo load generator: C connections × S-byte messages, P in flight per connection,
 /// every echo verified byte for byte.
