@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9000")]
     addr: SocketAddr,
     /// Request path of the upgrade.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/ws")]
     path: String,
     /// Connections.
     #[arg(short, long, default_value_t = 100)]
