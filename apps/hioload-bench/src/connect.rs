@@ -101,7 +101,11 @@ fn upgrade(stream: &mut TcpStream, addr: &SocketAddr, path: &str, index: usize) 
                 return Err(handshake_error("upgrade response head larger than 4 KiB".into()))
             }
             Ok(httparse::Status::Partial) => continue,
-            Err(e) => return Err(handshake_error(format!("malformed upgrade response: {e}"))),
+            Err(e) => {
+                return Err(handshake_error(format!(
+                    "malformed upgrade response ({e}); not a WebSocket server? (--raw is for raw TCP echo servers)"
+                )))
+            }
             Ok(httparse::Status::Complete(head_len)) => {
                 if response.code != Some(101) {
                     let head = String::from_utf8_lossy(&buf[..head_len]);

@@ -309,16 +309,21 @@ fn flush(conn: &mut Conn, pattern: &Pattern) -> io::Result<()> {
 }
 
 /// Compares received bytes with the expected echoes at the connection's position.
-fn verify(conn: &mut Conn, pattern: &Pattern, mut data: &[u8]) -> Result<(), String> {
+fn verify(conn: &mut Conn, pattern: &Pattern, data: &[u8]) -> Result<(), String> {
     let echo_len = pattern.echo_len as u64;
     let expected_total = conn.issued * echo_len;
-    if conn.received + data.len() as u64 > expected_total {
-        return Err(format!(
-            "{} bytes more than the echoes of the {} messages sent",
-            conn.received + data.len() as u64 - expected_total,
-            conn.issued
-        ));
+    let excess = (conn.received + data.len() as u64).saturating_sub(expected_total);
+    let (data, excess) = (&data[..data.len() - excess as usize], excess);
+    verify_expected(conn, pattern, data)?;
+    if excess > 0 {
+        return Err(format!("{excess} bytes more than the echoes of the {} messages sent", conn.issued));
     }
+    Ok(())
+}
+
+/// Compares bytes that are all within the echoes still expected.
+fn verify_expected(conn: &mut Conn, pattern: &Pattern, mut data: &[u8]) -> Result<(), String> {
+    let echo_len = pattern.echo_len as u64;
     let ring = pattern.echo.len() as u64;
     while !data.is_empty() {
         let pos = ((conn.start as u64 * echo_len) + conn.received) % ring;

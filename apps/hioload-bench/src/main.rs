@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use hioload_bench::connect::{self, Target};
-use hioload_bench::{idle, load, perfstat, procfs};
 use hioload_bench::load::ThreadStats;
 use hioload_bench::pattern::{Framing, Pattern};
 use hioload_bench::report::LoadReport;
 use hioload_bench::wire::DataKind;
+use hioload_bench::{idle, load, perfstat, procfs};
 
 /// WebSocket echo load generator: C connections × S-byte messages, P in flight per connection,
 /// every echo verified byte for byte.
