@@ -28,10 +28,8 @@ fn spawn_server(serve: fn(TcpStream)) -> SocketAddr {
 fn websocket_echo(stream: TcpStream) {
     let Ok(mut ws) = tungstenite::accept(stream) else { return };
     while let Ok(msg) = ws.read() {
-        if msg.is_binary() || msg.is_text() {
-            if ws.send(msg).is_err() {
-                return;
-            }
+        if (msg.is_binary() || msg.is_text()) && ws.send(msg).is_err() {
+            return;
         }
     }
 }
