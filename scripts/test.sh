@@ -22,6 +22,9 @@ cargo test --workspace --no-fail-fast 2>&1 | tee target-test.log
 
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 
+stage "fuzz targets (build both flavours, short run of each)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ws/fuzz/run.sh check
+
 stage "autobahn (kernel fallback)"
 scripts/autobahn.sh
 

@@ -1,1 +1,5 @@
 //! hioload-ws facade.
+
+pub mod pinning;
+pub mod pool;
+pub mod topology;

@@ -27,4 +27,4 @@ pub use close::CloseCode;
 pub use config::Limits;
 pub use frame::{FrameHeader, OpCode};
 pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
-pub use session::{Event, FrameSink, Outgoing, ProtocolError, SendError, Session, State};
+pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};

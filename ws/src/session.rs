@@ -10,6 +10,17 @@
 
 use crate::close::CloseCode;
 use crate::config::Limits;
+use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::mask::apply_mask;
+use crate::utf8::Utf8Validator;
+
+/// Largest control frame on the wire: 2-byte header, 4-byte mask, 125 bytes of payload. Frames up
+/// to this size are always waited for whole, whatever `Limits::inplace_frame_max` says.
+pub const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
+
+/// Capacity the assembly buffer keeps between messages; after a larger message it is shrunk back,
+/// so that one 16 MiB message does not pin 16 MiB for the connection's lifetime.
+pub const ASSEMBLY_RETAIN: usize = 64 << 10;
 
 /// Where encoded frames go; implemented by each transport.
 pub trait FrameSink {
@@ -73,56 +84,223 @@ pub enum SendError {
     InvalidCloseCode,
 }
 
-/// One WebSocket connection's protocol state (server role).
+/// Which end of the connection a session plays.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Receives masked frames, sends unmasked ones (the hioload-ws server).
+    Server,
+    /// Receives unmasked frames, sends masked ones (tests, load generators).
+    Client,
+}
+
+/// One WebSocket connection's protocol state (server role by default).
 #[derive(Debug)]
 pub struct Session {
     limits: Limits,
-    state: State,
+    tx: Tx,
+    rx: Rx,
 }
+
+/// The sending half: state, role and, for clients, the masking key source.
+#[derive(Debug)]
+struct Tx {
+    state: State,
+    role: Role,
+    /// xorshift64* state for client masking keys.
+    mask_rng: u64,
+    /// Client role only: masked copy of the payload being sent.
+    scratch: Vec<u8>,
+}
+
+/// Kind of a data message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum MsgKind {
+    Text,
+    Binary,
+}
+
+/// A frame too large to wait for whole, consumed piece by piece into the assembly buffer.
+#[derive(Copy, Clone, Debug)]
+struct Streaming {
+    fin: bool,
+    remaining: u64,
+    mask: Option<[u8; 4]>,
+    phase: usize,
+}
+
+/// The receiving half.
+#[derive(Debug, Default)]
+struct Rx {
+    /// The data message in progress (fragmented, or one frame being streamed).
+    msg: Option<MsgKind>,
+    /// Payload bytes of the message in progress, including the current frame.
+    msg_len: u64,
+    /// Reused across messages; holds fragmented and streamed messages.
+    assembly: Vec<u8>,
+    /// UTF-8 state of the text message in progress.
+    utf8: Utf8Validator,
+    /// A large frame being streamed.
+    stream: Option<Streaming>,
+    /// Payload bytes of the partial frame left at the start of the next input that were already
+    /// unmasked in place and UTF-8 checked (text fails fast, before the frame is whole).
+    inplace_done: usize,
+}
+
+type Step = Result<(), ProtocolError>;
 
 /// Sends frames on behalf of a session; borrowed from [`Session::outgoing`] or handed to the
 /// `receive` callback.
 pub struct Outgoing<'s, S: FrameSink + ?Sized> {
-    state: &'s mut State,
+    tx: &'s mut Tx,
     sink: &'s mut S,
+}
+
+impl Tx {
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.mask_rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_le_bytes()[..4].try_into().expect("4 bytes")
+    }
+
+    /// Encodes and queues one frame; no state checks.
+    fn send<S: FrameSink + ?Sized>(&mut self, sink: &mut S, opcode: OpCode, fin: bool, payload: &[u8]) {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let mut header = FrameHeader::server(opcode, fin, payload.len());
+        match self.role {
+            Role::Server => {
+                let n = header.encode(&mut head);
+                sink.send_frame(&head[..n], payload);
+            }
+            Role::Client => {
+                let key = self.next_mask();
+                header.mask = Some(key);
+                let n = header.encode(&mut head);
+                self.scratch.clear();
+                self.scratch.extend_from_slice(payload);
+                apply_mask(&mut self.scratch, key, 0);
+                sink.send_frame(&head[..n], &self.scratch);
+                if self.scratch.capacity() > ASSEMBLY_RETAIN {
+                    self.scratch = Vec::new();
+                }
+            }
+        }
+    }
+
+    /// Queues a Close frame with `code` (none: empty payload) and `reason` (≤ 123 bytes).
+    fn send_close<S: FrameSink + ?Sized>(&mut self, sink: &mut S, code: Option<CloseCode>, reason: &str) {
+        let mut payload = [0u8; 125];
+        let len = match code {
+            None => 0,
+            Some(code) => {
+                let reason = &reason.as_bytes()[..reason.len().min(123)];
+                payload[..2].copy_from_slice(&code.0.to_be_bytes());
+                payload[2..2 + reason.len()].copy_from_slice(reason);
+                2 + reason.len()
+            }
+        };
+        self.send(sink, OpCode::Close, true, &payload[..len]);
+    }
+
+    /// Fails the connection: queues a Close with `code` (unless one was already sent) and ends the
+    /// session.
+    fn fail<S: FrameSink + ?Sized>(&mut self, sink: &mut S, code: CloseCode, reason: &'static str) -> ProtocolError {
+        if self.state == State::Open {
+            self.send_close(sink, Some(code), reason);
+        }
+        self.state = State::Closed;
+        ProtocolError { code, reason }
+    }
 }
 
 impl<'s, S: FrameSink + ?Sized> Outgoing<'s, S> {
     /// Sends a text message in one frame.
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        let _ = (text, &mut self.sink);
-        todo!("ws: send_text")
+        self.send_frame(OpCode::Text, true, text.as_bytes())
     }
     /// Sends a binary message in one frame.
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        let _ = data;
-        todo!("ws: send_binary")
+        self.send_frame(OpCode::Binary, true, data)
+    }
+    /// Sends one raw frame, e.g. a fragment (`Text`/`Binary` with `fin = false`, then
+    /// `Continuation`s). The caller keeps the fragmentation rules; control frames must be final
+    /// and at most 125 bytes (`ControlTooLong` otherwise).
+    pub fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) -> Result<(), SendError> {
+        if self.tx.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if opcode.is_control() && (payload.len() > 125 || !fin) {
+            return Err(SendError::ControlTooLong);
+        }
+        self.tx.send(self.sink, opcode, fin, payload);
+        Ok(())
     }
     /// Sends a ping (payload ≤ 125 bytes).
     pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        let _ = payload;
-        todo!("ws: ping")
+        self.send_frame(OpCode::Ping, true, payload)
+    }
+    /// Sends an unsolicited pong (payload ≤ 125 bytes), e.g. as a heartbeat.
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send_frame(OpCode::Pong, true, payload)
     }
     /// Starts the close handshake (reason ≤ 123 bytes). The session becomes `Closing`.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        let _ = (code, reason);
-        todo!("ws: close")
+        if self.tx.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode);
+        }
+        if reason.len() > 123 {
+            return Err(SendError::ControlTooLong);
+        }
+        self.tx.send_close(self.sink, Some(code), reason);
+        self.tx.state = State::Closing;
+        Ok(())
     }
     /// The session's state.
     pub fn state(&self) -> State {
-        *self.state
+        self.tx.state
     }
 }
 
 impl Session {
-    /// A session that has just completed its handshake.
+    /// A server session that has just completed its handshake.
     pub fn new(limits: Limits) -> Self {
-        Session { limits, state: State::Open }
+        Self::with_role(limits, Role::Server, 0)
+    }
+
+    /// A client session (for tests and load generators): expects unmasked frames and masks what it
+    /// sends with keys from a xorshift generator seeded with `mask_seed` (not a CSPRNG: RFC 6455
+    /// wants unpredictable keys from browsers, which a load generator does not need).
+    pub fn new_client(limits: Limits, mask_seed: u64) -> Self {
+        Self::with_role(limits, Role::Client, mask_seed)
+    }
+
+    fn with_role(limits: Limits, role: Role, mask_seed: u64) -> Self {
+        let mask_rng = if mask_seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { mask_seed };
+        Session {
+            limits,
+            tx: Tx { state: State::Open, role, mask_rng, scratch: Vec::new() },
+            rx: Rx::default(),
+        }
     }
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.state
+        self.tx.state
+    }
+
+    /// The role this session plays.
+    pub fn role(&self) -> Role {
+        self.tx.role
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Replaces the limits (hot reload); applies from the next frame.
@@ -130,22 +308,280 @@ impl Session {
         self.limits = limits;
     }
 
+    /// Capacity currently held by the assembly buffer (for memory accounting).
+    pub fn assembly_capacity(&self) -> usize {
+        self.rx.assembly.capacity()
+    }
+
     /// Feeds received bytes, unmasking them in place, and calls `on_event` for each event; the
     /// callback may send through the `Outgoing` it is given. Returns how many bytes of `input` were
     /// consumed: the caller keeps `input[consumed..]` (a partial frame of at most
-    /// `limits.inplace_frame_max` bytes) and passes it again, followed by newly received bytes.
-    /// On `Err`, the Close has been queued and the session is `Closed`.
-    pub fn receive<S, F>(&mut self, input: &mut [u8], sink: &mut S, on_event: F) -> Result<usize, ProtocolError>
+    /// `limits.inplace_frame_max` bytes, or a partial header) and passes it again, unchanged,
+    /// followed by newly received bytes. On `Err`, the Close has been queued and the session is
+    /// `Closed`. Once `Closed`, all input is consumed and ignored.
+    ///
+    /// Zero copy: a frame whole in `input` is unmasked in place and its message, if unfragmented,
+    /// is handed out as a sub-slice of `input`. Fragmented messages and frames larger than
+    /// `inplace_frame_max` that arrive in pieces are assembled in the session's reusable buffer.
+    pub fn receive<S, F>(&mut self, input: &mut [u8], sink: &mut S, mut on_event: F) -> Result<usize, ProtocolError>
     where
         S: FrameSink + ?Sized,
         F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
     {
-        let _ = (input, sink, on_event);
-        todo!("ws: Session::receive")
+        let mut pos = 0;
+        let inplace_max = self.limits.inplace_frame_max.max(MAX_CONTROL_FRAME);
+        while self.tx.state != State::Closed {
+            if let Some(mut stream) = self.rx.stream {
+                let avail = input.len() - pos;
+                if avail == 0 {
+                    break;
+                }
+                let n = stream.remaining.min(avail as u64) as usize;
+                let piece = &mut input[pos..pos + n];
+                if let Some(key) = stream.mask {
+                    stream.phase = apply_mask(piece, key, stream.phase);
+                }
+                stream.remaining -= n as u64;
+                pos += n;
+                let frame_done = stream.remaining == 0;
+                self.rx.stream = if frame_done { None } else { Some(stream) };
+                self.data_piece(piece, frame_done && stream.fin, sink, &mut on_event)?;
+                continue;
+            }
+
+            let (header, header_len) = match FrameHeader::decode(&input[pos..]) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(_) => return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "64-bit frame length with the top bit set")),
+            };
+            self.check_header(&header, sink)?;
+            // check_header bounded payload_len by max_frame_size, a usize.
+            let len = header.payload_len as usize;
+            let total = header_len + len;
+            let avail = input.len() - pos;
+            let done = if pos == 0 { self.rx.inplace_done } else { 0 };
+            self.rx.inplace_done = 0;
+
+            if total <= avail {
+                let payload = &mut input[pos + header_len..pos + total];
+                if let Some(key) = header.mask {
+                    apply_mask(&mut payload[done..], key, done);
+                }
+                pos += total;
+                self.account(&header);
+                self.whole_frame(&header, payload, done, sink, &mut on_event)?;
+            } else if total <= inplace_max || done > 0 {
+                // Wait for the rest; but check the text seen so far, to fail fast on bad UTF-8.
+                if self.tx.state == State::Open && self.is_text(header.opcode) {
+                    let payload = &mut input[pos + header_len..];
+                    if let Some(key) = header.mask {
+                        apply_mask(&mut payload[done..], key, done);
+                    }
+                    if done == 0 && header.opcode == OpCode::Text {
+                        self.rx.utf8.reset();
+                    }
+                    if self.rx.utf8.feed(&payload[done..]).is_err() {
+                        return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
+                    }
+                    self.rx.inplace_done = payload.len();
+                }
+                break;
+            } else {
+                pos += header_len;
+                self.account(&header);
+                if header.opcode != OpCode::Continuation {
+                    self.start_message(header.opcode);
+                }
+                self.rx.stream = Some(Streaming { fin: header.fin, remaining: len as u64, mask: header.mask, phase: 0 });
+            }
+        }
+        if self.tx.state == State::Closed {
+            return Ok(input.len());
+        }
+        Ok(pos)
     }
 
     /// Outgoing frames outside of `receive` (server-initiated sends, shutdown's close 1001).
     pub fn outgoing<'s, S: FrameSink + ?Sized>(&'s mut self, sink: &'s mut S) -> Outgoing<'s, S> {
-        Outgoing { state: &mut self.state, sink }
+        Outgoing { tx: &mut self.tx, sink }
+    }
+
+    /// Whether a data frame with `opcode` carries text.
+    fn is_text(&self, opcode: OpCode) -> bool {
+        match opcode {
+            OpCode::Text => true,
+            OpCode::Continuation => self.rx.msg == Some(MsgKind::Text),
+            _ => false,
+        }
+    }
+
+    /// Enforces every per-frame rule before any payload byte is looked at.
+    fn check_header<S: FrameSink + ?Sized>(&mut self, h: &FrameHeader, sink: &mut S) -> Step {
+        let violation = |code, reason| Some((code, reason));
+        let in_message = self.rx.msg.is_some();
+        let broken = if h.rsv != 0 {
+            violation(CloseCode::PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
+        } else if let OpCode::Reserved(_) = h.opcode {
+            violation(CloseCode::PROTOCOL_ERROR, "reserved opcode")
+        } else if self.tx.role == Role::Server && h.mask.is_none() {
+            violation(CloseCode::PROTOCOL_ERROR, "unmasked client frame")
+        } else if self.tx.role == Role::Client && h.mask.is_some() {
+            violation(CloseCode::PROTOCOL_ERROR, "masked server frame")
+        } else if h.opcode.is_control() && !h.fin {
+            violation(CloseCode::PROTOCOL_ERROR, "fragmented control frame")
+        } else if h.opcode.is_control() && h.payload_len > 125 {
+            violation(CloseCode::PROTOCOL_ERROR, "control frame payload over 125 bytes")
+        } else if h.opcode == OpCode::Continuation && !in_message {
+            violation(CloseCode::PROTOCOL_ERROR, "continuation frame without a message to continue")
+        } else if matches!(h.opcode, OpCode::Text | OpCode::Binary) && in_message {
+            violation(CloseCode::PROTOCOL_ERROR, "new data frame inside a fragmented message")
+        } else if h.payload_len > self.limits.max_frame_size as u64 {
+            violation(CloseCode::MESSAGE_TOO_BIG, "frame larger than max_frame_size")
+        } else if !h.opcode.is_control() && self.message_len_with(h) > self.limits.max_message_size as u64 {
+            violation(CloseCode::MESSAGE_TOO_BIG, "message larger than max_message_size")
+        } else {
+            None
+        };
+        match broken {
+            Some((code, reason)) => Err(self.tx.fail(sink, code, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Size of the message in progress once the data frame `h` is added.
+    fn message_len_with(&self, h: &FrameHeader) -> u64 {
+        let before = if h.opcode == OpCode::Continuation { self.rx.msg_len } else { 0 };
+        before.saturating_add(h.payload_len)
+    }
+
+    /// Counts a consumed data frame into the message in progress.
+    fn account(&mut self, h: &FrameHeader) {
+        if !h.opcode.is_control() {
+            self.rx.msg_len = self.message_len_with(h);
+        }
+    }
+
+    /// Begins a message that goes through the assembly buffer.
+    fn start_message(&mut self, opcode: OpCode) {
+        self.rx.msg = Some(if opcode == OpCode::Text { MsgKind::Text } else { MsgKind::Binary });
+        self.rx.assembly.clear();
+        self.rx.utf8.reset();
+    }
+
+    /// Handles a frame whose payload is whole and unmasked in the input buffer. `done` payload bytes
+    /// were already UTF-8 checked while the frame was partial.
+    fn whole_frame<S, F>(&mut self, h: &FrameHeader, payload: &[u8], done: usize, sink: &mut S, on_event: &mut F) -> Step
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        match h.opcode {
+            OpCode::Ping => {
+                if self.tx.state == State::Open {
+                    self.tx.send(sink, OpCode::Pong, true, payload);
+                }
+                on_event(Event::Ping(payload), &mut Outgoing { tx: &mut self.tx, sink });
+                Ok(())
+            }
+            OpCode::Pong => {
+                on_event(Event::Pong(payload), &mut Outgoing { tx: &mut self.tx, sink });
+                Ok(())
+            }
+            OpCode::Close => self.peer_close(payload, sink, on_event),
+            OpCode::Text | OpCode::Binary if h.fin => {
+                if self.tx.state != State::Open {
+                    return Ok(());
+                }
+                let event = if h.opcode == OpCode::Text {
+                    match std::str::from_utf8(payload) {
+                        Ok(text) => Event::Text(text),
+                        Err(_) => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8")),
+                    }
+                } else {
+                    Event::Binary(payload)
+                };
+                on_event(event, &mut Outgoing { tx: &mut self.tx, sink });
+                Ok(())
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                if h.opcode != OpCode::Continuation {
+                    // First fragment: keep the UTF-8 state of the bytes checked while partial.
+                    let checked = std::mem::take(&mut self.rx.utf8);
+                    self.start_message(h.opcode);
+                    self.rx.utf8 = if done > 0 { checked } else { Utf8Validator::new() };
+                }
+                if done > 0 && self.tx.state == State::Open {
+                    // Already UTF-8 checked while the frame was partial: append without re-feeding.
+                    self.rx.assembly.extend_from_slice(&payload[..done]);
+                }
+                self.data_piece(&payload[done..], h.fin, sink, on_event)
+            }
+            OpCode::Reserved(_) => unreachable!("rejected by check_header"),
+        }
+    }
+
+    /// Adds a piece of the data message in progress; `last` ends the message and delivers it.
+    fn data_piece<S, F>(&mut self, piece: &[u8], last: bool, sink: &mut S, on_event: &mut F) -> Step
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        if self.tx.state != State::Open {
+            // Closing: data is dropped, only the fragmentation bookkeeping goes on.
+            if last {
+                self.rx.msg = None;
+            }
+            return Ok(());
+        }
+        let kind = self.rx.msg.expect("a data piece belongs to a message");
+        if kind == MsgKind::Text && self.rx.utf8.feed(piece).is_err() {
+            return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
+        }
+        self.rx.assembly.extend_from_slice(piece);
+        if !last {
+            return Ok(());
+        }
+        self.rx.msg = None;
+        let event = match kind {
+            MsgKind::Binary => Event::Binary(&self.rx.assembly),
+            MsgKind::Text => match (self.rx.utf8.finish(), std::str::from_utf8(&self.rx.assembly)) {
+                (Ok(()), Ok(text)) => Event::Text(text),
+                _ => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8")),
+            },
+        };
+        on_event(event, &mut Outgoing { tx: &mut self.tx, sink });
+        if self.rx.assembly.capacity() > ASSEMBLY_RETAIN {
+            self.rx.assembly.clear();
+            self.rx.assembly.shrink_to(ASSEMBLY_RETAIN);
+        }
+        Ok(())
+    }
+
+    /// The peer's Close: validate it, answer it (unless we started the close), report it.
+    fn peer_close<S, F>(&mut self, payload: &[u8], sink: &mut S, on_event: &mut F) -> Step
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        let (code, reason) = match payload {
+            [] => (None, ""),
+            [_] => return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "close frame with a 1-byte payload")),
+            [hi, lo, reason @ ..] => {
+                let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+                if !code.is_sendable() {
+                    return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "invalid close code"));
+                }
+                match std::str::from_utf8(reason) {
+                    Ok(reason) => (Some(code), reason),
+                    Err(_) => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "close reason is not valid UTF-8")),
+                }
+            }
+        };
+        if self.tx.state == State::Open {
+            self.tx.send_close(sink, code, "");
+        }
+        self.tx.state = State::Closed;
+        on_event(Event::Close(code, reason), &mut Outgoing { tx: &mut self.tx, sink });
+        Ok(())
     }
 }

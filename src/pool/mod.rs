@@ -1,0 +1,232 @@
+//! NUMA-aware buffer pools.
+//!
+//! One pool per NUMA node, each split into power-of-two size classes (2 KiB to 16 MiB by
+//! default). Memory is taken from the system in slabs bound to the node ([`SystemBacking`]) and
+//! never given back while the [`PoolManager`] lives, so steady state allocates nothing.
+//!
+//! The hot path is a worker's [`WorkerCache`]: a per-thread free list per class, refilled from
+//! and spilled to the node's lock-free shared queue in batches. [`PoolManager::get`] serves
+//! threads without a cache straight from the shared queues. Either way the [`PooledBuf`] goes
+//! back where it came from when dropped, and [`PoolManager::stats`] counts buffers in use, hits,
+//! misses and exhaustion per node and class.
+//!
+//! Limits are per node and class (`max_buffers_per_class`) and per node (`node_budget`). A get
+//! that finds its preferred node at the limit with every buffer in use falls back to the other
+//! nodes, then fails with [`PoolError::Exhausted`]: the caller applies backpressure.
+
+mod backing;
+mod buf;
+mod cache;
+mod config;
+mod node;
+mod stats;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use backing::{Backing, Region, SystemBacking};
+pub use buf::{BufferFull, PooledBuf};
+pub use cache::WorkerCache;
+pub use config::{PoolConfig, PoolConfigError, PoolError};
+pub use stats::{ClassStats, NodeStats, PoolStats};
+
+use self::buf::Home;
+use self::cache::CacheCounters;
+use self::config::SizeClasses;
+use self::node::NodePool;
+
+use crate::topology::Topology;
+
+/// The pools of every NUMA node. Cheap to clone (shared); `Send + Sync`.
+#[derive(Clone)]
+pub struct PoolManager {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    config: PoolConfig,
+    classes: SizeClasses,
+    nodes: Vec<NodePool>,
+    backing: Arc<dyn Backing>,
+    /// (PU OS index, node index), to find the calling thread's node.
+    pu_nodes: Vec<(u32, usize)>,
+    /// Counters of the live worker caches.
+    caches: Mutex<Vec<Arc<CacheCounters>>>,
+}
+
+impl PoolManager {
+    /// Pools for every node of `topology`, with memory from a [`SystemBacking`] (bound to its
+    /// node when `topology` is the running machine).
+    pub fn new(topology: &Topology, config: PoolConfig) -> Result<PoolManager, PoolConfigError> {
+        Self::with_backing(topology, config, Arc::new(SystemBacking::new(topology)))
+    }
+
+    /// Pools for every node of `topology`, with memory from `backing` (e.g. DPDK's allocator).
+    pub fn with_backing(
+        topology: &Topology,
+        config: PoolConfig,
+        backing: Arc<dyn Backing>,
+    ) -> Result<PoolManager, PoolConfigError> {
+        let classes = config.size_classes()?;
+        let nodes: Vec<NodePool> = topology
+            .nodes()
+            .iter()
+            .map(|n| NodePool::new(n.os_index(), &config, &classes))
+            .collect();
+        let pu_nodes = topology
+            .nodes()
+            .iter()
+            .enumerate()
+            .flat_map(|(idx, n)| n.pus().iter().map(move |&pu| (pu, idx)))
+            .collect();
+        let shared = Shared {
+            config,
+            classes,
+            nodes,
+            backing,
+            pu_nodes,
+            caches: Mutex::new(Vec::new()),
+        };
+        Ok(PoolManager {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// A buffer of at least `size` bytes (empty; `capacity()` is its size class) from node
+    /// `numa_preferred`, or when `None` from the node of the CPU the caller runs on. Falls back to
+    /// the other nodes when that node is exhausted. Uses the shared queues (lock-free); workers
+    /// should use their [`WorkerCache`] instead.
+    pub fn get(&self, size: usize, numa_preferred: Option<u32>) -> Result<PooledBuf, PoolError> {
+        let class = self.shared.class_for(size)?;
+        let node_idx = match numa_preferred {
+            Some(node) => self.shared.node_index(node)?,
+            None => self.shared.current_node_index(),
+        };
+        self.shared.get(node_idx, class, true)
+    }
+
+    /// A cache for a worker thread whose home is NUMA node `node` (OS index). Create it on the
+    /// thread that uses it (it is `!Send`).
+    pub fn worker_cache(&self, node: u32) -> Result<WorkerCache, PoolError> {
+        let node_idx = self.shared.node_index(node)?;
+        Ok(WorkerCache::new(self.shared.clone(), node_idx))
+    }
+
+    /// The nodes (OS indexes) that have a pool, in topology order.
+    pub fn nodes(&self) -> Vec<u32> {
+        self.shared.nodes.iter().map(|n| n.node).collect()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    /// Buffers in use, hits, misses, per node and size class.
+    pub fn stats(&self) -> PoolStats {
+        stats::snapshot(&self.shared)
+    }
+}
+
+impl std::fmt::Debug for PoolManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolManager")
+            .field("nodes", &self.nodes())
+            .field("config", self.config())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn class_for(&self, size: usize) -> Result<usize, PoolError> {
+        self.classes.class_for(size).ok_or(PoolError::TooLarge {
+            requested: size,
+            max: self.classes.max_size(),
+        })
+    }
+
+    fn node_index(&self, node: u32) -> Result<usize, PoolError> {
+        self.nodes
+            .iter()
+            .position(|n| n.node == node)
+            .ok_or(PoolError::UnknownNode(node))
+    }
+
+    fn current_node_index(&self) -> usize {
+        current_cpu()
+            .and_then(|cpu| self.pu_nodes.iter().find(|(pu, _)| *pu == cpu))
+            .map_or(0, |&(_, idx)| idx)
+    }
+
+    /// Takes a buffer of `class` from the shared queues: node `first` (unless `try_first` is
+    /// false, when the caller already found it exhausted), then the others.
+    fn get(
+        self: &Arc<Self>,
+        first: usize,
+        class: usize,
+        try_first: bool,
+    ) -> Result<PooledBuf, PoolError> {
+        let others = (0..self.nodes.len()).filter(|&idx| idx != first);
+        let first = std::iter::once(first).filter(|_| try_first);
+        for node_idx in first.chain(others) {
+            let node = &self.nodes[node_idx];
+            let pool = &node.classes[class];
+            let block = if let Some(block) = pool.free.pop() {
+                pool.counters.hits.fetch_add(1, Relaxed);
+                block
+            } else {
+                match node.grow(class, &self.config, &*self.backing) {
+                    Ok(mut carved) => {
+                        let block = carved.next().expect("a slab holds at least one buffer");
+                        for extra in carved {
+                            node.put(class, extra);
+                        }
+                        pool.counters.misses.fetch_add(1, Relaxed);
+                        block
+                    }
+                    Err(PoolError::Exhausted { .. }) => {
+                        pool.counters.exhausted.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            return Ok(PooledBuf::new(
+                block,
+                pool.size,
+                class,
+                node_idx,
+                Home::Shared(self.clone()),
+            ));
+        }
+        Err(PoolError::Exhausted {
+            size: self.classes.size(class),
+        })
+    }
+
+    /// Takes back a buffer handed out by [`Shared::get`].
+    fn put(&self, node_idx: usize, class: usize, block: node::Block) {
+        let node = &self.nodes[node_idx];
+        node.put(class, block);
+        node.classes[class].counters.puts.fetch_add(1, Relaxed);
+    }
+
+    fn lock_caches(&self) -> MutexGuard<'_, Vec<Arc<CacheCounters>>> {
+        self.caches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The CPU the calling thread runs on (Linux), for `numa_preferred: None`.
+#[cfg(target_os = "linux")]
+fn current_cpu() -> Option<u32> {
+    // SAFETY: no arguments; returns -1 on failure.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn current_cpu() -> Option<u32> {
+    None
+}
