@@ -1,8 +1,12 @@
-//! The few pieces of RFC 6455 a client needs: a masked client frame, the server frame an echo
-//! of it must be, and the `Sec-WebSocket-Accept` value to check the upgrade against.
+//! The client's side of RFC 6455 framing, on top of `hioload-wsproto`: a masked client frame, the
+//! server frame an echo of it must be, and the `Sec-WebSocket-Accept` value an upgrade must carry.
 //!
 //! All of this runs once, when the message rings are built or a connection is upgraded; the
 //! measured loop only compares bytes.
+
+use hioload_wsproto::frame::{FrameHeader, MAX_HEADER_LEN};
+use hioload_wsproto::mask::apply_mask;
+use hioload_wsproto::OpCode;
 
 /// Binary or text data frames.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -12,10 +16,10 @@ pub enum DataKind {
 }
 
 impl DataKind {
-    fn opcode(self) -> u8 {
+    fn opcode(self) -> OpCode {
         match self {
-            DataKind::Binary => 0x2,
-            DataKind::Text => 0x1,
+            DataKind::Binary => OpCode::Binary,
+            DataKind::Text => OpCode::Text,
         }
     }
 }
@@ -23,55 +27,49 @@ impl DataKind {
 /// Appends one unfragmented frame carrying `payload` to `out`: masked with `mask` (client frame)
 /// or unmasked (server frame) when `mask` is `None`.
 pub fn push_frame(out: &mut Vec<u8>, kind: DataKind, payload: &[u8], mask: Option<[u8; 4]>) {
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.push(0x80 | kind.opcode());
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(key) => {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
+    let header = FrameHeader { fin: true, rsv: 0, opcode: kind.opcode(), mask, payload_len: payload.len() as u64 };
+    let mut encoded = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut encoded);
+    out.extend_from_slice(&encoded[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key, 0);
     }
 }
 
 /// Length of the header `push_frame` writes for a payload of `len` bytes.
 pub fn header_len(len: usize, masked: bool) -> usize {
-    let base = match len {
-        n if n < 126 => 2,
-        n if n <= 0xFFFF => 4,
-        _ => 10,
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: OpCode::Binary,
+        mask: masked.then_some([0; 4]),
+        payload_len: len as u64,
     };
-    base + if masked { 4 } else { 0 }
+    header.encode(&mut [0u8; MAX_HEADER_LEN])
 }
 
 /// `Sec-WebSocket-Accept` for `key`: base64(SHA-1(key ++ GUID)).
 pub fn accept_key(key: &str) -> String {
-    use base64::Engine;
-    use sha1::{Digest, Sha1};
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+    let accept = hioload_wsproto::handshake::accept_key(key);
+    String::from_utf8_lossy(&accept).into_owned()
 }
 
 /// A readable description of the frame header at the start of `bytes`, for error messages.
 pub fn describe_header(bytes: &[u8]) -> String {
-    if bytes.len() < 2 {
-        return format!("{} header byte(s) {:02x?}", bytes.len(), bytes);
+    match FrameHeader::decode(bytes) {
+        Ok(Some((h, _))) => format!(
+            "frame fin={} rsv={} opcode={:?} masked={} length={}",
+            h.fin,
+            h.rsv,
+            h.opcode,
+            h.mask.is_some(),
+            h.payload_len
+        ),
+        Ok(None) => format!("incomplete frame header {:02x?}", bytes),
+        Err(e) => format!("invalid frame header ({e:?}) {:02x?}", bytes),
     }
-    let (b0, b1) = (bytes[0], bytes[1]);
-    format!("frame fin={} rsv={} opcode=0x{:x} masked={} len7={}", b0 >> 7, (b0 >> 4) & 7, b0 & 0xF, b1 >> 7, b1 & 0x7F)
 }
 
 #[cfg(test)]
@@ -101,5 +99,11 @@ mod tests {
     #[test]
     fn accept_key_rfc_example() {
         assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn headers_are_described() {
+        assert_eq!(describe_header(&[0x81, 0x05]), "frame fin=true rsv=0 opcode=Text masked=false length=5");
+        assert!(describe_header(&[0x81]).starts_with("incomplete"));
     }
 }
