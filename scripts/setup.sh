@@ -21,7 +21,7 @@ done
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(build-essential pkg-config libclang-dev clang libdpdk-dev dpdk libhwloc-dev
-          iproute2 iputils-ping procps util-linux psmisc ca-certificates)
+          iproute2 iputils-ping kmod procps util-linux psmisc ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

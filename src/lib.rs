@@ -1,5 +1,43 @@
-//! hioload-ws facade.
+//! hioload-ws: a WebSocket server built for high load.
+//!
+//! Shard-per-core workers run connections to completion with no lock and no allocation on the
+//! message path. The data path is the kernel's TCP stack through `mio` (every OS, the default) or,
+//! with the `dpdk` feature, DPDK with a userspace TCP stack. The WebSocket protocol is the same
+//! sans-IO code (`hioload-wsproto`) on both.
+//!
+//! ```no_run
+//! use hioload_ws::{Config, Ctx, Handler, Message, Server};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+//!         let _ = ctx.send(msg);
+//!     }
+//! }
+//!
+//! let server = Server::new(Config::default())?.with_handler(Echo);
+//! server.start()?;
+//! println!("listening on {}", server.local_addr().unwrap());
+//! server.wait()?; // until another thread calls server.stop()
+//! # Ok::<(), hioload_ws::Error>(())
+//! ```
 
+pub mod config;
+pub mod handler;
+pub mod http;
 pub mod pinning;
 pub mod pool;
+pub mod server;
 pub mod topology;
+
+pub use config::{Backpressure, Config, ConfigError, DataPath, Limits};
+pub use handler::{CloseCode, Ctx, Handler, Message, SendError, State};
+pub use http::{HttpHandler, HttpRequest, NotFound};
+pub use server::{Error, Server};
+
+/// Raises this process's open-files limit (soft) to its hard limit; returns the new limit.
+/// Call it before serving thousands of connections.
+pub use hioload_fallback::raise_fd_limit;
+
+/// Which data paths this build carries: `"kernel"` or `"dpdk+kernel"`.
+pub const BUILD_PATHS: &str = env!("HIOLOAD_BUILD_PATHS");

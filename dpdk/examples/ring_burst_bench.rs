@@ -5,9 +5,10 @@
 //! - `recycle`: the same 32 mbufs go around forever (rx/tx path only);
 //! - `alloc+free`: every burst is allocated from the mempool and freed after rx (adds the pool).
 //!
-//! These are the ceiling the TCP stack is later measured against. Run (root, hugepages set):
-//!   cargo run --release -p hioload-dpdk --example ring_burst_bench [-- EAL args] [-- --seconds N]
-//! Without arguments it uses `--no-pci --in-memory --vdev=net_ring0` on the first allowed CPU.
+//! These are the ceiling the TCP stack is later measured against. Run as root:
+//!   cargo run --release -p hioload-dpdk --example ring_burst_bench -- [--seconds N] [EAL args]
+//! Without EAL args it uses `--no-pci --in-memory --vdev=net_ring0` (or `--no-huge` when no
+//! hugepages are free) on the first allowed CPU; given EAL args must include `--vdev=net_ring0`.
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,16 @@ const BURST: usize = 32;
 
 fn default_eal_args() -> Vec<String> {
     let prefix = format!("hioload-bench-{}", std::process::id());
-    let mem = if hugepages_free() >= 64 { vec!["--in-memory"] } else { vec!["--no-huge", "--no-shconf", "-m", "512"] };
-    let mut args = vec!["ring_burst_bench".to_string(), format!("--file-prefix={prefix}"), "--no-pci".into()];
+    let mem = if hugepages_free() >= 64 {
+        vec!["--in-memory"]
+    } else {
+        vec!["--no-huge", "--no-shconf", "-m", "512"]
+    };
+    let mut args = vec![
+        "ring_burst_bench".to_string(),
+        format!("--file-prefix={prefix}"),
+        "--no-pci".into(),
+    ];
     args.extend(["--no-telemetry", "--vdev=net_ring0", "--log-level=warning"].map(String::from));
     args.push(format!("-l{}", first_allowed_cpu()));
     args.extend(mem.into_iter().map(String::from));
@@ -37,7 +46,9 @@ fn first_allowed_cpu() -> usize {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            return (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).unwrap_or(0);
+            return (0..libc::CPU_SETSIZE as usize)
+                .find(|&c| libc::CPU_ISSET(c, &set))
+                .unwrap_or(0);
         }
     }
     0
@@ -66,19 +77,35 @@ fn main() {
     let mut cli: Vec<String> = std::env::args().collect();
     let mut seconds = 3.0f64;
     if let Some(pos) = cli.iter().position(|a| a == "--seconds") {
-        seconds = cli.get(pos + 1).and_then(|s| s.parse().ok()).expect("--seconds takes a number");
+        seconds = cli
+            .get(pos + 1)
+            .and_then(|s| s.parse().ok())
+            .expect("--seconds takes a number");
         cli.drain(pos..pos + 2);
     }
-    let eal_args = if cli.len() > 1 { cli } else { default_eal_args() };
-    let prefix = eal_args.iter().find_map(|a| a.strip_prefix("--file-prefix=").map(String::from));
+    let eal_args = if cli.len() > 1 {
+        cli
+    } else {
+        default_eal_args()
+    };
+    let prefix = eal_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--file-prefix=").map(String::from));
     let (eal, _) = Eal::init(&eal_args).unwrap_or_else(|e| panic!("EAL init: {e}"));
     let duration = Duration::from_secs_f64(seconds);
 
-    let pool_config = MempoolConfig { mbufs: 4095, cache_size: 256, socket: eal.main_lcore().socket(), ..Default::default() };
+    let pool_config = MempoolConfig {
+        mbufs: 4095,
+        cache_size: 256,
+        socket: eal.main_lcore().socket(),
+        ..Default::default()
+    };
     let pool = Mempool::new(&eal, "bench", &pool_config).expect("mempool");
     {
-        let mut port = Port::open_by_name(&eal, "net_ring0").expect("net_ring0 (pass --vdev=net_ring0)");
-        port.configure(&PortConfig::default(), &[pool.clone()]).expect("configure");
+        let mut port =
+            Port::open_by_name(&eal, "net_ring0").expect("net_ring0 (pass --vdev=net_ring0)");
+        port.configure(&PortConfig::default(), &[&pool])
+            .expect("configure");
         port.start().expect("start");
 
         // recycle: one burst of 64-byte frames goes round and round.
@@ -110,11 +137,20 @@ fn main() {
         });
         let stats = port.id().stats().expect("stats");
 
-        println!("{} on lcore {} ({:.0} s per loop, burst {BURST}, 64-byte frames)", eal.version(), eal.main_lcore().id(), seconds);
-        println!("{:<12} {:>12}", "loop", "Mpps/core");
-        println!("{:<12} {:>12.2}", "recycle", recycle / 1e6);
-        println!("{:<12} {:>12.2}", "alloc+free", alloc_free / 1e6);
-        println!("port stats: {} rx, {} tx, {} rx_nombuf", stats.ipackets, stats.opackets, stats.rx_nombuf);
+        println!(
+            "{} on lcore {} ({:.0} s per loop, burst {BURST}, 64-byte frames)",
+            eal.version(),
+            eal.main_lcore().id(),
+            seconds
+        );
+        println!("{:<12} {:>12} {:>10}", "loop", "Mpps/core", "ns/packet");
+        for (name, pps) in [("recycle", recycle), ("alloc+free", alloc_free)] {
+            println!("{name:<12} {:>12.2} {:>10.2}", pps / 1e6, 1e9 / pps);
+        }
+        println!(
+            "port stats: {} rx, {} tx, {} rx_nombuf",
+            stats.ipackets, stats.opackets, stats.rx_nombuf
+        );
         assert_eq!(pool.in_use(), 0, "every mbuf came back");
     }
     drop(pool);

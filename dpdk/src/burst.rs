@@ -27,7 +27,10 @@ impl<const N: usize> Default for Burst<N> {
 impl<const N: usize> Burst<N> {
     /// An empty burst.
     pub const fn new() -> Self {
-        Burst { slots: [const { None }; N], len: 0 }
+        Burst {
+            slots: [const { None }; N],
+            len: 0,
+        }
     }
 
     /// Number of mbufs held.
@@ -95,7 +98,10 @@ impl<const N: usize> Burst<N> {
     pub fn drain(&mut self) -> Drain<'_, N> {
         let len = self.len;
         self.len = 0; // if the Drain is leaked, remaining mbufs leak but the invariant holds
-        Drain { slots: &mut self.slots[..len], next: 0 }
+        Drain {
+            slots: &mut self.slots[..len],
+            next: 0,
+        }
     }
 
     /// Free every mbuf held (one `rte_pktmbuf_free_bulk` call).
@@ -187,4 +193,5 @@ impl<const N: usize> Drop for Drain<'_, N> {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Option<Mbuf>>() == std::mem::size_of::<*mut sys::rte_mbuf>());
+const _: () =
+    assert!(std::mem::size_of::<Option<Mbuf>>() == std::mem::size_of::<*mut sys::rte_mbuf>());

@@ -52,7 +52,10 @@ impl Eal {
             argv.push(c.into_raw());
         }
         if argv.is_empty() {
-            return Err(Error::invalid("rte_eal_init", "args must start with the program name"));
+            return Err(Error::invalid(
+                "rte_eal_init",
+                "args must start with the program name",
+            ));
         }
         let argc = argv.len() as i32;
         argv.push(std::ptr::null_mut());
@@ -73,7 +76,12 @@ impl Eal {
             // SAFETY: every entry before argc is one of our leaked CStrings.
             .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
             .collect();
-        Ok((Eal { _main_thread_only: PhantomData }, rest))
+        Ok((
+            Eal {
+                _main_thread_only: PhantomData,
+            },
+            rest,
+        ))
     }
 
     /// Ethernet ports DPDK knows about (probed PCI devices and `--vdev`s), in id order.
@@ -94,7 +102,9 @@ impl Eal {
     /// The DPDK version string, e.g. `DPDK 22.11.11`.
     pub fn version(&self) -> String {
         // SAFETY: rte_version returns a pointer to a static string.
-        unsafe { CStr::from_ptr(sys::rte_version()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(sys::rte_version()) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Whether the EAL runs on hugepages (false with `--no-huge`).
@@ -108,7 +118,10 @@ impl Drop for Eal {
     fn drop(&mut self) {
         let live = LIVE_OBJECTS.load(Ordering::Acquire);
         if live != 0 {
-            tracing::warn!(live, "EAL left running: DPDK objects still alive at Eal drop");
+            tracing::warn!(
+                live,
+                "EAL left running: DPDK objects still alive at Eal drop"
+            );
             return;
         }
         // SAFETY: we are on the main lcore (Eal is !Send), every worker lcore has been waited

@@ -40,7 +40,11 @@ impl Error {
     /// Error from a positive or negative errno returned by `op`.
     pub(crate) fn dpdk(op: &'static str, errno: i32) -> Error {
         let errno = errno.abs();
-        Error::Dpdk { op, errno, message: strerror(errno) }
+        Error::Dpdk {
+            op,
+            errno,
+            message: strerror(errno),
+        }
     }
 
     /// Error from the calling thread's `rte_errno` after `op` failed.
@@ -51,7 +55,10 @@ impl Error {
     }
 
     pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> Error {
-        Error::Invalid { op, reason: reason.into() }
+        Error::Invalid {
+            op,
+            reason: reason.into(),
+        }
     }
 
     /// The errno value, when DPDK reported one.
@@ -68,7 +75,9 @@ impl Error {
 pub fn strerror(errno: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a NUL-terminated string (static or per-thread
     // buffer) that stays valid until the next call on this thread; we copy it at once.
-    unsafe { CStr::from_ptr(sys::rte_strerror(errno)) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(sys::rte_strerror(errno)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl fmt::Display for Error {

@@ -93,7 +93,9 @@ impl Eal {
     pub fn sockets(&self) -> Vec<SocketId> {
         // SAFETY: reads EAL configuration; indices below rte_socket_count are valid.
         let n = unsafe { sys::rte_socket_count() };
-        (0..n).map(|i| SocketId(unsafe { sys::rte_socket_id_by_idx(i) })).collect()
+        (0..n)
+            .map(|i| SocketId(unsafe { sys::rte_socket_id_by_idx(i) }))
+            .collect()
     }
 
     /// Run `f(lcore, input)` for every `(lcore, input)` job, each on its own lcore, and wait.
@@ -113,10 +115,16 @@ impl Eal {
         for (lcore, _) in &jobs {
             // SAFETY: reads EAL configuration (out-of-range ids answer 0).
             if lcore.0 >= sys::RTE_MAX_LCORE || unsafe { sys::rte_lcore_is_enabled(lcore.0) } == 0 {
-                return Err(Error::invalid("rte_eal_remote_launch", format!("lcore {} is not enabled", lcore.0)));
+                return Err(Error::invalid(
+                    "rte_eal_remote_launch",
+                    format!("lcore {} is not enabled", lcore.0),
+                ));
             }
             if seen.contains(lcore) {
-                return Err(Error::invalid("rte_eal_remote_launch", format!("lcore {} given twice", lcore.0)));
+                return Err(Error::invalid(
+                    "rte_eal_remote_launch",
+                    format!("lcore {} given twice", lcore.0),
+                ));
             }
             seen.push(*lcore);
         }
@@ -137,7 +145,9 @@ impl Eal {
             let arg = slot as *const Slot<'_, T, R, F> as *mut c_void;
             // SAFETY: the slot outlives the job (we wait below before `slots` is dropped), and
             // only that lcore touches its cells until wait_lcore returns.
-            let ret = unsafe { sys::rte_eal_remote_launch(Some(trampoline::<T, R, F>), arg, slot.lcore.0) };
+            let ret = unsafe {
+                sys::rte_eal_remote_launch(Some(trampoline::<T, R, F>), arg, slot.lcore.0)
+            };
             if ret != 0 {
                 launch_error = Some(Error::dpdk("rte_eal_remote_launch", ret));
                 break;

@@ -11,7 +11,7 @@
 //! let (eal, _app_args) = Eal::init(["app", "--no-pci", "--vdev=net_ring0", "--in-memory"])?;
 //! let pool = Mempool::new(&eal, "rx0", &MempoolConfig::default())?;
 //! let mut port = Port::open_by_name(&eal, "net_ring0")?;
-//! port.configure(&PortConfig::default(), &[pool.clone()])?;
+//! port.configure(&PortConfig::default(), &[&pool])?;
 //! port.start()?;
 //! let mut burst = Burst::<32>::new();
 //! let n = port.rx_burst(0, &mut burst);
@@ -40,7 +40,10 @@ pub use lcore::{Lcore, SocketId};
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MempoolConfig};
 pub use numa_buf::NumaBuf;
-pub use port::{Checksums, Configured, DeviceInfo, Link, MacAddr, Port, PortConfig, PortId, Queue, Stats, RSS_TCP_4TUPLE};
+pub use port::{
+    Checksums, Configured, DeviceInfo, Link, MacAddr, Port, PortConfig, PortId, Queue, Stats,
+    RSS_TCP_4TUPLE,
+};
 
 /// The raw bindings, for what this crate does not wrap.
 pub use hioload_dpdk_sys as sys;

@@ -81,14 +81,18 @@ impl Mbuf {
     pub fn data(&self) -> &[u8] {
         // SAFETY: mtod points at data_len initialised bytes inside the mbuf's buffer, which we
         // own for the lifetime of &self.
-        unsafe { std::slice::from_raw_parts(sys::rte_pktmbuf_mtod(self.0.as_ptr()), self.data_len()) }
+        unsafe {
+            std::slice::from_raw_parts(sys::rte_pktmbuf_mtod(self.0.as_ptr()), self.data_len())
+        }
     }
 
     /// The first segment's bytes, writable.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as `data`, and &mut self means no other view exists (refcount is one).
-        unsafe { std::slice::from_raw_parts_mut(sys::rte_pktmbuf_mtod(self.0.as_ptr()), self.data_len()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(sys::rte_pktmbuf_mtod(self.0.as_ptr()), self.data_len())
+        }
     }
 
     /// Free bytes before the data.
@@ -141,7 +145,9 @@ impl Mbuf {
     /// Drop `n` bytes from the front (`rte_pktmbuf_adj`); false if the first segment is shorter.
     #[inline]
     pub fn trim_front(&mut self, n: usize) -> bool {
-        let Ok(n16) = u16::try_from(n) else { return false };
+        let Ok(n16) = u16::try_from(n) else {
+            return false;
+        };
         // SAFETY: valid mbuf we own; DPDK checks the length.
         !unsafe { sys::rte_pktmbuf_adj(self.0.as_ptr(), n16) }.is_null()
     }
@@ -149,7 +155,9 @@ impl Mbuf {
     /// Drop `n` bytes from the end (`rte_pktmbuf_trim`); false if the last segment is shorter.
     #[inline]
     pub fn trim(&mut self, n: usize) -> bool {
-        let Ok(n16) = u16::try_from(n) else { return false };
+        let Ok(n16) = u16::try_from(n) else {
+            return false;
+        };
         // SAFETY: valid mbuf we own; DPDK checks the length.
         unsafe { sys::rte_pktmbuf_trim(self.0.as_ptr(), n16) == 0 }
     }
@@ -205,6 +213,9 @@ impl Drop for Mbuf {
 
 impl std::fmt::Debug for Mbuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mbuf").field("len", &self.len()).field("segments", &self.segments()).finish()
+        f.debug_struct("Mbuf")
+            .field("len", &self.len())
+            .field("segments", &self.segments())
+            .finish()
     }
 }

@@ -67,7 +67,8 @@ impl Mempool {
     /// Create a pool named `name` (unique in the process, at most 25 bytes).
     pub fn new(_eal: &Eal, name: &str, config: &MempoolConfig) -> Result<Mempool> {
         const OP: &str = "rte_pktmbuf_pool_create";
-        let cname = CString::new(name).map_err(|_| Error::invalid(OP, "name contains a NUL byte"))?;
+        let cname =
+            CString::new(name).map_err(|_| Error::invalid(OP, "name contains a NUL byte"))?;
         if config.mbufs == 0 {
             return Err(Error::invalid(OP, "a pool needs at least one mbuf"));
         }
@@ -85,7 +86,12 @@ impl Mempool {
         let ptr = NonNull::new(ptr).ok_or_else(|| Error::from_rte_errno(OP))?;
         live_object_created();
         Ok(Mempool {
-            inner: Arc::new(PoolInner { ptr, capacity: config.mbufs, socket: config.socket, name: name.to_owned() }),
+            inner: Arc::new(PoolInner {
+                ptr,
+                capacity: config.mbufs,
+                socket: config.socket,
+                name: name.to_owned(),
+            }),
         })
     }
 
@@ -106,7 +112,8 @@ impl Mempool {
         // SAFETY: the spare slots are null (None); rte_pktmbuf_alloc_bulk writes n valid
         // pointers or nothing, and we only extend the length on success.
         unsafe {
-            let ret = sys::rte_pktmbuf_alloc_bulk(self.inner.ptr.as_ptr(), burst.spare_ptr(), n as u32);
+            let ret =
+                sys::rte_pktmbuf_alloc_bulk(self.inner.ptr.as_ptr(), burst.spare_ptr(), n as u32);
             if ret != 0 {
                 return false;
             }

@@ -37,8 +37,9 @@ impl NumaBuf {
         }
         // SAFETY: valid arguments; a NULL type name is allowed. The EAL is up (&Eal).
         let p = unsafe { sys::rte_zmalloc_socket(std::ptr::null(), len, align as u32, socket.0) };
-        let ptr = NonNull::new(p as *mut u8)
-            .ok_or_else(|| Error::invalid(OP, format!("no {len} bytes free on socket {}", socket.0)))?;
+        let ptr = NonNull::new(p as *mut u8).ok_or_else(|| {
+            Error::invalid(OP, format!("no {len} bytes free on socket {}", socket.0))
+        })?;
         live_object_created();
         Ok(NumaBuf { ptr, len, socket })
     }

@@ -25,7 +25,8 @@ const MAX_PORTS: usize = sys::RTE_MAX_ETHPORTS as usize;
 static CLAIMED: [AtomicBool; MAX_PORTS] = [const { AtomicBool::new(false) }; MAX_PORTS];
 
 /// TCP over IPv4 and IPv6: the 4-tuple hash the server's per-lcore flows rely on.
-pub const RSS_TCP_4TUPLE: u64 = (sys::RTE_ETH_RSS_NONFRAG_IPV4_TCP | sys::RTE_ETH_RSS_NONFRAG_IPV6_TCP) as u64;
+pub const RSS_TCP_4TUPLE: u64 =
+    (sys::RTE_ETH_RSS_NONFRAG_IPV4_TCP | sys::RTE_ETH_RSS_NONFRAG_IPV6_TCP) as u64;
 
 /// An ethdev port id.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,7 +39,11 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -146,7 +151,8 @@ fn check(op: &'static str, ret: i32) -> Result<()> {
 }
 
 impl PortId {
-    pub(crate) fn new(id: u16) -> PortId {
+    /// The port with this numeric id (e.g. `Mbuf::port()`); every query checks it exists.
+    pub fn new(id: u16) -> PortId {
         PortId(id)
     }
 
@@ -161,8 +167,10 @@ impl PortId {
         let c = CString::new(name).map_err(|_| Error::invalid(OP, "name contains a NUL byte"))?;
         let mut id = 0u16;
         // SAFETY: c is a valid C string, id a valid out-pointer.
-        check(OP, unsafe { sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) })
-            .map_err(|_| Error::invalid(OP, format!("no ethdev port named {name:?}")))?;
+        check(OP, unsafe {
+            sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id)
+        })
+        .map_err(|_| Error::invalid(OP, format!("no ethdev port named {name:?}")))?;
         Ok(PortId(id))
     }
 
@@ -170,7 +178,8 @@ impl PortId {
     /// `net_ring1`, and return its port.
     pub fn attach(eal: &Eal, devargs: &str) -> Result<PortId> {
         const OP: &str = "rte_dev_probe";
-        let c = CString::new(devargs).map_err(|_| Error::invalid(OP, "devargs contain a NUL byte"))?;
+        let c =
+            CString::new(devargs).map_err(|_| Error::invalid(OP, "devargs contain a NUL byte"))?;
         // SAFETY: c is a valid C string; DPDK copies what it keeps.
         check(OP, unsafe { sys::rte_dev_probe(c.as_ptr()) })?;
         let name = devargs.split(',').next().unwrap_or(devargs);
@@ -181,15 +190,21 @@ impl PortId {
     pub fn name(self) -> Result<String> {
         let mut buf = [0 as std::os::raw::c_char; sys::RTE_ETH_NAME_MAX_LEN as usize];
         // SAFETY: buf is RTE_ETH_NAME_MAX_LEN bytes as the API requires.
-        check("rte_eth_dev_get_name_by_port", unsafe { sys::rte_eth_dev_get_name_by_port(self.0, buf.as_mut_ptr()) })?;
+        check("rte_eth_dev_get_name_by_port", unsafe {
+            sys::rte_eth_dev_get_name_by_port(self.0, buf.as_mut_ptr())
+        })?;
         // SAFETY: DPDK wrote a NUL-terminated name into buf.
-        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
     }
 
     fn raw_info(self) -> Result<sys::rte_eth_dev_info> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: info is a valid out-pointer of the right type.
-        check("rte_eth_dev_info_get", unsafe { sys::rte_eth_dev_info_get(self.0, &mut info) })?;
+        check("rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(self.0, &mut info)
+        })?;
         Ok(info)
     }
 
@@ -200,7 +215,9 @@ impl PortId {
             String::new()
         } else {
             // SAFETY: the driver name is a static string owned by the driver.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
         };
         Ok(DeviceInfo {
             driver,
@@ -227,7 +244,9 @@ impl PortId {
     pub fn mac_addr(self) -> Result<MacAddr> {
         let mut mac = sys::rte_ether_addr::default();
         // SAFETY: mac is a valid out-pointer.
-        check("rte_eth_macaddr_get", unsafe { sys::rte_eth_macaddr_get(self.0, &mut mac) })?;
+        check("rte_eth_macaddr_get", unsafe {
+            sys::rte_eth_macaddr_get(self.0, &mut mac)
+        })?;
         Ok(MacAddr(mac.addr_bytes))
     }
 
@@ -235,7 +254,9 @@ impl PortId {
     pub fn link(self) -> Result<Link> {
         let mut link = sys::rte_eth_link::default();
         // SAFETY: link is a valid out-pointer.
-        check("rte_eth_link_get_nowait", unsafe { sys::rte_eth_link_get_nowait(self.0, &mut link) })?;
+        check("rte_eth_link_get_nowait", unsafe {
+            sys::rte_eth_link_get_nowait(self.0, &mut link)
+        })?;
         Ok(Link {
             up: link.link_status() != 0,
             speed_mbps: link.link_speed,
@@ -247,7 +268,9 @@ impl PortId {
     pub fn stats(self) -> Result<Stats> {
         let mut s = sys::rte_eth_stats::default();
         // SAFETY: s is a valid out-pointer.
-        check("rte_eth_stats_get", unsafe { sys::rte_eth_stats_get(self.0, &mut s) })?;
+        check("rte_eth_stats_get", unsafe {
+            sys::rte_eth_stats_get(self.0, &mut s)
+        })?;
         Ok(Stats {
             ipackets: s.ipackets,
             opackets: s.opackets,
@@ -263,14 +286,18 @@ impl PortId {
     /// Zero the device counters.
     pub fn reset_stats(self) -> Result<()> {
         // SAFETY: plain call on a port id.
-        check("rte_eth_stats_reset", unsafe { sys::rte_eth_stats_reset(self.0) })
+        check("rte_eth_stats_reset", unsafe {
+            sys::rte_eth_stats_reset(self.0)
+        })
     }
 
     /// Current MTU.
     pub fn mtu(self) -> Result<u16> {
         let mut mtu = 0u16;
         // SAFETY: mtu is a valid out-pointer.
-        check("rte_eth_dev_get_mtu", unsafe { sys::rte_eth_dev_get_mtu(self.0, &mut mtu) })?;
+        check("rte_eth_dev_get_mtu", unsafe {
+            sys::rte_eth_dev_get_mtu(self.0, &mut mtu)
+        })?;
         Ok(mtu)
     }
 }
@@ -351,7 +378,12 @@ impl Port {
             return Err(Error::invalid(OP, format!("port {} is already open", id.0)));
         }
         live_object_created();
-        Ok(Port { id, rx_pools: Vec::new(), configured: None, started: false })
+        Ok(Port {
+            id,
+            rx_pools: Vec::new(),
+            configured: None,
+            started: false,
+        })
     }
 
     /// Open the port with this ethdev name (`net_ring0`, a PCI address, ...).
@@ -378,13 +410,16 @@ impl Port {
     ///
     /// `rx_pools` holds either one pool for every rx queue or one per rx queue (queue `i` fills
     /// from `rx_pools[i]`; put each on the socket of the lcore that polls that queue).
-    pub fn configure(&mut self, config: &PortConfig, rx_pools: &[Mempool]) -> Result<Configured> {
+    pub fn configure(&mut self, config: &PortConfig, rx_pools: &[&Mempool]) -> Result<Configured> {
         const OP: &str = "rte_eth_dev_configure";
         if self.started {
             return Err(Error::invalid(OP, "stop the port before configuring it"));
         }
         if config.rx_queues == 0 || config.tx_queues == 0 {
-            return Err(Error::invalid(OP, "a port needs at least one rx and one tx queue"));
+            return Err(Error::invalid(
+                OP,
+                "a port needs at least one rx and one tx queue",
+            ));
         }
         if rx_pools.len() != 1 && rx_pools.len() != config.rx_queues as usize {
             return Err(Error::invalid(OP, "give one rx pool, or one per rx queue"));
@@ -401,15 +436,26 @@ impl Port {
         }
 
         let mut conf = sys::rte_eth_conf::default();
-        let rss_hash = if config.rss && config.rx_queues > 1 { info.flow_type_rss_offloads & RSS_TCP_4TUPLE } else { 0 };
+        let rss_hash = if config.rss && config.rx_queues > 1 {
+            info.flow_type_rss_offloads & RSS_TCP_4TUPLE
+        } else {
+            0
+        };
         if rss_hash != 0 {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = rss_hash;
         }
         let (rx_cksum, tx_cksum) = if config.checksum_offload {
-            let rx = sys::RTE_ETH_RX_OFFLOAD_IPV4_CKSUM | sys::RTE_ETH_RX_OFFLOAD_TCP_CKSUM | sys::RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
-            let tx = sys::RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | sys::RTE_ETH_TX_OFFLOAD_TCP_CKSUM | sys::RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
-            (rx as u64 & info.rx_offload_capa, tx as u64 & info.tx_offload_capa)
+            let rx = sys::RTE_ETH_RX_OFFLOAD_IPV4_CKSUM
+                | sys::RTE_ETH_RX_OFFLOAD_TCP_CKSUM
+                | sys::RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
+            let tx = sys::RTE_ETH_TX_OFFLOAD_IPV4_CKSUM
+                | sys::RTE_ETH_TX_OFFLOAD_TCP_CKSUM
+                | sys::RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
+            (
+                rx as u64 & info.rx_offload_capa,
+                tx as u64 & info.tx_offload_capa,
+            )
         } else {
             (0, 0)
         };
@@ -417,13 +463,30 @@ impl Port {
         conf.txmode.offloads = tx_cksum;
         if let Some(mtu) = config.mtu {
             if mtu < info.min_mtu || mtu > info.max_mtu {
-                return Err(Error::invalid(OP, format!("MTU {mtu} outside the device's {}..={}", info.min_mtu, info.max_mtu)));
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "MTU {mtu} outside the device's {}..={}",
+                        info.min_mtu, info.max_mtu
+                    ),
+                ));
             }
             conf.rxmode.mtu = mtu as u32;
         }
 
         // SAFETY: conf is a fully initialised rte_eth_conf; the port exists and is stopped.
-        check(OP, unsafe { sys::rte_eth_dev_configure(self.id.0, config.rx_queues, config.tx_queues, &conf) })?;
+        check(OP, unsafe {
+            sys::rte_eth_dev_configure(self.id.0, config.rx_queues, config.tx_queues, &conf)
+        })?;
+        if let Some(mtu) = config.mtu {
+            // ethdev records rxmode.mtu, but some PMDs (net_tap) apply the MTU only through
+            // their mtu_set op; drivers without one read rxmode.mtu instead.
+            // SAFETY: plain call on a configured, stopped port.
+            let ret = unsafe { sys::rte_eth_dev_set_mtu(self.id.0, mtu) };
+            if ret < 0 && ret != -libc::ENOTSUP {
+                return Err(Error::dpdk("rte_eth_dev_set_mtu", ret));
+            }
+        }
         let (mut nb_rxd, mut nb_txd) = (config.rx_descriptors, config.tx_descriptors);
         // SAFETY: valid out-pointers.
         check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {
@@ -433,11 +496,22 @@ impl Port {
         let mut rxconf = info.default_rxconf;
         rxconf.offloads = rx_cksum;
         for q in 0..config.rx_queues {
-            let pool = &rx_pools[if rx_pools.len() == 1 { 0 } else { q as usize }];
-            let socket = if pool.socket() == SocketId::ANY { self.id.socket() } else { pool.socket() };
+            let pool = rx_pools[if rx_pools.len() == 1 { 0 } else { q as usize }];
+            let socket = if pool.socket() == SocketId::ANY {
+                self.id.socket()
+            } else {
+                pool.socket()
+            };
             // SAFETY: rxconf is valid; the pool outlives the queue (the Port keeps a handle).
             check("rte_eth_rx_queue_setup", unsafe {
-                sys::rte_eth_rx_queue_setup(self.id.0, q, nb_rxd, socket.0 as u32, &rxconf, pool.as_ptr())
+                sys::rte_eth_rx_queue_setup(
+                    self.id.0,
+                    q,
+                    nb_rxd,
+                    socket.0 as u32,
+                    &rxconf,
+                    pool.as_ptr(),
+                )
             })?;
         }
         let mut txconf = info.default_txconf;
@@ -445,16 +519,28 @@ impl Port {
         for q in 0..config.tx_queues {
             // SAFETY: txconf is valid.
             check("rte_eth_tx_queue_setup", unsafe {
-                sys::rte_eth_tx_queue_setup(self.id.0, q, nb_txd, self.id.socket().0 as u32, &txconf)
+                sys::rte_eth_tx_queue_setup(
+                    self.id.0,
+                    q,
+                    nb_txd,
+                    self.id.socket().0 as u32,
+                    &txconf,
+                )
             })?;
         }
-        self.rx_pools = rx_pools.to_vec();
+        self.rx_pools = rx_pools.iter().map(|&p| p.clone()).collect();
 
         if config.promiscuous {
             // SAFETY: plain call on a configured port.
-            check("rte_eth_promiscuous_enable", unsafe { sys::rte_eth_promiscuous_enable(self.id.0) })?;
+            check("rte_eth_promiscuous_enable", unsafe {
+                sys::rte_eth_promiscuous_enable(self.id.0)
+            })?;
         }
-        let checksums = |bits: u64, ip, tcp, udp| Checksums { ipv4: bits & ip != 0, tcp: bits & tcp != 0, udp: bits & udp != 0 };
+        let checksums = |bits: u64, ip, tcp, udp| Checksums {
+            ipv4: bits & ip != 0,
+            tcp: bits & tcp != 0,
+            udp: bits & udp != 0,
+        };
         let configured = Configured {
             rx_queues: config.rx_queues,
             tx_queues: config.tx_queues,
@@ -481,10 +567,15 @@ impl Port {
     /// Start the device (after `configure`).
     pub fn start(&mut self) -> Result<()> {
         if self.configured.is_none() {
-            return Err(Error::invalid("rte_eth_dev_start", "configure the port first"));
+            return Err(Error::invalid(
+                "rte_eth_dev_start",
+                "configure the port first",
+            ));
         }
         // SAFETY: the port is configured with all its queues set up.
-        check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(self.id.0) })?;
+        check("rte_eth_dev_start", unsafe {
+            sys::rte_eth_dev_start(self.id.0)
+        })?;
         self.started = true;
         Ok(())
     }
@@ -495,7 +586,9 @@ impl Port {
             return Ok(());
         }
         // SAFETY: no Queue handle is alive (they borrow the Port), so no lcore is polling.
-        check("rte_eth_dev_stop", unsafe { sys::rte_eth_dev_stop(self.id.0) })?;
+        check("rte_eth_dev_stop", unsafe {
+            sys::rte_eth_dev_stop(self.id.0)
+        })?;
         self.started = false;
         Ok(())
     }
@@ -503,14 +596,20 @@ impl Port {
     /// Set the MTU of a stopped or running port.
     pub fn set_mtu(&mut self, mtu: u16) -> Result<()> {
         // SAFETY: plain call on an owned port.
-        check("rte_eth_dev_set_mtu", unsafe { sys::rte_eth_dev_set_mtu(self.id.0, mtu) })
+        check("rte_eth_dev_set_mtu", unsafe {
+            sys::rte_eth_dev_set_mtu(self.id.0, mtu)
+        })
     }
 
     /// Receive up to `burst.spare()` packets from rx `queue` into the burst; returns how many
     /// (0 for a queue index that was not configured).
     #[inline]
     pub fn rx_burst<const N: usize>(&mut self, queue: u16, burst: &mut Burst<N>) -> usize {
-        if !self.configured.as_ref().is_some_and(|c| queue < c.rx_queues) {
+        if !self
+            .configured
+            .as_ref()
+            .is_some_and(|c| queue < c.rx_queues)
+        {
             return 0;
         }
         rx_burst(self.id.0, queue, burst)
@@ -520,7 +619,11 @@ impl Port {
     /// burst; the ones not sent stay in it (front first) to retry, or free them with `clear()`.
     #[inline]
     pub fn tx_burst<const N: usize>(&mut self, queue: u16, burst: &mut Burst<N>) -> usize {
-        if !self.configured.as_ref().is_some_and(|c| queue < c.tx_queues) {
+        if !self
+            .configured
+            .as_ref()
+            .is_some_and(|c| queue < c.tx_queues)
+        {
             return 0;
         }
         tx_burst(self.id.0, queue, burst)
@@ -529,9 +632,23 @@ impl Port {
     /// One [`Queue`] per queue index `0..max(rx_queues, tx_queues)`, to hand to lcores.
     /// While they live the port cannot be stopped or reconfigured.
     pub fn queues(&mut self) -> Vec<Queue<'_>> {
-        let n = self.configured.as_ref().map_or(0, |c| c.rx_queues.max(c.tx_queues));
-        let (rx, tx) = self.configured.as_ref().map_or((0, 0), |c| (c.rx_queues, c.tx_queues));
-        (0..n).map(|q| Queue { port: self.id.0, queue: q, has_rx: q < rx, has_tx: q < tx, _port: PhantomData }).collect()
+        let n = self
+            .configured
+            .as_ref()
+            .map_or(0, |c| c.rx_queues.max(c.tx_queues));
+        let (rx, tx) = self
+            .configured
+            .as_ref()
+            .map_or((0, 0), |c| (c.rx_queues, c.tx_queues));
+        (0..n)
+            .map(|q| Queue {
+                port: self.id.0,
+                queue: q,
+                has_rx: q < rx,
+                has_tx: q < tx,
+                _port: PhantomData,
+            })
+            .collect()
     }
 }
 

@@ -29,6 +29,8 @@ const FUNCTIONS: &[&str] = &[
     "rte_eal_has_hugepages",
     "rte_strerror",
     "rte_version",
+    "rte_version_year",
+    "rte_version_month",
     "hioload_.*",
     // lcore, launch
     "rte_lcore_id",
@@ -146,6 +148,24 @@ fn fail(what: &str) -> ! {
     std::process::exit(1);
 }
 
+/// One line saying why pkg-config did not give us libdpdk >= MIN_DPDK.
+fn why_no_dpdk() -> String {
+    let pkg_config = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
+    match Command::new(&pkg_config)
+        .args(["--modversion", "libdpdk"])
+        .output()
+    {
+        Err(_) => format!("`{pkg_config}` is not installed, so libdpdk cannot be located"),
+        Ok(out) if out.status.success() => format!(
+            "libdpdk {} is installed but hioload-dpdk-sys needs >= {MIN_DPDK}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        Ok(_) => format!(
+            "libdpdk >= {MIN_DPDK} not found by pkg-config (no libdpdk.pc in its search path)"
+        ),
+    }
+}
+
 /// The exact compiler flags DPDK wants (`-I...`, `-include rte_config.h`, `-march=...`).
 fn dpdk_cflags() -> Vec<String> {
     let pkg_config = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
@@ -161,7 +181,10 @@ fn dpdk_cflags() -> Vec<String> {
     }
     // `-include rte_config.h` is two words; whitespace splitting keeps them as two arguments,
     // which is what both clang and gcc expect.
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn main() {
@@ -178,7 +201,7 @@ fn main() {
     let lib = pkg_config::Config::new()
         .atleast_version(MIN_DPDK)
         .probe("libdpdk")
-        .unwrap_or_else(|e| fail(&format!("libdpdk >= {MIN_DPDK} not found by pkg-config:\n{e}")));
+        .unwrap_or_else(|_| fail(&why_no_dpdk()));
     println!("cargo:rustc-env=HIOLOAD_DPDK_VERSION={}", lib.version);
     let cflags = dpdk_cflags();
 
@@ -197,7 +220,7 @@ fn main() {
         .clang_macro_fallback_build_dir(&out_dir)
         .derive_default(true)
         .derive_debug(false)
-        .layout_tests(false)
+        .layout_tests(true)
         .generate_comments(false)
         .prepend_enum_name(false)
         .default_enum_style(bindgen::EnumVariation::Consts)
@@ -210,10 +233,23 @@ fn main() {
     for v in VARS {
         builder = builder.allowlist_var(v);
     }
-    let bindings = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
+    // bindgen panics when libclang cannot be loaded: turn that into the same single error.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let generated =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    std::panic::set_hook(default_hook);
+    let bindings = match generated {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => fail(&format!("bindgen could not parse the DPDK headers: {e}")),
-        Err(_) => fail("bindgen failed (is libclang installed? see the message above)"),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            fail(&format!("bindgen failed (libclang missing?): {msg}"))
+        }
     };
     bindings
         .write_to_file(out_dir.join("bindings.rs"))

@@ -6,11 +6,18 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hioload_dpdk::{Burst, Eal, Error, Lcore, Mbuf, Mempool, MempoolConfig, NumaBuf, Port, PortConfig, PortId, SocketId};
+use hioload_dpdk::{
+    Burst, Eal, Error, Lcore, Mbuf, Mempool, MempoolConfig, NumaBuf, Port, PortConfig, PortId,
+    SocketId,
+};
 use support::{assert_pool_full, init_eal, isolated, Netns};
 
 fn small_pool(eal: &Eal, name: &str, mbufs: u32) -> Mempool {
-    let config = MempoolConfig { mbufs, cache_size: 32, ..MempoolConfig::default() };
+    let config = MempoolConfig {
+        mbufs,
+        cache_size: 32,
+        ..MempoolConfig::default()
+    };
     Mempool::new(eal, name, &config).unwrap_or_else(|e| panic!("pool {name}: {e}"))
 }
 
@@ -28,7 +35,11 @@ fn check_packet(m: &Mbuf, seq: u32) {
     let data = m.data();
     assert_eq!(m.len(), 60 + (seq as usize % 200), "length of packet {seq}");
     assert_eq!(data.len(), m.len(), "single segment");
-    assert_eq!(u32::from_be_bytes(data[..4].try_into().unwrap()), seq, "packets arrive in order");
+    assert_eq!(
+        u32::from_be_bytes(data[..4].try_into().unwrap()),
+        seq,
+        "packets arrive in order"
+    );
     for (i, &b) in data[4..].iter().enumerate() {
         assert_eq!(b, (seq as usize * 7 + i) as u8, "byte {i} of packet {seq}");
     }
@@ -42,7 +53,10 @@ fn round_trip(port: &mut Port, queue: u16, pool: &Mempool, count: u32) {
     let mut received = 0u32;
     let deadline = Instant::now() + Duration::from_secs(10);
     while received < count {
-        assert!(Instant::now() < deadline, "only {received}/{count} packets came back");
+        assert!(
+            Instant::now() < deadline,
+            "only {received}/{count} packets came back"
+        );
         while sent < count && !tx.is_full() {
             let mut m = pool.alloc().expect("pool has room for a burst");
             fill_packet(&mut m, sent);
@@ -69,7 +83,7 @@ fn ring_port_round_trips_mbufs() {
             let info = port.id().info().unwrap();
             assert_eq!(info.driver, "net_ring");
             assert!(info.max_rx_queues >= 1 && info.max_tx_queues >= 1);
-            let configured = port.configure(&PortConfig::default(), &[pool.clone()]).unwrap();
+            let configured = port.configure(&PortConfig::default(), &[&pool]).unwrap();
             assert_eq!(configured.rss_hash, 0, "net_ring has no RSS");
             port.start().unwrap();
             assert!(port.id().link().unwrap().up);
@@ -93,7 +107,7 @@ fn tx_burst_keeps_unsent_mbufs() {
         let pool = small_pool(&eal, "tx_keep", 2047);
         {
             let mut port = Port::open_by_name(&eal, "net_ring0").unwrap();
-            port.configure(&PortConfig::default(), &[pool.clone()]).unwrap();
+            port.configure(&PortConfig::default(), &[&pool]).unwrap();
             port.start().unwrap();
             // net_ring's ring holds 1023 packets; the rest of a full burst must stay with us.
             let mut tx = Burst::<32>::new();
@@ -140,7 +154,10 @@ fn pool_exhaustion_yields_none() {
         assert_eq!(held.len(), 63);
         assert!(pool.alloc().is_none(), "still exhausted");
         let mut burst = Burst::<8>::new();
-        assert!(!pool.alloc_into(&mut burst, 8), "bulk alloc fails as a whole");
+        assert!(
+            !pool.alloc_into(&mut burst, 8),
+            "bulk alloc fails as a whole"
+        );
         assert!(burst.is_empty());
         assert_eq!(pool.available(), 0);
         held.truncate(50);
@@ -168,8 +185,14 @@ fn mbuf_append_prepend_trim() {
             assert_eq!(m.data(), b"payl");
             m.data_mut()[0] = b'P';
             assert_eq!(m.data(), b"Payl");
-            assert!(m.append(m.tailroom() + 1).is_none(), "append beyond tailroom fails");
-            assert!(m.prepend(m.headroom() + 1).is_none(), "prepend beyond headroom fails");
+            assert!(
+                m.append(m.tailroom() + 1).is_none(),
+                "append beyond tailroom fails"
+            );
+            assert!(
+                m.prepend(m.headroom() + 1).is_none(),
+                "prepend beyond headroom fails"
+            );
             assert!(!m.trim(5), "cannot trim more than the data");
             assert_eq!(m.headroom() + m.tailroom() + m.len(), room);
             let raw = m.into_raw();
@@ -186,7 +209,11 @@ fn second_eal_init_is_typed_error() {
     isolated("second_eal_init_is_typed_error", || {
         let eal = init_eal(&[]);
         let again = Eal::init(support::eal_args(&[]));
-        assert!(matches!(again, Err(Error::AlreadyInitialized)), "got {:?}", again.as_ref().err());
+        assert!(
+            matches!(again, Err(Error::AlreadyInitialized)),
+            "got {:?}",
+            again.as_ref().err()
+        );
         assert_eq!(again.err().unwrap().errno(), Some(libc::EALREADY));
         drop(eal);
         let after_cleanup = Eal::init(support::eal_args(&[]));
@@ -216,10 +243,16 @@ fn lcores_enumerate_and_run_closures() {
         let sockets = eal.sockets();
         assert!(!sockets.is_empty());
         for l in eal.lcores() {
-            assert!(sockets.contains(&l.socket()), "lcore {} on an unknown socket", l.id());
+            assert!(
+                sockets.contains(&l.socket()),
+                "lcore {} on an unknown socket",
+                l.id()
+            );
         }
 
-        let seen = eal.run_on_workers(|_| (Lcore::current(), SocketId::current())).unwrap();
+        let seen = eal
+            .run_on_workers(|_| (Lcore::current(), SocketId::current()))
+            .unwrap();
         assert_eq!(seen.len(), 2);
         for (l, (current, socket)) in &seen {
             assert_eq!(*current, Some(*l), "closure runs on its own lcore");
@@ -236,7 +269,12 @@ fn lcores_enumerate_and_run_closures() {
                 base + l.id()
             })
             .unwrap();
-        let expected: Vec<u32> = eal.lcores().iter().zip([10, 20, 30]).map(|(l, b)| b + l.id()).collect();
+        let expected: Vec<u32> = eal
+            .lcores()
+            .iter()
+            .zip([10, 20, 30])
+            .map(|(l, b)| b + l.id())
+            .collect();
         assert_eq!(sums, expected);
 
         // A panic on a worker reaches the caller, after which lcores are usable again.
@@ -265,8 +303,12 @@ fn queues_polled_from_worker_lcores() {
         let pool = small_pool(&eal, "mq", 2047);
         {
             let mut port = Port::open_by_name(&eal, "net_ring0").unwrap();
-            let config = PortConfig { rx_queues: 2, tx_queues: 2, ..PortConfig::default() };
-            port.configure(&config, &[pool.clone()]).unwrap();
+            let config = PortConfig {
+                rx_queues: 2,
+                tx_queues: 2,
+                ..PortConfig::default()
+            };
+            port.configure(&config, &[&pool]).unwrap();
             port.start().unwrap();
             let workers = eal.worker_lcores();
             let jobs: Vec<_> = workers.iter().copied().zip(port.queues()).collect();
@@ -317,16 +359,27 @@ fn port_lookup_attach_and_errors() {
             let mut port = Port::open(&eal, p1).unwrap();
             assert!(Port::open(&eal, p1).is_err(), "one owner per port");
             port.id().mac_addr().unwrap();
-            let too_many = PortConfig { rx_queues: 1000, ..PortConfig::default() };
-            let err = port.configure(&too_many, &[pool.clone()]).unwrap_err();
+            let too_many = PortConfig {
+                rx_queues: 1000,
+                ..PortConfig::default()
+            };
+            let err = port.configure(&too_many, &[&pool]).unwrap_err();
             assert!(err.to_string().contains("1000 rx"), "{err}");
             assert!(port.start().is_err(), "start before configure is refused");
-            port.configure(&PortConfig::default(), &[pool.clone()]).unwrap();
+            port.configure(&PortConfig::default(), &[&pool]).unwrap();
             port.start().unwrap();
             port.stop().unwrap();
         }
         // A DPDK-reported failure carries rte_strerror's text.
-        let dup = Mempool::new(&eal, "lookup", &MempoolConfig { mbufs: 63, cache_size: 0, ..MempoolConfig::default() });
+        let dup = Mempool::new(
+            &eal,
+            "lookup",
+            &MempoolConfig {
+                mbufs: 63,
+                cache_size: 0,
+                ..MempoolConfig::default()
+            },
+        );
         let err = dup.err().expect("duplicate pool name is refused");
         assert_eq!(err.errno(), Some(libc::EEXIST));
         assert!(err.to_string().contains("File exists"), "{err}");
@@ -405,7 +458,10 @@ fn make_udp_echo(f: &mut [u8]) {
 }
 
 /// From a thread inside namespace `ns`: send `payload` to 198.18.0.2 and wait for the echo.
-fn udp_exchange_in_netns(ns: String, payload: Vec<u8>) -> std::thread::JoinHandle<Result<(Vec<u8>, std::net::SocketAddr), String>> {
+fn udp_exchange_in_netns(
+    ns: String,
+    payload: Vec<u8>,
+) -> std::thread::JoinHandle<Result<(Vec<u8>, std::net::SocketAddr), String>> {
     std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
         let f = std::fs::File::open(format!("/var/run/netns/{ns}")).map_err(|e| e.to_string())?;
@@ -414,10 +470,14 @@ fn udp_exchange_in_netns(ns: String, payload: Vec<u8>) -> std::thread::JoinHandl
             return Err(format!("setns: {}", std::io::Error::last_os_error()));
         }
         let sock = std::net::UdpSocket::bind("198.18.0.1:0").map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(4))).map_err(|e| e.to_string())?;
-        sock.send_to(&payload, ("198.18.0.2", UDP_PORT)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(4)))
+            .map_err(|e| e.to_string())?;
+        sock.send_to(&payload, ("198.18.0.2", UDP_PORT))
+            .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 2048];
-        let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("no echo: {e}"))?;
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("no echo: {e}"))?;
         Ok((buf[..n].to_vec(), from))
     })
 }
@@ -430,10 +490,15 @@ fn tap_port_talks_to_kernel_in_namespace() {
         let eal = init_eal(&[]);
         let pool = small_pool(&eal, "tap", 1023);
         {
-            let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
+            let mut port =
+                Port::attach(&eal, &format!("net_tap0,iface={tap}")).expect("net_tap vdev");
             assert_eq!(port.id().info().unwrap().driver, "net_tap");
-            let config = PortConfig { rx_descriptors: 256, tx_descriptors: 256, ..PortConfig::default() };
-            port.configure(&config, &[pool.clone()]).unwrap();
+            let config = PortConfig {
+                rx_descriptors: 256,
+                tx_descriptors: 256,
+                ..PortConfig::default()
+            };
+            port.configure(&config, &[&pool]).unwrap();
             port.start().unwrap();
             let mac = port.id().mac_addr().unwrap();
 
@@ -474,16 +539,76 @@ fn tap_port_talks_to_kernel_in_namespace() {
             }
             let echoed = peer.join().expect("namespace thread");
             assert!(arp_seen, "the kernel's ARP request reached the DPDK port");
-            assert!(udp_seen, "the kernel sent the datagram to our MAC after our ARP reply");
+            assert!(
+                udp_seen,
+                "the kernel sent the datagram to our MAC after our ARP reply"
+            );
             let (data, from) = echoed.expect("the namespace socket got our echo");
             assert_eq!(data, payload);
             assert_eq!(from, "198.18.0.2:7777".parse().unwrap());
             let neigh = ns.exec(&["ip", "neigh", "show", "198.18.0.2", "dev", &tap]);
-            assert!(neigh.contains(&mac.to_string()), "namespace learnt our MAC {mac}: {neigh:?}");
+            assert!(
+                neigh.contains(&mac.to_string()),
+                "namespace learnt our MAC {mac}: {neigh:?}"
+            );
             let stats = port.id().stats().unwrap();
             assert!(stats.ipackets >= 2 && stats.opackets >= 2, "{stats:?}");
         }
         assert_pool_full(&pool);
         drop(ns);
     });
+}
+
+#[test]
+fn tap_port_configures_rss_offloads_and_mtu_from_capabilities() {
+    isolated(
+        "tap_port_configures_rss_offloads_and_mtu_from_capabilities",
+        || {
+            let tap = format!("hlq{}", std::process::id());
+            let eal = init_eal(&[]);
+            let pool = small_pool(&eal, "tapq", 2047);
+            {
+                let mut port = Port::attach(&eal, &format!("net_tap0,iface={tap}")).unwrap();
+                let info = port.id().info().unwrap();
+                println!("{info:?}");
+                let config = PortConfig {
+                    rx_queues: 2,
+                    tx_queues: 2,
+                    rx_descriptors: 128,
+                    tx_descriptors: 128,
+                    mtu: Some(1400),
+                    ..PortConfig::default()
+                };
+                let configured = port.configure(&config, &[&pool]).unwrap();
+                // What was enabled follows what the device reports, bit for bit.
+                assert_eq!(
+                    configured.rss_hash,
+                    info.rss_offloads & hioload_dpdk::RSS_TCP_4TUPLE
+                );
+                assert_eq!(configured.rss_hash != 0, info.supports_rss_tcp());
+                assert_eq!(configured.rx_checksums, info.rx_checksums());
+                assert_eq!(configured.tx_checksums, info.tx_checksums());
+                assert_eq!((configured.rx_queues, configured.tx_queues), (2, 2));
+                port.start().unwrap();
+                assert_eq!(port.id().mtu().unwrap(), 1400);
+                let link = support::run("ip", &["-o", "link", "show", &tap]);
+                assert!(
+                    link.contains(" mtu 1400 "),
+                    "kernel side has the MTU: {link}"
+                );
+                port.set_mtu(1300).unwrap();
+                assert_eq!(port.id().mtu().unwrap(), 1300);
+                assert_eq!(port.queues().len(), 2);
+                let too_big = PortConfig {
+                    mtu: Some(u16::MAX),
+                    ..config.clone()
+                };
+                port.stop().unwrap();
+                if info.max_mtu < u16::MAX {
+                    assert!(port.configure(&too_big, &[&pool]).is_err());
+                }
+            }
+            assert_pool_full(&pool);
+        },
+    );
 }

@@ -18,8 +18,8 @@ sancov="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-lev
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 
-build_standalone() { cargo build --release --locked --bins; }
-build_libfuzzer() { RUSTFLAGS="$sancov" cargo build --release --locked --bins --features libfuzzer --target "$triple"; }
+build_standalone() { cargo build --release --bins; }
+build_libfuzzer() { RUSTFLAGS="$sancov" cargo build --release --bins --features libfuzzer --target "$triple"; }
 
 run_libfuzzer() { # TARGET SECONDS
   local corpus="corpus/$1"
@@ -35,7 +35,12 @@ case "${1:-}" in
     build_standalone
     for t in $targets; do target/release/"$t" --seconds "$secs" --iterations 2000000; done
     build_libfuzzer
-    for t in $targets; do run_libfuzzer "$t" "$secs" 2>&1 | tail -3; done
+    mkdir -p artifacts
+    for t in $targets; do
+      log="artifacts/$t.log"
+      if ! run_libfuzzer "$t" "$secs" >"$log" 2>&1; then tail -40 "$log"; echo "$t: libFuzzer FAILED" >&2; exit 1; fi
+      echo "$t: libFuzzer ok: $(grep -E '^Done' "$log")"
+    done
     ;;
   standalone)
     [ -n "${2:-}" ] || { echo "usage: $0 standalone TARGET [ARGS]" >&2; exit 2; }

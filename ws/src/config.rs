@@ -32,3 +32,44 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// Checks that the limits make a working server; the error names the bad field, for a
+    /// configuration error message.
+    pub fn validate(&self) -> Result<(), String> {
+        let control = crate::session::MAX_CONTROL_FRAME;
+        let cap = crate::handshake::MAX_HEADERS_CAP;
+        if self.max_frame_size == 0 || self.max_message_size == 0 {
+            return Err("max_frame_size and max_message_size must be at least 1 byte".into());
+        }
+        if self.max_head_bytes < 256 {
+            return Err(format!("max_head_bytes must be at least 256 (is {})", self.max_head_bytes));
+        }
+        if self.max_headers < 8 || self.max_headers > cap {
+            return Err(format!("max_headers must be within 8..={cap} (is {})", self.max_headers));
+        }
+        if self.inplace_frame_max < control {
+            return Err(format!(
+                "inplace_frame_max must be at least {control} bytes, the largest control frame (is {})",
+                self.inplace_frame_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let err = Limits { inplace_frame_max: 100, ..Limits::default() }.validate().unwrap_err();
+        assert!(err.contains("inplace_frame_max"), "{err}");
+        let err = Limits { max_headers: 1000, ..Limits::default() }.validate().unwrap_err();
+        assert!(err.contains("max_headers"), "{err}");
+        assert!(Limits { max_message_size: 0, ..Limits::default() }.validate().is_err());
+        assert!(Limits { max_head_bytes: 10, ..Limits::default() }.validate().is_err());
+    }
+}

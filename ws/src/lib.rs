@@ -14,6 +14,27 @@
 //! Zero-copy rules: a message that arrives whole in one frame is unmasked in the caller's buffer and
 //! handed out as a sub-slice of it; only fragmented or split-across-reads messages are assembled in
 //! the session's reusable buffer. See docs/ARCHITECTURE.md.
+//!
+//! ```
+//! use hioload_wsproto::frame::encode_client_frame;
+//! use hioload_wsproto::{Event, Limits, OpCode, Session};
+//!
+//! let mut session = Session::new(Limits::default());
+//! let mut rx = Vec::new(); // what the socket delivered: one masked "Hello" and half of a ping
+//! encode_client_frame(OpCode::Text, true, b"Hello", [1, 2, 3, 4], &mut rx);
+//! encode_client_frame(OpCode::Ping, true, b"hb", [5, 6, 7, 8], &mut rx);
+//! rx.truncate(rx.len() - 1);
+//! let mut tx = Vec::new(); // a Vec<u8> is a FrameSink: frames are appended
+//! let consumed = session
+//!     .receive(&mut rx, &mut tx, |event, out| {
+//!         if let Event::Text(text) = event {
+//!             out.send_text(text).unwrap(); // `text` borrows `rx`: no copy
+//!         }
+//!     })
+//!     .unwrap();
+//! assert_eq!(tx, b"\x81\x05Hello"); // the unmasked echo
+//! assert_eq!(rx.len() - consumed, 7); // the partial ping stays with the caller
+//! ```
 
 pub mod close;
 pub mod config;

@@ -64,7 +64,7 @@ pub enum Event<'a> {
 }
 
 /// The peer broke the protocol or a limit; the session already queued the Close with `code`
-/// and is now [`State::Closed`].
+/// (unless it had sent its own Close before) and is now [`State::Closed`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ProtocolError {
     /// Close code sent to the peer (1002, 1007, 1009, …).
@@ -372,6 +372,7 @@ impl Session {
                 self.whole_frame(&header, payload, done, sink, &mut on_event)?;
             } else if total <= inplace_max || done > 0 {
                 // Wait for the rest; but check the text seen so far, to fail fast on bad UTF-8.
+                self.rx.inplace_done = done;
                 if self.tx.state == State::Open && self.is_text(header.opcode) {
                     let payload = &mut input[pos + header_len..];
                     if let Some(key) = header.mask {

@@ -162,6 +162,7 @@ impl UpgradePolicy for Policy {
     fn check_origin(&self, origin: Option<&str>) -> bool {
         origin == Some("http://example.com")
     }
+    #[allow(clippy::manual_find)]
     fn select_protocol<'r>(&self, offered: &mut dyn Iterator<Item = &'r str>) -> Option<&'r str> {
         // `for` works on the trait object (Iterator adapters like `find` need `Sized`).
         for p in offered {

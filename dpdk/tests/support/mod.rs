@@ -31,7 +31,10 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
         }
         return;
     }
-    assert!(is_root(), "DPDK EAL tests need root (hugepages, tap devices, network namespaces)");
+    assert!(
+        is_root(),
+        "DPDK EAL tests need root (hugepages, tap devices, network namespaces)"
+    );
     let log_path = env::temp_dir().join(format!("hioload-dpdk-{name}-{}.log", std::process::id()));
     let log = File::create(&log_path).expect("create child log");
     let mut child = Command::new(env::current_exe().expect("current_exe"))
@@ -126,7 +129,12 @@ pub fn eal_args(extra: &[&str]) -> Vec<String> {
     if free_hugepages() >= 128 && env::var_os("HIOLOAD_DPDK_TEST_NO_HUGE").is_none() {
         args.push("--in-memory".into());
     } else {
-        args.extend(["--no-huge".into(), "--no-shconf".into(), "-m".into(), "512".into()]);
+        args.extend([
+            "--no-huge".into(),
+            "--no-shconf".into(),
+            "-m".into(),
+            "512".into(),
+        ]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -137,7 +145,10 @@ pub fn init_eal(extra: &[&str]) -> Eal {
     let args = eal_args(extra);
     println!("EAL args: {args:?}");
     let (eal, rest) = Eal::init(&args).unwrap_or_else(|e| panic!("EAL init failed: {e}"));
-    assert!(rest.is_empty(), "no application arguments were given, got {rest:?}");
+    assert!(
+        rest.is_empty(),
+        "no application arguments were given, got {rest:?}"
+    );
     eal
 }
 
@@ -175,13 +186,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// Run a command, panic with its stderr if it fails, return its stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}",

@@ -1,0 +1,269 @@
+//! Command line: the flags, their parsing, and the split between DPDK EAL arguments and ours.
+//!
+//! EAL arguments follow the DPDK examples' convention: `hioload-echo -l 2-5 --vdev ... -- --addr
+//! ...`, EAL first, ours after `--`. A build without the `dpdk` feature refuses them with a message
+//! that says how to get a DPDK build, rather than a generic "unknown flag".
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+const EXAMPLES: &str = "\
+Examples:
+  hioload-echo                                  # ws://127.0.0.1:8080/ws, 4 workers
+  hioload-echo --addr 0.0.0.0:9001 --workers 2 --path /
+  RUST_LOG=debug hioload-echo --max-message 64MiB --no-affinity
+
+Try it:  wscat -c ws://127.0.0.1:8080/ws      (or: websocat ws://127.0.0.1:8080/ws)
+
+SIGINT/SIGTERM stop the server gracefully: it stops accepting, sends Close 1001 to every
+session, waits up to --grace-period for the close handshakes, and exits 0.
+Logs go to stderr; RUST_LOG sets the level (default info).";
+
+/// WebSocket echo server: every text message comes back as text, every binary message as binary.
+/// Requests for other paths get 404.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "hioload-echo", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// Address to listen on. The default serves this machine only; use 0.0.0.0:PORT to accept
+    /// connections from elsewhere. Port 0 picks a free port (printed at start).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Worker threads, each with its own event loop and listener (SO_REUSEPORT).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub workers: usize,
+
+    /// Path that is upgraded to WebSocket; other paths get 404.
+    #[arg(long, value_name = "PATH", default_value = "/ws")]
+    pub path: String,
+
+    /// Largest message accepted (sum of its fragments); larger ones are closed with 1009.
+    /// Accepts K/KiB, M/MiB, G/GiB suffixes (powers of 1024).
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_message: usize,
+
+    /// Largest frame payload accepted; larger frames are closed with 1009.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_frame: usize,
+
+    /// Most readiness events handled per wait of the event loop.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub batch_size: usize,
+
+    /// Do not pin workers to CPUs (pinning is on by default, Linux only).
+    #[arg(long)]
+    pub no_affinity: bool,
+
+    /// Seconds sessions get to finish their close handshake on shutdown.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub grace_period: Duration,
+
+    /// Pending output per connection above which it is not read until the peer catches up.
+    /// A connection stuck above 4x this for --backpressure-timeout is closed with 1008.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub backpressure_bytes: usize,
+
+    /// Seconds a connection may stay above 4x --backpressure-bytes before it is closed (1008).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub backpressure_timeout: Duration,
+
+    /// Seconds a client has to send a complete upgrade request.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+}
+
+/// Parses `65536`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB`.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64KiB, 16MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use K, M or G, powers of 1024)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses seconds, fractions allowed (`5`, `0.5`).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+/// Flags that only DPDK's EAL takes.
+const EAL_FLAGS: &[&str] = &[
+    "-l",
+    "-c",
+    "-n",
+    "-a",
+    "-b",
+    "-m",
+    "--lcores",
+    "--vdev",
+    "--allow",
+    "--block",
+    "--file-prefix",
+    "--no-huge",
+    "--no-pci",
+    "--in-memory",
+    "--huge-dir",
+    "--socket-mem",
+    "--proc-type",
+    "--iova-mode",
+    "--main-lcore",
+    "--log-level",
+    "--no-shconf",
+    "--legacy-mem",
+];
+
+fn is_eal_flag(arg: &str) -> bool {
+    EAL_FLAGS.iter().any(|f| {
+        arg == *f
+            || arg.strip_prefix(f).is_some_and(|rest| {
+                // `--vdev=x`, `-l2-5`; but not our own long flags that merely share a prefix.
+                if f.starts_with("--") {
+                    rest.starts_with('=')
+                } else {
+                    !rest.is_empty() && !f.starts_with("--")
+                }
+            })
+    })
+}
+
+/// The command line split into EAL arguments and ours (program name first in `ours`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SplitArgs {
+    /// EAL arguments (before `--`, or EAL-only flags found without `--`).
+    pub eal: Vec<String>,
+    /// Our arguments, program name first.
+    pub ours: Vec<OsString>,
+    /// Whether the command line had a `--` separator.
+    pub separated: bool,
+}
+
+/// Splits `argv` at `--` (EAL before, ours after). Without `--`, EAL-only flags anywhere are
+/// collected as EAL arguments too, so that the caller can refuse them clearly.
+pub fn split_eal(argv: Vec<OsString>) -> SplitArgs {
+    let mut it = argv.into_iter();
+    let program = it.next().unwrap_or_else(|| OsString::from("hioload-echo"));
+    let rest: Vec<OsString> = it.collect();
+    if let Some(pos) = rest.iter().position(|a| a == "--") {
+        let eal = rest[..pos]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut ours = vec![program];
+        ours.extend(rest[pos + 1..].iter().cloned());
+        return SplitArgs {
+            eal,
+            ours,
+            separated: true,
+        };
+    }
+    let eal: Vec<String> = rest
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .filter(|a| is_eal_flag(a))
+        .map(|a| a.into_owned())
+        .collect();
+    let mut ours = vec![program];
+    ours.extend(rest);
+    SplitArgs {
+        eal,
+        ours,
+        separated: false,
+    }
+}
+
+/// The refusal printed by a build without DPDK when EAL arguments are given.
+pub fn no_dpdk_message(eal: &[String]) -> String {
+    format!(
+        "error: DPDK EAL arguments given ({}), but this build of hioload-echo has no DPDK support \
+         (data paths: {}).\n\
+         \n\
+         To build with DPDK (needs DPDK >= 22.11 development files):\n\
+         \x20   sudo apt-get install -y libdpdk-dev libclang-dev pkg-config\n\
+         \x20   cargo build --release -p hioload-echo --features dpdk\n\
+         \n\
+         To run on the kernel data path instead, drop the EAL arguments and the `--`:\n\
+         \x20   hioload-echo --addr 127.0.0.1:8080\n",
+        eal.join(" "),
+        hioload_ws::BUILD_PATHS,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("12parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn eal_arguments_before_double_dash_are_split_off() {
+        let s = split_eal(argv("echo -l 2-5 --vdev net_tap0 -- --addr 127.0.0.1:1"));
+        assert_eq!(s.eal, vec!["-l", "2-5", "--vdev", "net_tap0"]);
+        assert_eq!(s.ours, argv("echo --addr 127.0.0.1:1"));
+    }
+
+    #[test]
+    fn eal_flags_without_double_dash_are_detected() {
+        assert_eq!(
+            split_eal(argv("echo -l 2-5 --addr 1.2.3.4:5")).eal,
+            vec!["-l"]
+        );
+        assert_eq!(split_eal(argv("echo -l2-5")).eal, vec!["-l2-5"]);
+        assert_eq!(
+            split_eal(argv("echo --vdev=net_tap0")).eal,
+            vec!["--vdev=net_tap0"]
+        );
+        assert!(
+            split_eal(argv("echo --addr 127.0.0.1:1 --workers 2 --no-affinity"))
+                .eal
+                .is_empty()
+        );
+        assert!(split_eal(argv("echo -- --addr 127.0.0.1:1")).eal.is_empty());
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let a = Args::try_parse_from(argv(
+            "echo --addr 127.0.0.1:0 --workers 2 --path / --max-message 1M --max-frame 64K --batch-size 32 \
+             --no-affinity --grace-period 1.5 --backpressure-bytes 256K --backpressure-timeout 2 --handshake-timeout 3",
+        ))
+        .unwrap();
+        assert_eq!(a.workers, 2);
+        assert_eq!(a.max_message, 1 << 20);
+        assert_eq!(a.max_frame, 64 << 10);
+        assert_eq!(a.grace_period, Duration::from_millis(1500));
+        assert!(a.no_affinity);
+    }
+}

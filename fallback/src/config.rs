@@ -1,0 +1,92 @@
+//! What the kernel transport needs to know, as plain data.
+//!
+//! The facade validates its `Config` and maps it onto this; the transport itself only asserts the
+//! few invariants it relies on (at least one worker, a receive buffer large enough for the
+//! protocol's in-place frames), so that a bad value is reported once, by the facade, with the name
+//! the user knows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hioload_wsproto::Limits;
+
+/// Bounds on what one connection may keep queued for a peer that does not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backpressure {
+    /// Pending-output bytes above which the connection is not read until it drains (default 1 MiB).
+    pub soft_bytes: usize,
+    /// Pending-output bytes that, held for longer than `timeout`, close the connection with 1008
+    /// (default 4 MiB).
+    pub hard_bytes: usize,
+    /// How long a connection may stay above `hard_bytes` (default 10 s).
+    pub timeout: Duration,
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure {
+            soft_bytes: 1 << 20,
+            hard_bytes: 4 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Kernel transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Address every worker's listener binds (port 0: the kernel picks one, shared by all workers).
+    pub listen: SocketAddr,
+    /// Number of worker threads, each with its own poll instance and listener.
+    pub workers: usize,
+    /// Most readiness events taken from the kernel per wait.
+    pub batch_size: usize,
+    /// Pin workers to CPUs (Linux; ignored elsewhere): to `worker_cpus[i]` when given, else
+    /// worker `i` to the `i`-th CPU this process may run on.
+    pub cpu_affinity: bool,
+    /// The CPU of each worker, from a topology-aware plan (the facade's `PlacementPlan`); empty:
+    /// the transport picks.
+    pub worker_cpus: Vec<Option<usize>>,
+    /// How many free receive buffers each worker keeps pooled (more are freed).
+    pub pool_buffers: usize,
+    /// Protocol limits handed to every session.
+    pub limits: Limits,
+    /// Pending-output bounds.
+    pub backpressure: Backpressure,
+    /// Time a client has to send a complete upgrade request (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time a peer has to answer a Close we sent, and to drain and close after the close
+    /// handshake (default 5 s).
+    pub close_timeout: Duration,
+    /// On `stop`, time given to sessions to finish their close handshake (default 5 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 4,
+            batch_size: 16,
+            cpu_affinity: true,
+            worker_cpus: Vec::new(),
+            pool_buffers: 1024,
+            limits: Limits::default(),
+            backpressure: Backpressure::default(),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Size of one pooled receive buffer: room for an unconsumed in-place frame plus a fresh read
+    /// of the same size, for a whole request head, and at least 64 KiB so that large messages are
+    /// read in few system calls.
+    pub fn receive_buffer_size(&self) -> usize {
+        let inplace = 2 * self.limits.inplace_frame_max;
+        let head = self.limits.max_head_bytes + 1;
+        inplace.max(head).max(64 << 10)
+    }
+}

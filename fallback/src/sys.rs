@@ -1,0 +1,160 @@
+//! The few system calls mio does not wrap: a vectored send that never raises SIGPIPE, the
+//! open-files limit, and telling "out of file descriptors" apart from other accept errors.
+
+use std::io::{self, IoSlice};
+
+use mio::net::TcpStream;
+
+/// Writes `bufs` in order with one system call; returns the bytes the kernel took.
+///
+/// On Linux this is `sendmsg(MSG_NOSIGNAL)`: a peer that has reset the connection gives `EPIPE`,
+/// never a SIGPIPE that would kill a process which did not ignore it. Elsewhere it is `writev`
+/// (macOS sockets get `SO_NOSIGPIPE` at accept instead).
+#[cfg(target_os = "linux")]
+pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero msghdr is a valid "no name, no control data" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with `struct iovec` on Unix; sendmsg only reads them.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    // SAFETY: `msg` points at `bufs.len()` valid iovecs that outlive the call; the fd is open.
+    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes `bufs` in order with one system call; returns the bytes the kernel took.
+#[cfg(not(target_os = "linux"))]
+pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::io::Write;
+    (&*stream).write_vectored(bufs)
+}
+
+/// Prepares an accepted socket: no Nagle delay (replies are already coalesced per loop turn) and,
+/// on Apple systems, no SIGPIPE.
+pub fn prepare_accepted(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    {
+        let sock = socket2::SockRef::from(stream);
+        sock.set_nosigpipe(true)?;
+    }
+    Ok(())
+}
+
+/// Whether an `accept` error means the process or system ran out of file descriptors.
+pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = err;
+        false
+    }
+}
+
+/// Whether an `accept` error concerns only the connection being accepted (the listener is fine).
+pub fn is_transient_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Raises the soft open-files limit to the hard limit and returns the new soft limit.
+/// A server with thousands of connections needs more than the usual default of 1024.
+#[cfg(unix)]
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for getrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `wanted` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = wanted;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32-bit on some targets
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Raises the soft open-files limit to the hard limit (no such limit on this OS).
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+/// A file descriptor held in reserve, released when `accept` fails with EMFILE so that the
+/// pending connection can be accepted and closed at once instead of waking the loop forever.
+pub struct ReserveFd {
+    #[cfg(unix)]
+    file: Option<std::fs::File>,
+}
+
+impl ReserveFd {
+    /// Opens the reserve (`/dev/null`).
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            ReserveFd {
+                file: std::fs::File::open("/dev/null").ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            ReserveFd {}
+        }
+    }
+
+    /// Whether a descriptor is held.
+    pub fn is_held(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.file.is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
+    /// Frees the reserved descriptor.
+    pub fn release(&mut self) {
+        #[cfg(unix)]
+        {
+            self.file = None;
+        }
+    }
+
+    /// Takes a descriptor back into reserve, if one is available again.
+    pub fn restore(&mut self) {
+        #[cfg(unix)]
+        if self.file.is_none() {
+            self.file = std::fs::File::open("/dev/null").ok();
+        }
+    }
+}
+
+impl Default for ReserveFd {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,152 @@
+//! Starting and stopping the workers.
+//!
+//! Everything that can fail at start (binding the address, creating poll instances) happens on the
+//! caller's thread before any worker runs, so `start` either returns a running transport or a
+//! clear error. Stopping is a flag plus a wake-up per worker; each worker then closes its
+//! listener, sends Close 1001 to its sessions and exits when they are gone or the grace period
+//! ends.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+use tracing::warn;
+
+use crate::affinity;
+use crate::config::TransportConfig;
+use crate::listener::bind_listeners;
+use crate::service::Service;
+use crate::worker::{PaddedCounter, Shared, Worker, WAKER};
+
+/// A running kernel transport: `workers` threads serving one address.
+pub struct Transport {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    wakers: Vec<Waker>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Transport {
+    /// Binds the listeners and starts the workers; returns once they run.
+    pub fn start<S: Service>(cfg: TransportConfig, service: Arc<S>) -> io::Result<Transport> {
+        assert!(cfg.workers > 0, "at least one worker");
+        assert!(cfg.batch_size > 0, "batch_size > 0");
+        let (listeners, local_addr) = bind_listeners(cfg.listen, cfg.workers)?;
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            sessions: (0..cfg.workers).map(|_| PaddedCounter::default()).collect(),
+        });
+        let cfg = Arc::new(cfg);
+        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() {
+            affinity::allowed_cpus()
+        } else {
+            Vec::new()
+        };
+
+        let mut workers = Vec::with_capacity(cfg.workers);
+        let mut wakers = Vec::with_capacity(cfg.workers);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            wakers.push(Waker::new(poll.registry(), WAKER)?);
+            workers.push(Worker::new(
+                index,
+                cfg.clone(),
+                service.clone(),
+                shared.clone(),
+                poll,
+                listener,
+            )?);
+        }
+
+        let transport = Transport {
+            local_addr,
+            shared,
+            wakers,
+            threads: Mutex::new(Vec::new()),
+        };
+        for (index, worker) in workers.into_iter().enumerate() {
+            let cpu = if !cfg.cpu_affinity {
+                None
+            } else if !cfg.worker_cpus.is_empty() {
+                cfg.worker_cpus.get(index).copied().flatten()
+            } else {
+                (!cpus.is_empty()).then(|| cpus[index % cpus.len()])
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("hioload-w{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = affinity::pin_current_thread(cpu) {
+                            warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
+                        }
+                    }
+                    worker.run();
+                });
+            match spawned {
+                Ok(handle) => transport.threads.lock().unwrap().push(handle),
+                Err(e) => {
+                    transport.stop();
+                    let _ = transport.wait();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(transport)
+    }
+
+    /// The address the listeners are bound to (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open sessions (upgraded and not yet closed) across all workers.
+    pub fn session_count(&self) -> usize {
+        self.shared
+            .sessions
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Begins the graceful stop and returns at once: listeners close, every session gets Close
+    /// 1001, workers exit when their sessions are gone or the grace period has passed.
+    pub fn stop(&self) {
+        if !self.shared.stopping.swap(true, Ordering::AcqRel) {
+            for waker in &self.wakers {
+                if let Err(e) = waker.wake() {
+                    warn!("cannot wake a worker to stop it: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether `stop` has been asked.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Blocks until every worker has exited (after `stop`, within the grace period).
+    /// Returns an error if a worker panicked.
+    pub fn wait(&self) -> io::Result<()> {
+        let handles: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap());
+        let mut result = Ok(());
+        for handle in handles {
+            let name = handle.thread().name().unwrap_or("worker").to_string();
+            if handle.join().is_err() {
+                result = Err(io::Error::other(format!("{name} panicked")));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Transport {
+    /// Dropping a running transport stops it gracefully and waits for the workers.
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.wait();
+    }
+}

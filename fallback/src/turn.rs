@@ -1,0 +1,313 @@
+//! One loop turn's output for one connection, written with a single vectored send.
+//!
+//! While the protocol processes a read, every frame it emits (echoes, pongs, closes, handler
+//! sends) goes to a [`TurnSink`]. Headers and small payloads are copied into the worker's staging
+//! area; a large payload that lies inside the connection's receive buffer (a message unmasked in
+//! place) is only recorded as a range of that buffer. At the end of the turn [`TurnOutput::flush`]
+//! sends the connection's older pending output and all of this turn's pieces with one
+//! `sendmsg`/`writev`, and copies into the connection's [`OutBuf`] only what the kernel did not
+//! take. An echo of a whole-frame message therefore costs one read, one write and no copy.
+//!
+//! The range trick relies on the protocol's contract: bytes of the input it has handed out are not
+//! modified again during the same `receive` call, and the caller flushes before it moves the
+//! unconsumed tail.
+
+use std::io::{self, IoSlice};
+
+use hioload_wsproto::FrameSink;
+use mio::net::TcpStream;
+
+use crate::outbuf::OutBuf;
+use crate::sys;
+
+/// Payloads at least this large are sent from the receive buffer instead of being copied.
+const ZERO_COPY_MIN: usize = 1024;
+/// Most pieces in one turn; later frames are copied into staging.
+const MAX_SEGS: usize = 64;
+/// Staging capacity kept between turns.
+const STAGING_KEEP: usize = 1 << 20;
+
+#[derive(Copy, Clone, Debug)]
+enum Seg {
+    /// A range of the receive buffer.
+    Input { start: usize, len: usize },
+    /// A range of the staging area.
+    Staged { start: usize, len: usize },
+}
+
+/// A worker's reusable per-turn output: staging bytes plus the ordered pieces to send.
+#[derive(Default)]
+pub struct TurnOutput {
+    staging: Vec<u8>,
+    segs: Vec<Seg>,
+    bytes: usize,
+}
+
+impl TurnOutput {
+    /// Empty output; grows to the largest turn seen (within `STAGING_KEEP`).
+    pub fn new() -> Self {
+        TurnOutput {
+            staging: Vec::with_capacity(64 << 10),
+            segs: Vec::with_capacity(MAX_SEGS),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes queued this turn.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing was queued this turn.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Queues a copy of `bytes` (HTTP responses, frames built outside `receive`).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.stage(bytes);
+    }
+
+    /// A frame sink for this turn. `input` is the connection's receive buffer (empty outside a
+    /// read): payloads inside it may be sent from there.
+    pub fn sink(&mut self, input: &[u8]) -> TurnSink<'_> {
+        TurnSink {
+            base: input.as_ptr() as usize,
+            len: input.len(),
+            out: self,
+        }
+    }
+
+    fn stage(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let start = self.staging.len();
+        self.staging.extend_from_slice(bytes);
+        self.bytes += bytes.len();
+        match self.segs.last_mut() {
+            Some(Seg::Staged { start: s, len }) if *s + *len == start => *len += bytes.len(),
+            _ => self.segs.push(Seg::Staged {
+                start,
+                len: bytes.len(),
+            }),
+        }
+    }
+
+    fn piece<'a>(&'a self, seg: Seg, input: &'a [u8]) -> &'a [u8] {
+        match seg {
+            Seg::Input { start, len } => &input[start..start + len],
+            Seg::Staged { start, len } => &self.staging[start..start + len],
+        }
+    }
+
+    /// Sends `pending` followed by this turn's pieces (taken from `input` and staging) with as few
+    /// vectored sends as the kernel allows, stopping at `WouldBlock`; appends what was not sent to
+    /// `pending` and clears this turn. Returns the bytes sent. `input` must be the buffer given to
+    /// [`TurnOutput::sink`], unchanged since.
+    pub fn flush(
+        &mut self,
+        stream: &TcpStream,
+        pending: &mut OutBuf,
+        input: &[u8],
+    ) -> io::Result<usize> {
+        let total = pending.len() + self.bytes;
+        let mut sent = 0;
+        let mut result = Ok(());
+        while sent < total {
+            let mut iov = [IoSlice::new(&[]); MAX_SEGS + 1];
+            let mut n_iov = 0;
+            let mut skip = sent;
+            let pieces = std::iter::once(pending.unsent())
+                .chain(self.segs.iter().map(|&s| self.piece(s, input)));
+            for piece in pieces {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                iov[n_iov] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                n_iov += 1;
+            }
+            match sys::send_vectored(stream, &iov[..n_iov]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            // Keep what the kernel did not take, in order.
+            let from_pending = sent.min(pending.len());
+            pending.consume(from_pending);
+            let mut skip = sent - from_pending;
+            for i in 0..self.segs.len() {
+                let piece = self.piece(self.segs[i], input);
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    continue;
+                }
+                pending.push(&piece[skip..]);
+                skip = 0;
+            }
+        }
+        self.clear();
+        result.map(|()| sent)
+    }
+
+    /// Drops this turn's output without sending it (the connection is gone).
+    pub fn clear(&mut self) {
+        self.segs.clear();
+        self.staging.clear();
+        self.bytes = 0;
+        if self.staging.capacity() > STAGING_KEEP {
+            self.staging.shrink_to(STAGING_KEEP);
+        }
+    }
+}
+
+/// The [`FrameSink`] of one turn; see the module documentation.
+pub struct TurnSink<'t> {
+    base: usize,
+    len: usize,
+    out: &'t mut TurnOutput,
+}
+
+impl TurnSink<'_> {
+    /// Offset of `payload` in the receive buffer, if it lies entirely inside it.
+    fn input_offset(&self, payload: &[u8]) -> Option<usize> {
+        let start = (payload.as_ptr() as usize).checked_sub(self.base)?;
+        (start + payload.len() <= self.len).then_some(start)
+    }
+}
+
+impl FrameSink for TurnSink<'_> {
+    fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
+        self.out.stage(header);
+        if payload.len() >= ZERO_COPY_MIN && self.out.segs.len() < MAX_SEGS - 1 {
+            if let Some(start) = self.input_offset(payload) {
+                self.out.segs.push(Seg::Input {
+                    start,
+                    len: payload.len(),
+                });
+                self.out.bytes += payload.len();
+                return;
+            }
+        }
+        self.out.stage(payload);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server), client)
+    }
+
+    #[test]
+    fn pieces_go_out_in_order_with_large_payloads_from_the_input() {
+        let (server, mut client) = pair();
+        let input: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let mut turn = TurnOutput::new();
+        let mut pending = OutBuf::new();
+        {
+            let mut sink = turn.sink(&input);
+            sink.send_frame(b"H1", &input[100..4196]); // large, inside input: not copied
+            sink.send_frame(b"H2", b"small"); // copied
+            sink.send_frame(b"H3", &vec![9u8; 2000]); // large, outside input: copied
+        }
+        assert!(matches!(
+            turn.segs[1],
+            Seg::Input {
+                start: 100,
+                len: 4096
+            }
+        ));
+        let expect: Vec<u8> = [
+            &b"H1"[..],
+            &input[100..4196],
+            b"H2small",
+            b"H3",
+            &vec![9u8; 2000],
+        ]
+        .concat();
+        assert_eq!(turn.len(), expect.len());
+        let sent = turn.flush(&server, &mut pending, &input).unwrap();
+        assert_eq!(sent, expect.len());
+        assert!(pending.is_empty() && turn.is_empty());
+        let mut got = vec![0u8; expect.len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn what_the_kernel_does_not_take_is_kept_in_order() {
+        let (server, mut client) = pair();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let input: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let mut turn = TurnOutput::new();
+        let mut pending = OutBuf::new();
+        turn.sink(&input).send_frame(b"HEAD", &input);
+        let sent = turn.flush(&server, &mut pending, &input).unwrap();
+        assert!(
+            sent < input.len(),
+            "a 4 MiB write into a small socket buffer is partial"
+        );
+        assert_eq!(sent + pending.len(), input.len() + 4);
+        // Drain in turns, as the writable events would.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        while !pending.is_empty() {
+            turn.flush(&server, &mut pending, &[]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(server);
+        let got = reader.join().unwrap();
+        assert_eq!(&got[..4], b"HEAD");
+        assert!(got[4..] == input[..], "every byte in order");
+    }
+
+    #[test]
+    fn a_reset_peer_is_an_error_not_a_signal() {
+        let (server, client) = pair();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut turn = TurnOutput::new();
+        let mut pending = OutBuf::new();
+        let mut err = None;
+        for _ in 0..3 {
+            turn.push_bytes(&[1u8; 1000]);
+            if let Err(e) = turn.flush(&server, &mut pending, &[]) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("writing to a reset connection fails");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
+    }
+}

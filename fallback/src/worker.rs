@@ -1,0 +1,820 @@
+//! One worker: a thread that owns a poll instance, a listener and every connection it accepted,
+//! and runs them to completion. Nothing here is shared with other workers except the stop flag
+//! and a session counter, so the loop takes no lock.
+//!
+//! A loop turn, top to bottom:
+//! 1. wait for up to `batch_size` readiness events (no timeout unless a deadline or ready work);
+//! 2. per connection event: flush pending output if writable, then read: each read goes into a
+//!    pooled buffer, is parsed in place (handshake or frames), the service is called, and the
+//!    replies are sent at the end of that read with one vectored send;
+//! 3. accept new connections; read connections that still have input (read budget, resumed
+//!    after backpressure);
+//! 4. every 100 ms, check the deadlines of the few connections that have one.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hioload_wsproto::handshake::{self, Parsed};
+use hioload_wsproto::session::State;
+use hioload_wsproto::{CloseCode, Event, HttpError, Session};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use tracing::{debug, error, info, warn};
+
+use crate::config::TransportConfig;
+use crate::conn::{Connection, Phase};
+use crate::pool::{BufPool, RecvBuf};
+use crate::service::{Conn, Ended, Service};
+use crate::sys::{self, ReserveFd};
+use crate::turn::TurnOutput;
+
+pub(crate) const LISTENER: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Reads per connection per turn before others get their turn.
+const READ_ROUNDS: usize = 4;
+/// Accepts per turn before connections get their turn.
+const ACCEPT_BATCH: usize = 256;
+/// Deadline resolution.
+const TICK: Duration = Duration::from_millis(100);
+/// Pause of accepting after an error the reserve descriptor could not absorb.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// State shared by all workers of one transport.
+pub(crate) struct Shared {
+    pub stopping: AtomicBool,
+    pub sessions: Box<[PaddedCounter]>,
+}
+
+/// A per-worker counter on its own cache line: written by one worker, summed by readers.
+#[repr(align(64))]
+#[derive(Default)]
+pub(crate) struct PaddedCounter(pub AtomicUsize);
+
+pub(crate) struct Worker<S: Service> {
+    index: usize,
+    cfg: Arc<TransportConfig>,
+    service: Arc<S>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    events: Option<Events>,
+    listener: Option<TcpListener>,
+    listener_ready: bool,
+    accept_resume_at: Option<Instant>,
+    reserve: ReserveFd,
+    last_fd_warning: Option<Instant>,
+    dropped_for_fds: u64,
+    conns: Vec<Option<Connection>>,
+    free_slots: Vec<usize>,
+    live: usize,
+    pool: BufPool,
+    turn: TurnOutput,
+    http_response: Vec<u8>,
+    ready: Vec<(usize, u64)>,
+    ready_spare: Vec<(usize, u64)>,
+    watched: Vec<(usize, u64)>,
+    watched_spare: Vec<(usize, u64)>,
+    next_tick: Instant,
+    next_serial: u64,
+    stop_deadline: Option<Instant>,
+}
+
+fn read_once(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+impl<S: Service> Worker<S> {
+    pub fn new(
+        index: usize,
+        cfg: Arc<TransportConfig>,
+        service: Arc<S>,
+        shared: Arc<Shared>,
+        poll: Poll,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let pool = BufPool::new(cfg.receive_buffer_size(), cfg.pool_buffers);
+        Ok(Worker {
+            index,
+            events: Some(Events::with_capacity(cfg.batch_size)),
+            cfg,
+            service,
+            shared,
+            poll,
+            listener: Some(listener),
+            listener_ready: true,
+            accept_resume_at: None,
+            reserve: ReserveFd::new(),
+            last_fd_warning: None,
+            dropped_for_fds: 0,
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            live: 0,
+            pool,
+            turn: TurnOutput::new(),
+            http_response: Vec::with_capacity(1024),
+            ready: Vec::new(),
+            ready_spare: Vec::new(),
+            watched: Vec::new(),
+            watched_spare: Vec::new(),
+            next_tick: Instant::now() + TICK,
+            next_serial: 0,
+            stop_deadline: None,
+        })
+    }
+
+    /// Runs until `stop` has been asked and every connection is gone (or the grace period ended).
+    pub fn run(mut self) {
+        loop {
+            let timeout = self.poll_timeout();
+            let mut events = self.events.take().expect("events are put back every turn");
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                self.events = Some(events);
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!(worker = self.index, "poll failed: {e}; the worker stops");
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.listener_ready = true,
+                    WAKER => {}
+                    Token(t) => {
+                        let idx = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.on_writable(idx);
+                        }
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if hangup {
+                            if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                                conn.hangup = true;
+                            }
+                        }
+                        if event.is_readable() || hangup {
+                            self.on_readable(idx);
+                        }
+                    }
+                }
+            }
+            self.events = Some(events);
+
+            if self.stop_deadline.is_none() && self.shared.stopping.load(Ordering::Acquire) {
+                self.begin_shutdown();
+            }
+            if self.listener_ready {
+                self.accept_all();
+            }
+            self.drain_ready();
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.tick(now);
+                self.next_tick = now + TICK;
+            }
+            if let Some(deadline) = self.stop_deadline {
+                if now >= deadline || self.all_finished() {
+                    break;
+                }
+            }
+        }
+        self.close_all();
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let accept_pending =
+            self.listener_ready && self.listener.is_some() && self.accept_resume_at.is_none();
+        if !self.ready.is_empty() || accept_pending {
+            Some(Duration::ZERO)
+        } else if !self.watched.is_empty()
+            || self.stop_deadline.is_some()
+            || self.accept_resume_at.is_some()
+        {
+            Some(TICK)
+        } else {
+            None
+        }
+    }
+
+    // ---- accepting -------------------------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        if let Some(at) = self.accept_resume_at {
+            if Instant::now() < at {
+                return;
+            }
+            self.accept_resume_at = None;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.add_connection(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(e) if sys::is_transient_accept_error(&e) => {}
+                Err(e) if sys::is_fd_exhaustion(&e) && self.reserve.is_held() => {
+                    // Free the reserve, take the connection off the queue and close it, so that the
+                    // listener stops being readable; tell the operator (at most once a second).
+                    self.reserve.release();
+                    if let Ok((stream, peer)) = listener.accept() {
+                        drop(stream);
+                        self.dropped_for_fds += 1;
+                        self.warn_fd_exhaustion(&e, Some(peer));
+                    }
+                    self.reserve.restore();
+                }
+                Err(e) => {
+                    if sys::is_fd_exhaustion(&e) {
+                        self.warn_fd_exhaustion(&e, None);
+                    } else {
+                        warn!(
+                            worker = self.index,
+                            "accept failed: {e}; pausing accepts for 100 ms"
+                        );
+                    }
+                    self.accept_resume_at = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn warn_fd_exhaustion(&mut self, e: &io::Error, peer: Option<std::net::SocketAddr>) {
+        let now = Instant::now();
+        if self
+            .last_fd_warning
+            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_fd_warning = Some(now);
+            warn!(
+                worker = self.index,
+                dropped_total = self.dropped_for_fds,
+                "accept: {e}; dropping new connections ({}), raise RLIMIT_NOFILE (ulimit -n)",
+                peer.map_or_else(
+                    || "none left to drop".to_string(),
+                    |p| format!("last from {p}")
+                )
+            );
+        }
+    }
+
+    fn add_connection(&mut self, mut stream: mio::net::TcpStream, peer: std::net::SocketAddr) {
+        if let Err(e) = sys::prepare_accepted(&stream) {
+            debug!(%peer, "dropping accepted connection: {e}");
+            return;
+        }
+        let idx = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let token = Token(idx + FIRST_CONN);
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!(%peer, "cannot register connection: {e}");
+            self.free_slots.push(idx);
+            return;
+        }
+        let id = ((self.index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
+        self.next_serial += 1;
+        let deadline = Instant::now() + self.cfg.handshake_timeout;
+        self.conns[idx] = Some(Connection::new(stream, peer, id, deadline));
+        self.live += 1;
+        self.watch(idx);
+    }
+
+    // ---- readiness ---------------------------------------------------------------------------
+
+    fn on_writable(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            return;
+        }
+        if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+            self.peer_gone(idx, Some(e));
+            return;
+        }
+        if conn.read_paused && conn.out.len() <= self.cfg.backpressure.soft_bytes {
+            conn.read_paused = false;
+            self.queue_ready(idx);
+        }
+        self.after_turn(idx);
+    }
+
+    fn on_readable(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) else {
+            return;
+        };
+        if !conn.read_paused {
+            self.read_conn(idx);
+        }
+    }
+
+    fn queue_ready(&mut self, idx: usize) {
+        if let Some(conn) = self.conns[idx].as_mut() {
+            if !conn.queued_ready {
+                conn.queued_ready = true;
+                self.ready.push((idx, conn.id));
+            }
+        }
+    }
+
+    fn drain_ready(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut list = std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
+        for &(idx, id) in &list {
+            match self.conns[idx].as_mut() {
+                Some(conn) if conn.id == id => conn.queued_ready = false,
+                _ => continue,
+            }
+            self.on_readable(idx);
+        }
+        list.clear();
+        self.ready_spare = list;
+    }
+
+    /// Reads and processes until the socket is drained, the read budget is spent, or backpressure
+    /// pauses the connection.
+    fn read_conn(&mut self, idx: usize) {
+        for _ in 0..READ_ROUNDS {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                return;
+            };
+            if conn.read_paused {
+                return;
+            }
+            let mut buf = conn.rbuf.take().unwrap_or_else(|| self.pool.take());
+            let held = conn.held;
+            let space = buf.len() - held;
+            match read_once(&mut conn.stream, &mut buf.as_mut_slice()[held..]) {
+                Ok(0) => {
+                    conn.held = 0;
+                    self.pool.give(buf);
+                    self.peer_gone(idx, None);
+                    return;
+                }
+                Ok(n) => {
+                    self.process_input(idx, buf, held + n);
+                    // A short read emptied the socket, and anything arriving later (data, FIN,
+                    // RST) brings a new edge; unless the FIN or RST is already here: then read on
+                    // until the read reports it.
+                    let hangup = self.conns[idx].as_ref().map_or(true, |c| c.hangup);
+                    if cfg!(target_os = "linux") && n < space && !hangup {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if held > 0 {
+                        conn.rbuf = Some(buf);
+                    } else {
+                        self.pool.give(buf);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    conn.held = 0;
+                    self.pool.give(buf);
+                    self.peer_gone(idx, Some(e));
+                    return;
+                }
+            }
+        }
+        self.queue_ready(idx);
+    }
+
+    // ---- one read's worth of protocol --------------------------------------------------------
+
+    fn process_input(&mut self, idx: usize, mut buf: RecvBuf, filled: usize) {
+        let keep = match self.conns[idx].as_ref().map(|c| &c.phase) {
+            Some(Phase::Handshake) => self.handshake(idx, &mut buf, filled),
+            Some(Phase::Open(_)) => self.feed_session(idx, &mut buf, 0, filled),
+            Some(Phase::Finishing { .. }) | None => 0..0, // discarded
+        };
+        self.end_turn(idx, buf, keep);
+    }
+
+    /// Parses the request head; returns the input range to keep for the next read.
+    fn handshake(&mut self, idx: usize, buf: &mut RecvBuf, filled: usize) -> Range<usize> {
+        let conn = self.conns[idx].as_mut().expect("live connection");
+        let peer = conn.peer;
+        let mut upgraded_at = None;
+        match handshake::parse_request(&buf.as_slice()[..filled], &self.cfg.limits) {
+            Parsed::Partial if filled < buf.len() => return 0..filled,
+            Parsed::Partial => {
+                let err = HttpError {
+                    status: 431,
+                    reason: "request header fields too large",
+                };
+                reject(&mut self.turn, conn, &err);
+            }
+            Parsed::Reject(err) => reject(&mut self.turn, conn, &err),
+            Parsed::Http(req) => {
+                self.http_response.clear();
+                self.service.on_http(&req, peer, &mut self.http_response);
+                debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
+                self.turn.push_bytes(&self.http_response);
+                conn.phase = Phase::Finishing { shut: false };
+            }
+            Parsed::Upgrade(req) => {
+                let mut response = [0u8; 512];
+                let (n, decision) =
+                    handshake::respond(&req, self.service.upgrade_policy(), &mut response);
+                self.turn.push_bytes(&response[..n]);
+                match decision {
+                    Ok(()) => upgraded_at = Some(req.head_len),
+                    Err(err) => {
+                        debug!(%peer, path = req.path, status = err.status, "upgrade refused: {}", err.reason);
+                        conn.phase = Phase::Finishing { shut: false };
+                    }
+                }
+            }
+        }
+        let Some(head_len) = upgraded_at else {
+            // Answered with an error or a plain HTTP response: give the peer the close timeout to
+            // read it and close.
+            conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+            return 0..0;
+        };
+
+        // The session starts; bytes after the head are already frames.
+        conn.phase = Phase::Open(Session::new(self.cfg.limits.clone()));
+        conn.deadline = None;
+        self.shared.sessions[self.index]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+        let (id, worker) = (conn.id, self.index);
+        if let Phase::Open(session) = &mut conn.phase {
+            let mut sink = self.turn.sink(&[]);
+            let mut out = session.outgoing(&mut sink);
+            self.service
+                .on_open(&mut Conn::new(id, peer, worker, &mut out));
+        }
+        if filled > head_len {
+            self.feed_session(idx, buf, head_len, filled)
+        } else {
+            0..0
+        }
+    }
+
+    /// Runs the session over `buf[start..filled]`; returns the input range to keep.
+    fn feed_session(
+        &mut self,
+        idx: usize,
+        buf: &mut RecvBuf,
+        start: usize,
+        filled: usize,
+    ) -> Range<usize> {
+        let conn = self.conns[idx].as_mut().expect("live connection");
+        let Phase::Open(session) = &mut conn.phase else {
+            return 0..0;
+        };
+        let (id, peer, worker) = (conn.id, conn.peer, self.index);
+        let service = &*self.service;
+        let mut reported = false;
+        let result = {
+            let mut sink = self.turn.sink(buf.as_slice());
+            session.receive(
+                &mut buf.as_mut_slice()[start..filled],
+                &mut sink,
+                |event, out| {
+                    let mut c = Conn::new(id, peer, worker, out);
+                    match event {
+                        Event::Close(code, reason) => {
+                            service.on_close(&mut c, code.unwrap_or(CloseCode::NO_STATUS), reason);
+                            reported = true;
+                        }
+                        other => service.on_event(&mut c, other),
+                    }
+                },
+            )
+        };
+        conn.reported |= reported;
+        match result {
+            Ok(consumed) => start + consumed..filled,
+            Err(err) => {
+                info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                if !conn.reported {
+                    conn.reported = true;
+                    service.on_close(
+                        &mut Conn::new(id, peer, worker, &mut Ended),
+                        err.code,
+                        err.reason,
+                    );
+                }
+                0..0
+            }
+        }
+    }
+
+    /// Ends a read: sends this turn's output, keeps `buf[keep]` for the next read, updates state.
+    fn end_turn(&mut self, idx: usize, mut buf: RecvBuf, keep: Range<usize>) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            self.turn.clear();
+            self.pool.give(buf);
+            return;
+        };
+        let sent = if self.turn.is_empty() {
+            Ok(0)
+        } else {
+            self.turn.flush(&conn.stream, &mut conn.out, buf.as_slice())
+        };
+        let kept = keep.len();
+        if kept == 0 {
+            conn.held = 0;
+            self.pool.give(buf);
+        } else {
+            buf.as_mut_slice().copy_within(keep, 0);
+            conn.held = kept;
+            conn.rbuf = Some(buf);
+        }
+        if let Err(e) = sent {
+            self.peer_gone(idx, Some(e));
+            return;
+        }
+        if kept == self.pool.buf_size() {
+            // The protocol layer must consume whole frames larger than `inplace_frame_max`.
+            error!(peer = %conn.peer, "receive buffer full of unconsumed input ({kept} bytes); closing");
+            self.end_abnormally(idx, CloseCode::INTERNAL_ERROR, "receive buffer overflow");
+            return;
+        }
+        self.after_turn(idx);
+    }
+
+    /// Updates phase, deadlines and backpressure after anything changed a connection.
+    fn after_turn(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let mut watch = false;
+        if let Phase::Open(session) = &conn.phase {
+            let state = session.state();
+            if conn.reported || state == State::Closed {
+                if !conn.reported {
+                    conn.reported = true;
+                    let (id, peer) = (conn.id, conn.peer);
+                    self.service.on_close(
+                        &mut Conn::new(id, peer, self.index, &mut Ended),
+                        CloseCode::ABNORMAL,
+                        "session closed",
+                    );
+                }
+                self.shared.sessions[self.index]
+                    .0
+                    .fetch_sub(1, Ordering::Relaxed);
+                conn.phase = Phase::Finishing { shut: false };
+                conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+                watch = true;
+            } else if state == State::Closing && conn.deadline.is_none() {
+                conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+                watch = true;
+            }
+        }
+        let pending = conn.out.len();
+        let bp = &self.cfg.backpressure;
+        if pending > bp.soft_bytes {
+            conn.read_paused = true;
+        }
+        if pending > bp.hard_bytes {
+            if conn.over_hard_since.is_none() {
+                conn.over_hard_since = Some(Instant::now());
+                watch = true;
+            }
+        } else {
+            conn.over_hard_since = None;
+        }
+        if let Phase::Finishing { shut } = &mut conn.phase {
+            if !*shut && conn.out.is_empty() {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                *shut = true;
+                conn.read_paused = false;
+            }
+        }
+        if watch {
+            self.watch(idx);
+        }
+    }
+
+    // ---- endings ----------------------------------------------------------------------------
+
+    /// The peer closed or reset the connection (or a send failed).
+    fn peer_gone(&mut self, idx: usize, err: Option<io::Error>) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.has_live_session() {
+            let reason = match &err {
+                Some(_) => "connection reset",
+                None => "connection closed without a close frame",
+            };
+            debug!(peer = %conn.peer, session = conn.id, error = ?err, "{reason}");
+            self.end_abnormally(idx, CloseCode::ABNORMAL, reason);
+        } else {
+            if matches!(conn.phase, Phase::Handshake) {
+                debug!(peer = %conn.peer, error = ?err, "connection ended during the handshake");
+            }
+            self.drop_conn(idx);
+        }
+    }
+
+    /// Reports `code` to the service if the session is live, then drops the connection.
+    fn end_abnormally(&mut self, idx: usize, code: CloseCode, reason: &str) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.has_live_session() {
+            conn.reported = true;
+            let (id, peer) = (conn.id, conn.peer);
+            self.service.on_close(
+                &mut Conn::new(id, peer, self.index, &mut Ended),
+                code,
+                reason,
+            );
+            self.shared.sessions[self.index]
+                .0
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        self.drop_conn(idx);
+    }
+
+    fn drop_conn(&mut self, idx: usize) {
+        let Some(mut conn) = self.conns[idx].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(buf) = conn.rbuf.take() {
+            self.pool.give(buf);
+        }
+        self.free_slots.push(idx);
+        self.live -= 1;
+    }
+
+    // ---- deadlines --------------------------------------------------------------------------
+
+    fn watch(&mut self, idx: usize) {
+        if let Some(conn) = self.conns[idx].as_mut() {
+            if !conn.watched {
+                conn.watched = true;
+                self.watched.push((idx, conn.id));
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut list =
+            std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
+        for &(idx, id) in &list {
+            match self.conns[idx].as_ref() {
+                Some(conn) if conn.id == id => {}
+                _ => continue,
+            }
+            self.check_deadlines(idx, now);
+            if let Some(conn) = self.conns[idx].as_mut() {
+                if conn.needs_watch() {
+                    self.watched.push((idx, id));
+                } else {
+                    conn.watched = false;
+                }
+            }
+        }
+        list.clear();
+        self.watched_spare = list;
+    }
+
+    fn check_deadlines(&mut self, idx: usize, now: Instant) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let bp_timeout = self.cfg.backpressure.timeout;
+        if conn
+            .over_hard_since
+            .is_some_and(|since| now.duration_since(since) >= bp_timeout)
+        {
+            self.close_stuck(idx);
+            return;
+        }
+        if !conn.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        match &conn.phase {
+            Phase::Handshake => {
+                debug!(peer = %conn.peer, "handshake timed out");
+                self.drop_conn(idx);
+            }
+            Phase::Open(_) => {
+                debug!(peer = %conn.peer, session = conn.id, "close handshake timed out");
+                self.end_abnormally(idx, CloseCode::ABNORMAL, "close handshake timed out");
+            }
+            Phase::Finishing { .. } => self.drop_conn(idx),
+        }
+    }
+
+    /// A peer that has not drained its output for the backpressure timeout: close 1008.
+    fn close_stuck(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let pending = conn.out.len();
+        if let Phase::Open(session) = &mut conn.phase {
+            let mut sink = self.turn.sink(&[]);
+            let _ = session
+                .outgoing(&mut sink)
+                .close(CloseCode::POLICY_VIOLATION, "output not drained");
+            let _ = self.turn.flush(&conn.stream, &mut conn.out, &[]);
+        }
+        info!(
+            peer = %conn.peer, session = conn.id, pending,
+            "peer does not read: output above {} bytes for {:?}; closing with 1008",
+            self.cfg.backpressure.hard_bytes, self.cfg.backpressure.timeout
+        );
+        self.end_abnormally(idx, CloseCode::POLICY_VIOLATION, "output not drained");
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self) {
+        self.stop_deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.listener_ready = false;
+        let mut closing = 0;
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            match &mut conn.phase {
+                Phase::Handshake => self.drop_conn(idx),
+                Phase::Open(session) if session.state() == State::Open => {
+                    let mut sink = self.turn.sink(&[]);
+                    let _ = session
+                        .outgoing(&mut sink)
+                        .close(CloseCode::GOING_AWAY, "server shutting down");
+                    if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+                        self.peer_gone(idx, Some(e));
+                        continue;
+                    }
+                    closing += 1;
+                    self.after_turn(idx);
+                }
+                _ => {}
+            }
+        }
+        info!(
+            worker = self.index,
+            sessions = closing,
+            "stopping: listener closed, close 1001 sent"
+        );
+    }
+
+    /// Whether every connection has completed its close: nothing left to wait for but the peers'
+    /// FINs, which the exit does not need.
+    fn all_finished(&self) -> bool {
+        self.live == 0
+            || self
+                .conns
+                .iter()
+                .flatten()
+                .all(|c| matches!(c.phase, Phase::Finishing { shut: true }))
+    }
+
+    fn close_all(&mut self) {
+        for idx in 0..self.conns.len() {
+            if self.conns[idx].is_some() {
+                self.end_abnormally(idx, CloseCode::ABNORMAL, "server stopped");
+            }
+        }
+        debug!(worker = self.index, "worker stopped");
+    }
+}
+
+/// Queues an HTTP error answer and ends the connection after it.
+fn reject(turn: &mut TurnOutput, conn: &mut Connection, err: &HttpError) {
+    debug!(peer = %conn.peer, status = err.status, "handshake rejected: {}", err.reason);
+    let mut response = [0u8; 256];
+    let n = handshake::write_error_response(err, &mut response);
+    turn.push_bytes(&response[..n]);
+    conn.phase = Phase::Finishing { shut: false };
+}

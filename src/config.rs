@@ -1,0 +1,323 @@
+//! Server configuration: one plain struct with production defaults, checked once by
+//! [`Config::validate`] so that a bad value is reported by the name the user wrote.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use hioload_fallback::Backpressure;
+pub use hioload_wsproto::Limits;
+
+/// Which data path serves the connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// The kernel's TCP stack through `mio` (every OS; the default).
+    #[default]
+    Kernel,
+    /// DPDK with the userspace TCP stack; `eal_args` are passed to the EAL (e.g. `-l 2-5`).
+    #[cfg(feature = "dpdk")]
+    Dpdk {
+        /// EAL arguments, without the program name.
+        eal_args: Vec<String>,
+    },
+}
+
+/// Everything a [`Server`](crate::Server) needs. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (default `0.0.0.0:8080`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Request path that is upgraded to WebSocket (default `/ws`); other paths get 404.
+    pub path: String,
+    /// Worker threads, one event loop each (default 4).
+    pub num_workers: usize,
+    /// Ring sizes, a power of two (default 1024): DPDK descriptor rings; in the kernel fallback, the
+    /// number of free receive buffers each worker keeps pooled.
+    pub ring_capacity: usize,
+    /// Most readiness events (or packets) handled per wait (default 16).
+    pub batch_size: usize,
+    /// Pin each worker to its own CPU (default on; Linux only).
+    pub cpu_affinity: bool,
+    /// Shards of the session registry, a power of two (default 16).
+    pub session_shards: usize,
+    /// Protocol limits (frame and message size, request head size, in-place frame size).
+    pub limits: Limits,
+    /// Pending-output bounds per connection (default 1 MiB soft, 4 MiB hard, 10 s).
+    pub backpressure: Backpressure,
+    /// Time a client has to complete the upgrade request (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time a peer has to answer our Close, and to close after the close handshake (default 5 s).
+    pub close_timeout: Duration,
+    /// On stop, time given to sessions to complete their close handshake (default 5 s).
+    pub shutdown_grace: Duration,
+    /// The data path (default: the kernel).
+    pub data_path: DataPath,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/ws".to_string(),
+            num_workers: 4,
+            ring_capacity: 1024,
+            batch_size: 16,
+            cpu_affinity: true,
+            session_shards: 16,
+            limits: Limits::default(),
+            backpressure: Backpressure::default(),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            data_path: DataPath::Kernel,
+        }
+    }
+}
+
+/// An invalid configuration value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, as written in [`Config`] (e.g. `limits.max_frame_size`).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn check(
+    ok: bool,
+    field: &'static str,
+    problem: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            field,
+            problem: problem(),
+        })
+    }
+}
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Config {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.num_workers;
+        check((1..=1024).contains(&n), "num_workers", || {
+            format!("must be between 1 and 1024, got {n}")
+        })?;
+        let r = self.ring_capacity;
+        check(
+            r.is_power_of_two() && (64..=65536).contains(&r),
+            "ring_capacity",
+            || format!("must be a power of two between 64 and 65536, got {r}"),
+        )?;
+        let b = self.batch_size;
+        check((1..=r.min(1024)).contains(&b), "batch_size", || {
+            format!(
+                "must be between 1 and min(ring_capacity, 1024) = {}, got {b}",
+                r.min(1024)
+            )
+        })?;
+        let s = self.session_shards;
+        check(s.is_power_of_two() && s <= 4096, "session_shards", || {
+            format!("must be a power of two between 1 and 4096, got {s}")
+        })?;
+        let p = &self.path;
+        check(p.starts_with('/') && p.len() <= 1024, "path", || {
+            format!("must start with '/' (at most 1024 bytes), got {p:?}")
+        })?;
+        check(
+            p.bytes().all(|c| c.is_ascii_graphic()) && !p.contains(['?', '#']),
+            "path",
+            || format!("must be printable ASCII without spaces, '?' or '#', got {p:?}"),
+        )?;
+
+        let l = &self.limits;
+        check(
+            (125..=1 << 30).contains(&l.max_frame_size),
+            "limits.max_frame_size",
+            || {
+                format!(
+                    "must be between 125 (a control frame) and 1 GiB, got {}",
+                    l.max_frame_size
+                )
+            },
+        )?;
+        check(
+            (125..=1 << 30).contains(&l.max_message_size),
+            "limits.max_message_size",
+            || format!("must be between 125 and 1 GiB, got {}", l.max_message_size),
+        )?;
+        check(
+            (256..=1 << 20).contains(&l.max_head_bytes),
+            "limits.max_head_bytes",
+            || format!("must be between 256 and 1 MiB, got {}", l.max_head_bytes),
+        )?;
+        check(
+            (8..=1024).contains(&l.max_headers),
+            "limits.max_headers",
+            || format!("must be between 8 and 1024, got {}", l.max_headers),
+        )?;
+        check(
+            (256..=16 << 20).contains(&l.inplace_frame_max),
+            "limits.inplace_frame_max",
+            || {
+                format!(
+                    "must be between 256 bytes and 16 MiB, got {}",
+                    l.inplace_frame_max
+                )
+            },
+        )?;
+
+        let bp = &self.backpressure;
+        check(bp.soft_bytes >= 4096, "backpressure.soft_bytes", || {
+            format!("must be at least 4096, got {}", bp.soft_bytes)
+        })?;
+        check(
+            bp.hard_bytes >= bp.soft_bytes,
+            "backpressure.hard_bytes",
+            || {
+                format!(
+                    "must be at least backpressure.soft_bytes ({}), got {}",
+                    bp.soft_bytes, bp.hard_bytes
+                )
+            },
+        )?;
+        check(
+            !bp.timeout.is_zero() && bp.timeout <= MAX_TIMEOUT,
+            "backpressure.timeout",
+            || format!("must be between 1 ms and 1 h, got {:?}", bp.timeout),
+        )?;
+        for (field, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+        ] {
+            check(!value.is_zero() && value <= MAX_TIMEOUT, field, || {
+                format!("must be between 1 ms and 1 h, got {value:?}")
+            })?;
+        }
+        let g = self.shutdown_grace;
+        check(g <= MAX_TIMEOUT, "shutdown_grace", || {
+            format!("must be at most 1 h, got {g:?}")
+        })?;
+        Ok(())
+    }
+
+    /// The kernel transport's settings.
+    pub(crate) fn transport(&self) -> hioload_fallback::TransportConfig {
+        hioload_fallback::TransportConfig {
+            listen: self.listen,
+            workers: self.num_workers,
+            batch_size: self.batch_size,
+            cpu_affinity: self.cpu_affinity,
+            worker_cpus: Vec::new(),
+            pool_buffers: self.ring_capacity,
+            limits: self.limits.clone(),
+            backpressure: self.backpressure.clone(),
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.num_workers, 4);
+        assert_eq!(c.ring_capacity, 1024);
+        assert_eq!(c.batch_size, 16);
+        assert!(c.cpu_affinity);
+        assert_eq!(c.session_shards, 16);
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.path, "/ws");
+        assert_eq!(c.backpressure.soft_bytes, 1 << 20);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        c.validate().unwrap();
+    }
+
+    fn field_of(f: impl FnOnce(&mut Config)) -> &'static str {
+        let mut c = Config::default();
+        f(&mut c);
+        c.validate().expect_err("invalid config accepted").field
+    }
+
+    #[test]
+    fn each_bad_value_is_reported_by_its_field_name() {
+        assert_eq!(field_of(|c| c.num_workers = 0), "num_workers");
+        assert_eq!(field_of(|c| c.ring_capacity = 1000), "ring_capacity");
+        assert_eq!(field_of(|c| c.batch_size = 0), "batch_size");
+        assert_eq!(field_of(|c| c.batch_size = 2048), "batch_size");
+        assert_eq!(field_of(|c| c.session_shards = 3), "session_shards");
+        assert_eq!(field_of(|c| c.path = "ws".into()), "path");
+        assert_eq!(field_of(|c| c.path = "/a b".into()), "path");
+        assert_eq!(
+            field_of(|c| c.limits.max_frame_size = 10),
+            "limits.max_frame_size"
+        );
+        assert_eq!(
+            field_of(|c| c.limits.max_message_size = 0),
+            "limits.max_message_size"
+        );
+        assert_eq!(
+            field_of(|c| c.limits.max_head_bytes = 10),
+            "limits.max_head_bytes"
+        );
+        assert_eq!(field_of(|c| c.limits.max_headers = 0), "limits.max_headers");
+        assert_eq!(
+            field_of(|c| c.limits.inplace_frame_max = 0),
+            "limits.inplace_frame_max"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.soft_bytes = 10),
+            "backpressure.soft_bytes"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.hard_bytes = 4096),
+            "backpressure.hard_bytes"
+        );
+        assert_eq!(
+            field_of(|c| c.backpressure.timeout = Duration::ZERO),
+            "backpressure.timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.handshake_timeout = Duration::ZERO),
+            "handshake_timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.close_timeout = Duration::from_secs(7200)),
+            "close_timeout"
+        );
+        assert_eq!(
+            field_of(|c| c.shutdown_grace = Duration::from_secs(7200)),
+            "shutdown_grace"
+        );
+    }
+
+    #[test]
+    fn the_message_says_what_is_wrong() {
+        let c = Config {
+            num_workers: 0,
+            ..Config::default()
+        };
+        let msg = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "invalid configuration: num_workers: must be between 1 and 1024, got 0"
+        );
+    }
+}

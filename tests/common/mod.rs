@@ -1,0 +1,222 @@
+//! Helpers shared by the facade's integration tests: a server on 127.0.0.1:0 with a recording
+//! echo handler, a `tungstenite` client (not ours), and a minimal raw client for what a
+//! well-behaved client library will not do (fragments by hand, bad requests, resets mid-frame).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hioload_ws::{CloseCode, Config, Ctx, Handler, Message, Server};
+use tungstenite::WebSocket;
+
+/// A config for tests: loopback, port 0, two workers, no pinning (the machine is shared).
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        num_workers: 2,
+        cpu_affinity: false,
+        ..Config::default()
+    }
+}
+
+/// What the server's handler saw.
+#[derive(Default)]
+pub struct Record {
+    pub opened: usize,
+    pub closes: Vec<(u64, u16, String)>,
+}
+
+/// Echoes every message; `close-me <code>` makes the server close with that code, `panic` panics.
+/// Records opens and closes.
+#[derive(Default)]
+pub struct RecordingEcho {
+    pub record: Mutex<Record>,
+    pub changed: Condvar,
+}
+
+impl RecordingEcho {
+    /// Waits until `pred` holds for the record (or panics after `timeout`).
+    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&Record) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        while !pred(&rec) {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "timed out waiting for {what}; closes so far: {:?}",
+                        rec.closes
+                    )
+                });
+            rec = self.changed.wait_timeout(rec, left).unwrap().0;
+        }
+    }
+
+    pub fn close_codes(&self) -> Vec<u16> {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closes
+            .iter()
+            .map(|c| c.1)
+            .collect()
+    }
+}
+
+impl Handler for RecordingEcho {
+    fn on_open(&self, _ctx: &mut Ctx<'_>) {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).opened += 1;
+        self.changed.notify_all();
+    }
+    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        if let Message::Text(t) = msg {
+            if let Some(code) = t.strip_prefix("close-me ") {
+                ctx.close(CloseCode(code.parse().unwrap()), "requested")
+                    .unwrap();
+                return;
+            }
+            if t == "panic" {
+                panic!("handler panic requested by the test");
+            }
+        }
+        ctx.send(msg).unwrap();
+    }
+    fn on_close(&self, ctx: &mut Ctx<'_>, code: CloseCode, reason: &str) {
+        assert!(
+            ctx.send_text("too late").is_err(),
+            "sends are refused after the close"
+        );
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closes
+            .push((ctx.session_id(), code.0, reason.to_string()));
+        self.changed.notify_all();
+    }
+}
+
+/// Starts a server with a recording echo handler.
+pub fn start_echo(cfg: Config) -> (Server, Arc<RecordingEcho>) {
+    let rec = Arc::new(RecordingEcho::default());
+    let server = Server::new(cfg).unwrap().with_shared_handler(rec.clone());
+    server.start().unwrap();
+    (server, rec)
+}
+
+/// A tungstenite client connected to `ws://addr{path}`.
+pub fn client(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (ws, resp) =
+        tungstenite::client::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Waits until `f` is true, polling; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- raw client ------------------------------------------------------------------------------
+
+/// Sends `request` and returns the response head (up to the blank line).
+pub fn raw_request(addr: SocketAddr, request: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    (s, head)
+}
+
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "response head cut short ({other:?}): {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8(head).unwrap()
+}
+
+pub fn upgrade_request(path: &str, version: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A raw connection past a successful handshake.
+pub fn raw_ws(addr: SocketAddr) -> TcpStream {
+    let (s, head) = raw_request(addr, &upgrade_request("/ws", "13", KEY));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// A masked client frame.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one server frame: (fin, opcode, payload). Server frames must be unmasked.
+pub fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x0f, payload)
+}
+
+/// Reads until the server closes the TCP connection, which must be a clean close (FIN, not a
+/// reset) with nothing more sent.
+pub fn expect_eof(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("a clean TCP close");
+    assert!(rest.is_empty(), "unexpected bytes before EOF: {rest:?}");
+}
