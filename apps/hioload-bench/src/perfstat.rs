@@ -3,7 +3,8 @@
 //! load stays what it is while the counters run.
 //!
 //! The count is turned into a rate with perf's own `duration_time`, which makes it independent of
-//! how long perf took to attach.
+//! how long perf took to attach. Counting is per thread (`--per-thread`): without it perf sums
+//! `duration_time` over the threads as well, which would divide the rate by the thread count.
 
 use std::process::{Child, Command, Stdio};
 
@@ -46,7 +47,7 @@ impl SyscallCounter {
             events.push_str(name);
         }
         let child = Command::new("perf")
-            .args(["stat", "-x,", "-e", &events, "-p", &pid.to_string()])
+            .args(["stat", "--per-thread", "-x,", "-e", &events, "-p", &pid.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -65,28 +66,29 @@ impl SyscallCounter {
     }
 }
 
-/// Parses `perf stat -x,` lines: `count,unit,event,...`.
+/// Parses `perf stat --per-thread -x,` lines: `comm-tid,count,unit,event,...`. Counts are summed
+/// over threads; the duration is the longest thread's.
 fn parse(text: &str) -> Option<SyscallRates> {
-    let mut seconds = None;
+    let mut seconds: Option<f64> = None;
     let mut total = None;
-    let mut by_name = Vec::new();
+    let mut by_name: Vec<(&'static str, f64)> = Vec::new();
     for line in text.lines() {
-        let mut fields = line.split(',');
-        let count = fields.next()?;
-        let _unit = fields.next();
-        let Some(event) = fields.next() else { continue };
+        let fields: Vec<&str> = line.split(',').collect();
+        let [_thread, count, _unit, event, ..] = fields[..] else { continue };
         // "<not counted>" / "<not supported>": treat as zero.
         let count: f64 = count.trim().parse().unwrap_or(0.0);
         match event {
-            "duration_time" => seconds = Some(count / 1e9),
-            "raw_syscalls:sys_enter" => total = Some(count),
+            "duration_time" => seconds = Some(seconds.unwrap_or(0.0).max(count / 1e9)),
+            "raw_syscalls:sys_enter" => *total.get_or_insert(0.0) += count,
             _ => {
-                if let Some(name) = event.strip_prefix("syscalls:sys_enter_") {
-                    if let Some(known) = SYSCALLS.iter().find(|n| **n == name) {
-                        if count > 0.0 {
-                            by_name.push((*known, count));
-                        }
-                    }
+                let Some(name) = event.strip_prefix("syscalls:sys_enter_") else { continue };
+                let Some(known) = SYSCALLS.iter().find(|n| **n == name) else { continue };
+                if count <= 0.0 {
+                    continue;
+                }
+                match by_name.iter_mut().find(|(n, _)| n == known) {
+                    Some((_, c)) => *c += count,
+                    None => by_name.push((known, count)),
                 }
             }
         }
@@ -102,13 +104,20 @@ fn parse(text: &str) -> Option<SyscallRates> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn parses_perf_csv() {
-        let text = "\n2000000000,ns,duration_time,2000000000,100.00,,\n\
-                    600,,raw_syscalls:sys_enter,2000000000,100.00,,\n\
-                    200,,syscalls:sys_enter_read,2000000000,100.00,,\n\
-                    <not counted>,,syscalls:sys_enter_writev,0,100.00,,\n";
+        let text = "\nsrv-1,2000000000,ns,duration_time,2000000000,100.00,,\n\
+                    srv-2,2000000000,ns,duration_time,2000000000,100.00,,\n\
+                    srv-1,<not counted>,,raw_syscalls:sys_enter,0,100.00,,\n\
+                    srv-2,600,,raw_syscalls:sys_enter,2000000000,100.00,,\n\
+                    srv-1,20,,syscalls:sys_enter_read,2000000000,100.00,,\n\
+                    srv-2,180,,syscalls:sys_enter_read,2000000000,100.00,,\n\
+                    srv-2,<not counted>,,syscalls:sys_enter_writev,0,100.00,,\n";
         let r = parse(text).unwrap();
         assert_eq!(r.total, 300.0);
         assert_eq!(r.by_name, vec![("read", 100.0)]);
@@ -118,14 +127,29 @@ mod tests {
     #[test]
     #[ignore = "needs linux-perf and access to syscall tracepoints (root)"]
     fn counts_a_real_process() {
-        // A child that makes a known kind of syscall in a loop.
-        let mut child = Command::new("sh").args(["-c", "while :; do read x < /dev/null; done"]).spawn().unwrap();
-        let counter = SyscallCounter::start(child.id()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let rates = counter.stop();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let rates = rates.unwrap();
-        assert!(rates.total > 100.0, "total {}", rates.total);
+        // This process: a second thread makes one `read` of /dev/zero per millisecond at most
+        // (sleeping makes it fewer) while this thread waits, so the rate must be per second of
+        // wall clock, not per thread-second.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut zero = std::fs::File::open("/dev/zero").unwrap();
+                let mut byte = [0u8; 1];
+                while !stop.load(Ordering::Relaxed) {
+                    zero.read_exact(&mut byte).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let counter = SyscallCounter::start(std::process::id()).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        let rates = counter.stop().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        let reads = rates.by_name.iter().find(|(n, _)| *n == "read").map_or(0.0, |(_, r)| *r);
+        assert!((300.0..=1000.0).contains(&reads), "read rate {reads}/s, all: {:?}", rates.by_name);
+        assert!(rates.total >= reads);
     }
 }
