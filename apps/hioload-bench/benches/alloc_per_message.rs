@@ -201,7 +201,7 @@ fn main() -> ExitCode {
     let trace = std::env::var_os("ALLOC_TRACE").is_some();
     // `cargo bench ... -- WORD` runs only the scenarios whose name contains WORD.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    for sc in SCENARIOS.iter().filter(|sc| filter.as_deref().is_none_or(|f| sc.name.contains(f))) {
+    for sc in SCENARIOS.iter().filter(|sc| filter.as_deref().map_or(true, |f| sc.name.contains(f))) {
         let framing = Framing::WebSocket(sc.kind);
         let target = Target { addr, path: server.config().path.clone(), framing, sources: 1 };
         let pattern = Pattern::new(framing, sc.size, Pattern::ring_messages(sc.pipeline, sc.size));
