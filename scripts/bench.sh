@@ -10,10 +10,11 @@
 # server RSS per idle connection at $BENCH_IDLE connections. The markdown report also goes to
 # target/bench/bench-<date>.md.
 #
-# Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--servers "hioload tungstenite fastws raw"]
+# Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload tungstenite fastws raw"]
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf).
-# Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
+#        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
+# Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
 #        taskset (util-linux, in every Debian/Ubuntu base system). Traffic stays on 127.0.0.1.
@@ -29,6 +30,7 @@ client_cpu=${BENCH_CLIENT_CPU:-1}
 port_base=${BENCH_PORT_BASE:-19100}
 servers="hioload tungstenite fastws raw"
 scenarios="100x20 10x1K 200x16K 500x16K 100x20p16"
+rounds=${BENCH_ROUNDS:-1}
 build=1
 syscalls=()
 
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
         --duration) duration=$2; shift ;;
         --servers) servers=$2; shift ;;
         --scenarios) scenarios=$2; shift ;;
+        --rounds) rounds=$2; shift ;;
         --idle) idle=$2; shift ;;
         --no-build) build=0 ;;
         --syscalls) syscalls=(--syscalls) ;;
@@ -122,30 +125,50 @@ done
 # field JSON KEY: a number (or null) from hioload-bench's one-line JSON.
 field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
 
-declare -A rate cpu errs sys
+# Per (scenario, server): space-separated values, one per round; medians below.
+declare -A rate_l cpu_l user_l sys_l rate cpu user sys
 errors_seen=()
+for round in $(seq "$rounds"); do
+    for sc in $scenarios; do
+        # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
+        conns=${sc%%x*}; rest=${sc#*x}; size=${rest%%p*}; pipe=1
+        [[ "$rest" == *p* ]] && pipe=${rest#*p}
+        for s in $servers; do
+            mode=(); [ "$s" = raw ] && mode=(--raw)
+            echo "  round $round/$rounds: $sc → $(label "$s")" >&2
+            out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
+                -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" \
+                "${syscalls[@]}" --json) || true
+            if [ -z "$out" ]; then
+                errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
+                continue
+            fi
+            echo "$out" >>"$logdir/bench-$stamp.jsonl"
+            e=$(field "$out" errors)
+            if [ "$e" != 0 ]; then
+                errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
+                continue
+            fi
+            rate_l[$sc,$s]+=" $(field "$out" msgs_per_s)"
+            cpu_l[$sc,$s]+=" $(field "$out" server_cpu_us_per_msg)"
+            user_l[$sc,$s]+=" $(field "$out" server_user_us_per_msg)"
+            sys_l[$sc,$s]+=" $(field "$out" server_syscalls_per_msg)"
+            kill -0 "${pid_of[$s]}" 2>/dev/null || errors_seen+=("$(label "$s") died during $sc")
+        done
+    done
+done
+
+# median "v1 v2 ...": the middle value (mean of the two middle ones), ignoring nulls; empty if none.
+median() {
+    tr ' ' '\n' <<<"$1" | { grep -E '^[0-9.]+$' || true; } | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
 for sc in $scenarios; do
-    # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
-    conns=${sc%%x*}; rest=${sc#*x}; size=${rest%%p*}; pipe=1
-    [[ "$rest" == *p* ]] && pipe=${rest#*p}
     for s in $servers; do
-        mode=(); [ "$s" = raw ] && mode=(--raw)
-        echo "  $sc → $(label "$s")" >&2
-        out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
-            -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" "${syscalls[@]}" --json) || true
-        if [ -z "$out" ]; then
-            rate[$sc,$s]=; cpu[$sc,$s]=; errs[$sc,$s]=failed
-            errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
-            continue
-        fi
-        echo "$out" >>"$logdir/bench-$stamp.jsonl"
-        rate[$sc,$s]=$(field "$out" msgs_per_s)
-        cpu[$sc,$s]=$(field "$out" server_cpu_us_per_msg)
-        sys[$sc,$s]=$(field "$out" server_syscalls_per_msg)
-        e=$(field "$out" errors)
-        errs[$sc,$s]=$e
-        [ "$e" != 0 ] && errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
-        kill -0 "${pid_of[$s]}" 2>/dev/null || { errors_seen+=("$(label "$s") died during $sc"); }
+        rate[$sc,$s]=$(median "${rate_l[$sc,$s]:-}")
+        cpu[$sc,$s]=$(median "${cpu_l[$sc,$s]:-}")
+        user[$sc,$s]=$(median "${user_l[$sc,$s]:-}")
+        sys[$sc,$s]=$(median "${sys_l[$sc,$s]:-}")
     done
 done
 
@@ -170,7 +193,8 @@ fmt_rate() { [ -n "$1" ] && awk -v r="$1" 'BEGIN { printf "%.0f", r }' || printf
 has() { [[ " $servers " == *" $1 "* ]]; }
 
 report() {
-    echo "### End-to-end echo, $(date -u +%Y-%m-%d) ($warmup s warm-up + $duration s per run)"
+    local med=""; [ "$rounds" -gt 1 ] && med="; medians of $rounds interleaved rounds"
+    echo "### End-to-end echo, $(date -u +%Y-%m-%d) ($warmup s warm-up + $duration s per run$med)"
     echo
     echo "Machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores," \
         "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r);" \
@@ -196,6 +220,16 @@ report() {
         local row="| $sc |"
         for s in $servers; do row+=" $(fmt_rate "${rate[$sc,$s]}") |"; done
         has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
+        echo "$row"
+    done
+    echo
+    echo "Of which user space (the server's own code; the rest is the kernel's TCP path), µs per echo:"
+    echo
+    echo "$head"; echo "$line"
+    for sc in $scenarios; do
+        local row="| $sc |"
+        for s in $servers; do row+=" $(cell "${user[$sc,$s]}") |"; done
+        has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
         echo "$row"
     done
     if [ "${#syscalls[@]}" -gt 0 ]; then

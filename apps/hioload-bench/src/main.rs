@@ -207,7 +207,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     std::thread::sleep(duration);
     phase.store(load::DONE, Ordering::Relaxed);
     let window = start.elapsed();
-    let client_cpu = procfs::own_cpu() - client_start;
+    let client_cpu = procfs::own_cpu().since(client_start);
     let server_end = args.server_pid.map(server_cpu).transpose()?;
     let syscalls = counter.map(|c| c.stop()).transpose()?;
 
@@ -229,7 +229,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         warmup,
         window,
         stats,
-        server_cpu: server_start.zip(server_end).map(|(a, b)| b.saturating_sub(a)),
+        server_cpu: server_start.zip(server_end).map(|(a, b)| b.since(a)),
         client_cpu,
         syscalls,
     };

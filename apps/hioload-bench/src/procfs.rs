@@ -4,20 +4,39 @@
 use std::io;
 use std::time::Duration;
 
-/// CPU time (user + system) the process `pid` has used, all threads, from /proc/PID/stat.
+/// CPU time split into user space and kernel.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    /// User + system.
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The time used since `earlier`.
+    pub fn since(&self, earlier: CpuTime) -> CpuTime {
+        CpuTime { user: self.user.saturating_sub(earlier.user), system: self.system.saturating_sub(earlier.system) }
+    }
+}
+
+/// CPU time the process `pid` has used, all threads, from /proc/PID/stat (utime, stime).
 /// The kernel counts it in clock ticks (usually 10 ms).
-pub fn process_cpu(pid: u32) -> io::Result<Duration> {
+pub fn process_cpu(pid: u32) -> io::Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces: fields after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| bad(&stat))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime and stime are fields 14 and 15.
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or_else(|| bad(&stat));
-    let total = ticks(11)? + ticks(12)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
-    Ok(Duration::from_nanos(total * 1_000_000_000 / hz))
+    let time = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
+    Ok(CpuTime { user: time(ticks(11)?), system: time(ticks(12)?) })
 }
 
 /// Resident set size (VmRSS) of `pid` in bytes, from /proc/PID/status.
@@ -28,14 +47,14 @@ pub fn process_rss(pid: u32) -> io::Result<u64> {
     Ok(kib * 1024)
 }
 
-/// CPU time (user + system) this process has used so far.
-pub fn own_cpu() -> Duration {
+/// CPU time this process has used so far.
+pub fn own_cpu() -> CpuTime {
     // SAFETY: an all-zero rusage is a valid value; getrusage only writes into it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid, writable rusage.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    CpuTime { user: tv(usage.ru_utime), system: tv(usage.ru_stime) }
 }
 
 fn bad(text: &str) -> io::Error {
@@ -56,8 +75,8 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(1);
         }
         std::hint::black_box(x);
-        assert!(process_cpu(pid).unwrap() > Duration::ZERO);
-        assert!(own_cpu() >= Duration::from_millis(10));
+        assert!(process_cpu(pid).unwrap().total() > Duration::ZERO);
+        assert!(own_cpu().total() >= Duration::from_millis(10));
         let rss = process_rss(pid).unwrap();
         assert!(rss > 100 * 1024 && rss < 1 << 40, "rss {rss}");
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::load::ThreadStats;
 use crate::perfstat::SyscallRates;
+use crate::procfs::CpuTime;
 
 /// Everything one load run measured.
 pub struct LoadReport {
@@ -20,9 +21,9 @@ pub struct LoadReport {
     pub window: Duration,
     pub stats: ThreadStats,
     /// Server CPU time over the window, when its pid was given.
-    pub server_cpu: Option<Duration>,
+    pub server_cpu: Option<CpuTime>,
     /// This process's CPU time over the window.
-    pub client_cpu: Duration,
+    pub client_cpu: CpuTime,
     /// The server's syscall rates over the window (`--syscalls`).
     pub syscalls: Option<SyscallRates>,
 }
@@ -91,11 +92,14 @@ impl LoadReport {
             let _ = writeln!(s, "    {text}");
         }
         if let Some(cpu) = self.server_cpu {
+            let us = |d| self.per_msg_us(d).map_or("-".into(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 s,
-                "  server CPU  {:.1} % of a core, {} µs per echo",
-                self.cpu_percent(cpu),
-                self.per_msg_us(cpu).map_or("-".into(), |v| format!("{v:.2}"))
+                "  server CPU  {:.1} % of a core, {} µs per echo (user {}, system {})",
+                self.cpu_percent(cpu.total()),
+                us(cpu.total()),
+                us(cpu.user),
+                us(cpu.system)
             );
         }
         if let Some((total, by_name)) = self.syscalls_per_msg() {
@@ -105,8 +109,8 @@ impl LoadReport {
         let _ = writeln!(
             s,
             "  client CPU  {:.1} % of a core, {} µs per echo (this load generator)",
-            self.cpu_percent(self.client_cpu),
-            self.per_msg_us(self.client_cpu).map_or("-".into(), |v| format!("{v:.2}"))
+            self.cpu_percent(self.client_cpu.total()),
+            self.per_msg_us(self.client_cpu.total()).map_or("-".into(), |v| format!("{v:.2}"))
         );
         s
     }
@@ -137,11 +141,14 @@ impl LoadReport {
         }
         let _ = write!(
             s,
-            "],\"server_cpu_percent\":{},\"server_cpu_us_per_msg\":{},\"client_cpu_percent\":{:.1},\"client_cpu_us_per_msg\":{}",
-            opt(self.server_cpu.map(|c| self.cpu_percent(c))),
-            opt(self.server_cpu.and_then(|c| self.per_msg_us(c))),
-            self.cpu_percent(self.client_cpu),
-            opt(self.per_msg_us(self.client_cpu))
+            "],\"server_cpu_percent\":{},\"server_cpu_us_per_msg\":{},\"server_user_us_per_msg\":{},\
+             \"server_sys_us_per_msg\":{},\"client_cpu_percent\":{:.1},\"client_cpu_us_per_msg\":{}",
+            opt(self.server_cpu.map(|c| self.cpu_percent(c.total()))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.total()))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.user))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.system))),
+            self.cpu_percent(self.client_cpu.total()),
+            opt(self.per_msg_us(self.client_cpu.total()))
         );
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let _ = write!(s, ",\"server_syscalls_per_msg\":{total:.3},\"server_syscalls\":{{");
@@ -191,13 +198,14 @@ mod tests {
             warmup: Duration::from_secs(1),
             window: Duration::from_secs(2),
             stats,
-            server_cpu: Some(Duration::from_millis(10)),
-            client_cpu: Duration::from_millis(20),
+            server_cpu: Some(CpuTime { user: Duration::from_millis(4), system: Duration::from_millis(6) }),
+            client_cpu: CpuTime { user: Duration::from_millis(5), system: Duration::from_millis(15) },
             syscalls: Some(SyscallRates { total: 1000.0, by_name: vec![("read", 500.0)] }),
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
-        assert!(j.contains("\"server_cpu_us_per_msg\":10.000"), "{j}");
+        assert!(j.contains("\"server_cpu_us_per_msg\":10.000,\"server_user_us_per_msg\":4.000"), "{j}");
+        assert!(j.contains("\"server_sys_us_per_msg\":6.000"), "{j}");
         assert!(j.contains("\"client_cpu_us_per_msg\":20.000"), "{j}");
         assert!(j.contains("\"p50\":50.0"), "{j}");
         assert!(j.contains("connection 1: \\\"bad\\\""), "{j}");
