@@ -28,4 +28,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ws/fuzz/run.sh check
 stage "autobahn (kernel fallback)"
 scripts/autobahn.sh
 
+stage "docker image (podman build; echo from the entrypoint in kernel and DPDK mode)"
+docker/check.sh
+
 stage "done"

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub use hioload_fallback::Backpressure;
 pub use hioload_wsproto::Limits;
 
+use crate::pool::PoolConfig;
+
 /// Which data path serves the connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum DataPath {
@@ -27,18 +29,23 @@ pub enum DataPath {
 pub struct Config {
     /// Address to listen on (default `0.0.0.0:8080`; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where the control plane (`GET /metrics`, `GET /debug/probes`) is served: `None` (the
+    /// default) on the main listener, for requests that are not upgrades; an address: on a
+    /// separate admin listener there, and not on the main one.
+    pub admin_listen: Option<SocketAddr>,
     /// Request path that is upgraded to WebSocket (default `/ws`); other paths get 404.
     pub path: String,
     /// Worker threads, one event loop each (default 4).
     pub num_workers: usize,
-    /// Ring sizes, a power of two (default 1024): DPDK descriptor rings; in the kernel fallback, the
-    /// number of free receive buffers each worker keeps pooled.
+    /// Ring sizes, a power of two (default 1024): DPDK descriptor rings, and each worker's inbox
+    /// of cross-worker commands (sends by session id, broadcasts).
     pub ring_capacity: usize,
     /// Most readiness events (or packets) handled per wait (default 16).
     pub batch_size: usize,
     /// Pin each worker to its own CPU (default on; Linux only).
     pub cpu_affinity: bool,
-    /// Shards of the session registry, a power of two (default 16).
+    /// Shards of the session registry (id -> peer, touched at session open and close), a power
+    /// of two (default 16).
     pub session_shards: usize,
     /// Protocol limits (frame and message size, request head size, in-place frame size).
     pub limits: Limits,
@@ -50,6 +57,13 @@ pub struct Config {
     pub close_timeout: Duration,
     /// On stop, time given to sessions to complete their close handshake (default 5 s).
     pub shutdown_grace: Duration,
+    /// A session that sent nothing for this long gets a ping (default 60 s; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Time a pinged idle session has to send anything (its pong) before it is dropped and
+    /// reported closed with 1006 (default 30 s).
+    pub pong_timeout: Duration,
+    /// Buffer pool sizes and limits (per NUMA node).
+    pub pool: PoolConfig,
     /// The data path (default: the kernel).
     pub data_path: DataPath,
 }
@@ -58,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: None,
             path: "/ws".to_string(),
             num_workers: 4,
             ring_capacity: 1024,
@@ -69,6 +84,9 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(60)),
+            pong_timeout: Duration::from_secs(30),
+            pool: PoolConfig::default(),
             data_path: DataPath::Kernel,
         }
     }
@@ -179,6 +197,12 @@ impl Config {
             },
         )?;
 
+        // And whatever else the protocol layer needs of its limits.
+        l.validate().map_err(|problem| ConfigError {
+            field: "limits",
+            problem,
+        })?;
+
         let bp = &self.backpressure;
         check(bp.soft_bytes >= 4096, "backpressure.soft_bytes", || {
             format!("must be at least 4096, got {}", bp.soft_bytes)
@@ -198,9 +222,12 @@ impl Config {
             "backpressure.timeout",
             || format!("must be between 1 ms and 1 h, got {:?}", bp.timeout),
         )?;
+        let idle = self.idle_timeout.unwrap_or(Duration::from_secs(1));
         for (field, value) in [
             ("handshake_timeout", self.handshake_timeout),
             ("close_timeout", self.close_timeout),
+            ("idle_timeout", idle),
+            ("pong_timeout", self.pong_timeout),
         ] {
             check(!value.is_zero() && value <= MAX_TIMEOUT, field, || {
                 format!("must be between 1 ms and 1 h, got {value:?}")
@@ -210,7 +237,78 @@ impl Config {
         check(g <= MAX_TIMEOUT, "shutdown_grace", || {
             format!("must be at most 1 h, got {g:?}")
         })?;
+        let rbuf = hioload_fallback::receive_buffer_size(l);
+        check(rbuf <= self.pool.max_buffer, "pool.max_buffer", || {
+            format!(
+                "must hold a receive buffer ({rbuf} bytes for these limits), got {}",
+                self.pool.max_buffer
+            )
+        })?;
+        crate::pool::check_config(&self.pool).map_err(|e| ConfigError {
+            field: "pool",
+            problem: e.to_string(),
+        })?;
         Ok(())
+    }
+
+    /// The settings a running server can change (see [`crate::Server::reload`]).
+    pub(crate) fn settings(&self) -> hioload_fallback::Settings {
+        hioload_fallback::Settings {
+            limits: self.limits.clone(),
+            backpressure: self.backpressure.clone(),
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            shutdown_grace: self.shutdown_grace,
+            idle_timeout: self.idle_timeout,
+            pong_timeout: self.pong_timeout,
+        }
+    }
+
+    /// The fields of `new` that differ from `self` and only take effect after a restart.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut diff = |name, differs: bool| {
+            if differs {
+                changed.push(name)
+            }
+        };
+        diff("listen", self.listen != new.listen);
+        diff("admin_listen", self.admin_listen != new.admin_listen);
+        diff("path", self.path != new.path);
+        diff("num_workers", self.num_workers != new.num_workers);
+        diff("ring_capacity", self.ring_capacity != new.ring_capacity);
+        diff("batch_size", self.batch_size != new.batch_size);
+        diff("cpu_affinity", self.cpu_affinity != new.cpu_affinity);
+        diff("session_shards", self.session_shards != new.session_shards);
+        diff("pool", self.pool != new.pool);
+        diff("data_path", self.data_path != new.data_path);
+        diff(
+            "limits.inplace_frame_max",
+            self.limits.inplace_frame_max != new.limits.inplace_frame_max,
+        );
+        diff(
+            "limits.max_head_bytes",
+            self.limits.max_head_bytes != new.limits.max_head_bytes,
+        );
+        changed
+    }
+
+    /// `self` with the reloadable settings of `new` (limits, timeouts, backpressure bounds);
+    /// everything that needs a restart keeps its value.
+    pub fn with_reloadable_from(&self, new: &Config) -> Config {
+        let mut merged = self.clone();
+        merged.limits = Limits {
+            inplace_frame_max: self.limits.inplace_frame_max,
+            max_head_bytes: self.limits.max_head_bytes,
+            ..new.limits.clone()
+        };
+        merged.backpressure = new.backpressure.clone();
+        merged.handshake_timeout = new.handshake_timeout;
+        merged.close_timeout = new.close_timeout;
+        merged.shutdown_grace = new.shutdown_grace;
+        merged.idle_timeout = new.idle_timeout;
+        merged.pong_timeout = new.pong_timeout;
+        merged
     }
 
     /// The kernel transport's settings.
@@ -221,12 +319,8 @@ impl Config {
             batch_size: self.batch_size,
             cpu_affinity: self.cpu_affinity,
             worker_cpus: Vec::new(),
-            pool_buffers: self.ring_capacity,
-            limits: self.limits.clone(),
-            backpressure: self.backpressure.clone(),
-            handshake_timeout: self.handshake_timeout,
-            close_timeout: self.close_timeout,
-            shutdown_grace: self.shutdown_grace,
+            inbox_capacity: self.ring_capacity,
+            settings: self.settings(),
         }
     }
 }

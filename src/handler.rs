@@ -7,7 +7,9 @@
 //! vectored write. Being a trait object, a handler can be wrapped by another (middleware).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+pub use hioload_fallback::{DeliverError, OutMessage};
 pub use hioload_wsproto::{CloseCode, SendError, State};
 
 /// A whole message, borrowed from the receive buffer (no copy); copy it to keep it.
@@ -48,21 +50,71 @@ pub trait Handler: Send + Sync + 'static {
     /// The session ended; called exactly once per opened session. `code` is the peer's close code
     /// (1005 if it sent none), the code we closed with (protocol error 1002/1007/1009, 1008 for a
     /// peer that does not read, 1011 after a handler panic), or 1006 if the connection ended
-    /// without a close handshake. Sends are refused from here on.
+    /// without a close handshake (also: an idle peer that did not answer our ping). Sends are
+    /// refused from here on.
     fn on_close(&self, ctx: &mut Ctx<'_>, code: CloseCode, reason: &str) {
         let _ = (ctx, code, reason);
     }
+    /// Called once by [`crate::Server::start`], before any session, with the number of workers
+    /// (middleware size their per-worker counters here).
+    fn on_start(&self, workers: usize) {
+        let _ = workers;
+    }
+    /// Appends this handler's metrics in the Prometheus text format (served at `/metrics`).
+    fn write_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+    /// Whether this handler (chain) catches panics itself, i.e. contains
+    /// [`crate::middleware::Recovery`]. If not, the server wraps it in one.
+    fn recovers_panics(&self) -> bool {
+        false
+    }
 }
 
-/// What a transport's session offers to a [`Ctx`]; one implementation per data path.
-pub(crate) trait SessionOps {
+impl<H: Handler + ?Sized> Handler for std::sync::Arc<H> {
+    fn on_open(&self, ctx: &mut Ctx<'_>) {
+        (**self).on_open(ctx)
+    }
+    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        (**self).on_message(ctx, msg)
+    }
+    fn on_close(&self, ctx: &mut Ctx<'_>, code: CloseCode, reason: &str) {
+        (**self).on_close(ctx, code, reason)
+    }
+    fn on_start(&self, workers: usize) {
+        (**self).on_start(workers)
+    }
+    fn write_metrics(&self, out: &mut String) {
+        (**self).write_metrics(out)
+    }
+    fn recovers_panics(&self) -> bool {
+        (**self).recovers_panics()
+    }
+}
+
+/// What a data path's session offers to a [`Ctx`]; one implementation per data path. Public so
+/// that middleware can interpose on sends (wrap the ops of a `Ctx` and hand a new `Ctx` on).
+pub trait SessionOps {
+    /// Server-unique session id.
     fn session_id(&self) -> u64;
+    /// The peer's address.
     fn peer_addr(&self) -> SocketAddr;
+    /// Index of the worker that owns the session.
+    fn worker(&self) -> usize;
+    /// Protocol state.
     fn state(&self) -> State;
+    /// Sends a text message.
     fn send_text(&mut self, text: &str) -> Result<(), SendError>;
+    /// Sends a binary message.
     fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError>;
+    /// Sends a ping.
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError>;
+    /// Starts the close handshake.
     fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError>;
+    /// Queues a message for another session (any worker).
+    fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError>;
+    /// Queues a message for every open session.
+    fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError>;
 }
 
 impl SessionOps for hioload_fallback::Conn<'_> {
@@ -71,6 +123,9 @@ impl SessionOps for hioload_fallback::Conn<'_> {
     }
     fn peer_addr(&self) -> SocketAddr {
         hioload_fallback::Conn::peer_addr(self)
+    }
+    fn worker(&self) -> usize {
+        hioload_fallback::Conn::worker(self)
     }
     fn state(&self) -> State {
         hioload_fallback::Conn::state(self)
@@ -87,6 +142,12 @@ impl SessionOps for hioload_fallback::Conn<'_> {
     fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         hioload_fallback::Conn::close(self, code, reason)
     }
+    fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
+        hioload_fallback::Conn::send_to(self, id, msg)
+    }
+    fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
+        hioload_fallback::Conn::broadcast(self, msg)
+    }
 }
 
 /// One session, lent to a [`Handler`] callback.
@@ -95,8 +156,13 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(ops: &'a mut (dyn SessionOps + 'a)) -> Self {
+    /// A context over `ops` (for middleware that interpose on sends).
+    pub fn new(ops: &'a mut (dyn SessionOps + 'a)) -> Self {
         Ctx { ops }
+    }
+    /// The session operations under this context (to wrap them).
+    pub fn ops(&mut self) -> &mut (dyn SessionOps + 'a) {
+        &mut *self.ops
     }
     /// Server-unique id of this session.
     pub fn session_id(&self) -> u64 {
@@ -105,6 +171,10 @@ impl<'a> Ctx<'a> {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.ops.peer_addr()
+    }
+    /// Index of the worker thread that owns this session.
+    pub fn worker(&self) -> usize {
+        self.ops.worker()
     }
     /// Protocol state: `Open`, `Closing` (we sent a Close) or `Closed`.
     pub fn state(&self) -> State {
@@ -132,5 +202,24 @@ impl<'a> Ctx<'a> {
     /// Starts the close handshake (reason at most 123 bytes); `on_close` follows.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         self.ops.close(code, reason)
+    }
+    /// Queues `msg` for session `id`, whichever worker owns it (through that worker's bounded
+    /// inbox; it leaves with the owner's next loop turn). Copies the payload once.
+    /// An id whose session has ended is dropped by its worker (counted as undelivered).
+    pub fn send_to(&mut self, id: u64, msg: Message<'_>) -> Result<(), DeliverError> {
+        self.ops.send_to(id, Arc::new(owned(msg)))
+    }
+    /// Queues `msg` for every open session, this one included; returns the workers reached.
+    /// Copies the payload once, shared by all workers.
+    pub fn broadcast(&mut self, msg: Message<'_>) -> Result<usize, DeliverError> {
+        self.ops.broadcast(Arc::new(owned(msg)))
+    }
+}
+
+/// An owned copy of `msg`, to cross threads.
+pub(crate) fn owned(msg: Message<'_>) -> OutMessage {
+    match msg {
+        Message::Text(t) => OutMessage::Text(t.into()),
+        Message::Binary(b) => OutMessage::Binary(b.into()),
     }
 }

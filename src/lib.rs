@@ -23,17 +23,26 @@
 //! ```
 
 pub mod config;
+pub mod config_file;
+pub mod control;
 pub mod handler;
 pub mod http;
+pub mod middleware;
 pub mod pinning;
 pub mod pool;
+mod registry;
 pub mod server;
 pub mod topology;
 
 pub use config::{Backpressure, Config, ConfigError, DataPath, Limits};
-pub use handler::{CloseCode, Ctx, Handler, Message, SendError, State};
+pub use config_file::{ConfigFile, ConfigFileError};
+pub use control::ProbeValue;
+pub use handler::{CloseCode, Ctx, DeliverError, Handler, Message, SendError, SessionOps, State};
+pub use hioload_fallback::WorkerStats;
 pub use http::{HttpHandler, HttpRequest, NotFound};
-pub use server::{Error, Server};
+pub use middleware::{HandlerExt, Logging, Metrics, Middleware, Recovery};
+pub use registry::SessionInfo;
+pub use server::{Error, Reloaded, Server};
 
 /// Raises this process's open-files limit (soft) to its hard limit; returns the new limit.
 /// Call it before serving thousands of connections.

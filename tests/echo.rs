@@ -11,8 +11,6 @@ use tungstenite::protocol::frame::coding::CloseCode as TCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message as WsMessage};
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn text_comes_back_as_text_and_binary_as_binary() {
     let (server, _rec) = start_echo(test_config());

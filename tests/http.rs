@@ -80,7 +80,7 @@ fn plain_http_requests_get_404_by_default() {
     let (server, _rec) = start_echo(test_config());
     let (mut s, head) = raw_request(
         server.local_addr().unwrap(),
-        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
     );
     assert_eq!(status_of(&head), 404, "{head}");
     read_body_then_eof(&mut s, &head);
@@ -93,7 +93,7 @@ fn the_http_hook_serves_other_paths_on_the_same_listener() {
         .with_handler(common::RecordingEcho::default())
         .with_http_handler(
             |req: &HttpRequest<'_>, peer: SocketAddr, out: &mut Vec<u8>| {
-                if req.path == "/metrics" {
+                if req.path == "/health" {
                     let body = format!(
                         "hioload_up 1\npeer_is_loopback {}\n",
                         peer.ip().is_loopback() as u8
@@ -106,7 +106,7 @@ fn the_http_hook_serves_other_paths_on_the_same_listener() {
         );
     server.start().unwrap();
     let addr = server.local_addr().unwrap();
-    let (mut s, head) = raw_request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (mut s, head) = raw_request(addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&head), 200, "{head}");
     use std::io::Read;
     let mut body = String::new();

@@ -94,4 +94,16 @@ fn a_thousand_connections_each_echo_a_hundred_messages() {
     wait_until(Duration::from_secs(10), "session count 0", || {
         server.session_count() == 0
     });
+
+    // Every read took a receive buffer from the workers' pool caches, and every one came back.
+    let pools = server.pool_stats().unwrap();
+    assert!(
+        pools.hits() + pools.misses() >= (CONNS * MESSAGES) as u64,
+        "one buffer per read at least: {pools:?}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "every pool buffer returned",
+        || server.pool_stats().unwrap().in_use() == 0,
+    );
 }

@@ -32,6 +32,43 @@ impl Default for Backpressure {
     }
 }
 
+/// The settings a running transport can change (hot reload): published with
+/// [`crate::Transport::reload`], picked up by each worker at its next loop turn.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Protocol limits handed to every session (existing sessions get new ones on reload).
+    /// `inplace_frame_max` and `max_head_bytes` size the receive buffers: they are fixed at start.
+    pub limits: Limits,
+    /// Pending-output bounds.
+    pub backpressure: Backpressure,
+    /// Time a client has to send a complete upgrade request (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time a peer has to answer a Close we sent, and to drain and close after the close
+    /// handshake (default 5 s).
+    pub close_timeout: Duration,
+    /// On `stop`, time given to sessions to finish their close handshake (default 5 s).
+    pub shutdown_grace: Duration,
+    /// A session that sent nothing for this long gets a ping (default 60 s; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// After that ping, time the peer has to send anything (its pong) before the connection is
+    /// dropped and the session reported closed with 1006 (default 30 s).
+    pub pong_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            backpressure: Backpressure::default(),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            idle_timeout: Some(Duration::from_secs(60)),
+            pong_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Kernel transport settings.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -47,19 +84,10 @@ pub struct TransportConfig {
     /// The CPU of each worker, from a topology-aware plan (the facade's `PlacementPlan`); empty:
     /// the transport picks.
     pub worker_cpus: Vec<Option<usize>>,
-    /// How many free receive buffers each worker keeps pooled (more are freed).
-    pub pool_buffers: usize,
-    /// Protocol limits handed to every session.
-    pub limits: Limits,
-    /// Pending-output bounds.
-    pub backpressure: Backpressure,
-    /// Time a client has to send a complete upgrade request (default 10 s).
-    pub handshake_timeout: Duration,
-    /// Time a peer has to answer a Close we sent, and to drain and close after the close
-    /// handshake (default 5 s).
-    pub close_timeout: Duration,
-    /// On `stop`, time given to sessions to finish their close handshake (default 5 s).
-    pub shutdown_grace: Duration,
+    /// Capacity of each worker's inbox of cross-worker commands (sends by id, broadcasts).
+    pub inbox_capacity: usize,
+    /// What may change while running.
+    pub settings: Settings,
 }
 
 impl Default for TransportConfig {
@@ -70,23 +98,24 @@ impl Default for TransportConfig {
             batch_size: 16,
             cpu_affinity: true,
             worker_cpus: Vec::new(),
-            pool_buffers: 1024,
-            limits: Limits::default(),
-            backpressure: Backpressure::default(),
-            handshake_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(5),
+            inbox_capacity: 1024,
+            settings: Settings::default(),
         }
     }
 }
 
 impl TransportConfig {
-    /// Size of one pooled receive buffer: room for an unconsumed in-place frame plus a fresh read
+    /// Size of one receive buffer: room for an unconsumed in-place frame plus a fresh read
     /// of the same size, for a whole request head, and at least 64 KiB so that large messages are
     /// read in few system calls.
     pub fn receive_buffer_size(&self) -> usize {
-        let inplace = 2 * self.limits.inplace_frame_max;
-        let head = self.limits.max_head_bytes + 1;
-        inplace.max(head).max(64 << 10)
+        receive_buffer_size(&self.settings.limits)
     }
+}
+
+/// Receive buffer size for `limits` (see [`TransportConfig::receive_buffer_size`]).
+pub fn receive_buffer_size(limits: &Limits) -> usize {
+    let inplace = 2 * limits.inplace_frame_max;
+    let head = limits.max_head_bytes + 1;
+    inplace.max(head).max(64 << 10)
 }

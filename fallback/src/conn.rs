@@ -8,7 +8,6 @@ use hioload_wsproto::Session;
 use mio::net::TcpStream;
 
 use crate::outbuf::OutBuf;
-use crate::pool::RecvBuf;
 
 /// Where a connection is in its life.
 pub(crate) enum Phase {
@@ -25,15 +24,15 @@ pub(crate) enum Phase {
     },
 }
 
-/// One accepted TCP connection.
-pub(crate) struct Connection {
+/// One accepted TCP connection; `B` is the receive buffer type.
+pub(crate) struct Connection<B> {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     /// Server-unique id, also used to tell a slot's current occupant from an earlier one.
     pub id: u64,
     pub phase: Phase,
     /// Receive buffer, held only while `held > 0`.
-    pub rbuf: Option<RecvBuf>,
+    pub rbuf: Option<B>,
     /// Unconsumed bytes at the start of `rbuf`.
     pub held: usize,
     /// Bytes the kernel has not taken yet.
@@ -52,10 +51,20 @@ pub(crate) struct Connection {
     pub deadline: Option<Instant>,
     /// Since when `out` has been above the hard bound.
     pub over_hard_since: Option<Instant>,
+    /// Loop-turn clock of the last read that brought bytes (idle timeout).
+    pub last_input: Instant,
+    /// When we pinged this idle session, until it sends anything.
+    pub ping_sent: Option<Instant>,
 }
 
-impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, id: u64, handshake_deadline: Instant) -> Self {
+impl<B> Connection<B> {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        handshake_deadline: Instant,
+        now: Instant,
+    ) -> Self {
         Connection {
             stream,
             peer,
@@ -71,6 +80,8 @@ impl Connection {
             watched: false,
             deadline: Some(handshake_deadline),
             over_hard_since: None,
+            last_input: now,
+            ping_sent: None,
         }
     }
 

@@ -1,9 +1,34 @@
-//! Per-worker pool of receive buffers.
+//! Where a worker's receive buffers come from: the [`RecvBuffers`] seam, and [`BufPool`], a
+//! plain heap-backed implementation of it.
 //!
 //! A connection holds a buffer only while it has bytes the protocol left unconsumed (a partial
-//! frame or request head); otherwise its buffer goes back to the pool after each read. So a worker
-//! with 10,000 idle connections holds a handful of buffers, and a busy one reuses the same few hot
-//! buffers instead of allocating per read. The pool is owned by one worker thread: no lock.
+//! frame or request head); otherwise its buffer goes back after each read. So a worker with 10,000
+//! idle connections holds a handful of buffers, and a busy one reuses the same few hot buffers
+//! instead of allocating per read.
+//!
+//! The transport does not own the memory policy: the [`crate::Service`] hands each worker its
+//! source of buffers, created on the worker thread after it is pinned (so a source may be
+//! thread-bound, `!Send`, and NUMA-local: the facade plugs its per-worker pool cache in here).
+//! Sources are owned by one worker thread: no lock.
+
+/// A fixed-size receive buffer; all of it may be read into.
+pub trait RecvBuffer {
+    /// The whole buffer.
+    fn as_slice(&self) -> &[u8];
+    /// The whole buffer, writable.
+    fn as_mut_slice(&mut self) -> &mut [u8];
+}
+
+/// One worker's source of receive buffers.
+pub trait RecvBuffers {
+    /// The buffer type.
+    type Buf: RecvBuffer;
+    /// A buffer of at least the size the source was made for; `None` when none can be had now
+    /// (the worker stops reading that connection and retries a tick later).
+    fn take(&mut self) -> Option<Self::Buf>;
+    /// Takes a buffer back.
+    fn give(&mut self, buf: Self::Buf);
+}
 
 /// A fixed-size receive buffer taken from a [`BufPool`].
 pub struct RecvBuf {
@@ -29,7 +54,17 @@ impl RecvBuf {
     }
 }
 
-/// Free buffers of one size, reused last-in first-out (the most recently used is warmest in cache).
+impl RecvBuffer for RecvBuf {
+    fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+/// Free heap buffers of one size, reused last-in first-out (the most recently used is warmest in
+/// cache).
 pub struct BufPool {
     buf_size: usize,
     max_free: usize,
@@ -85,6 +120,16 @@ impl BufPool {
     /// Buffers alive (pooled or lent out).
     pub fn allocated(&self) -> usize {
         self.allocated
+    }
+}
+
+impl RecvBuffers for BufPool {
+    type Buf = RecvBuf;
+    fn take(&mut self) -> Option<RecvBuf> {
+        Some(BufPool::take(self))
+    }
+    fn give(&mut self, buf: RecvBuf) {
+        BufPool::give(self, buf)
     }
 }
 

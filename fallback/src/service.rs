@@ -7,12 +7,23 @@
 //! call of its own.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hioload_wsproto::session::{FrameSink, Outgoing, SendError, State};
 use hioload_wsproto::{CloseCode, Event, HttpRequest, UpgradePolicy};
 
+use crate::pool::RecvBuffers;
+use crate::shared::{DeliverError, OutMessage, Shared};
+
 /// The application side of the kernel transport. One value serves every worker.
 pub trait Service: Send + Sync + 'static {
+    /// Each worker's source of receive buffers.
+    type Buffers: RecvBuffers;
+
+    /// The receive-buffer source of worker `worker`, for buffers of at least `buf_size` bytes.
+    /// Called on the worker's thread, after it is pinned, before its loop starts.
+    fn worker_buffers(&self, worker: usize, buf_size: usize) -> Self::Buffers;
+
     /// Routing, Origin check and negotiation for upgrade requests.
     fn upgrade_policy(&self) -> &dyn UpgradePolicy;
 
@@ -38,6 +49,7 @@ pub struct Conn<'a> {
     id: u64,
     peer: SocketAddr,
     worker: usize,
+    shared: &'a Shared,
     out: &'a mut (dyn Sender + 'a),
 }
 
@@ -46,12 +58,14 @@ impl<'a> Conn<'a> {
         id: u64,
         peer: SocketAddr,
         worker: usize,
+        shared: &'a Shared,
         out: &'a mut (dyn Sender + 'a),
     ) -> Self {
         Conn {
             id,
             peer,
             worker,
+            shared,
             out,
         }
     }
@@ -88,6 +102,15 @@ impl<'a> Conn<'a> {
     /// The session's protocol state.
     pub fn state(&self) -> State {
         self.out.state()
+    }
+    /// Queues `msg` for session `id` (of any worker); it leaves with that worker's next turn.
+    /// A send to this very session goes through the inbox too (after this turn's output).
+    pub fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
+        self.shared.send_to(id, msg, Some(self.worker))
+    }
+    /// Queues `msg` for every open session, this one included; returns the workers reached.
+    pub fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
+        self.shared.broadcast(msg, Some(self.worker))
     }
 }
 

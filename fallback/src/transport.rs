@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -16,16 +16,16 @@ use mio::{Poll, Waker};
 use tracing::warn;
 
 use crate::affinity;
-use crate::config::TransportConfig;
+use crate::config::{Settings, TransportConfig};
 use crate::listener::bind_listeners;
 use crate::service::Service;
-use crate::worker::{PaddedCounter, Shared, Worker, WAKER};
+use crate::shared::{Remote, Shared};
+use crate::worker::{Worker, WorkerSeed, WAKER};
 
 /// A running kernel transport: `workers` threads serving one address.
 pub struct Transport {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<Waker>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -35,10 +35,18 @@ impl Transport {
         assert!(cfg.workers > 0, "at least one worker");
         assert!(cfg.batch_size > 0, "batch_size > 0");
         let (listeners, local_addr) = bind_listeners(cfg.listen, cfg.workers)?;
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            sessions: (0..cfg.workers).map(|_| PaddedCounter::default()).collect(),
-        });
+        let mut polls = Vec::with_capacity(cfg.workers);
+        let mut wakers = Vec::with_capacity(cfg.workers);
+        for _ in 0..cfg.workers {
+            let poll = Poll::new()?;
+            wakers.push(Waker::new(poll.registry(), WAKER)?);
+            polls.push(poll);
+        }
+        let shared = Arc::new(Shared::new(
+            cfg.settings.clone(),
+            wakers,
+            cfg.inbox_capacity,
+        ));
         let cfg = Arc::new(cfg);
         let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() {
             affinity::allowed_cpus()
@@ -46,15 +54,11 @@ impl Transport {
             Vec::new()
         };
 
-        let mut workers = Vec::with_capacity(cfg.workers);
-        let mut wakers = Vec::with_capacity(cfg.workers);
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let poll = Poll::new()?;
-            wakers.push(Waker::new(poll.registry(), WAKER)?);
-            workers.push(Worker::new(
+        let mut seeds = Vec::with_capacity(cfg.workers);
+        for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
+            seeds.push(WorkerSeed::new(
                 index,
                 cfg.clone(),
-                service.clone(),
                 shared.clone(),
                 poll,
                 listener,
@@ -64,10 +68,9 @@ impl Transport {
         let transport = Transport {
             local_addr,
             shared,
-            wakers,
             threads: Mutex::new(Vec::new()),
         };
-        for (index, worker) in workers.into_iter().enumerate() {
+        for (index, seed) in seeds.into_iter().enumerate() {
             let cpu = if !cfg.cpu_affinity {
                 None
             } else if !cfg.worker_cpus.is_empty() {
@@ -75,6 +78,7 @@ impl Transport {
             } else {
                 (!cpus.is_empty()).then(|| cpus[index % cpus.len()])
             };
+            let service = service.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("hioload-w{index}"))
                 .spawn(move || {
@@ -83,7 +87,9 @@ impl Transport {
                             warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
                         }
                     }
-                    worker.run();
+                    // After pinning, so that the buffers are local to the worker's node.
+                    let buffers = service.worker_buffers(index, seed.receive_buffer_size());
+                    Worker::new(seed, service, buffers).run();
                 });
             match spawned {
                 Ok(handle) => transport.threads.lock().unwrap().push(handle),
@@ -97,6 +103,18 @@ impl Transport {
         Ok(transport)
     }
 
+    /// A handle for sends by session id, broadcasts, reloads and counters, from any thread.
+    pub fn remote(&self) -> Remote {
+        Remote {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Publishes new settings (see [`Remote::reload`]).
+    pub fn reload(&self, settings: Settings) {
+        self.shared.publish(settings)
+    }
+
     /// The address the listeners are bound to (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -104,22 +122,14 @@ impl Transport {
 
     /// Open sessions (upgraded and not yet closed) across all workers.
     pub fn session_count(&self) -> usize {
-        self.shared
-            .sessions
-            .iter()
-            .map(|c| c.0.load(Ordering::Relaxed))
-            .sum()
+        self.shared.workers.iter().map(|w| w.sessions.get()).sum()
     }
 
     /// Begins the graceful stop and returns at once: listeners close, every session gets Close
     /// 1001, workers exit when their sessions are gone or the grace period has passed.
     pub fn stop(&self) {
         if !self.shared.stopping.swap(true, Ordering::AcqRel) {
-            for waker in &self.wakers {
-                if let Err(e) = waker.wake() {
-                    warn!("cannot wake a worker to stop it: {e}");
-                }
-            }
+            self.shared.wake_all();
         }
     }
 

@@ -9,12 +9,19 @@
 //!    replies are sent at the end of that read with one vectored send;
 //! 3. accept new connections; read connections that still have input (read budget, resumed
 //!    after backpressure);
-//! 4. every 100 ms, check the deadlines of the few connections that have one.
+//! 4. run the inbox (sends by id and broadcasts from other threads), if it has anything;
+//! 5. every 100 ms, check the deadlines of the few connections that have one; every second (or
+//!    a quarter of `idle_timeout`), ping the sessions that went quiet and drop those that did not
+//!    answer the last ping.
+//!
+//! Settings (limits, timeouts, backpressure bounds) are the worker's own `Arc<Settings>`, replaced
+//! at the top of a turn when the shared epoch says a reload happened (one relaxed load per turn).
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +32,11 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, error, info, warn};
 
-use crate::config::TransportConfig;
+use crate::config::{receive_buffer_size, Settings, TransportConfig};
 use crate::conn::{Connection, Phase};
-use crate::pool::{BufPool, RecvBuf};
+use crate::pool::{RecvBuffer, RecvBuffers};
 use crate::service::{Conn, Ended, Service};
+use crate::shared::{Command, OutMessage, Shared};
 use crate::sys::{self, ReserveFd};
 use crate::turn::TurnOutput;
 
@@ -44,20 +52,50 @@ const TICK: Duration = Duration::from_millis(100);
 /// Pause of accepting after an error the reserve descriptor could not absorb.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// State shared by all workers of one transport.
-pub(crate) struct Shared {
-    pub stopping: AtomicBool,
-    pub sessions: Box<[PaddedCounter]>,
+/// Idle sweeps happen at most this often.
+const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
+/// Inbox commands run per turn at most (the rest wait for the next turn).
+const INBOX_BATCH: usize = 1024;
+
+/// A worker before its thread runs: everything that can fail is done (listener registered).
+pub(crate) struct WorkerSeed {
+    index: usize,
+    cfg: Arc<TransportConfig>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    listener: TcpListener,
 }
 
-/// A per-worker counter on its own cache line: written by one worker, summed by readers.
-#[repr(align(64))]
-#[derive(Default)]
-pub(crate) struct PaddedCounter(pub AtomicUsize);
+impl WorkerSeed {
+    pub fn new(
+        index: usize,
+        cfg: Arc<TransportConfig>,
+        shared: Arc<Shared>,
+        poll: Poll,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(WorkerSeed {
+            index,
+            cfg,
+            shared,
+            poll,
+            listener,
+        })
+    }
+
+    /// Size of the receive buffers this worker needs.
+    pub fn receive_buffer_size(&self) -> usize {
+        self.cfg.receive_buffer_size()
+    }
+}
 
 pub(crate) struct Worker<S: Service> {
     index: usize,
-    cfg: Arc<TransportConfig>,
+    settings: Arc<Settings>,
+    epoch: u64,
     service: Arc<S>,
     shared: Arc<Shared>,
     poll: Poll,
@@ -68,17 +106,25 @@ pub(crate) struct Worker<S: Service> {
     reserve: ReserveFd,
     last_fd_warning: Option<Instant>,
     dropped_for_fds: u64,
-    conns: Vec<Option<Connection>>,
+    conns: Vec<Option<Connection<<S::Buffers as RecvBuffers>::Buf>>>,
     free_slots: Vec<usize>,
     live: usize,
-    pool: BufPool,
+    /// Session id -> slot, for sends by id.
+    by_id: HashMap<u64, usize>,
+    pool: S::Buffers,
+    buf_size: usize,
+    /// Connections that could not get a receive buffer; retried at the next tick.
+    starved: Vec<(usize, u64)>,
     turn: TurnOutput,
     http_response: Vec<u8>,
     ready: Vec<(usize, u64)>,
     ready_spare: Vec<(usize, u64)>,
     watched: Vec<(usize, u64)>,
     watched_spare: Vec<(usize, u64)>,
+    /// Read once per loop turn.
+    clock: Instant,
     next_tick: Instant,
+    next_idle_sweep: Instant,
     next_serial: u64,
     stop_deadline: Option<Instant>,
 }
@@ -93,22 +139,22 @@ fn read_once(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usi
 }
 
 impl<S: Service> Worker<S> {
-    pub fn new(
-        index: usize,
-        cfg: Arc<TransportConfig>,
-        service: Arc<S>,
-        shared: Arc<Shared>,
-        poll: Poll,
-        listener: std::net::TcpListener,
-    ) -> io::Result<Self> {
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let pool = BufPool::new(cfg.receive_buffer_size(), cfg.pool_buffers);
-        Ok(Worker {
+    pub fn new(seed: WorkerSeed, service: Arc<S>, pool: S::Buffers) -> Self {
+        let WorkerSeed {
+            index,
+            cfg,
+            shared,
+            poll,
+            listener,
+        } = seed;
+        let (settings, epoch) = shared.settings();
+        let now = Instant::now();
+        Worker {
             index,
             events: Some(Events::with_capacity(cfg.batch_size)),
-            cfg,
+            buf_size: cfg.receive_buffer_size(),
+            settings,
+            epoch,
             service,
             shared,
             poll,
@@ -121,17 +167,21 @@ impl<S: Service> Worker<S> {
             conns: Vec::new(),
             free_slots: Vec::new(),
             live: 0,
+            by_id: HashMap::with_capacity(1024),
             pool,
+            starved: Vec::new(),
             turn: TurnOutput::new(),
             http_response: Vec::with_capacity(1024),
             ready: Vec::new(),
             ready_spare: Vec::new(),
             watched: Vec::new(),
             watched_spare: Vec::new(),
-            next_tick: Instant::now() + TICK,
+            clock: now,
+            next_tick: now + TICK,
+            next_idle_sweep: now + IDLE_SWEEP_MAX,
             next_serial: 0,
             stop_deadline: None,
-        })
+        }
     }
 
     /// Runs until `stop` has been asked and every connection is gone (or the grace period ended).
@@ -146,6 +196,11 @@ impl<S: Service> Worker<S> {
                 }
                 error!(worker = self.index, "poll failed: {e}; the worker stops");
                 break;
+            }
+            // One clock read per turn: deadlines and idle accounting use it.
+            self.clock = Instant::now();
+            if self.shared.epoch() != self.epoch {
+                self.apply_settings();
             }
             for event in events.iter() {
                 match event.token() {
@@ -177,10 +232,17 @@ impl<S: Service> Worker<S> {
                 self.accept_all();
             }
             self.drain_ready();
-            let now = Instant::now();
+            if !self.shared.inboxes[self.index].is_empty() {
+                self.run_inbox();
+            }
+            let now = self.clock;
             if now >= self.next_tick {
                 self.tick(now);
                 self.next_tick = now + TICK;
+            }
+            if now >= self.next_idle_sweep {
+                self.idle_sweep(now);
+                self.next_idle_sweep = now + self.idle_sweep_period();
             }
             if let Some(deadline) = self.stop_deadline {
                 if now >= deadline || self.all_finished() {
@@ -194,16 +256,48 @@ impl<S: Service> Worker<S> {
     fn poll_timeout(&self) -> Option<Duration> {
         let accept_pending =
             self.listener_ready && self.listener.is_some() && self.accept_resume_at.is_none();
-        if !self.ready.is_empty() || accept_pending {
+        if !self.ready.is_empty() || accept_pending || !self.shared.inboxes[self.index].is_empty() {
             Some(Duration::ZERO)
         } else if !self.watched.is_empty()
+            || !self.starved.is_empty()
             || self.stop_deadline.is_some()
             || self.accept_resume_at.is_some()
         {
             Some(TICK)
+        } else if self.settings.idle_timeout.is_some()
+            && self.shared.workers[self.index].sessions.get() > 0
+        {
+            Some(
+                self.next_idle_sweep
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            )
         } else {
             None
         }
+    }
+
+    // ---- settings ----------------------------------------------------------------------------
+
+    /// Takes the settings published by a reload; open sessions get the new limits. The receive
+    /// buffer size was fixed at start: limits that would change it keep their old values (the
+    /// facade refuses such reloads and says a restart is needed).
+    fn apply_settings(&mut self) {
+        let (new, epoch) = self.shared.settings();
+        self.epoch = epoch;
+        let mut settings = (*new).clone();
+        if receive_buffer_size(&settings.limits) > self.buf_size {
+            settings.limits.inplace_frame_max = self.settings.limits.inplace_frame_max;
+            settings.limits.max_head_bytes = self.settings.limits.max_head_bytes;
+        }
+        for conn in self.conns.iter_mut().flatten() {
+            if let Phase::Open(session) = &mut conn.phase {
+                session.set_limits(settings.limits.clone());
+            }
+        }
+        self.settings = Arc::new(settings);
+        self.next_idle_sweep = Instant::now() + self.idle_sweep_period();
+        debug!(worker = self.index, epoch, "settings reloaded");
     }
 
     // ---- accepting -------------------------------------------------------------------------
@@ -214,6 +308,8 @@ impl<S: Service> Worker<S> {
                 return;
             }
             self.accept_resume_at = None;
+            // Another worker may have taken the descriptor this one released: take one back.
+            self.reserve.restore();
         }
         for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.listener else {
@@ -229,13 +325,20 @@ impl<S: Service> Worker<S> {
                 Err(e) if sys::is_fd_exhaustion(&e) && self.reserve.is_held() => {
                     // Free the reserve, take the connection off the queue and close it, so that the
                     // listener stops being readable; tell the operator (at most once a second).
+                    // (Linux reports EMFILE even when the queue is empty: then we are done.)
                     self.reserve.release();
-                    if let Ok((stream, peer)) = listener.accept() {
-                        drop(stream);
+                    let next = listener.accept();
+                    let peer = next.as_ref().ok().map(|(_, peer)| *peer);
+                    let empty = matches!(&next, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+                    drop(next);
+                    self.reserve.restore();
+                    if let Some(peer) = peer {
                         self.dropped_for_fds += 1;
                         self.warn_fd_exhaustion(&e, Some(peer));
+                    } else if empty {
+                        self.listener_ready = false;
+                        return;
                     }
-                    self.reserve.restore();
                 }
                 Err(e) => {
                     if sys::is_fd_exhaustion(&e) {
@@ -296,9 +399,12 @@ impl<S: Service> Worker<S> {
         }
         let id = ((self.index as u64) << 48) | (self.next_serial & ((1 << 48) - 1));
         self.next_serial += 1;
-        let deadline = Instant::now() + self.cfg.handshake_timeout;
-        self.conns[idx] = Some(Connection::new(stream, peer, id, deadline));
+        let now = Instant::now();
+        let deadline = now + self.settings.handshake_timeout;
+        self.conns[idx] = Some(Connection::new(stream, peer, id, deadline, now));
+        self.by_id.insert(id, idx);
         self.live += 1;
+        self.shared.workers[self.index].connections.add(1);
         self.watch(idx);
     }
 
@@ -315,7 +421,7 @@ impl<S: Service> Worker<S> {
             self.peer_gone(idx, Some(e));
             return;
         }
-        if conn.read_paused && conn.out.len() <= self.cfg.backpressure.soft_bytes {
+        if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
             conn.read_paused = false;
             self.queue_ready(idx);
         }
@@ -366,9 +472,21 @@ impl<S: Service> Worker<S> {
             if conn.read_paused {
                 return;
             }
-            let mut buf = conn.rbuf.take().unwrap_or_else(|| self.pool.take());
+            let mut buf = match conn.rbuf.take() {
+                Some(buf) => buf,
+                None => match self.pool.take() {
+                    Some(buf) => buf,
+                    None => {
+                        // No buffer to be had: stop reading this one, retry at the next tick.
+                        conn.read_paused = true;
+                        self.starved.push((idx, conn.id));
+                        self.shared.workers[self.index].buffer_waits.add(1);
+                        return;
+                    }
+                },
+            };
             let held = conn.held;
-            let space = buf.len() - held;
+            let space = buf.as_slice().len() - held;
             match read_once(&mut conn.stream, &mut buf.as_mut_slice()[held..]) {
                 Ok(0) => {
                     conn.held = 0;
@@ -377,6 +495,7 @@ impl<S: Service> Worker<S> {
                     return;
                 }
                 Ok(n) => {
+                    conn.last_input = self.clock;
                     self.process_input(idx, buf, held + n);
                     // A short read emptied the socket, and anything arriving later (data, FIN,
                     // RST) brings a new edge; unless the FIN or RST is already here: then read on
@@ -407,7 +526,12 @@ impl<S: Service> Worker<S> {
 
     // ---- one read's worth of protocol --------------------------------------------------------
 
-    fn process_input(&mut self, idx: usize, mut buf: RecvBuf, filled: usize) {
+    fn process_input(
+        &mut self,
+        idx: usize,
+        mut buf: <S::Buffers as RecvBuffers>::Buf,
+        filled: usize,
+    ) {
         let keep = match self.conns[idx].as_ref().map(|c| &c.phase) {
             Some(Phase::Handshake) => self.handshake(idx, &mut buf, filled),
             Some(Phase::Open(_)) => self.feed_session(idx, &mut buf, 0, filled),
@@ -417,12 +541,17 @@ impl<S: Service> Worker<S> {
     }
 
     /// Parses the request head; returns the input range to keep for the next read.
-    fn handshake(&mut self, idx: usize, buf: &mut RecvBuf, filled: usize) -> Range<usize> {
+    fn handshake(
+        &mut self,
+        idx: usize,
+        buf: &mut <S::Buffers as RecvBuffers>::Buf,
+        filled: usize,
+    ) -> Range<usize> {
         let conn = self.conns[idx].as_mut().expect("live connection");
         let peer = conn.peer;
         let mut upgraded_at = None;
-        match handshake::parse_request(&buf.as_slice()[..filled], &self.cfg.limits) {
-            Parsed::Partial if filled < buf.len() => return 0..filled,
+        match handshake::parse_request(&buf.as_slice()[..filled], &self.settings.limits) {
+            Parsed::Partial if filled < buf.as_slice().len() => return 0..filled,
             Parsed::Partial => {
                 let err = HttpError {
                     status: 431,
@@ -455,22 +584,20 @@ impl<S: Service> Worker<S> {
         let Some(head_len) = upgraded_at else {
             // Answered with an error or a plain HTTP response: give the peer the close timeout to
             // read it and close.
-            conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+            conn.deadline = Some(Instant::now() + self.settings.close_timeout);
             return 0..0;
         };
 
         // The session starts; bytes after the head are already frames.
-        conn.phase = Phase::Open(Session::new(self.cfg.limits.clone()));
+        conn.phase = Phase::Open(Session::new(self.settings.limits.clone()));
         conn.deadline = None;
-        self.shared.sessions[self.index]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.workers[self.index].sessions.add(1);
         let (id, worker) = (conn.id, self.index);
         if let Phase::Open(session) = &mut conn.phase {
             let mut sink = self.turn.sink(&[]);
             let mut out = session.outgoing(&mut sink);
             self.service
-                .on_open(&mut Conn::new(id, peer, worker, &mut out));
+                .on_open(&mut Conn::new(id, peer, worker, &self.shared, &mut out));
         }
         if filled > head_len {
             self.feed_session(idx, buf, head_len, filled)
@@ -483,7 +610,7 @@ impl<S: Service> Worker<S> {
     fn feed_session(
         &mut self,
         idx: usize,
-        buf: &mut RecvBuf,
+        buf: &mut <S::Buffers as RecvBuffers>::Buf,
         start: usize,
         filled: usize,
     ) -> Range<usize> {
@@ -493,6 +620,7 @@ impl<S: Service> Worker<S> {
         };
         let (id, peer, worker) = (conn.id, conn.peer, self.index);
         let service = &*self.service;
+        let shared = &*self.shared;
         let mut reported = false;
         let result = {
             let mut sink = self.turn.sink(buf.as_slice());
@@ -500,7 +628,7 @@ impl<S: Service> Worker<S> {
                 &mut buf.as_mut_slice()[start..filled],
                 &mut sink,
                 |event, out| {
-                    let mut c = Conn::new(id, peer, worker, out);
+                    let mut c = Conn::new(id, peer, worker, shared, out);
                     match event {
                         Event::Close(code, reason) => {
                             service.on_close(&mut c, code.unwrap_or(CloseCode::NO_STATUS), reason);
@@ -519,7 +647,7 @@ impl<S: Service> Worker<S> {
                 if !conn.reported {
                     conn.reported = true;
                     service.on_close(
-                        &mut Conn::new(id, peer, worker, &mut Ended),
+                        &mut Conn::new(id, peer, worker, shared, &mut Ended),
                         err.code,
                         err.reason,
                     );
@@ -530,7 +658,12 @@ impl<S: Service> Worker<S> {
     }
 
     /// Ends a read: sends this turn's output, keeps `buf[keep]` for the next read, updates state.
-    fn end_turn(&mut self, idx: usize, mut buf: RecvBuf, keep: Range<usize>) {
+    fn end_turn(
+        &mut self,
+        idx: usize,
+        mut buf: <S::Buffers as RecvBuffers>::Buf,
+        keep: Range<usize>,
+    ) {
         let Some(conn) = self.conns[idx].as_mut() else {
             self.turn.clear();
             self.pool.give(buf);
@@ -542,6 +675,7 @@ impl<S: Service> Worker<S> {
             self.turn.flush(&conn.stream, &mut conn.out, buf.as_slice())
         };
         let kept = keep.len();
+        let buf_len = buf.as_slice().len();
         if kept == 0 {
             conn.held = 0;
             self.pool.give(buf);
@@ -554,7 +688,7 @@ impl<S: Service> Worker<S> {
             self.peer_gone(idx, Some(e));
             return;
         }
-        if kept == self.pool.buf_size() {
+        if kept == buf_len {
             // The protocol layer must consume whole frames larger than `inplace_frame_max`.
             error!(peer = %conn.peer, "receive buffer full of unconsumed input ({kept} bytes); closing");
             self.end_abnormally(idx, CloseCode::INTERNAL_ERROR, "receive buffer overflow");
@@ -576,24 +710,22 @@ impl<S: Service> Worker<S> {
                     conn.reported = true;
                     let (id, peer) = (conn.id, conn.peer);
                     self.service.on_close(
-                        &mut Conn::new(id, peer, self.index, &mut Ended),
+                        &mut Conn::new(id, peer, self.index, &self.shared, &mut Ended),
                         CloseCode::ABNORMAL,
                         "session closed",
                     );
                 }
-                self.shared.sessions[self.index]
-                    .0
-                    .fetch_sub(1, Ordering::Relaxed);
+                self.shared.workers[self.index].sessions.sub(1);
                 conn.phase = Phase::Finishing { shut: false };
-                conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+                conn.deadline = Some(Instant::now() + self.settings.close_timeout);
                 watch = true;
             } else if state == State::Closing && conn.deadline.is_none() {
-                conn.deadline = Some(Instant::now() + self.cfg.close_timeout);
+                conn.deadline = Some(Instant::now() + self.settings.close_timeout);
                 watch = true;
             }
         }
         let pending = conn.out.len();
-        let bp = &self.cfg.backpressure;
+        let bp = &self.settings.backpressure;
         if pending > bp.soft_bytes {
             conn.read_paused = true;
         }
@@ -648,13 +780,11 @@ impl<S: Service> Worker<S> {
             conn.reported = true;
             let (id, peer) = (conn.id, conn.peer);
             self.service.on_close(
-                &mut Conn::new(id, peer, self.index, &mut Ended),
+                &mut Conn::new(id, peer, self.index, &self.shared, &mut Ended),
                 code,
                 reason,
             );
-            self.shared.sessions[self.index]
-                .0
-                .fetch_sub(1, Ordering::Relaxed);
+            self.shared.workers[self.index].sessions.sub(1);
         }
         self.drop_conn(idx);
     }
@@ -667,8 +797,10 @@ impl<S: Service> Worker<S> {
         if let Some(buf) = conn.rbuf.take() {
             self.pool.give(buf);
         }
+        self.by_id.remove(&conn.id);
         self.free_slots.push(idx);
         self.live -= 1;
+        self.shared.workers[self.index].connections.sub(1);
     }
 
     // ---- deadlines --------------------------------------------------------------------------
@@ -683,6 +815,15 @@ impl<S: Service> Worker<S> {
     }
 
     fn tick(&mut self, now: Instant) {
+        if !self.starved.is_empty() {
+            // Connections that found no receive buffer: try them again.
+            for (idx, id) in std::mem::take(&mut self.starved) {
+                if let Some(conn) = self.conns[idx].as_mut().filter(|c| c.id == id) {
+                    conn.read_paused = false;
+                    self.queue_ready(idx);
+                }
+            }
+        }
         let mut list =
             std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &(idx, id) in &list {
@@ -707,7 +848,7 @@ impl<S: Service> Worker<S> {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        let bp_timeout = self.cfg.backpressure.timeout;
+        let bp_timeout = self.settings.backpressure.timeout;
         if conn
             .over_hard_since
             .is_some_and(|since| now.duration_since(since) >= bp_timeout)
@@ -747,15 +888,122 @@ impl<S: Service> Worker<S> {
         info!(
             peer = %conn.peer, session = conn.id, pending,
             "peer does not read: output above {} bytes for {:?}; closing with 1008",
-            self.cfg.backpressure.hard_bytes, self.cfg.backpressure.timeout
+            self.settings.backpressure.hard_bytes, self.settings.backpressure.timeout
         );
         self.end_abnormally(idx, CloseCode::POLICY_VIOLATION, "output not drained");
+    }
+
+    // ---- inbox: sends by id and broadcasts ----------------------------------------------------
+
+    fn run_inbox(&mut self) {
+        for _ in 0..INBOX_BATCH {
+            let Some(cmd) = self.shared.inboxes[self.index].pop() else {
+                return;
+            };
+            match cmd {
+                Command::Send(id, msg) => {
+                    let delivered = match self.by_id.get(&id) {
+                        Some(&idx) => self.deliver(idx, &msg),
+                        None => false,
+                    };
+                    if !delivered {
+                        self.shared.workers[self.index].undelivered.add(1);
+                    }
+                }
+                Command::Broadcast(msg) => {
+                    for idx in 0..self.conns.len() {
+                        self.deliver(idx, &msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` on the session in slot `idx`, if it is open; one write.
+    fn deliver(&mut self, idx: usize, msg: &OutMessage) -> bool {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        let Phase::Open(session) = &mut conn.phase else {
+            return false;
+        };
+        if conn.reported || session.state() != State::Open {
+            return false;
+        }
+        let mut sink = self.turn.sink(&[]);
+        let mut out = session.outgoing(&mut sink);
+        let sent = match msg {
+            OutMessage::Text(t) => out.send_text(t),
+            OutMessage::Binary(b) => out.send_binary(b),
+        };
+        if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+            self.peer_gone(idx, Some(e));
+            return false;
+        }
+        self.after_turn(idx);
+        sent.is_ok()
+    }
+
+    // ---- idle sessions ----------------------------------------------------------------------
+
+    fn idle_sweep_period(&self) -> Duration {
+        match self.settings.idle_timeout {
+            Some(idle) => IDLE_SWEEP_MAX
+                .min(idle / 4)
+                .min(self.settings.pong_timeout / 4)
+                .max(TICK),
+            None => IDLE_SWEEP_MAX,
+        }
+    }
+
+    /// Pings sessions that sent nothing for `idle_timeout`; drops those that sent nothing within
+    /// `pong_timeout` of our ping (reported as 1006: no close handshake took place).
+    fn idle_sweep(&mut self, now: Instant) {
+        let Some(idle) = self.settings.idle_timeout else {
+            return;
+        };
+        let pong_timeout = self.settings.pong_timeout;
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            let Phase::Open(session) = &mut conn.phase else {
+                continue;
+            };
+            if conn.reported || session.state() != State::Open {
+                continue;
+            }
+            if let Some(at) = conn.ping_sent {
+                if conn.last_input > at {
+                    conn.ping_sent = None;
+                } else if now.duration_since(at) >= pong_timeout {
+                    info!(peer = %conn.peer, session = conn.id,
+                        "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                    self.shared.workers[self.index].idle_drops.add(1);
+                    self.end_abnormally(idx, CloseCode::ABNORMAL, "no answer to ping");
+                    continue;
+                } else {
+                    continue;
+                }
+            }
+            if now.duration_since(conn.last_input) >= idle {
+                let mut sink = self.turn.sink(&[]);
+                let _ = session.outgoing(&mut sink).ping(b"idle");
+                conn.ping_sent = Some(now);
+                self.shared.workers[self.index].idle_pings.add(1);
+                if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+                    self.peer_gone(idx, Some(e));
+                    continue;
+                }
+                self.after_turn(idx);
+            }
+        }
     }
 
     // ---- shutdown ---------------------------------------------------------------------------
 
     fn begin_shutdown(&mut self) {
-        self.stop_deadline = Some(Instant::now() + self.cfg.shutdown_grace);
+        self.stop_deadline = Some(Instant::now() + self.settings.shutdown_grace);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -811,7 +1059,7 @@ impl<S: Service> Worker<S> {
 }
 
 /// Queues an HTTP error answer and ends the connection after it.
-fn reject(turn: &mut TurnOutput, conn: &mut Connection, err: &HttpError) {
+fn reject<B>(turn: &mut TurnOutput, conn: &mut Connection<B>, err: &HttpError) {
     debug!(peer = %conn.peer, status = err.status, "handshake rejected: {}", err.reason);
     let mut response = [0u8; 256];
     let n = handshake::write_error_response(err, &mut response);

@@ -230,3 +230,8 @@ fn current_cpu() -> Option<u32> {
 fn current_cpu() -> Option<u32> {
     None
 }
+
+/// Checks a pool configuration without building pools.
+pub(crate) fn check_config(config: &PoolConfig) -> Result<(), PoolConfigError> {
+    config.size_classes().map(|_| ())
+}

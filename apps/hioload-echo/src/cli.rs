@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,11 +17,32 @@ Examples:
   hioload-echo --addr 0.0.0.0:9001 --workers 2 --path /
   RUST_LOG=debug hioload-echo --max-message 64MiB --no-affinity
 
+  hioload-echo --config /etc/hioload-echo.toml --admin-addr 127.0.0.1:9100
+
 Try it:  wscat -c ws://127.0.0.1:8080/ws      (or: websocat ws://127.0.0.1:8080/ws)
+
+Control plane (plain HTTP GET; on the WebSocket address, or only on --admin-addr if given):
+  curl http://127.0.0.1:8080/metrics          Prometheus text: sessions per worker, messages
+                                              and bytes in/out, close codes, handler latency,
+                                              handler panics, buffer pools, idle pings, uptime
+  curl http://127.0.0.1:8080/debug/probes     JSON: active_sessions, worker_sessions, pool,
+                                              uptime_seconds, config
+
+Configuration file (--config FILE, TOML, every key optional; values in the file win over
+flags). SIGHUP re-reads it and applies, without dropping a connection: log_level, [limits]
+(max_message_size, max_frame_size, max_headers), [backpressure], handshake_timeout,
+close_timeout, shutdown_grace, idle_timeout, pong_timeout. Changes to listen, admin_listen,
+path, workers, ring_capacity, batch_size, cpu_affinity, session_shards, inplace_frame_max and
+max_head_bytes are logged as needing a restart. An invalid file is rejected with an error line
+and the running configuration stays. Example:
+  log_level = \"info\"
+  idle_timeout = 60
+  [limits]
+  max_message_size = \"1MiB\"
 
 SIGINT/SIGTERM stop the server gracefully: it stops accepting, sends Close 1001 to every
 session, waits up to --grace-period for the close handshakes, and exits 0.
-Logs go to stderr; RUST_LOG sets the level (default info).";
+Logs go to stderr; RUST_LOG sets the level (default info) unless the file sets log_level.";
 
 /// WebSocket echo server: every text message comes back as text, every binary message as binary.
 /// Requests for other paths get 404.
@@ -73,6 +95,19 @@ pub struct Args {
     /// Seconds a client has to send a complete upgrade request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
+
+    /// Seconds of silence after which a session is pinged; a session that then sends nothing
+    /// for 30 s more is dropped. 0 turns idle pings off.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+
+    /// Serve /metrics and /debug/probes on this address only (not on --addr).
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// TOML configuration file; re-read on SIGHUP (see below).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Parses `65536`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB`.
@@ -193,6 +228,7 @@ pub fn split_eal(argv: Vec<OsString>) -> SplitArgs {
 }
 
 /// The refusal printed by a build without DPDK when EAL arguments are given.
+#[cfg(not(feature = "dpdk"))]
 pub fn no_dpdk_message(eal: &[String]) -> String {
     format!(
         "error: DPDK EAL arguments given ({}), but this build of hioload-echo has no DPDK support \
@@ -257,7 +293,8 @@ mod tests {
     fn every_flag_parses() {
         let a = Args::try_parse_from(argv(
             "echo --addr 127.0.0.1:0 --workers 2 --path / --max-message 1M --max-frame 64K --batch-size 32 \
-             --no-affinity --grace-period 1.5 --backpressure-bytes 256K --backpressure-timeout 2 --handshake-timeout 3",
+             --no-affinity --grace-period 1.5 --backpressure-bytes 256K --backpressure-timeout 2 --handshake-timeout 3 \
+             --idle-timeout 0 --admin-addr 127.0.0.1:9100 --config /tmp/x.toml",
         ))
         .unwrap();
         assert_eq!(a.workers, 2);
@@ -265,5 +302,8 @@ mod tests {
         assert_eq!(a.max_frame, 64 << 10);
         assert_eq!(a.grace_period, Duration::from_millis(1500));
         assert!(a.no_affinity);
+        assert_eq!(a.idle_timeout, Duration::ZERO);
+        assert_eq!(a.admin_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(a.config, Some(PathBuf::from("/tmp/x.toml")));
     }
 }

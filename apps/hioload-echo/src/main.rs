@@ -1,21 +1,30 @@
 //! hioload-echo: the reference WebSocket echo server of hioload-ws.
 //!
-//! Reads the command line (refusing DPDK EAL arguments in a build without DPDK), starts a
-//! [`Server`] with an echo handler, and turns SIGINT/SIGTERM into a graceful stop: no new
+//! Reads the command line (refusing DPDK EAL arguments in a build without DPDK) and the optional
+//! TOML file (`--config`), starts a [`Server`] with an echo handler under the standard middleware
+//! (Logging, Recovery, Metrics), and handles signals: SIGINT/SIGTERM are a graceful stop (no new
 //! connections, Close 1001 to every session, up to `--grace-period` for the close handshakes,
-//! exit 0. A second signal exits at once.
+//! exit 0; a second signal exits at once); SIGHUP re-reads the file and applies the reloadable
+//! settings, log level included, without dropping a connection.
 
 mod cli;
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hioload_ws::{Config, Ctx, DataPath, Handler, Message, Server};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use hioload_ws::{
+    Config, ConfigFile, Ctx, DataPath, Handler, HandlerExt, Logging, Message, Metrics, Recovery,
+    Server,
+};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
 
 /// Sends every message back as it came.
 struct Echo;
@@ -23,6 +32,62 @@ struct Echo;
 impl Handler for Echo {
     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let _ = ctx.send(msg);
+    }
+}
+
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Replaces the log filter; a bad filter is reported and the old one stays.
+fn set_log_level(handle: &LogHandle, level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("log_level {level:?}: {e}"))?;
+    handle
+        .modify(|f| *f = filter)
+        .map_err(|e| format!("cannot change the log level: {e}"))
+}
+
+/// SIGHUP: re-reads `path` over the command-line configuration and applies it.
+fn reload(server: &Server, path: &Path, base: &Config, log: &LogHandle) {
+    let (file, cfg) = match ConfigFile::load_over(path, base) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("SIGHUP: configuration rejected, the running configuration stays: {e}");
+            return;
+        }
+    };
+    if let Some(level) = file.log_level() {
+        if let Err(e) = EnvFilter::try_new(level) {
+            error!("SIGHUP: configuration rejected, the running configuration stays: {}: log_level {level:?}: {e}", path.display());
+            return;
+        }
+    }
+    match server.reload(cfg) {
+        Ok(done) => {
+            if let Some(level) = file.log_level() {
+                if let Err(e) = set_log_level(log, level) {
+                    error!("SIGHUP: {e}");
+                }
+            }
+            for field in &done.restart_needed {
+                warn!(
+                    "SIGHUP: {field} changed in {}; it takes effect after a restart",
+                    path.display()
+                );
+            }
+            let c = server.config();
+            info!(
+                max_message_size = c.limits.max_message_size,
+                max_frame_size = c.limits.max_frame_size,
+                idle_timeout = ?c.idle_timeout,
+                "SIGHUP: configuration reloaded from {}",
+                path.display()
+            );
+        }
+        Err(e) => {
+            error!(
+                "SIGHUP: configuration rejected, the running configuration stays: {}: {e}",
+                path.display()
+            )
+        }
     }
 }
 
@@ -44,15 +109,6 @@ fn main() -> ExitCode {
     }
     let args = cli::Args::parse_from(split.ours);
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
     let mut cfg = Config {
         listen: args.addr,
         path: args.path.clone(),
@@ -61,6 +117,8 @@ fn main() -> ExitCode {
         cpu_affinity: !args.no_affinity,
         shutdown_grace: args.grace_period,
         handshake_timeout: args.handshake_timeout,
+        idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+        admin_listen: args.admin_addr,
         ..Config::default()
     };
     cfg.limits.max_message_size = args.max_message;
@@ -74,6 +132,41 @@ fn main() -> ExitCode {
             eal_args: split.eal.clone(),
         };
     }
+    let base = cfg.clone();
+    let mut file_log_level = None;
+    if let Some(path) = &args.config {
+        match ConfigFile::load_over(path, &base) {
+            Ok((file, loaded)) => {
+                file_log_level = file.log_level().map(str::to_string);
+                cfg = loaded;
+            }
+            Err(e) => {
+                eprintln!("hioload-echo: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let filter = match &file_log_level {
+        Some(level) => match EnvFilter::try_new(level) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("hioload-echo: log_level {level:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let (filter, log_handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .init();
+
     let data_path = match cfg.data_path {
         DataPath::Kernel => "kernel",
         #[cfg(feature = "dpdk")]
@@ -89,13 +182,19 @@ fn main() -> ExitCode {
     }
 
     let server = match Server::new(cfg) {
-        Ok(s) => Arc::new(s.with_handler(Echo)),
+        Ok(s) => Arc::new(
+            s.with_handler(
+                Echo.with(Metrics::new())
+                    .with(Recovery::new())
+                    .with(Logging::new()),
+            ),
+        ),
         Err(e) => {
             eprintln!("hioload-echo: {e}");
             return ExitCode::from(2);
         }
     };
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hioload-echo: cannot install signal handlers: {e}");
@@ -107,16 +206,29 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let addr = server.local_addr().expect("started");
+    let cfg = server.config();
     info!(
-        "hioload-echo listening on ws://{addr}{} ({} workers, {data_path} data path)",
-        args.path, args.workers
+        "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path)",
+        cfg.path,
+        cfg.num_workers,
+        if cfg.num_workers == 1 { "" } else { "s" }
     );
+    let control = server.admin_addr().unwrap_or(addr);
+    info!("control plane: http://{control}/metrics and http://{control}/debug/probes");
 
     let stopper = server.clone();
-    let grace = args.grace_period;
+    let grace = cfg.shutdown_grace;
+    let config_path = args.config.clone();
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
+            if signal == SIGHUP {
+                match &config_path {
+                    Some(path) => reload(&stopper, path, &base, &log_handle),
+                    None => warn!("SIGHUP: no --config file; nothing to reload"),
+                }
+                continue;
+            }
             seen += 1;
             let name = if signal == SIGINT {
                 "SIGINT"

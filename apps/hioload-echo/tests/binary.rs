@@ -21,15 +21,19 @@ struct Echo {
 
 impl Echo {
     fn start(extra: &[&str]) -> Echo {
-        let mut child = Command::new(BIN)
-            .args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        Echo::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (stderr piped) and waits for its start line.
+    fn spawn(mut cmd: Command) -> Echo {
+        let mut child = cmd.spawn().unwrap();
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -47,7 +51,8 @@ impl Echo {
                 .expect("hioload-echo exited before its start line");
             if let Some(rest) = line.split("listening on ws://").nth(1) {
                 assert!(
-                    line.contains("2 workers") && line.contains("kernel data path"),
+                    line.contains("workers, kernel data path)")
+                        || line.contains("1 worker, kernel"),
                     "{line}"
                 );
                 break rest.split('/').next().unwrap().parse().unwrap();
@@ -78,6 +83,23 @@ impl Echo {
 
     fn log_lines(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no log line with {needle:?} within 10 s"));
+            let line = self
+                .log
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} within 10 s"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
     }
 }
 
@@ -213,6 +235,9 @@ fn help_explains_every_flag_with_an_example() {
         "--backpressure-bytes",
         "--backpressure-timeout",
         "--handshake-timeout",
+        "--idle-timeout",
+        "--admin-addr",
+        "--config",
     ] {
         let line = help
             .lines()
@@ -227,6 +252,9 @@ fn help_explains_every_flag_with_an_example() {
         help.contains("Examples:") && help.contains("wscat -c ws://127.0.0.1:8080/ws"),
         "{help}"
     );
+    for needle in ["/metrics", "/debug/probes", "SIGHUP", "max_message_size"] {
+        assert!(help.contains(needle), "--help does not mention {needle}");
+    }
 }
 
 #[test]
@@ -260,4 +288,244 @@ fn a_busy_address_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot bind {addr}")), "{err}");
+}
+
+#[test]
+fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    // One worker: with several, one may take the descriptor another just released for its
+    // accept-and-close, and that other then backs off until a descriptor frees.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--addr", "127.0.0.1:0", "--workers", "1", "--no-affinity"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure touches no other state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut echo = Echo::spawn(cmd);
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut open = Vec::new();
+    let mut dropped = 0;
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(echo.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(upgrade);
+        let mut head = [0u8; 12];
+        match s.read_exact(&mut head) {
+            Ok(()) => {
+                assert_eq!(&head, b"HTTP/1.1 101");
+                open.push(s);
+            }
+            Err(e) => {
+                // Closed at once, not left hanging until the read timeout.
+                assert_ne!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock,
+                    "connection left hanging"
+                );
+                dropped += 1;
+            }
+        }
+    }
+    assert!(
+        open.len() >= 20 && dropped >= 20,
+        "{} open, {dropped} dropped",
+        open.len()
+    );
+    let cpu_before = cpu_seconds(echo.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_cpu = cpu_seconds(echo.child.id()) - cpu_before;
+    assert!(
+        idle_cpu < 0.2,
+        "the server spins while out of descriptors: {idle_cpu} s CPU in 1 s"
+    );
+
+    drop(open);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ws = client(echo.addr);
+    ws.send(Message::text("back")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("back"));
+    let log = echo.log_lines().join("\n");
+    assert!(log.contains("raise RLIMIT_NOFILE"), "{log}");
+    drop(ws);
+    echo.signal(libc::SIGTERM);
+    assert!(echo.wait_exit(Duration::from_secs(10)).0.success());
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+// ---- control plane and hot reload --------------------------------------------------------------
+
+/// `GET path` on `addr`: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// A config file in the test's temporary directory, removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> ConfigFile {
+        let dir = std::env::temp_dir().join(format!("hioload-echo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = ConfigFile(dir.join(name));
+        f.write(text);
+        f
+    }
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn expect_close(ws: &mut tungstenite::WebSocket<TcpStream>, code: CloseCode) {
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(f.code, code),
+        other => panic!("expected close {code:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn sighup_lowers_the_max_message_size_of_a_running_server_without_dropping_connections() {
+    let file = ConfigFile::new(
+        "reload.toml",
+        "log_level = \"info\"\n[limits]\nmax_message_size = \"64KiB\"\n",
+    );
+    let echo = Echo::start(&["--config", file.path()]);
+    let mut open_before = client(echo.addr);
+    let mut bystander = client(echo.addr);
+    let ten_k = Message::binary(vec![5u8; 10_000]);
+    open_before.send(ten_k.clone()).unwrap();
+    assert_eq!(open_before.read().unwrap(), ten_k, "accepted under 64 KiB");
+
+    file.write("log_level = \"info\"\n[limits]\nmax_message_size = \"4KiB\"\n");
+    echo.signal(libc::SIGHUP);
+    let line = echo.wait_for_line("configuration reloaded");
+    assert!(line.contains("max_message_size=4096"), "{line}");
+
+    // On the connection that was open before the reload: the same message is now too big.
+    open_before.send(ten_k.clone()).unwrap();
+    expect_close(&mut open_before, CloseCode::Size);
+    // And on a new connection.
+    let mut after = client(echo.addr);
+    after.send(ten_k).unwrap();
+    expect_close(&mut after, CloseCode::Size);
+    // The other connection was not dropped.
+    bystander.send(Message::text("still open")).unwrap();
+    assert_eq!(bystander.read().unwrap(), Message::text("still open"));
+    let (status, body) = http_get(echo.addr, "/debug/probes");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"max_message_size\":4096"), "{body}");
+}
+
+#[test]
+fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
+    let file = ConfigFile::new("invalid.toml", "[limits]\nmax_message_size = \"64KiB\"\n");
+    let echo = Echo::start(&["--config", file.path()]);
+    let mut ws = client(echo.addr);
+    let ten_k = Message::binary(vec![6u8; 10_000]);
+
+    for (text, says) in [
+        ("[limits]\nmax_message_size = [\n", "invalid.toml"),
+        ("[limits]\nmax_mesage_size = 100\n", "max_mesage_size"),
+        (
+            "[limits]\nmax_message_size = 10\n",
+            "limits.max_message_size",
+        ),
+        (
+            "log_level = \"info,=[\"\n[limits]\nmax_message_size = 4096\n",
+            "log_level",
+        ),
+    ] {
+        file.write(text);
+        echo.signal(libc::SIGHUP);
+        let line = echo.wait_for_line("configuration rejected");
+        assert!(line.contains(says), "{says:?} not in {line}");
+        ws.send(ten_k.clone()).unwrap();
+        assert_eq!(ws.read().unwrap(), ten_k, "the old 64 KiB limit stays");
+    }
+
+    // A restart-only change is applied as far as it can be and logged.
+    file.write("workers = 8\n[limits]\nmax_message_size = \"64KiB\"\n");
+    echo.signal(libc::SIGHUP);
+    let line = echo.wait_for_line("after a restart");
+    assert!(line.contains("num_workers"), "{line}");
+    ws.send(ten_k.clone()).unwrap();
+    assert_eq!(ws.read().unwrap(), ten_k);
+}
+
+#[test]
+fn metrics_and_probes_are_served_on_the_admin_address() {
+    let echo = Echo::start(&["--admin-addr", "127.0.0.1:0"]);
+    // The admin listener's port is in the start log.
+    let line = echo.wait_for_line("control plane: http://");
+    let admin: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(admin, echo.addr);
+    let mut ws = client(echo.addr);
+    for i in 0..5 {
+        ws.send(Message::text(format!("m{i}"))).unwrap();
+        ws.read().unwrap();
+    }
+    let (status, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.lines().any(|l| l == "hioload_messages_in_total 5"),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "hioload_sessions_active 1"),
+        "{body}"
+    );
+    assert!(body.contains("hioload_pool_buffers_in_use{node="), "{body}");
+    let (status, body) = http_get(admin, "/debug/probes");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("{\"active_sessions\":1,"), "{body}");
+    assert_eq!(
+        http_get(echo.addr, "/metrics").0,
+        404,
+        "not on the WebSocket address"
+    );
 }

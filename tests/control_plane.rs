@@ -1,0 +1,165 @@
+//! The control plane over real loopback HTTP: probes as JSON, metrics as Prometheus text that
+//! counts what a test sent, on the main listener and on a separate admin address.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use hioload_ws::{HandlerExt, Metrics, Server};
+use tungstenite::Message as WsMessage;
+
+#[test]
+fn a_registered_probe_answers_over_http_with_the_built_in_ones() {
+    let server = Server::new(test_config())
+        .unwrap()
+        .with_handler(RecordingEcho::default());
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    server.register_probe("hits_probe", move || h.fetch_add(1, Ordering::Relaxed) + 41);
+    server.register_probe("build", || "test");
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let _ws = client(addr, "/ws");
+    wait_until(T, "session registered", || server.session_count() == 1);
+
+    let (status, head, body) = http_get(addr, "/debug/probes");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    assert_eq!(json["hits_probe"], 41, "{body}");
+    assert_eq!(json["build"], "test");
+    assert_eq!(json["active_sessions"], 1);
+    let per_worker = json["worker_sessions"].as_array().unwrap();
+    assert_eq!(per_worker.len(), 2);
+    assert_eq!(
+        per_worker.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        1
+    );
+    assert!(json["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(json["config"]["num_workers"], 2);
+    assert_eq!(json["config"]["path"], "/ws");
+    assert!(!json["pool"]["nodes"].as_array().unwrap().is_empty());
+    // Called again for the next request: a live value, not a cached one.
+    let (_, _, body) = http_get(addr, "/debug/probes");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["hits_probe"], 42);
+    // Other methods on control paths are refused.
+    let (_, head) = raw_request(
+        addr,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_the_messages_sent() {
+    let server = Server::new(test_config())
+        .unwrap()
+        .with_handler(RecordingEcho::default().with(Metrics::new().time_every(1)));
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let sizes = [1usize, 10, 125, 126, 1000, 65_536, 70_000];
+    let mut ws = client(addr, "/ws");
+    for &n in &sizes {
+        ws.send(WsMessage::binary(vec![7u8; n])).unwrap();
+        assert_eq!(ws.read().unwrap().len(), n);
+    }
+    ws.send(WsMessage::text("close-me 4000")).unwrap();
+    while ws.read().is_ok() {}
+    wait_until(T, "session closed", || server.session_count() == 0);
+
+    let (status, head, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let samples = parse_prometheus(&body);
+    let total: usize = sizes.iter().sum();
+    let n = sizes.len() as f64;
+    assert_eq!(
+        sample(&samples, "hioload_messages_in_total"),
+        Some(n + 1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&samples, "hioload_bytes_in_total"),
+        Some((total + "close-me 4000".len()) as f64)
+    );
+    assert_eq!(sample(&samples, "hioload_messages_out_total"), Some(n));
+    assert_eq!(
+        sample(&samples, "hioload_bytes_out_total"),
+        Some(total as f64)
+    );
+    assert_eq!(sample(&samples, "hioload_sessions_opened_total"), Some(1.0));
+    assert_eq!(sample(&samples, "hioload_sessions_closed_total"), Some(1.0));
+    assert_eq!(
+        sample(
+            &samples,
+            "hioload_session_close_codes_total{code=\"other\"}"
+        ),
+        Some(1.0),
+        "4000 is outside 1000-1015"
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "hioload_handler_latency_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(n + 1.0)
+    );
+    assert_eq!(
+        sample(&samples, "hioload_handler_latency_seconds_count"),
+        Some(n + 1.0)
+    );
+    assert_eq!(sample(&samples, "hioload_sessions_active"), Some(0.0));
+    assert_eq!(sample(&samples, "hioload_handler_panics_total"), Some(0.0));
+    // Pool stats are there, and every receive buffer is back.
+    let in_use: f64 = samples
+        .iter()
+        .filter(|(s, _)| s.starts_with("hioload_pool_buffers_in_use{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        samples
+            .iter()
+            .any(|(s, _)| s.starts_with("hioload_pool_hits_total{")),
+        "{body}"
+    );
+    // The scrape's own connection holds one while it is answered.
+    assert!(in_use <= 1.0, "{body}");
+}
+
+#[test]
+fn probes_and_metrics_are_served_on_the_admin_address_and_not_on_the_main_one() {
+    let mut cfg = test_config();
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::new(cfg)
+        .unwrap()
+        .with_handler(RecordingEcho::default().with(Metrics::new()));
+    server.register_probe("active_sessions_again", || 7u64);
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let admin = server.admin_addr().expect("admin listener bound");
+    assert_ne!(admin, addr);
+
+    let mut ws = client(addr, "/ws");
+    ws.send(WsMessage::text("x")).unwrap();
+    ws.read().unwrap();
+
+    let (status, _, body) = http_get(admin, "/debug/probes");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["active_sessions"], 1);
+    assert_eq!(json["active_sessions_again"], 7);
+    let (status, _, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let samples = parse_prometheus(&body);
+    assert_eq!(sample(&samples, "hioload_messages_in_total"), Some(1.0));
+    assert_eq!(http_get(admin, "/other").0, 404);
+    // The main listener leaves these paths to the application's HTTP handler (404 here).
+    assert_eq!(http_get(addr, "/metrics").0, 404);
+    assert_eq!(http_get(addr, "/debug/probes").0, 404);
+    drop(ws);
+    server.shutdown().unwrap();
+}
