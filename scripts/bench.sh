@@ -14,6 +14,7 @@
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
+#        --servers may add raw-uring: the raw TCP echo on io_uring (kernel >= 6.1), the floor without epoll.
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
@@ -91,6 +92,7 @@ label() {
         tungstenite) echo "tokio-tungstenite" ;;
         fastws) echo "fastwebsockets" ;;
         raw) echo "raw TCP echo" ;;
+        raw-uring) echo "raw TCP echo (io_uring)" ;;
     esac
 }
 
@@ -107,7 +109,8 @@ for s in $servers; do
         tungstenite) cmd=("$peers/tokio-tungstenite-echo" --addr "127.0.0.1:$p") ;;
         fastws) cmd=("$peers/fastwebsockets-echo" --addr "127.0.0.1:$p") ;;
         raw) cmd=("$peers/raw-tcp-echo" --addr "127.0.0.1:$p") ;;
-        *) echo "bench.sh: unknown server $s (hioload tungstenite fastws raw)" >&2; exit 2 ;;
+        raw-uring) cmd=("$peers/raw-tcp-echo-uring" --addr "127.0.0.1:$p") ;;
+        *) echo "bench.sh: unknown server $s (hioload tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
     esac
     taskset -c "$server_cpu" "${cmd[@]}" >"$logdir/$s.log" 2>&1 &
     pids+=($!)
@@ -134,7 +137,7 @@ for round in $(seq "$rounds"); do
         conns=${sc%%x*}; rest=${sc#*x}; size=${rest%%p*}; pipe=1
         [[ "$rest" == *p* ]] && pipe=${rest#*p}
         for s in $servers; do
-            mode=(); [ "$s" = raw ] && mode=(--raw)
+            mode=(); [[ "$s" == raw* ]] && mode=(--raw)
             echo "  round $round/$rounds: $sc → $(label "$s")" >&2
             out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
                 -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" \
@@ -175,7 +178,7 @@ done
 idle_rss=()
 if [ "$idle" -gt 0 ]; then
     for s in $servers; do
-        [ "$s" = raw ] && continue
+        [[ "$s" == raw* ]] && continue
         kill -0 "${pid_of[$s]}" 2>/dev/null || continue
         echo "  idle $idle → $(label "$s")" >&2
         out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" \
@@ -204,12 +207,12 @@ report() {
     echo
     local head="| scenario |" line="| --- |"
     for s in $servers; do head+=" $(label "$s") |"; line+=" ---: |"; done
-    has hioload && for s in tungstenite fastws raw; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
+    has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
     echo "$head"; echo "$line"
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${cpu[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
+        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
         echo "$row"
     done
     echo
@@ -219,7 +222,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(fmt_rate "${rate[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
+        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
         echo "$row"
     done
     echo
@@ -229,7 +232,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${user[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
+        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
         echo "$row"
     done
     if [ "${#syscalls[@]}" -gt 0 ]; then
