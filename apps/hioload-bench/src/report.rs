@@ -1,0 +1,215 @@
+//! Turning measurements into the figures users read: a short text report or one line of JSON
+//! (`--json`, what scripts/bench.sh parses).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::load::ThreadStats;
+use crate::perfstat::SyscallRates;
+use crate::procfs::CpuTime;
+
+/// Everything one load run measured.
+pub struct LoadReport {
+    pub addr: String,
+    /// "websocket", "websocket-text" or "raw".
+    pub framing: &'static str,
+    pub connections: usize,
+    pub size: usize,
+    pub pipeline: usize,
+    pub warmup: Duration,
+    /// Measured window (wall clock).
+    pub window: Duration,
+    pub stats: ThreadStats,
+    /// Server CPU time over the window, when its pid was given.
+    pub server_cpu: Option<CpuTime>,
+    /// This process's CPU time over the window.
+    pub client_cpu: CpuTime,
+    /// The server's syscall rates over the window (`--syscalls`).
+    pub syscalls: Option<SyscallRates>,
+}
+
+impl LoadReport {
+    pub fn msgs_per_s(&self) -> f64 {
+        self.stats.messages as f64 / self.window.as_secs_f64()
+    }
+
+    /// Echoed payload MiB per second (one direction).
+    pub fn mib_per_s(&self) -> f64 {
+        self.msgs_per_s() * self.size as f64 / (1024.0 * 1024.0)
+    }
+
+    fn per_msg_us(&self, cpu: Duration) -> Option<f64> {
+        (self.stats.messages > 0).then(|| cpu.as_secs_f64() * 1e6 / self.stats.messages as f64)
+    }
+
+    /// Server syscalls per echo: the total and the broken-out ones.
+    fn syscalls_per_msg(&self) -> Option<(f64, Vec<(&'static str, f64)>)> {
+        let rates = self.syscalls.as_ref()?;
+        let msgs = self.msgs_per_s();
+        (msgs > 0.0).then(|| (rates.total / msgs, rates.by_name.iter().map(|(n, r)| (*n, r / msgs)).collect()))
+    }
+
+    fn cpu_percent(&self, cpu: Duration) -> f64 {
+        100.0 * cpu.as_secs_f64() / self.window.as_secs_f64()
+    }
+
+    fn latency_us(&self, quantile: f64) -> f64 {
+        self.stats.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} connections × {} B, {} in flight each, {} → {}; {:.1} s measured after {:.1} s warm-up",
+            self.connections,
+            self.size,
+            self.pipeline,
+            self.framing,
+            self.addr,
+            self.window.as_secs_f64(),
+            self.warmup.as_secs_f64()
+        );
+        let _ = writeln!(
+            s,
+            "  echoes      {} ({:.0} msgs/s, {:.2} MiB/s of payload)",
+            self.stats.messages,
+            self.msgs_per_s(),
+            self.mib_per_s()
+        );
+        if self.stats.messages > 0 {
+            let _ = writeln!(
+                s,
+                "  round trip  p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  max {:.1} µs",
+                self.latency_us(0.5),
+                self.latency_us(0.99),
+                self.latency_us(0.999),
+                self.stats.latency.max() as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(s, "  errors      {}", self.stats.errors);
+        for text in &self.stats.error_texts {
+            let _ = writeln!(s, "    {text}");
+        }
+        if let Some(cpu) = self.server_cpu {
+            let us = |d| self.per_msg_us(d).map_or("-".into(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                s,
+                "  server CPU  {:.1} % of a core, {} µs per echo (user {}, system {})",
+                self.cpu_percent(cpu.total()),
+                us(cpu.total()),
+                us(cpu.user),
+                us(cpu.system)
+            );
+        }
+        if let Some((total, by_name)) = self.syscalls_per_msg() {
+            let parts: Vec<String> = by_name.iter().map(|(n, v)| format!("{n} {v:.2}")).collect();
+            let _ = writeln!(s, "  server syscalls per echo  {total:.2} ({})", parts.join(", "));
+        }
+        let _ = writeln!(
+            s,
+            "  client CPU  {:.1} % of a core, {} µs per echo (this load generator)",
+            self.cpu_percent(self.client_cpu.total()),
+            self.per_msg_us(self.client_cpu.total()).map_or("-".into(), |v| format!("{v:.2}"))
+        );
+        s
+    }
+
+    pub fn json(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v:.3}"));
+        let mut s = String::from("{");
+        let _ = write!(
+            s,
+            "\"addr\":\"{}\",\"framing\":\"{}\",\"connections\":{},\"size\":{},\"pipeline\":{},\
+             \"warmup_s\":{:.3},\"window_s\":{:.3},\"messages\":{},\"msgs_per_s\":{:.1},\"mib_per_s\":{:.3},",
+            self.addr,
+            self.framing,
+            self.connections,
+            self.size,
+            self.pipeline,
+            self.warmup.as_secs_f64(),
+            self.window.as_secs_f64(),
+            self.stats.messages,
+            self.msgs_per_s(),
+            self.mib_per_s()
+        );
+        let lat = |q| if self.stats.messages > 0 { format!("{:.1}", self.latency_us(q)) } else { "null".into() };
+        let _ = write!(s, "\"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{}}},", lat(0.5), lat(0.99), lat(0.999));
+        let _ = write!(s, "\"errors\":{},\"error_texts\":[", self.stats.errors);
+        for (i, text) in self.stats.error_texts.iter().enumerate() {
+            let _ = write!(s, "{}\"{}\"", if i > 0 { "," } else { "" }, escape(text));
+        }
+        let _ = write!(
+            s,
+            "],\"server_cpu_percent\":{},\"server_cpu_us_per_msg\":{},\"server_user_us_per_msg\":{},\
+             \"server_sys_us_per_msg\":{},\"client_cpu_percent\":{:.1},\"client_cpu_us_per_msg\":{}",
+            opt(self.server_cpu.map(|c| self.cpu_percent(c.total()))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.total()))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.user))),
+            opt(self.server_cpu.and_then(|c| self.per_msg_us(c.system))),
+            self.cpu_percent(self.client_cpu.total()),
+            opt(self.per_msg_us(self.client_cpu.total()))
+        );
+        if let Some((total, by_name)) = self.syscalls_per_msg() {
+            let _ = write!(s, ",\"server_syscalls_per_msg\":{total:.3},\"server_syscalls\":{{");
+            for (i, (n, v)) in by_name.iter().enumerate() {
+                let _ = write!(s, "{}\"{n}\":{v:.3}", if i > 0 { "," } else { "" });
+            }
+            s.push('}');
+        }
+        s.push('}');
+        s
+    }
+}
+
+/// JSON string escaping for error texts.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_figures() {
+        let mut stats = ThreadStats::new();
+        stats.messages = 1000;
+        stats.latency.record(50_000).unwrap();
+        stats.error_texts.push("connection 1: \"bad\"".into());
+        stats.errors = 1;
+        let r = LoadReport {
+            addr: "127.0.0.1:1".into(),
+            framing: "websocket",
+            connections: 10,
+            size: 20,
+            pipeline: 1,
+            warmup: Duration::from_secs(1),
+            window: Duration::from_secs(2),
+            stats,
+            server_cpu: Some(CpuTime { user: Duration::from_millis(4), system: Duration::from_millis(6) }),
+            client_cpu: CpuTime { user: Duration::from_millis(5), system: Duration::from_millis(15) },
+            syscalls: Some(SyscallRates { total: 1000.0, by_name: vec![("read", 500.0)] }),
+        };
+        let j = r.json();
+        assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
+        assert!(j.contains("\"server_cpu_us_per_msg\":10.000,\"server_user_us_per_msg\":4.000"), "{j}");
+        assert!(j.contains("\"server_sys_us_per_msg\":6.000"), "{j}");
+        assert!(j.contains("\"client_cpu_us_per_msg\":20.000"), "{j}");
+        assert!(j.contains("\"p50\":50.0"), "{j}");
+        assert!(j.contains("connection 1: \\\"bad\\\""), "{j}");
+        assert!(j.contains("\"server_syscalls_per_msg\":2.000,\"server_syscalls\":{\"read\":1.000}}"), "{j}");
+        assert!(r.text().contains("500 msgs/s"));
+    }
+}
