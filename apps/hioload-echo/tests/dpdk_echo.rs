@@ -470,14 +470,28 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
         }
         tx.send(()).unwrap();
         go_rx.recv().unwrap();
-        clients.iter_mut().map(expect_close).collect::<Vec<_>>()
+        clients
+            .iter_mut()
+            .map(|ws| {
+                let code = expect_close(ws);
+                // Then the server's FIN: end of stream, not a read timeout or a reset.
+                let mut rest = [0u8; 16];
+                let fin = matches!(ws.get_mut().read(&mut rest), Ok(0));
+                (code, fin)
+            })
+            .collect::<Vec<_>>()
     });
     rx.recv_timeout(Duration::from_secs(60))
         .expect("clients connected");
     echo.wait_for_line("listening", Duration::from_secs(1));
     echo.signal(libc::SIGTERM);
     go_tx.send(()).unwrap();
-    let codes = clients.join().unwrap();
+    let ends = clients.join().unwrap();
+    assert!(
+        ends.iter().all(|&(_, fin)| fin),
+        "every client saw the server's FIN: {ends:?}"
+    );
+    let codes: Vec<_> = ends.iter().map(|&(code, _)| code).collect();
     assert!(
         codes.iter().all(|&c| c == CloseCode::Away),
         "every client got 1001: {codes:?}"
