@@ -138,9 +138,7 @@ impl RunningPath {
         match self {
             RunningPath::Kernel(t) => t.reload(settings),
             #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(_) => {
-                warn!("reload: the DPDK data path keeps its start settings (a restart applies them)")
-            }
+            RunningPath::Dpdk(d) => d.reload(settings),
         }
     }
     fn stop(&self) {

@@ -2,7 +2,7 @@
 //! `DataPath::Dpdk` on a net_tap port (its kernel side in a namespace this test creates, clients
 //! on threads that entered it), two lcores sharing the port. Checks the registry, messages sent by
 //! session id and broadcasts across lcores (from a handler and from outside), the control plane's
-//! counters, and the graceful stop.
+//! counters, a settings reload, and the graceful stop.
 //!
 //! One EAL per process: this file holds exactly one test. Needs root (hugepages, tap, netns).
 
@@ -215,6 +215,23 @@ fn sessions_send_by_id_and_broadcast_across_lcores_over_the_userspace_stack() {
         for ws in &mut clients {
             assert_eq!(text(ws), "news");
         }
+        // A reload lowers the message limit of open sessions, on both lcores (applied at the
+        // next deadline tick, every 100 ms).
+        let mut lower = outside.config();
+        lower.limits.max_message_size = 1000;
+        outside.reload(lower).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        clients[0].send(WsMessage::text("x".repeat(2000))).unwrap();
+        match read(&mut clients[0]).unwrap() {
+            WsMessage::Close(Some(f)) => assert_eq!(f.code, CloseCode::Size),
+            other => panic!("expected close 1009 after the reload, got {other:?}"),
+        }
+        let small = clients.len() - 1;
+        clients[small]
+            .send(WsMessage::text("x".repeat(900)))
+            .unwrap();
+        assert_eq!(text(&mut clients[small]), "x".repeat(900));
+        let mut clients = clients.split_off(1);
         // The graceful stop: 1001 to everyone.
         outside.stop();
         for ws in &mut clients {

@@ -52,6 +52,7 @@ pub(super) struct DriverConfig {
     pub backpressure: Backpressure,
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub ring_bytes: usize,
 }
@@ -78,6 +79,8 @@ pub(super) struct Driver {
     watched_spare: Vec<ConnId>,
     next_serial: u64,
     stopping: bool,
+    /// The settings epoch this driver applied last.
+    settings_epoch: u64,
 }
 
 impl Driver {
@@ -98,6 +101,7 @@ impl Driver {
             watched_spare: Vec::new(),
             next_serial: 0,
             stopping: false,
+            settings_epoch: 0,
             cfg,
             handler,
             http,
@@ -419,6 +423,10 @@ impl Driver {
 
     /// Acts on the deadlines that passed (call every [`TICK`]).
     pub fn tick<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>, now: Instant) {
+        if let Some((settings, epoch)) = self.shared.settings_since(self.settings_epoch) {
+            self.settings_epoch = epoch;
+            self.apply(&settings);
+        }
         let mut list =
             std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &id in &list {
@@ -555,6 +563,30 @@ impl Driver {
     }
 
     // ---- stop --------------------------------------------------------------------------------
+
+    /// Applies reloaded settings: limits (but the two that size buffers) to new and open
+    /// sessions, backpressure bounds and timeouts from now on.
+    fn apply(&mut self, settings: &hioload_fallback::Settings) {
+        let mut limits = settings.limits.clone();
+        limits.inplace_frame_max = self.cfg.limits.inplace_frame_max;
+        limits.max_head_bytes = self.cfg.limits.max_head_bytes;
+        for ws in self.conns.iter_mut().flatten() {
+            if let Phase::Open(session) = &mut ws.phase {
+                session.set_limits(limits.clone());
+            }
+        }
+        self.cfg.limits = limits;
+        self.cfg.backpressure = settings.backpressure.clone();
+        self.cfg.handshake_timeout = settings.handshake_timeout;
+        self.cfg.close_timeout = settings.close_timeout;
+        self.cfg.shutdown_grace = settings.shutdown_grace;
+        debug!(lcore = self.cfg.lcore_index, "reloaded settings applied");
+    }
+
+    /// The grace period of a stop, as last configured.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.cfg.shutdown_grace
+    }
 
     /// Sends Close 1001 to every open session and resets connections still in their handshake.
     pub fn begin_shutdown<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>) -> usize {

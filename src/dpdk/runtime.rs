@@ -142,6 +142,11 @@ impl DpdkRuntime {
         self.shared.send_to(id, msg)
     }
 
+    /// Publishes reloaded settings; each lcore applies them at its next deadline tick.
+    pub fn reload(&self, settings: hioload_fallback::Settings) {
+        self.shared.publish(settings);
+    }
+
     /// Queues a message for every open session.
     pub fn broadcast(&self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
         self.shared.broadcast(msg)
@@ -376,6 +381,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
                 backpressure: cfg.backpressure.clone(),
                 handshake_timeout: cfg.handshake_timeout,
                 close_timeout: cfg.close_timeout,
+                shutdown_grace: cfg.shutdown_grace,
                 max_connections: dpdk.max_connections,
                 ring_bytes: dpdk.ring_bytes,
             };
@@ -393,7 +399,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
         let _ = ready.send(Ok(()));
 
         let reports = eal.run_on(jobs, |lcore, (mut stack, mut driver)| {
-            lcore_loop(&mut stack, &mut driver, &shared, &cfg, &dpdk, listen_port);
+            lcore_loop(&mut stack, &mut driver, &shared, &dpdk, listen_port);
             let stats = stack.stats();
             info!(
                 accepted = stats.accepted,
@@ -423,7 +429,6 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
     stack: &mut Stack<Q>,
     driver: &mut Driver,
     shared: &Shared,
-    cfg: &Config,
     dpdk: &DpdkConfig,
     listen_port: u16,
 ) {
@@ -440,7 +445,7 @@ fn lcore_loop<Q: hioload_stack::PacketQueue>(
                 sessions = closing,
                 "stopping: listener closed, close 1001 sent"
             );
-            stop_deadline = Some(now + cfg.shutdown_grace);
+            stop_deadline = Some(now + driver.shutdown_grace());
         }
         if now >= next_tick {
             driver.tick(stack, now);

@@ -1,13 +1,15 @@
 //! What the lcores share with the rest of the process: the stop flag, one cache-line-padded set
 //! of counters per lcore (read by `/metrics` and `/debug/probes`), and one bounded inbox per lcore
 //! for messages sent to its sessions from elsewhere (`Server::send_to`, `Ctx::send_to`,
-//! broadcasts). An lcore drains its inbox once per loop turn; nothing here takes a lock.
+//! broadcasts). An lcore drains its inbox once per loop turn. Reloaded settings are published
+//! here too and picked up by each lcore at its next deadline tick (the only lock, off the
+//! message path).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_queue::ArrayQueue;
-use hioload_fallback::{DeliverError, OutMessage, WorkerStats};
+use hioload_fallback::{DeliverError, OutMessage, Settings, WorkerStats};
 
 /// Session ids: lcore index in the top 16 bits, a serial in the middle, the connection slot in the
 /// low 20 bits (slots are below `max_connections`, at most 2^20), so that an lcore finds the
@@ -34,6 +36,9 @@ pub(crate) struct Lcore {
 /// Shared by the EAL thread, the lcores and the server's callers.
 pub(crate) struct Shared {
     pub stopping: AtomicBool,
+    /// Bumped by every `publish`.
+    epoch: AtomicU64,
+    settings: Mutex<Option<Arc<Settings>>>,
     /// Set once the number of polling lcores is known (after EAL init).
     lcores: OnceLock<Box<[Lcore]>>,
 }
@@ -42,6 +47,8 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             stopping: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            settings: Mutex::new(None),
             lcores: OnceLock::new(),
         }
     }
@@ -58,6 +65,26 @@ impl Shared {
                 })
                 .collect(),
         );
+    }
+
+    /// Publishes reloaded settings for every lcore.
+    pub fn publish(&self, settings: Settings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(settings));
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The settings published after `epoch`, with the new epoch; `None` if nothing changed.
+    pub fn settings_since(&self, epoch: u64) -> Option<(Arc<Settings>, u64)> {
+        let now = self.epoch.load(Ordering::Acquire);
+        if now == epoch {
+            return None;
+        }
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some((settings, now))
     }
 
     /// Lcore `i`'s state (after `set_lcores`).
