@@ -44,6 +44,10 @@ pub(super) struct WsConn {
     pub deadline: Option<Instant>,
     /// Since when `out` has been above the hard backpressure bound.
     pub over_hard_since: Option<Instant>,
+    /// When input last arrived (idle pings).
+    pub last_input: Instant,
+    /// When we sent an idle ping that has not been answered yet.
+    pub ping_sent: Option<Instant>,
 }
 
 impl WsConn {
@@ -64,6 +68,8 @@ impl WsConn {
             watched: false,
             deadline: Some(handshake_deadline),
             over_hard_since: None,
+            last_input: Instant::now(),
+            ping_sent: None,
         }
     }
 

@@ -44,6 +44,8 @@ use crate::server::PathRoute;
 
 /// Deadline resolution.
 pub(super) const TICK: Duration = Duration::from_millis(100);
+/// Longest time between two idle sweeps.
+const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
 
 /// What a driver needs from the server's configuration.
 pub(super) struct DriverConfig {
@@ -53,6 +55,10 @@ pub(super) struct DriverConfig {
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Ping a session that sent nothing for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// After that ping, time it has to send anything before it is dropped (1006).
+    pub pong_timeout: Duration,
     pub max_connections: usize,
     pub ring_bytes: usize,
 }
@@ -81,6 +87,7 @@ pub(super) struct Driver {
     stopping: bool,
     /// The settings epoch this driver applied last.
     settings_epoch: u64,
+    next_idle_sweep: Instant,
 }
 
 impl Driver {
@@ -102,6 +109,7 @@ impl Driver {
             next_serial: 0,
             stopping: false,
             settings_epoch: 0,
+            next_idle_sweep: Instant::now() + IDLE_SWEEP_MAX,
             cfg,
             handler,
             http,
@@ -117,6 +125,9 @@ impl Driver {
 
     /// Reads and processes what the receive ring holds, unless the send ring is full.
     fn read(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) {
+        if conn.recv_queue() > 0 {
+            ws.last_input = Instant::now();
+        }
         // The ring holds at most `ring_bytes`, and nothing arrives during this loop: it ends.
         while ws.out.is_empty() && conn.recv_queue() > 0 {
             if ws.held.is_empty() && session_open(&ws.phase) {
@@ -427,6 +438,10 @@ impl Driver {
             self.settings_epoch = epoch;
             self.apply(&settings);
         }
+        if now >= self.next_idle_sweep {
+            self.idle_sweep(stack, now);
+            self.next_idle_sweep = now + self.idle_sweep_period();
+        }
         let mut list =
             std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &id in &list {
@@ -580,7 +595,66 @@ impl Driver {
         self.cfg.handshake_timeout = settings.handshake_timeout;
         self.cfg.close_timeout = settings.close_timeout;
         self.cfg.shutdown_grace = settings.shutdown_grace;
+        self.cfg.idle_timeout = settings.idle_timeout;
+        self.cfg.pong_timeout = settings.pong_timeout;
+        self.next_idle_sweep = Instant::now() + self.idle_sweep_period();
         debug!(lcore = self.cfg.lcore_index, "reloaded settings applied");
+    }
+
+    fn idle_sweep_period(&self) -> Duration {
+        match self.cfg.idle_timeout {
+            Some(idle) => IDLE_SWEEP_MAX
+                .min(idle / 4)
+                .min(self.cfg.pong_timeout / 4)
+                .max(TICK),
+            None => IDLE_SWEEP_MAX,
+        }
+    }
+
+    /// Pings sessions that sent nothing for `idle_timeout`; drops those that sent nothing within
+    /// `pong_timeout` of our ping (reported as 1006: no close handshake took place).
+    fn idle_sweep<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>, now: Instant) {
+        let Some(idle) = self.cfg.idle_timeout else {
+            return;
+        };
+        let pong_timeout = self.cfg.pong_timeout;
+        let shared = self.shared.clone();
+        let counters = shared.lcore(self.cfg.lcore_index);
+        for slot in 0..self.conns.len() {
+            let due = match self.conns[slot].as_mut() {
+                Some(ws) if session_open(&ws.phase) && !ws.reported => match ws.ping_sent {
+                    Some(at) if ws.last_input > at => {
+                        ws.ping_sent = None;
+                        false
+                    }
+                    Some(at) => now.duration_since(at) >= pong_timeout,
+                    None => now.duration_since(ws.last_input) >= idle,
+                },
+                _ => false,
+            };
+            if !due {
+                continue;
+            }
+            let mut ws = self.conns[slot].take().expect("checked above");
+            if let Some(mut conn) = stack.conn(ws.id) {
+                if ws.ping_sent.is_some() {
+                    info!(peer = %ws.peer, session = ws.session_id,
+                        "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                    counters.idle_drops.fetch_add(1, Ordering::Relaxed);
+                    self.end_now(&mut conn, &mut ws, CloseCode::ABNORMAL, "no answer to ping");
+                } else if let Phase::Open(session) = &mut ws.phase {
+                    let mut sink = RingSink {
+                        ring: &mut conn,
+                        out: &mut ws.out,
+                    };
+                    let _ = session.outgoing(&mut sink).ping(b"idle");
+                    ws.ping_sent = Some(now);
+                    counters.idle_pings.fetch_add(1, Ordering::Relaxed);
+                    self.after_turn(&mut conn, &mut ws);
+                }
+            }
+            self.conns[slot] = Some(ws);
+        }
     }
 
     /// The grace period of a stop, as last configured.

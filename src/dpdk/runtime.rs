@@ -382,6 +382,8 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
                 handshake_timeout: cfg.handshake_timeout,
                 close_timeout: cfg.close_timeout,
                 shutdown_grace: cfg.shutdown_grace,
+                idle_timeout: cfg.idle_timeout,
+                pong_timeout: cfg.pong_timeout,
                 max_connections: dpdk.max_connections,
                 ring_bytes: dpdk.ring_bytes,
             };

@@ -30,6 +30,8 @@ pub(crate) struct Lcore {
     pub sessions: AtomicUsize,
     pub connections: AtomicUsize,
     pub undelivered: AtomicUsize,
+    pub idle_pings: AtomicUsize,
+    pub idle_drops: AtomicUsize,
     pub inbox: ArrayQueue<Command>,
 }
 
@@ -61,6 +63,8 @@ impl Shared {
                     sessions: AtomicUsize::new(0),
                     connections: AtomicUsize::new(0),
                     undelivered: AtomicUsize::new(0),
+                    idle_pings: AtomicUsize::new(0),
+                    idle_drops: AtomicUsize::new(0),
                     inbox: ArrayQueue::new(inbox_capacity.max(1)),
                 })
                 .collect(),
@@ -107,6 +111,8 @@ impl Shared {
                     sessions: c.sessions.load(Ordering::Relaxed),
                     connections: c.connections.load(Ordering::Relaxed),
                     undelivered: c.undelivered.load(Ordering::Relaxed),
+                    idle_pings: c.idle_pings.load(Ordering::Relaxed),
+                    idle_drops: c.idle_drops.load(Ordering::Relaxed),
                     ..WorkerStats::default()
                 })
                 .collect()
