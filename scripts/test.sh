@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of hioload-ws: unit and integration tests on real loopback sockets, the DPDK
 # tests on a real EAL with virtual devices (root: hugepages, network namespaces, tap devices),
-# the fuzz-target build, and the Autobahn|Testsuite against hioload-echo.
+# the fuzz-target build, the Autobahn|Testsuite against hioload-echo on both data paths, and the
+# Docker image (built with podman, run in kernel and DPDK mode).
 #
-# Usage: scripts/test.sh [--quick]       (--quick: cargo tests only, no Autobahn)
+# Usage: scripts/test.sh [--quick]   (--quick: cargo tests only: no fuzz, Autobahn or Docker stages)
 # Needs root (or sudo) for packages, hugepages and namespaces; CI runs exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ stage "setup"
 scripts/setup.sh --hugepages 1024
 
 stage "cargo test (workspace)"
-cargo test --workspace --no-fail-fast 2>&1 | tee target-test.log
+cargo test --workspace --features dpdk --no-fail-fast 2>&1 | tee target-test.log
 
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 
@@ -28,7 +29,10 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ws/fuzz/run.sh check
 stage "autobahn (kernel fallback)"
 scripts/autobahn.sh
 
+stage "autobahn (DPDK userspace path: net_tap, suite in a network namespace)"
+scripts/autobahn-dpdk.sh
+
 stage "docker image (podman build; echo from the entrypoint in kernel and DPDK mode)"
-docker/check.sh
+DOCKER_CHECK_DPDK=require docker/check.sh
 
 stage "done"
