@@ -185,28 +185,8 @@ pub fn parse_netmask(s: &str) -> Result<u8, String> {
     Ok(n as u8)
 }
 
-/// Parses `65536`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB`.
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte count (e.g. 65536, 64KiB, 16MiB)"))?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use K, M or G, powers of 1024)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+/// Byte counts on the command line read as in the config file (`64KiB`, `16MiB`, …).
+pub use hioload_ws::config_file::parse_bytes;
 
 /// Parses seconds, fractions allowed (`5`, `0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
