@@ -86,7 +86,9 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// The `"in_use"` of the `"pool"` member of `/debug/probes`.
 fn probe_in_use(server: &Server) -> u64 {
     let probes: serde_json::Value = serde_json::from_str(&server.probes_json()).unwrap();
-    probes["pool"]["in_use"].as_u64().expect("pool.in_use in /debug/probes")
+    probes["pool"]["in_use"]
+        .as_u64()
+        .expect("pool.in_use in /debug/probes")
 }
 
 #[test]
@@ -135,7 +137,10 @@ fn a_frame_split_across_segments_is_held_in_a_pool_buffer_and_echoed_intact() {
     let stats = server.pool_stats().expect("running");
     assert_eq!(stats.nodes.len(), 1, "{stats:?}");
     let node = &stats.nodes[0];
-    assert!(node.reserved_bytes > 0, "one slab taken at start: {stats:?}");
+    assert!(
+        node.reserved_bytes > 0,
+        "one slab taken at start: {stats:?}"
+    );
     assert_eq!(node.bound_bytes, node.reserved_bytes, "hugepage memory");
     assert_eq!(stats.in_use(), 0);
     // /metrics reports the same pool.
@@ -183,11 +188,19 @@ fn a_frame_split_across_segments_is_held_in_a_pool_buffer_and_echoed_intact() {
         assert!(eventually(|| outside.pool_stats().unwrap().in_use() == 1));
         drop(ws);
         let after_close = eventually(|| outside.pool_stats().unwrap().in_use() == 0);
-        (held_in_stats, held_in_probe, echoed.into_data(), after_close)
+        (
+            held_in_stats,
+            held_in_probe,
+            echoed.into_data(),
+            after_close,
+        )
     })
     .join()
     .unwrap();
-    assert!(held_in_stats, "a pool buffer in use while the partial frame waits");
+    assert!(
+        held_in_stats,
+        "a pool buffer in use while the partial frame waits"
+    );
     assert_eq!(held_in_probe, 1, "and /debug/probes says so");
     let expected: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
     assert_eq!(&echoed[..], &expected[..], "echoed intact");

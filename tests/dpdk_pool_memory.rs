@@ -40,7 +40,11 @@ fn dpdk_backed_pools_hand_out_hugepage_memory_of_the_requested_socket() {
         .segment_of(region.ptr().as_ptr())
         .expect("the slab is DPDK memory");
     assert_eq!(seg.socket, socket);
-    assert!(seg.page_size >= 2 << 20, "hugepage, got {} B pages", seg.page_size);
+    assert!(
+        seg.page_size >= 2 << 20,
+        "hugepage, got {} B pages",
+        seg.page_size
+    );
     assert!(region.is_bound());
     assert_eq!(region.ptr().as_ptr() as usize % 4096, 0, "4 KiB aligned");
     // SAFETY: the region's 256 KiB are ours and initialised (zeroed).
@@ -66,7 +70,9 @@ fn dpdk_backed_pools_hand_out_hugepage_memory_of_the_requested_socket() {
     for _ in 0..20 {
         let mut buf = cache.get(20_000, None).unwrap();
         buf.extend_from_slice(&[0xab; 20_000]).unwrap();
-        let seg = probe.segment_of(buf.as_ptr()).expect("pool buffer is DPDK memory");
+        let seg = probe
+            .segment_of(buf.as_ptr())
+            .expect("pool buffer is DPDK memory");
         assert_eq!(seg.socket, socket);
         assert!(seg.page_size >= 2 << 20);
         held.push(buf);
@@ -75,9 +81,15 @@ fn dpdk_backed_pools_hand_out_hugepage_memory_of_the_requested_socket() {
     assert_eq!(stats.in_use(), 20);
     let n = stats.node(node).unwrap();
     assert!(n.reserved_bytes >= 20 * 32768);
-    assert_eq!(n.bound_bytes, n.reserved_bytes, "hugepage slabs count as bound");
+    assert_eq!(
+        n.bound_bytes, n.reserved_bytes,
+        "hugepage slabs count as bound"
+    );
     assert!(!pools.release_memory(), "buffers are out: nothing is freed");
-    assert_eq!(pools.stats().node(node).unwrap().reserved_bytes, n.reserved_bytes);
+    assert_eq!(
+        pools.stats().node(node).unwrap().reserved_bytes,
+        n.reserved_bytes
+    );
     held.clear();
     drop(cache);
     assert_eq!(pools.stats().in_use(), 0);
@@ -87,7 +99,10 @@ fn dpdk_backed_pools_hand_out_hugepage_memory_of_the_requested_socket() {
     drop(pools.get(100, Some(node)).expect("the pool grows again"));
     assert!(pools.release_memory());
     backing.close();
-    assert!(pools.get(100, Some(node)).is_err(), "closed: no more DPDK memory");
+    assert!(
+        pools.get(100, Some(node)).is_err(),
+        "closed: no more DPDK memory"
+    );
 
     drop(pools);
     drop(backing);

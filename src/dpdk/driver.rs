@@ -174,7 +174,12 @@ impl Driver {
                 );
                 return;
             }
-            if let Err(e) = hold(&self.held_pool, held_max(&self.cfg.limits), &mut ws.held, rest) {
+            if let Err(e) = hold(
+                &self.held_pool,
+                held_max(&self.cfg.limits),
+                &mut ws.held,
+                rest,
+            ) {
                 self.held_unavailable(conn, ws, e);
                 return;
             }

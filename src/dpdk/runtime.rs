@@ -525,8 +525,8 @@ fn lcore_pools(
         };
         nodes[idx].1.extend(lcore.cpu());
     }
-    let pools = PoolManager::with_nodes(&nodes, config.clone(), backing)
-        .map_err(|e| e.to_string())?;
+    let pools =
+        PoolManager::with_nodes(&nodes, config.clone(), backing).map_err(|e| e.to_string())?;
     info!(
         "buffer pools on NUMA socket(s) {:?} (DPDK memory), {} bytes per held partial frame",
         pools.nodes(),

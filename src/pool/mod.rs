@@ -27,11 +27,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use backing::{Backing, Region, SystemBacking};
-#[cfg(feature = "dpdk")]
-pub use dpdk_backing::DpdkBacking;
 pub use buf::{BufferFull, PooledBuf};
 pub use cache::WorkerCache;
 pub use config::{PoolConfig, PoolConfigError, PoolError};
+#[cfg(feature = "dpdk")]
+pub use dpdk_backing::DpdkBacking;
 pub use stats::{ClassStats, NodeStats, PoolStats};
 
 use self::buf::Home;
