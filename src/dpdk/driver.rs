@@ -95,17 +95,29 @@ pub(super) struct Driver {
     next_idle_sweep: Instant,
 }
 
+/// What every lcore's driver shares with the others and the server.
+#[derive(Clone)]
+pub(super) struct Services {
+    pub handler: Arc<dyn Handler>,
+    pub http: Arc<dyn HttpHandler>,
+    pub route: Arc<PathRoute>,
+    /// Answers `/metrics` and `/debug/probes` (unless they are on the admin address only).
+    pub control_http: Option<Arc<Control>>,
+    pub control: Arc<Control>,
+    pub shared: Arc<Shared>,
+}
+
 impl Driver {
-    pub fn new(
-        cfg: DriverConfig,
-        handler: Arc<dyn Handler>,
-        http: Arc<dyn HttpHandler>,
-        route: Arc<PathRoute>,
-        control_http: Option<Arc<Control>>,
-        control: Arc<Control>,
-        shared: Arc<Shared>,
-        held_pool: WorkerCache,
-    ) -> Driver {
+    /// A driver for one lcore; make it on that lcore (`held_pool` is its cache).
+    pub fn new(cfg: DriverConfig, services: Services, held_pool: WorkerCache) -> Driver {
+        let Services {
+            handler,
+            http,
+            route,
+            control_http,
+            control,
+            shared,
+        } = services;
         Driver {
             held_pool,
             conns: (0..cfg.max_connections).map(|_| None).collect(),

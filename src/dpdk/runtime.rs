@@ -34,7 +34,7 @@ use hioload_dpdk::{
 use hioload_stack::{PortProfile, Stack, StackConfig, SteeredQueue, Steering};
 use tracing::{error, info, warn};
 
-use super::driver::{held_max, Driver, DriverConfig, TICK};
+use super::driver::{held_max, Driver, DriverConfig, Services, TICK};
 use super::shared::Shared;
 use super::DpdkConfig;
 use crate::config::{Config, ConfigError};
@@ -412,6 +412,14 @@ fn run(
             jobs.push((lcore, (stack, driver_config)));
         }
         let _ = ready.send(Ok(pools.clone()));
+        let services = Services {
+            handler: handler.clone(),
+            http: http.clone(),
+            route: route.clone(),
+            control_http: Some(control.clone()).filter(|_| serve_control),
+            control: control.clone(),
+            shared: shared.clone(),
+        };
 
         let reports = eal.run_on(jobs, |lcore, (mut stack, driver_config)| {
             // The cache is made here, on its lcore, and stays there with the driver.
@@ -423,16 +431,7 @@ fn run(
             if let Err(e) = held_pool.get(held_size, None) {
                 warn!("lcore {}: no buffer pool memory at start: {e}", lcore.id());
             }
-            let mut driver = Driver::new(
-                driver_config,
-                handler.clone(),
-                http.clone(),
-                route.clone(),
-                Some(control.clone()).filter(|_| serve_control),
-                control.clone(),
-                shared.clone(),
-                held_pool,
-            );
+            let mut driver = Driver::new(driver_config, services.clone(), held_pool);
             lcore_loop(&mut stack, &mut driver, &shared, &dpdk, listen_port);
             let stats = stack.stats();
             info!(
