@@ -280,13 +280,6 @@ impl Server {
         dpdk: &crate::dpdk::DpdkConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<(), Error> {
-        let topology = discover_topology()?;
-        let pools = PoolManager::new(&topology, self.cfg.pool.clone()).map_err(|e| {
-            Error::Config(ConfigError {
-                field: "pool",
-                problem: e.to_string(),
-            })
-        })?;
         let admin = match self.cfg.admin_listen {
             Some(addr) => Some(AdminServer::start(addr, self.control.clone())?),
             None => None,
@@ -304,7 +297,8 @@ impl Server {
         )?;
         let _ = self.control.runtime.set(Runtime {
             stats: StatsSource::Dpdk(runtime.stats()),
-            pools,
+            // The lcores' pools, over DPDK memory of their sockets.
+            pools: runtime.pools(),
             handler,
         });
         let _ = self.running.set(Running {

@@ -47,6 +47,12 @@ impl Lcore {
         SocketId(unsafe { sys::rte_lcore_to_socket_id(self.0) } as i32)
     }
 
+    /// The CPU (OS index) the EAL pinned this lcore's thread to (the first, for a CPU set).
+    pub fn cpu(self) -> Option<u32> {
+        // SAFETY: reads EAL configuration; ids come from the EAL. Negative means unknown.
+        u32::try_from(unsafe { sys::rte_lcore_to_cpu_id(self.0 as i32) }).ok()
+    }
+
     /// Dense index of this lcore among the enabled ones (0 = main), for per-lcore arrays.
     pub fn index(self) -> usize {
         // SAFETY: reads EAL configuration.

@@ -39,7 +39,7 @@ pub use error::{strerror, Error, Result};
 pub use lcore::{Lcore, SocketId};
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MempoolConfig};
-pub use numa_buf::NumaBuf;
+pub use numa_buf::{MemorySegment, NumaAllocator, NumaBuf};
 pub use port::{
     Checksums, Configured, DeviceInfo, Link, MacAddr, Port, PortConfig, PortId, Queue, Stats,
     RSS_TCP_4TUPLE,

@@ -40,6 +40,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_lcore_is_enabled",
     "rte_get_next_lcore",
     "rte_lcore_to_socket_id",
+    "rte_lcore_to_cpu_id",
     "rte_socket_id",
     "rte_socket_count",
     "rte_socket_id_by_idx",
@@ -59,6 +60,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_malloc_socket",
     "rte_zmalloc_socket",
     "rte_free",
+    "rte_mem_virt2memseg",
     // ring
     "rte_ring_create",
     "rte_ring_free",

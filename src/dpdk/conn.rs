@@ -9,6 +9,8 @@ use hioload_fallback::outbuf::OutBuf;
 use hioload_stack::ConnId;
 use hioload_wsproto::Session;
 
+use crate::pool::PooledBuf;
+
 /// Where a connection is in its life.
 pub(super) enum Phase {
     /// Waiting for a complete upgrade request (deadline: the handshake timeout).
@@ -31,9 +33,10 @@ pub(super) struct WsConn {
     pub session_id: u64,
     pub peer: SocketAddr,
     pub phase: Phase,
-    /// Unconsumed input (an incomplete frame or request head), as the protocol left it. Empty
-    /// (and allocation-free) until a connection first needs it; bounded by the limits.
-    pub held: Vec<u8>,
+    /// Unconsumed input (an incomplete frame or request head), as the protocol left it: a buffer
+    /// from the lcore's pool cache, taken when there is something to hold and given back as soon
+    /// as it is consumed, so an idle connection holds none. Bounded by the limits.
+    pub held: Option<PooledBuf>,
     /// Output the send ring had no room for, in order, ahead of anything sent later.
     pub out: OutBuf,
     /// `Handler::on_close` has been called.
@@ -62,7 +65,7 @@ impl WsConn {
             session_id,
             peer,
             phase: Phase::Handshake,
-            held: Vec::new(),
+            held: None,
             out: OutBuf::new(),
             reported: false,
             watched: false,

@@ -12,7 +12,9 @@
 //! in place and hands out whole messages as slices of the ring, and its answers go straight into
 //! the send ring. What it leaves unconsumed (an incomplete frame of at most `inplace_frame_max`
 //! bytes) moves to the connection's small `held` buffer, as the session left it (partly
-//! unmasked: the session relies on finding it unchanged), and is taken from the ring. While
+//! unmasked: the session relies on finding it unchanged), and is taken from the ring. That
+//! buffer comes from the lcore's pool cache (DPDK memory of the lcore's socket, no lock) when
+//! there is something to hold, and goes back as soon as it is consumed. While
 //! bytes are held (and for the request head), the ring's bytes are copied behind them into the
 //! lcore's receive buffer and parsed there, as the kernel path parses its read buffer. Output
 //! that the send ring cannot take waits in the connection's pending output; then the connection
@@ -39,6 +41,7 @@ use crate::config::Backpressure;
 use crate::control::Control;
 use crate::handler::{Ctx, DeliverError, Handler, Message, OutMessage, SessionOps};
 use crate::http::{write_response, HttpHandler};
+use crate::pool::{PoolError, PooledBuf, WorkerCache};
 use crate::registry::SessionInfo;
 use crate::server::PathRoute;
 
@@ -80,6 +83,8 @@ pub(super) struct Driver {
     conns: Vec<Option<WsConn>>,
     /// The receive buffer: one whole receive ring.
     rbuf: Box<[u8]>,
+    /// Where connections' held bytes go: this lcore's pool cache (so the driver stays on its lcore).
+    held_pool: WorkerCache,
     http_response: Vec<u8>,
     watched: Vec<ConnId>,
     watched_spare: Vec<ConnId>,
@@ -90,17 +95,31 @@ pub(super) struct Driver {
     next_idle_sweep: Instant,
 }
 
+/// What every lcore's driver shares with the others and the server.
+#[derive(Clone)]
+pub(super) struct Services {
+    pub handler: Arc<dyn Handler>,
+    pub http: Arc<dyn HttpHandler>,
+    pub route: Arc<PathRoute>,
+    /// Answers `/metrics` and `/debug/probes` (unless they are on the admin address only).
+    pub control_http: Option<Arc<Control>>,
+    pub control: Arc<Control>,
+    pub shared: Arc<Shared>,
+}
+
 impl Driver {
-    pub fn new(
-        cfg: DriverConfig,
-        handler: Arc<dyn Handler>,
-        http: Arc<dyn HttpHandler>,
-        route: Arc<PathRoute>,
-        control_http: Option<Arc<Control>>,
-        control: Arc<Control>,
-        shared: Arc<Shared>,
-    ) -> Driver {
+    /// A driver for one lcore; make it on that lcore (`held_pool` is its cache).
+    pub fn new(cfg: DriverConfig, services: Services, held_pool: WorkerCache) -> Driver {
+        let Services {
+            handler,
+            http,
+            route,
+            control_http,
+            control,
+            shared,
+        } = services;
         Driver {
+            held_pool,
             conns: (0..cfg.max_connections).map(|_| None).collect(),
             rbuf: vec![0u8; cfg.ring_bytes + held_max(&cfg.limits)].into_boxed_slice(),
             http_response: Vec::with_capacity(1024),
@@ -130,7 +149,7 @@ impl Driver {
         }
         // The ring holds at most `ring_bytes`, and nothing arrives during this loop: it ends.
         while ws.out.is_empty() && conn.recv_queue() > 0 {
-            if ws.held.is_empty() && session_open(&ws.phase) {
+            if ws.held.is_none() && session_open(&ws.phase) {
                 // The common case: parse in the ring. After a wrap, or with a partial frame
                 // held back, the bytes go through the receive buffer below instead.
                 if !self.feed_in_ring(conn, ws) {
@@ -138,9 +157,11 @@ impl Driver {
                 }
                 continue;
             }
-            let held = ws.held.len();
-            self.rbuf[..held].copy_from_slice(&ws.held);
-            ws.held.clear();
+            // The held bytes go first; their buffer goes back to the pool.
+            let held = ws.held.take().map_or(0, |buf| {
+                self.rbuf[..buf.len()].copy_from_slice(&buf);
+                buf.len()
+            });
             let filled = held + conn.recv_slice(&mut self.rbuf[held..]);
             let consumed = match &ws.phase {
                 Phase::Handshake => self.handshake(conn, ws, filled),
@@ -165,7 +186,15 @@ impl Driver {
                 );
                 return;
             }
-            ws.held.extend_from_slice(rest);
+            if let Err(e) = hold(
+                &self.held_pool,
+                held_max(&self.cfg.limits),
+                &mut ws.held,
+                rest,
+            ) {
+                self.held_unavailable(conn, ws, e);
+                return;
+            }
         }
         if conn.is_eof() {
             self.peer_finished(ws);
@@ -285,6 +314,7 @@ impl Driver {
     fn feed_in_ring(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn) -> bool {
         let held_max = held_max(&self.cfg.limits);
         let mut outcome = None;
+        let mut held_error = None;
         conn.recv_and_send(|rx, tx| {
             let Phase::Open(session) = &mut ws.phase else {
                 return rx.len();
@@ -304,7 +334,10 @@ impl Driver {
             if let Ok(consumed) = result {
                 let rest = &rx[consumed..];
                 if rest.len() <= held_max && session_open(&ws.phase) {
-                    ws.held.extend_from_slice(rest); // as the session left it
+                    // As the session left it.
+                    if let Err(e) = hold(&self.held_pool, held_max, &mut ws.held, rest) {
+                        held_error = Some(e);
+                    }
                 }
             }
             outcome = Some((result, reported, rx.len()));
@@ -314,6 +347,10 @@ impl Driver {
             return true;
         };
         let consumed = self.after_receive(ws, result, reported, 0, len);
+        if let Some(e) = held_error.filter(|_| session_open(&ws.phase)) {
+            self.held_unavailable(conn, ws, e);
+            return false;
+        }
         if len - consumed > held_max && session_open(&ws.phase) {
             error!(peer = %ws.peer, "{} bytes of unconsumed input; closing", len - consumed);
             self.end_now(
@@ -325,6 +362,13 @@ impl Driver {
             return false;
         }
         true
+    }
+
+    /// No pool buffer for a connection's held bytes (the pool is at its limit): the connection
+    /// cannot go on without losing input, so it ends (1011), logged.
+    fn held_unavailable(&mut self, conn: &mut Conn<'_>, ws: &mut WsConn, e: PoolError) {
+        error!(peer = %ws.peer, "no buffer for a partial frame: {e}; closing");
+        self.end_now(conn, ws, CloseCode::INTERNAL_ERROR, "buffer pool exhausted");
     }
 
     /// Records what a `receive` reported; returns the offset up to which the input is consumed
@@ -787,8 +831,28 @@ impl hioload_stack::Handler for Driver {
 
 /// Most bytes a connection holds back between reads: an incomplete in-place frame (with its
 /// largest header) or an incomplete request head.
-fn held_max(limits: &Limits) -> usize {
+pub(super) fn held_max(limits: &Limits) -> usize {
     (limits.inplace_frame_max + 14).max(limits.max_head_bytes)
+}
+
+/// Puts `bytes` (nothing, or at most `size`) in `held`, taking a buffer of `size` from `pool`
+/// first if it has none. Leaves `held` empty when there is nothing to hold.
+pub(super) fn hold(
+    pool: &WorkerCache,
+    size: usize,
+    held: &mut Option<PooledBuf>,
+    bytes: &[u8],
+) -> Result<(), PoolError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let buf = match held {
+        Some(buf) => buf,
+        None => held.insert(pool.get(size, None)?),
+    };
+    buf.extend_from_slice(bytes)
+        .expect("held bytes are bounded by held_max, the buffer's size");
+    Ok(())
 }
 
 /// Whether the phase is a session that still parses input.

@@ -22,6 +22,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 pub(crate) use runtime::DpdkRuntime;
+
+/// The DPDK layer this path runs on (EAL, NUMA memory), for tools and tests that need it with
+/// the facade (e.g. to check where [`DpdkBacking`](crate::pool::DpdkBacking) memory lies).
+pub use hioload_dpdk;
 /// Per-lcore counters, for the control plane.
 pub(crate) use shared::Shared as LcoreStats;
 

@@ -11,6 +11,11 @@
 //! 3. every 100 ms, the deadlines of the few connections that have one;
 //! 4. after a turn that received nothing, sleep `idle_sleep` (if set).
 //!
+//! Buffers a connection holds between reads come from a [`PoolManager`] over DPDK memory
+//! ([`DpdkBacking`]: `rte_zmalloc_socket`), one pool per socket of the polling lcores, the port's
+//! socket first; each lcore has its own cache, made on that lcore. The lcore → CPU → socket map is
+//! logged at start, with a warning for lcores that poll the port from another socket.
+//!
 //! When every session of an lcore has finished (or the grace period ends), the remaining ones are
 //! reset and the FINs and RSTs leave; once every lcore has returned, stacks, port, mempool and EAL
 //! are released in that order.
@@ -23,11 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hioload_dpdk::{Eal, Mempool, MempoolConfig, Port, PortConfig, PortId, SocketId};
+use hioload_dpdk::{
+    Eal, Lcore, Mempool, MempoolConfig, NumaAllocator, Port, PortConfig, PortId, SocketId,
+};
 use hioload_stack::{PortProfile, Stack, StackConfig, SteeredQueue, Steering};
 use tracing::{error, info, warn};
 
-use super::driver::{Driver, DriverConfig, TICK};
+use super::driver::{held_max, Driver, DriverConfig, Services, TICK};
 use super::shared::Shared;
 use super::DpdkConfig;
 use crate::config::{Config, ConfigError};
@@ -35,12 +42,14 @@ use crate::control::Control;
 use crate::handler::Handler;
 use crate::handler::{DeliverError, OutMessage};
 use crate::http::HttpHandler;
+use crate::pool::{DpdkBacking, PoolConfig, PoolManager};
 use crate::server::{Error, PathRoute};
 
 /// A running DPDK data path.
 pub(crate) struct DpdkRuntime {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    pools: PoolManager,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -104,9 +113,10 @@ impl DpdkRuntime {
             .name("hioload-eal".into())
             .spawn(move || serve(setup, ready_tx))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(DpdkRuntime {
+            Ok(Ok(pools)) => Ok(DpdkRuntime {
                 local_addr: cfg.listen,
                 shared,
+                pools,
                 thread: Mutex::new(Some(thread)),
             }),
             Ok(Err(message)) => {
@@ -130,6 +140,11 @@ impl DpdkRuntime {
     /// Open WebSocket sessions.
     pub fn session_count(&self) -> usize {
         self.shared.session_count()
+    }
+
+    /// The buffer pools of the lcores (DPDK memory).
+    pub fn pools(&self) -> PoolManager {
+        self.pools.clone()
     }
 
     /// The per-lcore counters (for the control plane).
@@ -177,7 +192,7 @@ impl Drop for DpdkRuntime {
 }
 
 /// The EAL thread's body: EAL up, serve, EAL down.
-fn serve(setup: Setup, ready: SyncSender<Result<(), String>>) {
+fn serve(setup: Setup, ready: SyncSender<Result<PoolManager, String>>) {
     let mut argv = vec!["hioload-ws".to_string()];
     argv.extend(setup.dpdk.eal_args.iter().cloned());
     let (eal, rest) = match Eal::init(&argv) {
@@ -219,7 +234,11 @@ fn choose_port(eal: &Eal, name: Option<&str>) -> Result<PortId, String> {
 }
 
 /// Sets up port and stacks, reports ready, runs the lcore loops until stopped.
-fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Result<(), String> {
+fn run(
+    eal: &Eal,
+    setup: Setup,
+    ready: &SyncSender<Result<PoolManager, String>>,
+) -> Result<(), String> {
     let Setup {
         cfg,
         dpdk,
@@ -330,6 +349,9 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
             lcores.len() - queues
         );
     }
+    log_placement(polling, socket, &port_name);
+    let backing = Arc::new(DpdkBacking::new(NumaAllocator::new(eal)));
+    let pools = lcore_pools(polling, socket, &cfg.pool, &cfg.limits, backing.clone())?;
 
     let profile = PortProfile::of(&port).map_err(|e| e.to_string())?;
     let mut stack_config = StackConfig::new(ip, dpdk.prefix_len);
@@ -387,20 +409,29 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
                 max_connections: dpdk.max_connections,
                 ring_bytes: dpdk.ring_bytes,
             };
-            let driver = Driver::new(
-                driver_config,
-                handler.clone(),
-                http.clone(),
-                route.clone(),
-                Some(control.clone()).filter(|_| serve_control),
-                control.clone(),
-                shared.clone(),
-            );
-            jobs.push((lcore, (stack, driver)));
+            jobs.push((lcore, (stack, driver_config)));
         }
-        let _ = ready.send(Ok(()));
+        let _ = ready.send(Ok(pools.clone()));
+        let services = Services {
+            handler: handler.clone(),
+            http: http.clone(),
+            route: route.clone(),
+            control_http: Some(control.clone()).filter(|_| serve_control),
+            control: control.clone(),
+            shared: shared.clone(),
+        };
 
-        let reports = eal.run_on(jobs, |lcore, (mut stack, mut driver)| {
+        let reports = eal.run_on(jobs, |lcore, (mut stack, driver_config)| {
+            // The cache is made here, on its lcore, and stays there with the driver.
+            let held_pool = pools
+                .worker_cache(pool_node(lcore, socket))
+                .expect("every polling lcore's socket has a pool");
+            let held_size = held_max(&driver_config.limits);
+            // One slab now, so the first partial frame takes no memory from DPDK's heap.
+            if let Err(e) = held_pool.get(held_size, None) {
+                warn!("lcore {}: no buffer pool memory at start: {e}", lcore.id());
+            }
+            let mut driver = Driver::new(driver_config, services.clone(), held_pool);
             lcore_loop(&mut stack, &mut driver, &shared, &dpdk, listen_port);
             let stats = stack.stats();
             info!(
@@ -418,12 +449,93 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Result<(), String>>) -> Resul
             error!("the lcore loops could not run: {e}");
         }
     }
+    // Every driver (and cache) is gone: the slabs go back to DPDK before the EAL does.
+    if !pools.release_memory() {
+        warn!("buffer pool memory still in use at exit; the EAL is left up");
+    }
+    backing.close();
     if let Err(e) = port.stop() {
         warn!("stopping port {port_name}: {e}");
     }
     drop(port);
     drop(pool);
     Ok(())
+}
+
+/// The pool node of an lcore: its socket, or the port's when DPDK does not know it.
+fn pool_node(lcore: Lcore, port_socket: SocketId) -> u32 {
+    u32::try_from(lcore.socket().0).unwrap_or(pool_node_of(port_socket))
+}
+
+/// Logs which CPU and socket each polling lcore runs on (the EAL pinned them per `-l`), and warns
+/// about lcores that poll the port from another socket.
+fn log_placement(polling: &[Lcore], port_socket: SocketId, port_name: &str) {
+    for lcore in polling {
+        let cpu = lcore
+            .cpu()
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        let lcore_socket = lcore.socket();
+        info!(
+            "lcore {} -> CPU {cpu} -> NUMA socket {}",
+            lcore.id(),
+            lcore_socket.0
+        );
+        if lcore_socket != port_socket {
+            warn!(
+                "lcore {} runs on NUMA socket {} but port {port_name} is on socket {}: it polls \
+                 across sockets (slower); prefer lcores of socket {} in -l",
+                lcore.id(),
+                lcore_socket.0,
+                port_socket.0,
+                port_socket.0
+            );
+        }
+    }
+}
+
+/// The buffer pools of the polling lcores: one per socket they run on, the port's socket first
+/// (callers on no listed CPU get it), memory from DPDK's heap of that socket.
+fn lcore_pools(
+    polling: &[Lcore],
+    port_socket: SocketId,
+    config: &PoolConfig,
+    limits: &hioload_wsproto::Limits,
+    backing: Arc<DpdkBacking>,
+) -> Result<PoolManager, String> {
+    let held = held_max(limits);
+    if held > config.max_buffer {
+        return Err(format!(
+            "invalid configuration: pool.max_buffer ({}) must hold what a connection keeps of a \
+             partial frame or request head ({held} bytes: limits.inplace_frame_max + 14 or \
+             limits.max_head_bytes)",
+            config.max_buffer
+        ));
+    }
+    let port_node = pool_node_of(port_socket);
+    let mut nodes: Vec<(u32, Vec<u32>)> = vec![(port_node, Vec::new())];
+    for &lcore in polling {
+        let node = pool_node(lcore, port_socket);
+        let idx = match nodes.iter().position(|(n, _)| *n == node) {
+            Some(idx) => idx,
+            None => {
+                nodes.push((node, Vec::new()));
+                nodes.len() - 1
+            }
+        };
+        nodes[idx].1.extend(lcore.cpu());
+    }
+    let pools =
+        PoolManager::with_nodes(&nodes, config.clone(), backing).map_err(|e| e.to_string())?;
+    info!(
+        "buffer pools on NUMA socket(s) {:?} (DPDK memory), {} bytes per held partial frame",
+        pools.nodes(),
+        held
+    );
+    Ok(pools)
+}
+
+fn pool_node_of(socket: SocketId) -> u32 {
+    socket.0.max(0) as u32
 }
 
 /// The lcore loop, until stopped and every session finished (or the grace period ended).

@@ -137,7 +137,7 @@ impl SizeClasses {
 
 /// An invalid [`PoolConfig`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolConfigError(String);
+pub struct PoolConfigError(pub(crate) String);
 
 impl fmt::Display for PoolConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

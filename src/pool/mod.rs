@@ -18,6 +18,8 @@ mod backing;
 mod buf;
 mod cache;
 mod config;
+#[cfg(feature = "dpdk")]
+mod dpdk_backing;
 mod node;
 mod stats;
 
@@ -28,6 +30,8 @@ pub use backing::{Backing, Region, SystemBacking};
 pub use buf::{BufferFull, PooledBuf};
 pub use cache::WorkerCache;
 pub use config::{PoolConfig, PoolConfigError, PoolError};
+#[cfg(feature = "dpdk")]
+pub use dpdk_backing::DpdkBacking;
 pub use stats::{ClassStats, NodeStats, PoolStats};
 
 use self::buf::Home;
@@ -67,17 +71,34 @@ impl PoolManager {
         config: PoolConfig,
         backing: Arc<dyn Backing>,
     ) -> Result<PoolManager, PoolConfigError> {
-        let classes = config.size_classes()?;
-        let nodes: Vec<NodePool> = topology
+        let nodes: Vec<(u32, Vec<u32>)> = topology
             .nodes()
             .iter()
-            .map(|n| NodePool::new(n.os_index(), &config, &classes))
+            .map(|n| (n.os_index(), n.pus().to_vec()))
             .collect();
-        let pu_nodes = topology
-            .nodes()
+        Self::with_nodes(&nodes, config, backing)
+    }
+
+    /// Pools for the given nodes, each `(node, its CPUs)`, with memory from `backing`. The first
+    /// node serves callers whose CPU is in no list. For the DPDK path, whose nodes are the
+    /// sockets of the lcores in use (the port's first) rather than the machine's.
+    pub fn with_nodes(
+        nodes: &[(u32, Vec<u32>)],
+        config: PoolConfig,
+        backing: Arc<dyn Backing>,
+    ) -> Result<PoolManager, PoolConfigError> {
+        let classes = config.size_classes()?;
+        if nodes.is_empty() {
+            return Err(PoolConfigError("no NUMA node to pool memory on".into()));
+        }
+        let pu_nodes = nodes
             .iter()
             .enumerate()
-            .flat_map(|(idx, n)| n.pus().iter().map(move |&pu| (pu, idx)))
+            .flat_map(|(idx, (_, pus))| pus.iter().map(move |&pu| (pu, idx)))
+            .collect();
+        let nodes: Vec<NodePool> = nodes
+            .iter()
+            .map(|(node, _)| NodePool::new(*node, &config, &classes))
             .collect();
         let shared = Shared {
             config,
@@ -125,6 +146,14 @@ impl PoolManager {
     /// Buffers in use, hits, misses, per node and size class.
     pub fn stats(&self) -> PoolStats {
         stats::snapshot(&self.shared)
+    }
+
+    /// Gives every slab back to the backing, when every buffer is back in the pools (worker
+    /// caches dropped); otherwise changes nothing and returns false. The pools stay usable (a
+    /// later get takes fresh memory); counters are kept. For a data path that stops before its
+    /// allocator does (DPDK: slabs must be freed before `rte_eal_cleanup`).
+    pub fn release_memory(&self) -> bool {
+        self.shared.nodes.iter().all(|node| node.release_slabs())
     }
 }
 

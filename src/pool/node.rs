@@ -151,6 +151,44 @@ impl NodePool {
         Ok(carved)
     }
 
+    /// Frees every slab of this node when all its blocks are back in the shared queues; else
+    /// puts back what it took and returns false.
+    pub fn release_slabs(&self) -> bool {
+        let mut growth = self
+            .growth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Growth is locked, so `allocated` cannot change; a block is either in its queue or
+        // held by someone. Not the hot path: the Vecs are fine here.
+        let mut taken: Vec<Vec<Block>> = Vec::with_capacity(self.classes.len());
+        let mut all_back = true;
+        for pool in &self.classes {
+            let mut blocks = Vec::with_capacity(pool.free.len());
+            while let Some(block) = pool.free.pop() {
+                blocks.push(block);
+            }
+            all_back &= blocks.len() == pool.allocated.load(Relaxed);
+            taken.push(blocks);
+        }
+        if !all_back {
+            for (class, blocks) in taken.into_iter().enumerate() {
+                for block in blocks {
+                    self.put(class, block);
+                }
+            }
+            return false;
+        }
+        // No block of any slab is reachable any more: the slabs can go.
+        drop(taken);
+        for pool in &self.classes {
+            pool.allocated.store(0, Relaxed);
+        }
+        growth.slabs.clear();
+        growth.reserved = 0;
+        growth.bound = 0;
+        true
+    }
+
     /// (reserved bytes, bytes bound to the node).
     pub fn reserved(&self) -> (usize, usize) {
         let growth = self
