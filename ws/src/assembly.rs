@@ -3,10 +3,10 @@
 //! A message that does not arrive whole in one frame and one read (a fragmented message, or a
 //! frame larger than `Limits::inplace_frame_max` split across reads) is assembled by its
 //! [`Session`](crate::Session). Each session keeps its own small buffer of at most
-//! [`ASSEMBLY_RETAIN`](crate::session::ASSEMBLY_RETAIN) (64 KiB) bytes, so that an idle connection
-//! never pins more than that. A message that outgrows it borrows a large buffer from this cache,
-//! pre-sized from the frame's declared length when that is known, and gives it back when the message
-//! has been delivered (or when the session is dropped mid-message). In steady state a server
+//! [`ASSEMBLY_RETAIN`] (64 KiB) bytes, so that an idle connection never pins more than that. A
+//! message that outgrows it borrows a large buffer from this cache, pre-sized from the frame's
+//! declared length when that is known, and gives it back when the message has been delivered (or
+//! when the session is dropped mid-message). In steady state a server
 //! receiving large messages therefore allocates nothing per message, while idle connections hold
 //! no large buffer at all.
 //!
