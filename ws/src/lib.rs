@@ -8,12 +8,15 @@
 //! * [`frame`]: decode frame headers in place, encode server headers into a small stack buffer.
 //! * [`mask`]: unmask payloads in place, word at a time, keeping the mask phase across pieces.
 //! * [`utf8`]: incremental UTF-8 validation that fails at the first invalid byte.
+//! * [`assembly`]: the per-worker-thread cache of large buffers that messages beyond 64 KiB are
+//!   assembled in, so that steady large messages allocate nothing and idle sessions stay small.
 //! * [`session`]: the per-connection state machine (`Session::receive` → [`Event`]s; outgoing frames
 //!   go to a transport-provided [`FrameSink`]).
 //!
 //! Zero-copy rules: a message that arrives whole in one frame is unmasked in the caller's buffer and
 //! handed out as a sub-slice of it; only fragmented or split-across-reads messages are assembled in
-//! the session's reusable buffer. See docs/ARCHITECTURE.md.
+//! the session's reusable buffer (or, beyond 64 KiB, a buffer borrowed from the thread's
+//! [`assembly`] cache). See docs/ARCHITECTURE.md.
 //!
 //! ```
 //! use hioload_wsproto::frame::encode_client_frame;
@@ -36,6 +39,7 @@
 //! assert_eq!(rx.len() - consumed, 7); // the partial ping stays with the caller
 //! ```
 
+pub mod assembly;
 pub mod close;
 pub mod config;
 pub mod frame;

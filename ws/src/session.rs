@@ -8,6 +8,7 @@
 //! with a Close echoing its code; a protocol violation sends the Close the RFC names (1002, 1007,
 //! 1009) and ends the session.
 
+use crate::assembly::Assembly;
 use crate::close::CloseCode;
 use crate::config::Limits;
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -18,8 +19,10 @@ use crate::utf8::Utf8Validator;
 /// to this size are always waited for whole, whatever `Limits::inplace_frame_max` says.
 pub const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
 
-/// Capacity the assembly buffer keeps between messages; after a larger message it is shrunk back,
-/// so that one 16 MiB message does not pin 16 MiB for the connection's lifetime.
+/// Largest capacity of a session's own assembly buffer, kept between messages. A message that needs
+/// more is assembled in a buffer borrowed from the worker thread's cache ([`crate::assembly`]) and
+/// given back once delivered, so that one 16 MiB message does not pin 16 MiB for the connection's
+/// lifetime, and steady large messages do not allocate.
 pub const ASSEMBLY_RETAIN: usize = 64 << 10;
 
 /// Where encoded frames go; implemented by each transport.
@@ -136,7 +139,7 @@ struct Rx {
     /// Payload bytes of the message in progress, including the current frame.
     msg_len: u64,
     /// Reused across messages; holds fragmented and streamed messages.
-    assembly: Vec<u8>,
+    assembly: Assembly,
     /// UTF-8 state of the text message in progress.
     utf8: Utf8Validator,
     /// A large frame being streamed.
@@ -308,7 +311,8 @@ impl Session {
         self.limits = limits;
     }
 
-    /// Capacity currently held by the assembly buffer (for memory accounting).
+    /// Capacity currently held for message assembly: the session's own buffer (≤ `ASSEMBLY_RETAIN`)
+    /// plus, while a larger message is in progress, the buffer it borrowed (for memory accounting).
     pub fn assembly_capacity(&self) -> usize {
         self.rx.assembly.capacity()
     }
@@ -322,7 +326,8 @@ impl Session {
     ///
     /// Zero copy: a frame whole in `input` is unmasked in place and its message, if unfragmented,
     /// is handed out as a sub-slice of `input`. Fragmented messages and frames larger than
-    /// `inplace_frame_max` that arrive in pieces are assembled in the session's reusable buffer.
+    /// `inplace_frame_max` that arrive in pieces are assembled in the session's reusable buffer, or,
+    /// beyond `ASSEMBLY_RETAIN`, in one borrowed from the thread's cache ([`crate::assembly`]).
     pub fn receive<S, F>(&mut self, input: &mut [u8], sink: &mut S, mut on_event: F) -> Result<usize, ProtocolError>
     where
         S: FrameSink + ?Sized,
@@ -392,6 +397,12 @@ impl Session {
                 self.account(&header);
                 if header.opcode != OpCode::Continuation {
                     self.start_message(header.opcode);
+                }
+                if self.tx.state == State::Open {
+                    // The frame's length is known: make room for it at once (check_header bounded
+                    // msg_len by max_message_size) instead of growing while it arrives.
+                    let last = header.fin;
+                    self.rx.assembly.reserve(self.rx.msg_len as usize, last);
                 }
                 self.rx.stream = Some(Streaming { fin: header.fin, remaining: len as u64, mask: header.mask, phase: 0 });
             }
@@ -513,7 +524,7 @@ impl Session {
                 }
                 if done > 0 && self.tx.state == State::Open {
                     // Already UTF-8 checked while the frame was partial: append without re-feeding.
-                    self.rx.assembly.extend_from_slice(&payload[..done]);
+                    self.rx.assembly.extend(&payload[..done]);
                 }
                 self.data_piece(&payload[done..], h.fin, sink, on_event)
             }
@@ -538,23 +549,20 @@ impl Session {
         if kind == MsgKind::Text && self.rx.utf8.feed(piece).is_err() {
             return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
         }
-        self.rx.assembly.extend_from_slice(piece);
+        self.rx.assembly.extend(piece);
         if !last {
             return Ok(());
         }
         self.rx.msg = None;
         let event = match kind {
-            MsgKind::Binary => Event::Binary(&self.rx.assembly),
-            MsgKind::Text => match (self.rx.utf8.finish(), std::str::from_utf8(&self.rx.assembly)) {
+            MsgKind::Binary => Event::Binary(self.rx.assembly.as_slice()),
+            MsgKind::Text => match (self.rx.utf8.finish(), std::str::from_utf8(self.rx.assembly.as_slice())) {
                 (Ok(()), Ok(text)) => Event::Text(text),
                 _ => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8")),
             },
         };
         on_event(event, &mut Outgoing { tx: &mut self.tx, sink });
-        if self.rx.assembly.capacity() > ASSEMBLY_RETAIN {
-            self.rx.assembly.clear();
-            self.rx.assembly.shrink_to(ASSEMBLY_RETAIN);
-        }
+        self.rx.assembly.clear();
         Ok(())
     }
 
