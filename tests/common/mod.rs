@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use hioload_ws::{CloseCode, Config, Ctx, Handler, Message, Server};
 use tungstenite::WebSocket;
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+
 /// A config for tests: loopback, port 0, two workers, no pinning (the machine is shared).
 pub fn test_config() -> Config {
     Config {
@@ -94,6 +97,31 @@ impl Handler for RecordingEcho {
             .closes
             .push((ctx.session_id(), code.0, reason.to_string()));
         self.changed.notify_all();
+    }
+}
+
+/// `id?` answers `<id> <worker>`; `to:<id>:<text>` sends text to session id; `all:<text>`
+/// broadcasts; anything else is echoed.
+pub struct Router;
+
+impl Handler for Router {
+    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        let Message::Text(t) = msg else {
+            let _ = ctx.send(msg);
+            return;
+        };
+        if t == "id?" {
+            let _ = ctx.send_text(&format!("{} {}", ctx.session_id(), ctx.worker()));
+        } else if let Some(rest) = t.strip_prefix("to:") {
+            let (id, text) = rest.split_once(':').unwrap();
+            if let Err(e) = ctx.send_to(id.parse().unwrap(), Message::Text(text)) {
+                let _ = ctx.send_text(&format!("error: {e}"));
+            }
+        } else if let Some(text) = t.strip_prefix("all:") {
+            ctx.broadcast(Message::Text(text)).unwrap();
+        } else {
+            let _ = ctx.send(msg);
+        }
     }
 }
 
