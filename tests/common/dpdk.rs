@@ -8,12 +8,16 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
 use hioload_ws::{Config, DataPath, DpdkConfig};
 use tungstenite::WebSocket;
+
+/// Namespaces and commands, shared with the DPDK crates' tests.
+#[path = "../../dpdk/tests/support/host.rs"]
+mod host;
+
+use host::Netns;
 
 /// The userspace stack's listening address.
 pub const STACK: &str = "198.18.0.2:8080";
@@ -22,7 +26,7 @@ pub const STACK: &str = "198.18.0.2:8080";
 /// and the runtime directory are removed on drop.
 pub struct TapNet {
     tap: String,
-    ns: String,
+    ns: Netns,
     prefix: String,
 }
 
@@ -37,13 +41,11 @@ impl TapNet {
             "needs root (hugepages, tap, netns)"
         );
         let pid = std::process::id();
-        let net = TapNet {
+        TapNet {
             tap: format!("hl{tag}{pid}"),
-            ns: format!("hioload-{tag}{pid}"),
+            ns: Netns::named(format!("hioload-{tag}{pid}")),
             prefix: format!("hl{tag}-{pid}"),
-        };
-        run("ip", &["netns", "add", &net.ns]);
-        net
+        }
     }
 
     /// A server config listening on [`STACK`] over this test's tap port: in-memory EAL on
@@ -68,43 +70,20 @@ impl TapNet {
     /// Moves the tap's kernel side (there once the server started) into the namespace, as
     /// 198.18.0.1/24, and brings it up.
     pub fn attach_tap(&self) {
-        run("ip", &["link", "set", &self.tap, "netns", &self.ns]);
-        run(
-            "ip",
-            &[
-                "-n",
-                &self.ns,
-                "addr",
-                "add",
-                "198.18.0.1/24",
-                "dev",
-                &self.tap,
-            ],
-        );
-        run("ip", &["-n", &self.ns, "link", "set", &self.tap, "up"]);
+        self.ns.attach_tap(&self.tap, "198.18.0.1/24");
     }
 
     /// Runs `f` on a thread inside the namespace, with SIGIO blocked, and returns its result.
     pub fn in_ns<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
+        self.ns.run_inside(move || {
             block_sigio();
-            // SAFETY: setns with a valid namespace fd moves only this thread.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
             f()
         })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 }
 
 impl Drop for TapNet {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
     }
 }
@@ -123,16 +102,6 @@ fn block_sigio() {
             0
         );
     }
-}
-
-/// Runs a command; panics with its stderr if it fails.
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Retries a blocking call interrupted by the tap PMD's signal.
