@@ -133,6 +133,13 @@ pub fn start_echo(cfg: Config) -> (Server, Arc<RecordingEcho>) {
     (server, rec)
 }
 
+/// Starts a server with a recording echo handler and connects a client to its `/ws`.
+pub fn start_echo_with_client(cfg: Config) -> (Server, Arc<RecordingEcho>, WebSocket<TcpStream>) {
+    let (server, rec) = start_echo(cfg);
+    let ws = client(server.local_addr().unwrap(), "/ws");
+    (server, rec, ws)
+}
+
 /// A tungstenite client connected to `ws://addr{path}`.
 pub fn client(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
