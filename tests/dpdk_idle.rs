@@ -6,17 +6,16 @@
 
 #![cfg(feature = "dpdk")]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hioload_ws::{CloseCode, Config, Ctx, DataPath, DpdkConfig, Handler, Message, Server};
+use common::dpdk::{ws_client, TapNet, STACK, UPGRADE};
+use hioload_ws::{CloseCode, Config, Ctx, Handler, Message, Server};
 use tungstenite::Message as WsMessage;
-
-const STACK: &str = "198.18.0.2:8080";
 
 /// Echoes; records close codes.
 struct Echo {
@@ -32,115 +31,31 @@ impl Handler for Echo {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Keeps the tap PMD's SIGIO (the EAL runs in this process) away from this thread.
-fn block_sigio() {
-    // SAFETY: a zeroed sigset_t is valid for sigemptyset; pthread_sigmask changes this thread's
-    // mask only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGIO);
-        assert_eq!(
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
-            0
-        );
-    }
-}
-
-struct Cleanup {
-    ns: String,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-    }
-}
-
 #[test]
 fn an_idle_session_is_pinged_and_one_that_never_answers_is_dropped_with_1006() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root (hugepages, tap, netns)"
-    );
-    let pid = std::process::id();
-    let (tap, ns, prefix) = (
-        format!("hli{pid}"),
-        format!("hioload-i{pid}"),
-        format!("hli-{pid}"),
-    );
-    let _cleanup = Cleanup {
-        ns: ns.clone(),
-        prefix: prefix.clone(),
-    };
-    run("ip", &["netns", "add", &ns]);
-    let mut eal: Vec<String> = ["--no-pci", "--no-telemetry", "--in-memory", "--lcores=0@0"]
-        .map(String::from)
-        .into();
-    eal.push(format!("--file-prefix={prefix}"));
-    eal.push(format!("--vdev=net_tap0,iface={tap}"));
-    let mut dpdk = DpdkConfig::new(eal);
-    dpdk.idle_sleep = Duration::from_micros(100);
-    dpdk.max_connections = 256;
+    let net = TapNet::create('i');
     let cfg = Config {
-        listen: STACK.parse().unwrap(),
-        data_path: DataPath::Dpdk(dpdk),
         idle_timeout: Some(Duration::from_millis(800)),
         pong_timeout: Duration::from_millis(800),
-        ..Config::default()
+        ..net.config("0@0", 256)
     };
     let closes = Arc::new(Mutex::new(Vec::new()));
     let server = Arc::new(Server::new(cfg).unwrap().with_handler(Echo {
         closes: closes.clone(),
     }));
     server.start().expect("the DPDK path starts");
-    run("ip", &["link", "set", &tap, "netns", &ns]);
-    run(
-        "ip",
-        &["-n", &ns, "addr", "add", "198.18.0.1/24", "dev", &tap],
-    );
-    run("ip", &["-n", &ns, "link", "set", &tap, "up"]);
+    net.attach_tap();
 
-    let path = format!("/var/run/netns/{ns}");
     let outside = server.clone();
-    let (pinged, still_served, silent_dropped_after) = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        block_sigio();
-        // SAFETY: setns with a valid namespace fd moves only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let (pinged, still_served, silent_dropped_after) = net.in_ns(move || {
         // A responsive client (tungstenite answers pings when it reads).
-        let stream = TcpStream::connect(STACK).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let (mut ws, _) = tungstenite::client::client(format!("ws://{STACK}/ws"), stream).unwrap();
+        let mut ws = ws_client(Duration::from_secs(5));
         // A silent one: upgrades, then never sends anything (not even the pong).
         let mut silent = TcpStream::connect(STACK).unwrap();
         silent
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        silent
-            .write_all(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .unwrap();
+        silent.write_all(UPGRADE).unwrap();
         let start = Instant::now();
         // The responsive one sees the ping (and answers it), twice over the silent one's life.
         let mut pinged = 0;
@@ -182,9 +97,7 @@ fn an_idle_session_is_pinged_and_one_that_never_answers_is_dropped_with_1006() {
         );
         drop(outside);
         (pinged, still_served, dropped_after)
-    })
-    .join()
-    .unwrap();
+    });
     assert!(pinged >= 1, "the responsive client was pinged");
     assert_eq!(still_served, WsMessage::text("still here"));
     assert!(

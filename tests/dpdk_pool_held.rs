@@ -6,16 +6,15 @@
 
 #![cfg(feature = "dpdk")]
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hioload_ws::{Config, Ctx, DataPath, DpdkConfig, Handler, Message, Server};
-
-const STACK: &str = "198.18.0.2:8080";
+use common::dpdk::{ws_client, TapNet};
+use common::frame;
+use hioload_ws::{Ctx, Handler, Message, Server};
 
 struct Echo;
 
@@ -23,52 +22,6 @@ impl Handler for Echo {
     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let _ = ctx.send(msg);
     }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Keeps the tap PMD's SIGIO (the EAL runs in this process) away from this thread.
-fn block_sigio() {
-    // SAFETY: a zeroed sigset_t is valid for sigemptyset; pthread_sigmask changes this thread's
-    // mask only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGIO);
-        assert_eq!(
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
-            0
-        );
-    }
-}
-
-struct Cleanup {
-    ns: String,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-    }
-}
-
-/// A masked binary frame carrying `payload` (at most 65535 bytes).
-fn masked_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x82, 0x80 | 126];
-    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
 }
 
 /// Waits (at most 5 s) until `cond` holds; returns whether it did.
@@ -93,45 +46,15 @@ fn probe_in_use(server: &Server) -> u64 {
 
 #[test]
 fn a_frame_split_across_segments_is_held_in_a_pool_buffer_and_echoed_intact() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root (hugepages, tap, netns)"
-    );
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let pid = std::process::id();
-    let (tap, ns, prefix) = (
-        format!("hlh{pid}"),
-        format!("hioload-h{pid}"),
-        format!("hlh-{pid}"),
+    let net = TapNet::create('h');
+    let server = Arc::new(
+        Server::new(net.config("0@0", 256))
+            .unwrap()
+            .with_handler(Echo),
     );
-    let _cleanup = Cleanup {
-        ns: ns.clone(),
-        prefix: prefix.clone(),
-    };
-    run("ip", &["netns", "add", &ns]);
-    let mut eal: Vec<String> = ["--no-pci", "--no-telemetry", "--in-memory", "--lcores=0@0"]
-        .map(String::from)
-        .into();
-    eal.push(format!("--file-prefix={prefix}"));
-    eal.push(format!("--vdev=net_tap0,iface={tap}"));
-    let mut dpdk = DpdkConfig::new(eal);
-    dpdk.idle_sleep = Duration::from_micros(100);
-    dpdk.max_connections = 256;
-    let cfg = Config {
-        listen: STACK.parse().unwrap(),
-        data_path: DataPath::Dpdk(dpdk),
-        ..Config::default()
-    };
-    let server = Arc::new(Server::new(cfg).unwrap().with_handler(Echo));
     server.start().expect("the DPDK path starts");
-    run("ip", &["link", "set", &tap, "netns", &ns]);
-    run(
-        "ip",
-        &["-n", &ns, "addr", "add", "198.18.0.1/24", "dev", &tap],
-    );
-    run("ip", &["-n", &ns, "link", "set", &tap, "up"]);
+    net.attach_tap();
 
     // The lcore's pool: DPDK memory of its socket, warmed at start, nothing in use.
     let stats = server.pool_stats().expect("running");
@@ -154,24 +77,12 @@ fn a_frame_split_across_segments_is_held_in_a_pool_buffer_and_echoed_intact() {
         .unwrap_or_else(|| panic!("{label} in /metrics:\n{metrics}"));
     assert_eq!(reserved as usize, node.reserved_bytes);
 
-    let path = format!("/var/run/netns/{ns}");
     let outside = server.clone();
-    let (held_in_stats, held_in_probe, echoed, after_close) = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        block_sigio();
-        // SAFETY: setns with a valid namespace fd moves only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        let stream = TcpStream::connect(STACK).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let (mut ws, _) = tungstenite::client::client(format!("ws://{STACK}/ws"), stream).unwrap();
+    let (held_in_stats, held_in_probe, echoed, after_close) = net.in_ns(move || {
+        let mut ws = ws_client(Duration::from_secs(5));
+        ws.get_ref().set_nodelay(true).unwrap();
         let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let frame = masked_frame(&payload);
+        let frame = frame(true, 2, &payload);
         // First the header and part of the payload: the session cannot finish the frame, so
         // the driver holds it.
         ws.get_mut().write_all(&frame[..1200]).unwrap();
@@ -194,9 +105,7 @@ fn a_frame_split_across_segments_is_held_in_a_pool_buffer_and_echoed_intact() {
             echoed.into_data(),
             after_close,
         )
-    })
-    .join()
-    .unwrap();
+    });
     assert!(
         held_in_stats,
         "a pool buffer in use while the partial frame waits"

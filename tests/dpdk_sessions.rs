@@ -8,50 +8,17 @@
 
 #![cfg(feature = "dpdk")]
 
+mod common;
+
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hioload_ws::{Config, Ctx, DataPath, DpdkConfig, Handler, Message, Server};
+use common::dpdk::{ws_client, TapNet};
+use common::Router;
+use hioload_ws::{Message, Server};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message as WsMessage, WebSocket};
-
-const STACK: &str = "198.18.0.2:8080";
-
-/// `id?` answers `<id> <worker>`; `to:<id>:<text>` sends text to a session; `all:<text>`
-/// broadcasts; anything else is echoed.
-struct Router;
-
-impl Handler for Router {
-    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
-        let Message::Text(t) = msg else {
-            let _ = ctx.send(msg);
-            return;
-        };
-        if t == "id?" {
-            let _ = ctx.send_text(&format!("{} {}", ctx.session_id(), ctx.worker()));
-        } else if let Some(rest) = t.strip_prefix("to:") {
-            let (id, text) = rest.split_once(':').unwrap();
-            if let Err(e) = ctx.send_to(id.parse().unwrap(), Message::Text(text)) {
-                let _ = ctx.send_text(&format!("error: {e}"));
-            }
-        } else if let Some(text) = t.strip_prefix("all:") {
-            ctx.broadcast(Message::Text(text)).unwrap();
-        } else {
-            let _ = ctx.send(msg);
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `read`, retried when the tap PMD's signal interrupts it (the EAL runs in this process).
 fn read(ws: &mut WebSocket<TcpStream>) -> Result<WsMessage, WsError> {
@@ -70,107 +37,21 @@ fn text(ws: &mut WebSocket<TcpStream>) -> String {
     }
 }
 
-fn client() -> WebSocket<TcpStream> {
-    let stream = loop {
-        match TcpStream::connect_timeout(&STACK.parse().unwrap(), Duration::from_secs(10)) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => break other.unwrap(),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    tungstenite::client::client(format!("ws://{STACK}/ws"), stream)
-        .unwrap()
-        .0
-}
-
-/// Keeps the tap PMD's SIGIO (the EAL runs in this process) away from this thread, so that its
-/// blocking socket calls are not interrupted.
-fn block_sigio() {
-    // SAFETY: a zeroed sigset_t is valid for sigemptyset; pthread_sigmask changes this thread's
-    // mask only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGIO);
-        assert_eq!(
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
-            0
-        );
-    }
-}
-
-struct Cleanup {
-    ns: String,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
-    }
-}
-
 #[test]
 fn sessions_send_by_id_and_broadcast_across_lcores_over_the_userspace_stack() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root (hugepages, tap, netns)"
-    );
-    let pid = std::process::id();
-    let (tap, ns, prefix) = (
-        format!("hls{pid}"),
-        format!("hioload-s{pid}"),
-        format!("hls-{pid}"),
-    );
-    let _cleanup = Cleanup {
-        ns: ns.clone(),
-        prefix: prefix.clone(),
-    };
-    run("ip", &["netns", "add", &ns]);
-    let mut eal: Vec<String> = [
-        "--no-pci",
-        "--no-telemetry",
-        "--in-memory",
-        "--lcores=0@0,1@0",
-    ]
-    .map(String::from)
-    .into();
-    eal.push(format!("--file-prefix={prefix}"));
-    eal.push(format!("--vdev=net_tap0,iface={tap}"));
-    let mut dpdk = DpdkConfig::new(eal);
-    dpdk.idle_sleep = Duration::from_micros(100);
-    dpdk.max_connections = 1024;
-    let cfg = Config {
-        listen: STACK.parse().unwrap(),
-        data_path: DataPath::Dpdk(dpdk),
-        ..Config::default()
-    };
-    let server = Server::new(cfg).unwrap().with_handler(Router);
+    let net = TapNet::create('s');
+    let server = Server::new(net.config("0@0,1@0", 1024))
+        .unwrap()
+        .with_handler(Router);
     server.start().expect("the DPDK path starts");
-    run("ip", &["link", "set", &tap, "netns", &ns]);
-    run(
-        "ip",
-        &["-n", &ns, "addr", "add", "198.18.0.1/24", "dev", &tap],
-    );
-    run("ip", &["-n", &ns, "link", "set", &tap, "up"]);
+    net.attach_tap();
 
-    let server = std::sync::Arc::new(server);
+    let server = Arc::new(server);
     let outside = server.clone();
-    let path = format!("/var/run/netns/{ns}");
-    let (ids, workers) = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        block_sigio();
-        // SAFETY: setns with a valid namespace fd moves only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        let mut clients: Vec<_> = (0..40).map(|_| client()).collect();
+    let (ids, workers) = net.in_ns(move || {
+        let mut clients: Vec<_> = (0..40)
+            .map(|_| ws_client(Duration::from_secs(20)))
+            .collect();
         let mut ids = Vec::new();
         let mut workers = Vec::new();
         for ws in &mut clients {
@@ -241,9 +122,7 @@ fn sessions_send_by_id_and_broadcast_across_lcores_over_the_userspace_stack() {
             }
         }
         (ids, workers)
-    })
-    .join()
-    .unwrap();
+    });
     server.wait().unwrap();
     assert_eq!(ids.len(), 40);
     assert!(

@@ -13,8 +13,7 @@ use tungstenite::{Error as WsError, Message as WsMessage};
 
 #[test]
 fn text_comes_back_as_text_and_binary_as_binary() {
-    let (server, _rec) = start_echo(test_config());
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (server, _rec, mut ws) = start_echo_with_client(test_config());
     ws.send(WsMessage::text("Hello")).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::text("Hello"));
     let bin: Vec<u8> = (0..=255u8).collect();
@@ -35,8 +34,7 @@ fn text_comes_back_as_text_and_binary_as_binary() {
 
 #[test]
 fn a_16_mib_message_is_echoed_intact() {
-    let (server, _rec) = start_echo(test_config());
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (_server, _rec, mut ws) = start_echo_with_client(test_config());
     let big: Vec<u8> = (0..16usize << 20)
         .map(|i| (i * 7 + i / 4099) as u8)
         .collect();
@@ -55,8 +53,7 @@ fn a_16_mib_message_is_echoed_intact() {
 fn a_message_over_the_limit_is_closed_with_1009() {
     let mut cfg = test_config();
     cfg.limits.max_message_size = 1 << 20;
-    let (server, rec) = start_echo(cfg);
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (_server, rec, mut ws) = start_echo_with_client(cfg);
     ws.send(WsMessage::binary(vec![1u8; (1 << 20) + 1]))
         .unwrap();
     match ws.read() {
@@ -100,8 +97,7 @@ fn a_fragmented_message_is_reassembled_with_a_ping_in_between() {
 
 #[test]
 fn ping_is_answered_with_pong() {
-    let (server, _rec) = start_echo(test_config());
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (_server, _rec, mut ws) = start_echo_with_client(test_config());
     ws.send(WsMessage::Ping(b"are you there?".to_vec().into()))
         .unwrap();
     assert_eq!(
@@ -114,8 +110,7 @@ fn ping_is_answered_with_pong() {
 
 #[test]
 fn client_initiated_close_handshake() {
-    let (server, rec) = start_echo(test_config());
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (server, rec, mut ws) = start_echo_with_client(test_config());
     ws.send(WsMessage::text("hi")).unwrap();
     assert_eq!(ws.read().unwrap(), WsMessage::text("hi"));
     ws.close(Some(CloseFrame {
@@ -200,8 +195,7 @@ fn a_protocol_error_gets_its_close_code_then_the_connection_is_closed() {
 
 #[test]
 fn tcp_close_without_close_frame_reports_1006() {
-    let (server, rec) = start_echo(test_config());
-    let mut ws = client(server.local_addr().unwrap(), "/ws");
+    let (server, rec, mut ws) = start_echo_with_client(test_config());
     ws.send(WsMessage::text("x")).unwrap();
     ws.read().unwrap();
     drop(ws);

@@ -9,33 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hioload_ws::{Ctx, DeliverError, Handler, Message, Server};
+use hioload_ws::{DeliverError, Message, Server};
 use tungstenite::Message as WsMessage;
-
-/// `id?` answers `<id> <worker>`; `to:<id>:<text>` sends text to session id; `all:<text>`
-/// broadcasts; anything else is echoed.
-struct Router;
-
-impl Handler for Router {
-    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
-        let Message::Text(t) = msg else {
-            let _ = ctx.send(msg);
-            return;
-        };
-        if t == "id?" {
-            let _ = ctx.send_text(&format!("{} {}", ctx.session_id(), ctx.worker()));
-        } else if let Some(rest) = t.strip_prefix("to:") {
-            let (id, text) = rest.split_once(':').unwrap();
-            if let Err(e) = ctx.send_to(id.parse().unwrap(), Message::Text(text)) {
-                let _ = ctx.send_text(&format!("error: {e}"));
-            }
-        } else if let Some(text) = t.strip_prefix("all:") {
-            ctx.broadcast(Message::Text(text)).unwrap();
-        } else {
-            let _ = ctx.send(msg);
-        }
-    }
-}
 
 fn id_of(ws: &mut tungstenite::WebSocket<TcpStream>) -> (u64, usize) {
     ws.send(WsMessage::text("id?")).unwrap();

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use hioload_ws::{CloseCode, Config, Ctx, Handler, Message, Server};
 use tungstenite::WebSocket;
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+
 /// A config for tests: loopback, port 0, two workers, no pinning (the machine is shared).
 pub fn test_config() -> Config {
     Config {
@@ -97,12 +100,44 @@ impl Handler for RecordingEcho {
     }
 }
 
+/// `id?` answers `<id> <worker>`; `to:<id>:<text>` sends text to session id; `all:<text>`
+/// broadcasts; anything else is echoed.
+pub struct Router;
+
+impl Handler for Router {
+    fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        let Message::Text(t) = msg else {
+            let _ = ctx.send(msg);
+            return;
+        };
+        if t == "id?" {
+            let _ = ctx.send_text(&format!("{} {}", ctx.session_id(), ctx.worker()));
+        } else if let Some(rest) = t.strip_prefix("to:") {
+            let (id, text) = rest.split_once(':').unwrap();
+            if let Err(e) = ctx.send_to(id.parse().unwrap(), Message::Text(text)) {
+                let _ = ctx.send_text(&format!("error: {e}"));
+            }
+        } else if let Some(text) = t.strip_prefix("all:") {
+            ctx.broadcast(Message::Text(text)).unwrap();
+        } else {
+            let _ = ctx.send(msg);
+        }
+    }
+}
+
 /// Starts a server with a recording echo handler.
 pub fn start_echo(cfg: Config) -> (Server, Arc<RecordingEcho>) {
     let rec = Arc::new(RecordingEcho::default());
     let server = Server::new(cfg).unwrap().with_shared_handler(rec.clone());
     server.start().unwrap();
     (server, rec)
+}
+
+/// Starts a server with a recording echo handler and connects a client to its `/ws`.
+pub fn start_echo_with_client(cfg: Config) -> (Server, Arc<RecordingEcho>, WebSocket<TcpStream>) {
+    let (server, rec) = start_echo(cfg);
+    let ws = client(server.local_addr().unwrap(), "/ws");
+    (server, rec, ws)
 }
 
 /// A tungstenite client connected to `ws://addr{path}`.

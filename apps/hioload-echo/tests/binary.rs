@@ -1,22 +1,25 @@
 //! The real `hioload-echo` binary: command line, start line, echo, and graceful SIGTERM with 100
 //! connected clients.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::ops::{Deref, DerefMut};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::{EchoProcess, BIN, UPGRADE};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error as WsError, Message};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hioload-echo");
+/// How long a log line may take to come.
+const LOG_WAIT: Duration = Duration::from_secs(10);
 
-/// A running hioload-echo on 127.0.0.1:0; stderr is drained in the background.
+/// A running hioload-echo on 127.0.0.1:0.
 struct Echo {
-    child: Child,
+    process: EchoProcess,
     addr: SocketAddr,
-    log: mpsc::Receiver<String>,
 }
 
 impl Echo {
@@ -32,81 +35,29 @@ impl Echo {
     }
 
     /// Spawns `cmd` (stderr piped) and waits for its start line.
-    fn spawn(mut cmd: Command) -> Echo {
-        let mut child = cmd.spawn().unwrap();
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .expect("no start line within 20 s");
-            let line = log
-                .recv_timeout(left)
-                .expect("hioload-echo exited before its start line");
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
-                assert!(
-                    line.contains("workers, kernel data path)")
-                        || line.contains("1 worker, kernel"),
-                    "{line}"
-                );
-                break rest.split('/').next().unwrap().parse().unwrap();
-            }
-        };
-        Echo { child, addr, log }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory preconditions; the pid is our own child, still running.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// Waits for the process to exit; returns its exit status and the time taken.
-    fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, start.elapsed());
-            }
-            assert!(
-                start.elapsed() < limit,
-                "hioload-echo did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.log.try_iter().collect()
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no log line with {needle:?} within 10 s"));
-            let line = self
-                .log
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line with {needle:?} within 10 s"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
+    fn spawn(cmd: Command) -> Echo {
+        let mut process = EchoProcess::spawn(cmd);
+        let line = process.next_line_with("listening on ws://", Duration::from_secs(20));
+        assert!(
+            line.contains("workers, kernel data path)") || line.contains("1 worker, kernel"),
+            "{line}"
+        );
+        let rest = line.split("listening on ws://").nth(1).unwrap();
+        let addr = rest.split('/').next().unwrap().parse().unwrap();
+        Echo { process, addr }
     }
 }
 
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Echo {
+    type Target = EchoProcess;
+    fn deref(&self) -> &EchoProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for Echo {
+    fn deref_mut(&mut self) -> &mut EchoProcess {
+        &mut self.process
     }
 }
 
@@ -141,14 +92,14 @@ fn sigterm_with_100_clients_closes_each_with_1001_and_exits_0() {
             Ok(m) => panic!("unexpected {m:?}"),
         }
     }
-    let (status, _) = echo.wait_exit(Duration::from_secs(10));
+    let status = echo.wait_exit(Duration::from_secs(10));
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status}");
     assert!(
         took < Duration::from_secs(5),
         "exit took {took:?}, beyond the grace period"
     );
-    let log = echo.log_lines().join("\n");
+    let log = echo.log_text();
     assert!(log.contains("SIGTERM: stopping"), "{log}");
 }
 
@@ -156,19 +107,14 @@ fn sigterm_with_100_clients_closes_each_with_1001_and_exits_0() {
 fn sigint_with_a_client_that_never_answers_exits_0_at_the_end_of_the_grace_period() {
     let mut echo = Echo::start(&["--grace-period", "1"]);
     let mut silent = TcpStream::connect(echo.addr).unwrap();
-    silent
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+    silent.write_all(UPGRADE).unwrap();
     let mut head = [0u8; 12];
     silent.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
     std::thread::sleep(Duration::from_millis(100));
     let sent = Instant::now();
     echo.signal(libc::SIGINT);
-    let (status, _) = echo.wait_exit(Duration::from_secs(10));
+    let status = echo.wait_exit(Duration::from_secs(10));
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status}");
     assert!(
@@ -315,14 +261,12 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
         });
     }
     let mut echo = Echo::spawn(cmd);
-    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let mut open = Vec::new();
     let mut dropped = 0;
     for _ in 0..100 {
         let mut s = TcpStream::connect(echo.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(upgrade);
+        let _ = s.write_all(UPGRADE);
         let mut head = [0u8; 12];
         match s.read_exact(&mut head) {
             Ok(()) => {
@@ -358,11 +302,11 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
     let mut ws = client(echo.addr);
     ws.send(Message::text("back")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("back"));
-    let log = echo.log_lines().join("\n");
+    let log = echo.log_text();
     assert!(log.contains("raise RLIMIT_NOFILE"), "{log}");
     drop(ws);
     echo.signal(libc::SIGTERM);
-    assert!(echo.wait_exit(Duration::from_secs(10)).0.success());
+    assert!(echo.wait_exit(Duration::from_secs(10)).success());
 }
 
 /// User + system CPU time of a process, in seconds.
@@ -428,7 +372,7 @@ fn sighup_lowers_the_max_message_size_of_a_running_server_without_dropping_conne
         "reload.toml",
         "log_level = \"info\"\n[limits]\nmax_message_size = \"64KiB\"\n",
     );
-    let echo = Echo::start(&["--config", file.path()]);
+    let mut echo = Echo::start(&["--config", file.path()]);
     let mut open_before = client(echo.addr);
     let mut bystander = client(echo.addr);
     let ten_k = Message::binary(vec![5u8; 10_000]);
@@ -437,7 +381,7 @@ fn sighup_lowers_the_max_message_size_of_a_running_server_without_dropping_conne
 
     file.write("log_level = \"info\"\n[limits]\nmax_message_size = \"4KiB\"\n");
     echo.signal(libc::SIGHUP);
-    let line = echo.wait_for_line("configuration reloaded");
+    let line = echo.next_line_with("configuration reloaded", LOG_WAIT);
     assert!(line.contains("max_message_size=4096"), "{line}");
 
     // On the connection that was open before the reload: the same message is now too big.
@@ -458,7 +402,7 @@ fn sighup_lowers_the_max_message_size_of_a_running_server_without_dropping_conne
 #[test]
 fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
     let file = ConfigFile::new("invalid.toml", "[limits]\nmax_message_size = \"64KiB\"\n");
-    let echo = Echo::start(&["--config", file.path()]);
+    let mut echo = Echo::start(&["--config", file.path()]);
     let mut ws = client(echo.addr);
     let ten_k = Message::binary(vec![6u8; 10_000]);
 
@@ -476,7 +420,7 @@ fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
     ] {
         file.write(text);
         echo.signal(libc::SIGHUP);
-        let line = echo.wait_for_line("configuration rejected");
+        let line = echo.next_line_with("configuration rejected", LOG_WAIT);
         assert!(line.contains(says), "{says:?} not in {line}");
         ws.send(ten_k.clone()).unwrap();
         assert_eq!(ws.read().unwrap(), ten_k, "the old 64 KiB limit stays");
@@ -485,7 +429,7 @@ fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
     // A restart-only change is applied as far as it can be and logged.
     file.write("workers = 8\n[limits]\nmax_message_size = \"64KiB\"\n");
     echo.signal(libc::SIGHUP);
-    let line = echo.wait_for_line("after a restart");
+    let line = echo.next_line_with("after a restart", LOG_WAIT);
     assert!(line.contains("num_workers"), "{line}");
     ws.send(ten_k.clone()).unwrap();
     assert_eq!(ws.read().unwrap(), ten_k);
@@ -493,9 +437,9 @@ fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
 
 #[test]
 fn metrics_and_probes_are_served_on_the_admin_address() {
-    let echo = Echo::start(&["--admin-addr", "127.0.0.1:0"]);
+    let mut echo = Echo::start(&["--admin-addr", "127.0.0.1:0"]);
     // The admin listener's port is in the start log.
-    let line = echo.wait_for_line("control plane: http://");
+    let line = echo.next_line_with("control plane: http://", LOG_WAIT);
     let admin: SocketAddr = line
         .split("http://")
         .nth(1)

@@ -10,64 +10,32 @@
 
 #![cfg(feature = "dpdk")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::host::{allowed_cpus, free_hugepages, Netns};
+use support::{EchoProcess, BIN, UPGRADE};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hioload-echo");
 const STACK: &str = "198.18.0.2:8080";
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A DPDK-mode hioload-echo with its namespace; killed (by pid) and cleaned up on drop.
 struct DpdkEcho {
-    child: Child,
-    ns: String,
+    process: EchoProcess,
+    ns: Netns,
     /// The EAL's `--file-prefix` (its runtime directory under /var/run/dpdk).
     prefix: String,
-    log: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![0];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
 }
 
 impl DpdkEcho {
@@ -88,7 +56,6 @@ impl DpdkEcho {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tap = format!("hle{:x}{n}", pid & 0xfffff);
-        let ns = format!("hioload-e{pid}-{n}");
         let prefix = format!("hle-{pid}-{n}");
         let cpus = allowed_cpus();
         let cpu = cpus[n % cpus.len()];
@@ -133,115 +100,46 @@ impl DpdkEcho {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        run("ip", &["netns", "add", &ns]);
+        let process = EchoProcess::spawn(cmd);
+        let ns = Netns::named(format!("hioload-e{pid}-{n}"));
         let mut echo = DpdkEcho {
-            child,
+            process,
             ns,
             prefix,
-            log,
-            seen: Vec::new(),
         };
         echo.wait_for_line(
             "listening on ws://198.18.0.2:8080/ws (dpdk data path",
             Duration::from_secs(60),
         );
-        run("ip", &["link", "set", &tap, "netns", &echo.ns]);
-        run(
-            "ip",
-            &["-n", &echo.ns, "addr", "add", "198.18.0.1/24", "dev", &tap],
-        );
-        run("ip", &["-n", &echo.ns, "link", "set", &tap, "up"]);
-        run("ip", &["-n", &echo.ns, "link", "set", "lo", "up"]);
+        echo.ns.attach_tap(&tap, "198.18.0.1/24");
         echo
     }
 
-    /// Waits for a log line containing `needle`; returns it.
     fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no log line {needle:?} within {limit:?}; log:\n{}",
-                        self.seen.join("\n")
-                    )
-                });
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.contains(needle);
-                    self.seen.push(line.clone());
-                    if hit {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line {needle:?} (server {}); log:\n{}",
-                    match self.child.try_wait() {
-                        Ok(Some(s)) => format!("exited: {s}"),
-                        _ => "running".into(),
-                    },
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.process.wait_for_line(needle, limit)
     }
 
     fn log_text(&mut self) -> String {
-        self.seen.extend(self.log.try_iter());
-        self.seen.join("\n")
+        self.process.log_text()
     }
 
     /// Runs `f` on a thread inside the namespace and returns its result.
     fn in_ns<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns with a valid namespace fd moves only this thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        self.ns.run_inside(f)
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill on our own running child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+        self.process.signal(sig);
     }
 
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "hioload-echo did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.wait_exit(limit)
     }
 }
 
 impl Drop for DpdkEcho {
     fn drop(&mut self) {
-        let _ = self.child.kill(); // by pid
-        let _ = self.child.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        self.process.kill(); // before its namespace goes (dropped after this)
         let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
     }
 }
@@ -455,14 +353,7 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
     let mut echo = DpdkEcho::start(&["--grace-period", "5"]);
     let (tx, rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let path = format!("/var/run/netns/{}", echo.ns);
-    let clients = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns with a valid namespace fd moves only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let clients = echo.ns.spawn_inside(move || {
         let mut clients: Vec<_> = (0..50).map(|_| client("/ws")).collect();
         for (i, ws) in clients.iter_mut().enumerate() {
             ws.send(Message::text(format!("hello {i}"))).unwrap();
@@ -579,11 +470,7 @@ fn a_client_that_does_not_read_is_held_back_and_later_gets_every_byte() {
         let mut s = TcpStream::connect(STACK).unwrap();
         set_buffer(&s, libc::SO_RCVBUF, 32 << 10);
         set_buffer(&s, libc::SO_SNDBUF, 32 << 10);
-        s.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+        s.write_all(UPGRADE).unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use hioload_dpdk::{Eal, Mempool};
 
+mod host;
+#[allow(unused_imports)] // each test binary uses a part
+pub use host::{allowed_cpus, free_hugepages, run, Netns};
+
 /// Set in the child to the name of the test case it must run.
 pub const CASE_ENV: &str = "HIOLOAD_DPDK_TEST_CASE";
 
@@ -93,25 +97,7 @@ fn cleanup_after(pid: u32) {
 
 /// First CPU this process may run on (lcores are all mapped onto it: tests need no spare cores).
 fn first_allowed_cpu() -> usize {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this process.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            for cpu in 0..libc::CPU_SETSIZE as usize {
-                if libc::CPU_ISSET(cpu, &set) {
-                    return cpu;
-                }
-            }
-        }
-    }
-    0
-}
-
-fn free_hugepages() -> u64 {
-    fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    allowed_cpus()[0]
 }
 
 /// EAL arguments for a test child: no PCI, no telemetry, unique file prefix, three lcores
@@ -164,44 +150,9 @@ pub fn assert_pool_full(pool: &Mempool) {
     assert_eq!(pool.in_use(), 0);
 }
 
-/// A network namespace this test owns; deleted on drop (and by the parent if the child dies).
-pub struct Netns {
-    pub name: String,
-}
-
 impl Netns {
+    /// The namespace of this test child (removed by the parent too, should the child die).
     pub fn create() -> Netns {
-        let name = netns_name(std::process::id());
-        run("ip", &["netns", "add", &name]);
-        Netns { name }
+        Netns::named(netns_name(std::process::id()))
     }
-
-    /// Run a command inside the namespace and return its stdout; panics on failure.
-    pub fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Run a command, panic with its stderr if it fails, return its stdout.
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
