@@ -423,11 +423,13 @@ impl Driver {
     fn report(&mut self, ws: &mut WsConn, code: CloseCode, reason: &str) {
         if ws.has_live_session() {
             ws.reported = true;
-            let mut ops = Ended {
+            // An ended session has no outgoing half: every send is refused.
+            let mut ops = SessionRef::<dyn FrameSink> {
                 id: ws.session_id,
                 peer: ws.peer,
                 lcore: self.cfg.lcore_index,
                 shared: &self.shared,
+                out: None,
             };
             call(&*self.handler, &mut ops, "on_close", |h, ctx| {
                 h.on_close(ctx, code, reason)
@@ -945,7 +947,8 @@ fn call(
     }
 }
 
-/// A live session lent to a callback: sends go through its `Outgoing` into the send ring.
+/// A session lent to a callback: sends go through its `Outgoing` into the send ring; with no
+/// `Outgoing` (the session has ended) every send is refused.
 struct SessionRef<'o, 's, S: FrameSink + ?Sized> {
     id: u64,
     peer: SocketAddr,
@@ -993,43 +996,3 @@ impl<S: FrameSink + ?Sized> SessionOps for SessionRef<'_, '_, S> {
     }
 }
 
-/// A session that has ended: every send is refused.
-struct Ended<'a> {
-    id: u64,
-    peer: SocketAddr,
-    lcore: usize,
-    shared: &'a Shared,
-}
-
-impl SessionOps for Ended<'_> {
-    fn session_id(&self) -> u64 {
-        self.id
-    }
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-    fn worker(&self) -> usize {
-        self.lcore
-    }
-    fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
-        self.shared.send_to(id, msg)
-    }
-    fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
-        self.shared.broadcast(msg)
-    }
-    fn state(&self) -> State {
-        State::Closed
-    }
-    fn send_text(&mut self, _: &str) -> Result<(), SendError> {
-        Err(SendError::Closed)
-    }
-    fn send_binary(&mut self, _: &[u8]) -> Result<(), SendError> {
-        Err(SendError::Closed)
-    }
-    fn ping(&mut self, _: &[u8]) -> Result<(), SendError> {
-        Err(SendError::Closed)
-    }
-    fn close(&mut self, _: CloseCode, _: &str) -> Result<(), SendError> {
-        Err(SendError::Closed)
-    }
-}
