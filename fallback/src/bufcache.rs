@@ -1,0 +1,194 @@
+//! A worker's bounded cache of large output buffers.
+//!
+//! Output normally needs little memory: the turn's staging area holds headers and small payloads,
+//! and a connection's pending output is empty unless its peer reads slower than we write. A large
+//! reply that is not in the receive buffer (say a 16 MiB message echoed from its assembly buffer)
+//! needs a large staging area for one turn, and a large pending-output buffer until the peer has
+//! read it. Keeping those large buffers attached to the turn or the connection would pin memory
+//! per idle connection; freeing them after each use would allocate per message. Instead the small
+//! storage stays where it is (the staging area keeps [`STAGING_SMALL`], a connection's pending
+//! output at most [`crate::outbuf::KEEP_CAPACITY`]), and a user that outgrows it borrows a large
+//! buffer from this cache and gives it back once drained. In steady state a worker sending large
+//! replies therefore allocates nothing per message, while idle connections hold no large buffer.
+//!
+//! The cache is a plain object owned by the worker loop (inside its
+//! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic.
+//!
+//! **Bounds.** At most [`CACHE_MAX_BUFFERS`] (4) free buffers and [`CACHE_MAX_BYTES`] (64 MiB) of
+//! free capacity per worker. A buffer given back beyond these bounds replaces a smaller cached one
+//! or is freed. Buffers in use are not counted: the staging area holds one turn's output, and
+//! pending output is bounded per connection by the backpressure settings (a peer above the hard
+//! bound for the backpressure timeout is closed, which gives its buffer back).
+//! [`BufCache::trim`] frees the free buffers.
+
+/// Staging capacity a worker keeps without borrowing from the cache.
+pub const STAGING_SMALL: usize = 1 << 20;
+/// Most free buffers one worker keeps.
+pub const CACHE_MAX_BUFFERS: usize = 4;
+/// Most free capacity, in bytes, one worker keeps.
+pub const CACHE_MAX_BYTES: usize = 64 << 20;
+
+/// Counters of one worker's cache (since the worker started).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BufCacheStats {
+    /// Large buffers handed out.
+    pub borrowed: u64,
+    /// Of those, how many came from the cache with enough capacity (no allocation).
+    pub hits: u64,
+    /// Of those, how many had to be allocated or grown.
+    pub misses: u64,
+    /// Buffers given back and kept.
+    pub returned: u64,
+    /// Buffers freed: given back beyond the bounds, evicted for a larger one, or trimmed.
+    pub freed: u64,
+    /// Free buffers held now.
+    pub cached_buffers: usize,
+    /// Free capacity held now, in bytes.
+    pub cached_bytes: usize,
+}
+
+/// One worker's free large buffers; see the module documentation.
+#[derive(Debug, Default)]
+pub struct BufCache {
+    /// `free[..len]` are the free buffers; the rest are empty `Vec`s (no allocation).
+    free: [Vec<u8>; CACHE_MAX_BUFFERS],
+    len: usize,
+    bytes: usize,
+    stats: BufCacheStats,
+}
+
+impl BufCache {
+    /// An empty cache (allocates nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty buffer of at least `capacity` bytes: the smallest cached one that is large enough
+    /// (no allocation), else the largest cached one grown, else a new one.
+    pub fn take(&mut self, capacity: usize) -> Vec<u8> {
+        self.stats.borrowed += 1;
+        let fit = (0..self.len)
+            .filter(|&i| self.free[i].capacity() >= capacity)
+            .min_by_key(|&i| self.free[i].capacity());
+        let buf = match fit {
+            Some(i) => {
+                self.stats.hits += 1;
+                self.remove(i)
+            }
+            None => {
+                self.stats.misses += 1;
+                match (0..self.len).max_by_key(|&i| self.free[i].capacity()) {
+                    Some(i) => {
+                        let mut buf = self.remove(i);
+                        buf.reserve_exact(capacity);
+                        buf
+                    }
+                    None => Vec::with_capacity(capacity),
+                }
+            }
+        };
+        self.sync();
+        buf
+    }
+
+    /// Takes a buffer back (emptied), or frees it beyond the bounds. The cache keeps the largest.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap == 0 {
+            return;
+        }
+        buf.clear();
+        while self.len == CACHE_MAX_BUFFERS || self.bytes + cap > CACHE_MAX_BYTES {
+            match self.smallest() {
+                Some(i) if self.free[i].capacity() < cap => {
+                    drop(self.remove(i));
+                    self.stats.freed += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.len < CACHE_MAX_BUFFERS && self.bytes + cap <= CACHE_MAX_BYTES {
+            self.free[self.len] = buf;
+            self.len += 1;
+            self.bytes += cap;
+            self.stats.returned += 1;
+        } else {
+            self.stats.freed += 1;
+        }
+        self.sync();
+    }
+
+    /// Frees every free buffer.
+    pub fn trim(&mut self) {
+        while self.len > 0 {
+            drop(self.remove(self.len - 1));
+            self.stats.freed += 1;
+        }
+        self.sync();
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BufCacheStats {
+        self.stats
+    }
+
+    fn remove(&mut self, i: usize) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.free[i]);
+        self.len -= 1;
+        self.free.swap(i, self.len);
+        self.bytes -= buf.capacity();
+        buf
+    }
+
+    fn smallest(&self) -> Option<usize> {
+        (0..self.len).min_by_key(|&i| self.free[i].capacity())
+    }
+
+    fn sync(&mut self) {
+        self.stats.cached_buffers = self.len;
+        self.stats.cached_bytes = self.bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrow_return_and_bounds() {
+        let mut c = BufCache::new();
+        // Empty cache: a miss allocates; giving it back keeps it; the next borrow reuses it.
+        let b = c.take(3 << 20);
+        let (ptr, cap) = (b.as_ptr(), b.capacity());
+        c.give(b);
+        assert_eq!((c.stats().cached_buffers, c.stats().cached_bytes), (1, cap));
+        let b = c.take(2 << 20);
+        assert_eq!(b.as_ptr(), ptr, "the cached buffer is handed out again");
+        assert_eq!((c.stats().hits, c.stats().misses), (1, 1));
+        c.give(b);
+        c.trim();
+        assert_eq!(c.stats().cached_bytes, 0);
+
+        for cap in [1 << 20, 2 << 20, 4 << 20, 8 << 20] {
+            c.give(Vec::with_capacity(cap));
+        }
+        assert_eq!((c.len, c.bytes), (4, 15 << 20));
+        // A fifth, larger buffer evicts the smallest; a smaller one is freed.
+        let freed = c.stats().freed;
+        c.give(Vec::with_capacity(16 << 20));
+        c.give(Vec::with_capacity(1 << 10));
+        assert_eq!((c.len, c.bytes, c.stats().freed - freed), (4, 30 << 20, 2));
+        // Best fit: 3 MiB gets the 4 MiB buffer.
+        let b = c.take(3 << 20);
+        assert!(b.capacity() >= 4 << 20 && b.capacity() < 8 << 20);
+        // Byte bound: a 60 MiB buffer evicts what it must; one beyond the bound is freed.
+        c.give(Vec::with_capacity(60 << 20));
+        assert!(c.bytes <= CACHE_MAX_BYTES && c.len <= CACHE_MAX_BUFFERS);
+        c.give(Vec::with_capacity(CACHE_MAX_BYTES + 1));
+        assert!(c.bytes <= CACHE_MAX_BYTES);
+        assert_eq!(c.stats().cached_bytes, c.bytes);
+        c.trim();
+        assert_eq!((c.len, c.bytes, c.stats().cached_buffers), (0, 0, 0));
+        drop(b);
+    }
+}
