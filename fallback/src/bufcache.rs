@@ -1,4 +1,4 @@
-//! A worker's bounded cache of large output buffers.
+//! A worker's bounded cache of output buffers.
 //!
 //! Output normally needs little memory: the turn's staging area holds headers and small payloads,
 //! and a connection's pending output is empty unless its peer reads slower than we write. A large
@@ -6,24 +6,31 @@
 //! needs a large staging area for one turn, and a large pending-output buffer until the peer has
 //! read it. Keeping those large buffers attached to the turn or the connection would pin memory
 //! per idle connection; freeing them after each use would allocate per message. Instead the small
-//! storage stays where it is (the staging area keeps [`STAGING_SMALL`], a connection's pending
-//! output at most [`crate::outbuf::KEEP_CAPACITY`]), and a user that outgrows it borrows a large
-//! buffer from this cache and gives it back once drained. In steady state a worker sending large
-//! replies therefore allocates nothing per message, while idle connections hold no large buffer.
+//! storage stays where it is (the staging area keeps [`STAGING_SMALL`]), and a user that outgrows
+//! it borrows a large buffer from this cache and gives it back once drained. A connection's pending
+//! output holds no storage of its own at all: while it is not empty it borrows a buffer of
+//! [`SMALL_BUFFER`] (64 KiB) bytes, or a large one when that is outgrown, and gives it back once
+//! drained. In steady state a worker sending large replies therefore allocates nothing per
+//! message, while idle connections hold no output memory.
 //!
 //! The cache is a plain object owned by the worker loop (inside its
 //! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic.
 //!
-//! **Bounds.** At most [`CACHE_MAX_BUFFERS`] (4) free buffers and [`CACHE_MAX_BYTES`] (64 MiB) of
-//! free capacity per worker. A buffer given back beyond these bounds replaces a smaller cached one
-//! or is freed. Buffers in use are not counted: the staging area holds one turn's output, and
-//! pending output is bounded per connection by the backpressure settings (a peer above the hard
-//! bound for the backpressure timeout is closed, which gives its buffer back).
-//! [`BufCache::trim`] frees the free buffers.
+//! **Bounds.** At most [`CACHE_MAX_BUFFERS`] (4) free large buffers and [`CACHE_MAX_BYTES`]
+//! (64 MiB) of free large capacity per worker, plus at most [`SMALL_MAX_BUFFERS`] (64) free small
+//! buffers (4 MiB): 68 MiB of free memory per worker at most. A large buffer given back beyond
+//! these bounds replaces a smaller cached one or is freed; a small one is freed. Buffers in use
+//! are not counted: the staging area holds one turn's output, and a connection's pending output
+//! is bounded by the backpressure settings (a peer above the hard bound for the backpressure
+//! timeout is closed, which gives its buffer back). [`BufCache::trim`] frees the free buffers.
 
 /// Staging capacity a worker keeps without borrowing from the cache.
 pub const STAGING_SMALL: usize = 1 << 20;
-/// Most free buffers one worker keeps.
+/// Size of a small buffer: requests up to this size get one.
+pub const SMALL_BUFFER: usize = 64 << 10;
+/// Most free small buffers one worker keeps.
+pub const SMALL_MAX_BUFFERS: usize = 64;
+/// Most free large buffers one worker keeps.
 pub const CACHE_MAX_BUFFERS: usize = 4;
 /// Most free capacity, in bytes, one worker keeps.
 pub const CACHE_MAX_BYTES: usize = 64 << 20;
@@ -41,31 +48,52 @@ pub struct BufCacheStats {
     pub returned: u64,
     /// Buffers freed: given back beyond the bounds, evicted for a larger one, or trimmed.
     pub freed: u64,
-    /// Free buffers held now.
+    /// Free large buffers held now.
     pub cached_buffers: usize,
-    /// Free capacity held now, in bytes.
+    /// Free large capacity held now, in bytes.
     pub cached_bytes: usize,
+    /// Small buffers handed out.
+    pub small_borrowed: u64,
+    /// Of those, how many had to be allocated (none free).
+    pub small_misses: u64,
+    /// Free small buffers held now.
+    pub small_cached: usize,
 }
 
-/// One worker's free large buffers; see the module documentation.
+/// One worker's free buffers; see the module documentation.
 #[derive(Debug, Default)]
 pub struct BufCache {
-    /// `free[..len]` are the free buffers; the rest are empty `Vec`s (no allocation).
+    /// `free[..len]` are the free large buffers; the rest are empty `Vec`s (no allocation).
     free: [Vec<u8>; CACHE_MAX_BUFFERS],
     len: usize,
     bytes: usize,
+    /// Free small buffers (its own storage is reserved once, for `SMALL_MAX_BUFFERS`).
+    small: Vec<Vec<u8>>,
     stats: BufCacheStats,
 }
 
 impl BufCache {
-    /// An empty cache (allocates nothing).
+    /// An empty cache (allocates only its list of small buffers).
     pub fn new() -> Self {
-        Self::default()
+        BufCache {
+            small: Vec::with_capacity(SMALL_MAX_BUFFERS),
+            ..Self::default()
+        }
     }
 
-    /// An empty buffer of at least `capacity` bytes: the smallest cached one that is large enough
-    /// (no allocation), else the largest cached one grown, else a new one.
+    /// An empty buffer of at least `capacity` bytes. Up to [`SMALL_BUFFER`]: a free small buffer,
+    /// else a new one. Larger: the smallest cached large buffer that is large enough (no
+    /// allocation), else the largest cached one grown, else a new one.
     pub fn take(&mut self, capacity: usize) -> Vec<u8> {
+        if capacity <= SMALL_BUFFER {
+            self.stats.small_borrowed += 1;
+            let buf = self.small.pop().unwrap_or_else(|| {
+                self.stats.small_misses += 1;
+                Vec::with_capacity(SMALL_BUFFER)
+            });
+            self.sync();
+            return buf;
+        }
         self.stats.borrowed += 1;
         let fit = (0..self.len)
             .filter(|&i| self.free[i].capacity() >= capacity)
@@ -91,13 +119,23 @@ impl BufCache {
         buf
     }
 
-    /// Takes a buffer back (emptied), or frees it beyond the bounds. The cache keeps the largest.
+    /// Takes a buffer back (emptied), or frees it beyond the bounds. Of large buffers the cache
+    /// keeps the largest.
     pub fn give(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
         if cap == 0 {
             return;
         }
         buf.clear();
+        if cap <= SMALL_BUFFER {
+            if cap == SMALL_BUFFER && self.small.len() < SMALL_MAX_BUFFERS {
+                self.small.push(buf);
+            } else {
+                self.stats.freed += 1;
+            }
+            self.sync();
+            return;
+        }
         while self.len == CACHE_MAX_BUFFERS || self.bytes + cap > CACHE_MAX_BYTES {
             match self.smallest() {
                 Some(i) if self.free[i].capacity() < cap => {
@@ -120,6 +158,8 @@ impl BufCache {
 
     /// Frees every free buffer.
     pub fn trim(&mut self) {
+        self.stats.freed += self.small.len() as u64;
+        self.small.clear();
         while self.len > 0 {
             drop(self.remove(self.len - 1));
             self.stats.freed += 1;
@@ -147,6 +187,7 @@ impl BufCache {
     fn sync(&mut self) {
         self.stats.cached_buffers = self.len;
         self.stats.cached_bytes = self.bytes;
+        self.stats.small_cached = self.small.len();
     }
 }
 
@@ -190,5 +231,33 @@ mod tests {
         c.trim();
         assert_eq!((c.len, c.bytes, c.stats().cached_buffers), (0, 0, 0));
         drop(b);
+    }
+
+    #[test]
+    fn small_buffers_are_uniform_and_bounded() {
+        let mut c = BufCache::new();
+        let bufs: Vec<Vec<u8>> = (0..SMALL_MAX_BUFFERS + 3).map(|i| c.take(1 + i)).collect();
+        assert!(bufs.iter().all(|b| b.capacity() == SMALL_BUFFER));
+        assert_eq!(c.stats().small_misses, SMALL_MAX_BUFFERS as u64 + 3);
+        for b in bufs {
+            c.give(b);
+        }
+        // Only SMALL_MAX_BUFFERS are kept; they do not count against the large bounds.
+        assert_eq!(
+            (c.stats().small_cached, c.stats().cached_bytes),
+            (SMALL_MAX_BUFFERS, 0)
+        );
+        let b = c.take(SMALL_BUFFER);
+        assert_eq!(
+            c.stats().small_misses,
+            SMALL_MAX_BUFFERS as u64 + 3,
+            "reused"
+        );
+        c.give(b);
+        // A buffer of another small size is not kept (a later borrower could not rely on it).
+        c.give(Vec::with_capacity(100));
+        assert_eq!(c.stats().small_cached, SMALL_MAX_BUFFERS);
+        c.trim();
+        assert_eq!(c.stats().small_cached, 0);
     }
 }
