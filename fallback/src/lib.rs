@@ -14,6 +14,7 @@
 //! The facade (`hioload-ws`) adapts its `Handler` to [`Service`]; see docs/ARCHITECTURE.md.
 
 pub mod affinity;
+pub mod bufcache;
 pub mod config;
 mod conn;
 mod listener;

@@ -3,11 +3,20 @@
 //! Most turns write everything straight from the receive buffer and the turn's staging area, and
 //! this stays empty (no allocation). Only a peer that reads slower than we write makes it grow,
 //! and its size is what backpressure watches. Sent bytes are dropped by advancing a head index;
-//! the storage is compacted only when it is appended to, and freed once drained if it grew large.
+//! the storage is compacted only when it is appended to.
+//!
+//! In a worker, storage is borrowed from the worker's [`BufCache`] ([`OutBuf::push_cached`]): a
+//! small buffer first, a large one when that is outgrown, and all of it is given back once drained
+//! ([`OutBuf::consume_cached`]). A drained connection therefore holds no output memory, and large
+//! replies cost no allocation in steady state. Without a cache ([`OutBuf::push`] /
+//! [`OutBuf::consume`]) the storage is the buffer's own: it is kept once drained up to
+//! [`KEEP_CAPACITY`] and freed beyond.
 
-/// Capacity kept after draining; larger storage is freed so that a burst to one slow peer does not
-/// pin memory for the rest of the connection's life.
-const KEEP_CAPACITY: usize = 64 << 10;
+use crate::bufcache::BufCache;
+
+/// Without a cache, the capacity kept after draining; larger storage is freed so that a burst to
+/// one slow peer does not pin memory for the rest of the connection's life.
+pub const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Pending output of one connection.
 #[derive(Default)]
@@ -37,25 +46,85 @@ impl OutBuf {
         &self.data[self.head..]
     }
 
-    /// Appends bytes after everything pending.
+    /// Capacity held.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
+    /// Appends bytes after everything pending; storage is the buffer's own.
     pub fn push(&mut self, bytes: &[u8]) {
+        self.push_with(bytes, None)
+    }
+
+    /// Appends bytes after everything pending; storage is borrowed from `cache`.
+    pub fn push_cached(&mut self, bytes: &[u8], cache: &mut BufCache) {
+        self.push_with(bytes, Some(cache))
+    }
+
+    /// Marks `n` bytes from the front as sent; once drained, storage beyond [`KEEP_CAPACITY`] is
+    /// freed.
+    pub fn consume(&mut self, n: usize) {
+        self.consume_with(n, None)
+    }
+
+    /// Marks `n` bytes from the front as sent; once drained, the storage goes back to `cache`.
+    pub fn consume_cached(&mut self, n: usize, cache: &mut BufCache) {
+        self.consume_with(n, Some(cache))
+    }
+
+    /// Drops everything pending (the connection is gone), giving the storage back to `cache`.
+    pub fn release(&mut self, cache: &mut BufCache) {
+        self.head = 0;
+        cache.give(std::mem::take(&mut self.data));
+    }
+
+    fn push_with(&mut self, bytes: &[u8], cache: Option<&mut BufCache>) {
+        if bytes.is_empty() {
+            return;
+        }
         if self.head > 0 && self.head >= self.data.len() / 2 {
             self.data.drain(..self.head);
             self.head = 0;
         }
+        if self.data.len() + bytes.len() > self.data.capacity() {
+            if self.len() + bytes.len() <= self.data.capacity() {
+                self.data.drain(..self.head);
+                self.head = 0;
+            } else if let Some(cache) = cache {
+                self.grow(self.len() + bytes.len(), cache);
+            }
+        }
         self.data.extend_from_slice(bytes);
     }
 
-    /// Marks `n` bytes from the front as sent.
-    pub fn consume(&mut self, n: usize) {
+    /// Makes room for `total` bytes pending (those pending now included) in storage borrowed from
+    /// `cache`, so that appending up to that does not grow it again. Asking for a size that does
+    /// not depend on how much the kernel took (a whole turn's output) lets the same buffer serve
+    /// every reply of that size.
+    pub fn reserve_cached(&mut self, total: usize, cache: &mut BufCache) {
+        if self.head + total > self.data.capacity() {
+            self.grow(total, cache);
+        }
+    }
+
+    /// Moves the unsent bytes to a borrowed buffer of at least `total` bytes (and at least twice
+    /// the current one); gives the current one back.
+    fn grow(&mut self, total: usize, cache: &mut BufCache) {
+        let mut grown = cache.take(total.max(2 * self.data.capacity()));
+        grown.extend_from_slice(self.unsent());
+        self.head = 0;
+        cache.give(std::mem::replace(&mut self.data, grown));
+    }
+
+    fn consume_with(&mut self, n: usize, cache: Option<&mut BufCache>) {
         assert!(n <= self.len(), "consumed more than pending");
         self.head += n;
         if self.head == self.data.len() {
             self.head = 0;
-            if self.data.capacity() > KEEP_CAPACITY {
-                self.data = Vec::new();
-            } else {
-                self.data.clear();
+            match cache {
+                Some(cache) => cache.give(std::mem::take(&mut self.data)),
+                None if self.data.capacity() > KEEP_CAPACITY => self.data = Vec::new(),
+                None => self.data.clear(),
             }
         }
     }
@@ -84,6 +153,40 @@ mod tests {
         let mut out = OutBuf::new();
         out.push(&vec![7u8; 1 << 20]);
         out.consume(1 << 20);
-        assert_eq!(out.data.capacity(), 0);
+        assert_eq!(out.capacity(), 0);
+    }
+
+    #[test]
+    fn storage_is_borrowed_and_given_back() {
+        let mut cache = BufCache::new();
+        let mut out = OutBuf::new();
+        let bytes: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+        // Small output borrows a small buffer.
+        out.push_cached(&bytes[..1000], &mut cache);
+        assert_eq!(out.capacity(), crate::bufcache::SMALL_BUFFER);
+        out.consume_cached(10, &mut cache);
+        // Outgrowing it moves the unsent bytes to a large buffer, in order; the small one goes back.
+        out.push_cached(&bytes[1000..], &mut cache);
+        assert_eq!(out.unsent(), &bytes[10..]);
+        let stats = cache.stats();
+        assert_eq!((stats.borrowed, stats.small_cached), (1, 1));
+        out.consume_cached(1 << 20, &mut cache);
+        out.push_cached(b"tail", &mut cache);
+        assert_eq!(&out.unsent()[..16], &bytes[10 + (1 << 20)..][..16]);
+        let n = out.len();
+        out.consume_cached(n, &mut cache);
+        // Drained: all storage is back in the cache.
+        assert!(out.is_empty());
+        assert_eq!(out.capacity(), 0);
+        assert_eq!(
+            (cache.stats().returned, cache.stats().cached_buffers),
+            (1, 1)
+        );
+        // The next large burst reuses it.
+        out.push_cached(&bytes[..2 << 20], &mut cache);
+        assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+        out.release(&mut cache);
+        assert_eq!(out.capacity(), 0);
+        assert_eq!(cache.stats().cached_buffers, 1);
     }
 }

@@ -8,6 +8,11 @@
 //! `sendmsg`/`writev`, and copies into the connection's [`OutBuf`] only what the kernel did not
 //! take. An echo of a whole-frame message therefore costs one read, one write and no copy.
 //!
+//! A turn larger than [`STAGING_SMALL`] stages into a buffer borrowed from the worker's
+//! [`BufCache`], given back at the end of the turn; the same cache lends connections their large
+//! pending output ([`OutBuf::push_cached`]). A worker echoing large messages that are not in the
+//! receive buffer (assembled ones) therefore allocates nothing per message in steady state.
+//!
 //! The range trick relies on the protocol's contract: bytes of the input it has handed out are not
 //! modified again during the same `receive` call, and the caller flushes before it moves the
 //! unconsumed tail.
@@ -17,6 +22,7 @@ use std::io::{self, IoSlice};
 use hioload_wsproto::FrameSink;
 use mio::net::TcpStream;
 
+use crate::bufcache::{BufCache, STAGING_SMALL};
 use crate::outbuf::OutBuf;
 use crate::sys;
 
@@ -24,8 +30,6 @@ use crate::sys;
 const ZERO_COPY_MIN: usize = 1024;
 /// Most pieces in one turn; later frames are copied into staging.
 const MAX_SEGS: usize = 64;
-/// Staging capacity kept between turns.
-const STAGING_KEEP: usize = 1 << 20;
 
 #[derive(Copy, Clone, Debug)]
 enum Seg {
@@ -35,22 +39,39 @@ enum Seg {
     Staged { start: usize, len: usize },
 }
 
-/// A worker's reusable per-turn output: staging bytes plus the ordered pieces to send.
+/// A worker's reusable per-turn output: staging bytes plus the ordered pieces to send, and the
+/// worker's cache of large output buffers.
 #[derive(Default)]
 pub struct TurnOutput {
+    /// Own staging storage, at most `STAGING_SMALL` bytes; used while `large` is `None`.
     staging: Vec<u8>,
+    /// Staging for a turn larger than `STAGING_SMALL`, borrowed from `cache` until the turn ends.
+    large: Option<Vec<u8>>,
     segs: Vec<Seg>,
     bytes: usize,
+    cache: BufCache,
 }
 
 impl TurnOutput {
-    /// Empty output; grows to the largest turn seen (within `STAGING_KEEP`).
+    /// Empty output; its own staging grows to the largest turn seen, within `STAGING_SMALL`.
     pub fn new() -> Self {
         TurnOutput {
             staging: Vec::with_capacity(64 << 10),
+            large: None,
             segs: Vec::with_capacity(MAX_SEGS),
             bytes: 0,
+            cache: BufCache::new(),
         }
+    }
+
+    /// The worker's cache of large output buffers (counters, trimming).
+    pub fn cache(&mut self) -> &mut BufCache {
+        &mut self.cache
+    }
+
+    /// Gives a departing connection's large pending output back to the cache.
+    pub fn release(&mut self, pending: &mut OutBuf) {
+        pending.release(&mut self.cache);
     }
 
     /// Bytes queued this turn.
@@ -82,8 +103,15 @@ impl TurnOutput {
         if bytes.is_empty() {
             return;
         }
-        let start = self.staging.len();
-        self.staging.extend_from_slice(bytes);
+        let start = self.staged().len();
+        let need = start + bytes.len();
+        if need > self.staged().capacity() {
+            self.grow_staging(need);
+        }
+        self.large
+            .as_mut()
+            .unwrap_or(&mut self.staging)
+            .extend_from_slice(bytes);
         self.bytes += bytes.len();
         match self.segs.last_mut() {
             Some(Seg::Staged { start: s, len }) if *s + *len == start => *len += bytes.len(),
@@ -94,11 +122,30 @@ impl TurnOutput {
         }
     }
 
-    fn piece<'a>(&'a self, seg: Seg, input: &'a [u8]) -> &'a [u8] {
-        match seg {
-            Seg::Input { start, len } => &input[start..start + len],
-            Seg::Staged { start, len } => &self.staging[start..start + len],
+    /// This turn's staged bytes.
+    fn staged(&self) -> &Vec<u8> {
+        self.large.as_ref().unwrap_or(&self.staging)
+    }
+
+    /// Makes room for `need` staged bytes: the own storage doubles up to `STAGING_SMALL`; beyond,
+    /// the staged bytes move to a buffer from the cache (offsets stay valid).
+    fn grow_staging(&mut self, need: usize) {
+        let cap = self.staged().capacity();
+        if need <= STAGING_SMALL {
+            let target = need.max(2 * cap).min(STAGING_SMALL);
+            self.staging.reserve_exact(target - self.staging.len());
+            return;
         }
+        let mut grown = self.cache.take(need.max(2 * cap));
+        grown.extend_from_slice(self.staged());
+        self.staging.clear();
+        if let Some(old) = self.large.replace(grown) {
+            self.cache.give(old);
+        }
+    }
+
+    fn piece<'a>(&'a self, seg: Seg, input: &'a [u8]) -> &'a [u8] {
+        piece(self.staged(), seg, input)
     }
 
     /// Sends `pending` followed by this turn's pieces (taken from `input` and staging) with as few
@@ -143,15 +190,22 @@ impl TurnOutput {
         if result.is_ok() {
             // Keep what the kernel did not take, in order.
             let from_pending = sent.min(pending.len());
-            pending.consume(from_pending);
             let mut skip = sent - from_pending;
-            for i in 0..self.segs.len() {
-                let piece = self.piece(self.segs[i], input);
+            pending.consume_cached(from_pending, &mut self.cache);
+            if sent < total && self.bytes > 0 {
+                // Room for this whole turn, not just its unsent part: the size asked for does not
+                // depend on how much the kernel took, so a cached buffer fits every such turn.
+                let room = pending.len() + self.bytes;
+                pending.reserve_cached(room, &mut self.cache);
+            }
+            let staged = self.large.as_ref().unwrap_or(&self.staging);
+            for &seg in &self.segs {
+                let piece = piece(staged, seg, input);
                 if skip >= piece.len() {
                     skip -= piece.len();
                     continue;
                 }
-                pending.push(&piece[skip..]);
+                pending.push_cached(&piece[skip..], &mut self.cache);
                 skip = 0;
             }
         }
@@ -164,9 +218,17 @@ impl TurnOutput {
         self.segs.clear();
         self.staging.clear();
         self.bytes = 0;
-        if self.staging.capacity() > STAGING_KEEP {
-            self.staging.shrink_to(STAGING_KEEP);
+        if let Some(large) = self.large.take() {
+            self.cache.give(large);
         }
+    }
+}
+
+/// The bytes of `seg`: a range of `input` or of `staged`.
+fn piece<'a>(staged: &'a [u8], seg: Seg, input: &'a [u8]) -> &'a [u8] {
+    match seg {
+        Seg::Input { start, len } => &input[start..start + len],
+        Seg::Staged { start, len } => &staged[start..start + len],
     }
 }
 
@@ -281,6 +343,56 @@ mod tests {
         let got = reader.join().unwrap();
         assert_eq!(&got[..4], b"HEAD");
         assert!(got[4..] == input[..], "every byte in order");
+    }
+
+    #[test]
+    fn large_turns_borrow_from_the_cache_and_give_back() {
+        let (server, mut client) = pair();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(64 << 10)
+            .unwrap();
+        // A payload outside the input: staged (copied), so larger than STAGING_SMALL.
+        let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 249) as u8).collect();
+        let len = payload.len() + 4;
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 2 * len];
+            client.read_exact(&mut got).unwrap();
+            got
+        });
+        let mut turn = TurnOutput::new();
+        let mut pending = OutBuf::new();
+        let mut counts = Vec::new();
+        for _ in 0..2 {
+            turn.sink(&[]).send_frame(b"HEAD", &payload);
+            turn.flush(&server, &mut pending, &[]).unwrap();
+            // The staging went back to the cache; the connection holds its buffer until drained.
+            assert!(turn.staging.capacity() <= STAGING_SMALL && turn.large.is_none());
+            while !pending.is_empty() {
+                turn.flush(&server, &mut pending, &[]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_eq!(
+                pending.capacity(),
+                0,
+                "a drained connection holds no output memory"
+            );
+            let stats = turn.cache().stats();
+            counts.push((stats.borrowed, stats.misses));
+        }
+        let got = reader.join().unwrap();
+        for half in got.chunks(len) {
+            assert_eq!(&half[..4], b"HEAD");
+            assert!(half[4..] == payload[..], "every byte in order");
+        }
+        let stats = turn.cache().stats();
+        // Each turn borrows twice (staging, then the connection's pending output), draining borrows
+        // nothing more, and the second turn finds both buffers in the cache.
+        assert_eq!(counts[1].0 - counts[0].0, 2, "{stats:?}");
+        assert_eq!(
+            counts[0].1, counts[1].1,
+            "the second turn allocates nothing: {stats:?}"
+        );
+        assert!(stats.hits >= 1 && stats.cached_buffers >= 1, "{stats:?}");
     }
 
     #[test]

@@ -797,6 +797,7 @@ impl<S: Service> Worker<S> {
         if let Some(buf) = conn.rbuf.take() {
             self.pool.give(buf);
         }
+        self.turn.release(&mut conn.out);
         self.by_id.remove(&conn.id);
         self.free_slots.push(idx);
         self.live -= 1;

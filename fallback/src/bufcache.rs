@@ -1,0 +1,263 @@
+//! A worker's bounded cache of output buffers.
+//!
+//! Output normally needs little memory: the turn's staging area holds headers and small payloads,
+//! and a connection's pending output is empty unless its peer reads slower than we write. A large
+//! reply that is not in the receive buffer (say a 16 MiB message echoed from its assembly buffer)
+//! needs a large staging area for one turn, and a large pending-output buffer until the peer has
+//! read it. Keeping those large buffers attached to the turn or the connection would pin memory
+//! per idle connection; freeing them after each use would allocate per message. Instead the small
+//! storage stays where it is (the staging area keeps [`STAGING_SMALL`]), and a user that outgrows
+//! it borrows a large buffer from this cache and gives it back once drained. A connection's pending
+//! output holds no storage of its own at all: while it is not empty it borrows a buffer of
+//! [`SMALL_BUFFER`] (64 KiB) bytes, or a large one when that is outgrown, and gives it back once
+//! drained. In steady state a worker sending large replies therefore allocates nothing per
+//! message, while idle connections hold no output memory.
+//!
+//! The cache is a plain object owned by the worker loop (inside its
+//! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic.
+//!
+//! **Bounds.** At most [`CACHE_MAX_BUFFERS`] (4) free large buffers and [`CACHE_MAX_BYTES`]
+//! (64 MiB) of free large capacity per worker, plus at most [`SMALL_MAX_BUFFERS`] (64) free small
+//! buffers (4 MiB): 68 MiB of free memory per worker at most. A large buffer given back beyond
+//! these bounds replaces a smaller cached one or is freed; a small one is freed. Buffers in use
+//! are not counted: the staging area holds one turn's output, and a connection's pending output
+//! is bounded by the backpressure settings (a peer above the hard bound for the backpressure
+//! timeout is closed, which gives its buffer back). [`BufCache::trim`] frees the free buffers.
+
+/// Staging capacity a worker keeps without borrowing from the cache.
+pub const STAGING_SMALL: usize = 1 << 20;
+/// Size of a small buffer: requests up to this size get one.
+pub const SMALL_BUFFER: usize = 64 << 10;
+/// Most free small buffers one worker keeps.
+pub const SMALL_MAX_BUFFERS: usize = 64;
+/// Most free large buffers one worker keeps.
+pub const CACHE_MAX_BUFFERS: usize = 4;
+/// Most free capacity, in bytes, one worker keeps.
+pub const CACHE_MAX_BYTES: usize = 64 << 20;
+
+/// Counters of one worker's cache (since the worker started).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BufCacheStats {
+    /// Large buffers handed out.
+    pub borrowed: u64,
+    /// Of those, how many came from the cache with enough capacity (no allocation).
+    pub hits: u64,
+    /// Of those, how many had to be allocated or grown.
+    pub misses: u64,
+    /// Buffers given back and kept.
+    pub returned: u64,
+    /// Buffers freed: given back beyond the bounds, evicted for a larger one, or trimmed.
+    pub freed: u64,
+    /// Free large buffers held now.
+    pub cached_buffers: usize,
+    /// Free large capacity held now, in bytes.
+    pub cached_bytes: usize,
+    /// Small buffers handed out.
+    pub small_borrowed: u64,
+    /// Of those, how many had to be allocated (none free).
+    pub small_misses: u64,
+    /// Free small buffers held now.
+    pub small_cached: usize,
+}
+
+/// One worker's free buffers; see the module documentation.
+#[derive(Debug, Default)]
+pub struct BufCache {
+    /// `free[..len]` are the free large buffers; the rest are empty `Vec`s (no allocation).
+    free: [Vec<u8>; CACHE_MAX_BUFFERS],
+    len: usize,
+    bytes: usize,
+    /// Free small buffers (its own storage is reserved once, for `SMALL_MAX_BUFFERS`).
+    small: Vec<Vec<u8>>,
+    stats: BufCacheStats,
+}
+
+impl BufCache {
+    /// An empty cache (allocates only its list of small buffers).
+    pub fn new() -> Self {
+        BufCache {
+            small: Vec::with_capacity(SMALL_MAX_BUFFERS),
+            ..Self::default()
+        }
+    }
+
+    /// An empty buffer of at least `capacity` bytes. Up to [`SMALL_BUFFER`]: a free small buffer,
+    /// else a new one. Larger: the smallest cached large buffer that is large enough (no
+    /// allocation), else the largest cached one grown, else a new one.
+    pub fn take(&mut self, capacity: usize) -> Vec<u8> {
+        if capacity <= SMALL_BUFFER {
+            self.stats.small_borrowed += 1;
+            let buf = self.small.pop().unwrap_or_else(|| {
+                self.stats.small_misses += 1;
+                Vec::with_capacity(SMALL_BUFFER)
+            });
+            self.sync();
+            return buf;
+        }
+        self.stats.borrowed += 1;
+        let fit = (0..self.len)
+            .filter(|&i| self.free[i].capacity() >= capacity)
+            .min_by_key(|&i| self.free[i].capacity());
+        let buf = match fit {
+            Some(i) => {
+                self.stats.hits += 1;
+                self.remove(i)
+            }
+            None => {
+                self.stats.misses += 1;
+                match (0..self.len).max_by_key(|&i| self.free[i].capacity()) {
+                    Some(i) => {
+                        let mut buf = self.remove(i);
+                        buf.reserve_exact(capacity);
+                        buf
+                    }
+                    None => Vec::with_capacity(capacity),
+                }
+            }
+        };
+        self.sync();
+        buf
+    }
+
+    /// Takes a buffer back (emptied), or frees it beyond the bounds. Of large buffers the cache
+    /// keeps the largest.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap == 0 {
+            return;
+        }
+        buf.clear();
+        if cap <= SMALL_BUFFER {
+            if cap == SMALL_BUFFER && self.small.len() < SMALL_MAX_BUFFERS {
+                self.small.push(buf);
+            } else {
+                self.stats.freed += 1;
+            }
+            self.sync();
+            return;
+        }
+        while self.len == CACHE_MAX_BUFFERS || self.bytes + cap > CACHE_MAX_BYTES {
+            match self.smallest() {
+                Some(i) if self.free[i].capacity() < cap => {
+                    drop(self.remove(i));
+                    self.stats.freed += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.len < CACHE_MAX_BUFFERS && self.bytes + cap <= CACHE_MAX_BYTES {
+            self.free[self.len] = buf;
+            self.len += 1;
+            self.bytes += cap;
+            self.stats.returned += 1;
+        } else {
+            self.stats.freed += 1;
+        }
+        self.sync();
+    }
+
+    /// Frees every free buffer.
+    pub fn trim(&mut self) {
+        self.stats.freed += self.small.len() as u64;
+        self.small.clear();
+        while self.len > 0 {
+            drop(self.remove(self.len - 1));
+            self.stats.freed += 1;
+        }
+        self.sync();
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BufCacheStats {
+        self.stats
+    }
+
+    fn remove(&mut self, i: usize) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.free[i]);
+        self.len -= 1;
+        self.free.swap(i, self.len);
+        self.bytes -= buf.capacity();
+        buf
+    }
+
+    fn smallest(&self) -> Option<usize> {
+        (0..self.len).min_by_key(|&i| self.free[i].capacity())
+    }
+
+    fn sync(&mut self) {
+        self.stats.cached_buffers = self.len;
+        self.stats.cached_bytes = self.bytes;
+        self.stats.small_cached = self.small.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrow_return_and_bounds() {
+        let mut c = BufCache::new();
+        // Empty cache: a miss allocates; giving it back keeps it; the next borrow reuses it.
+        let b = c.take(3 << 20);
+        let (ptr, cap) = (b.as_ptr(), b.capacity());
+        c.give(b);
+        assert_eq!((c.stats().cached_buffers, c.stats().cached_bytes), (1, cap));
+        let b = c.take(2 << 20);
+        assert_eq!(b.as_ptr(), ptr, "the cached buffer is handed out again");
+        assert_eq!((c.stats().hits, c.stats().misses), (1, 1));
+        c.give(b);
+        c.trim();
+        assert_eq!(c.stats().cached_bytes, 0);
+
+        for cap in [1 << 20, 2 << 20, 4 << 20, 8 << 20] {
+            c.give(Vec::with_capacity(cap));
+        }
+        assert_eq!((c.len, c.bytes), (4, 15 << 20));
+        // A fifth, larger buffer evicts the smallest; a smaller one is freed.
+        let freed = c.stats().freed;
+        c.give(Vec::with_capacity(16 << 20));
+        c.give(Vec::with_capacity(1 << 10));
+        assert_eq!((c.len, c.bytes, c.stats().freed - freed), (4, 30 << 20, 2));
+        // Best fit: 3 MiB gets the 4 MiB buffer.
+        let b = c.take(3 << 20);
+        assert!(b.capacity() >= 4 << 20 && b.capacity() < 8 << 20);
+        // Byte bound: a 60 MiB buffer evicts what it must; one beyond the bound is freed.
+        c.give(Vec::with_capacity(60 << 20));
+        assert!(c.bytes <= CACHE_MAX_BYTES && c.len <= CACHE_MAX_BUFFERS);
+        c.give(Vec::with_capacity(CACHE_MAX_BYTES + 1));
+        assert!(c.bytes <= CACHE_MAX_BYTES);
+        assert_eq!(c.stats().cached_bytes, c.bytes);
+        c.trim();
+        assert_eq!((c.len, c.bytes, c.stats().cached_buffers), (0, 0, 0));
+        drop(b);
+    }
+
+    #[test]
+    fn small_buffers_are_uniform_and_bounded() {
+        let mut c = BufCache::new();
+        let bufs: Vec<Vec<u8>> = (0..SMALL_MAX_BUFFERS + 3).map(|i| c.take(1 + i)).collect();
+        assert!(bufs.iter().all(|b| b.capacity() == SMALL_BUFFER));
+        assert_eq!(c.stats().small_misses, SMALL_MAX_BUFFERS as u64 + 3);
+        for b in bufs {
+            c.give(b);
+        }
+        // Only SMALL_MAX_BUFFERS are kept; they do not count against the large bounds.
+        assert_eq!(
+            (c.stats().small_cached, c.stats().cached_bytes),
+            (SMALL_MAX_BUFFERS, 0)
+        );
+        let b = c.take(SMALL_BUFFER);
+        assert_eq!(
+            c.stats().small_misses,
+            SMALL_MAX_BUFFERS as u64 + 3,
+            "reused"
+        );
+        c.give(b);
+        // A buffer of another small size is not kept (a later borrower could not rely on it).
+        c.give(Vec::with_capacity(100));
+        assert_eq!(c.stats().small_cached, SMALL_MAX_BUFFERS);
+        c.trim();
+        assert_eq!(c.stats().small_cached, 0);
+    }
+}
