@@ -69,7 +69,7 @@ const DPDK_HELP: &str = "";
 /// WebSocket echo server: every text message comes back as text, every binary message as binary.
 /// Requests for other paths get 404.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "hioload-echo", version, after_help = const_format_help())]
+#[command(name = "hioload-echo", version = version_line(), after_help = const_format_help())]
 pub struct Args {
     /// Address to listen on. The default serves this machine only; use 0.0.0.0:PORT to accept
     /// connections from elsewhere. Port 0 picks a free port (printed at start).
@@ -160,6 +160,18 @@ pub struct Args {
 }
 
 /// The text after the flags: examples, then the DPDK mode (in a DPDK build).
+/// `--version`: the crate version and the data paths this build carries (`kernel` or
+/// `dpdk+kernel`), so that a binary says whether it can run DPDK mode.
+fn version_line() -> &'static str {
+    let line = format!(
+        "{} (data paths: {})",
+        env!("CARGO_PKG_VERSION"),
+        hioload_ws::BUILD_PATHS
+    );
+    // Built once per process, when the command line is parsed.
+    Box::leak(line.into_boxed_str())
+}
+
 fn const_format_help() -> String {
     format!("{EXAMPLES}\n{DPDK_HELP}")
 }
@@ -306,6 +318,19 @@ mod tests {
 
     fn argv(s: &str) -> Vec<OsString> {
         s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn version_names_the_data_paths_of_this_build() {
+        let out = Args::try_parse_from(["hioload-echo", "--version"])
+            .unwrap_err()
+            .to_string();
+        let expected = if cfg!(feature = "dpdk") {
+            "(data paths: dpdk+kernel)"
+        } else {
+            "(data paths: kernel)"
+        };
+        assert!(out.contains(expected), "--version printed {out:?}");
     }
 
     #[test]
