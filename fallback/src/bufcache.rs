@@ -14,7 +14,9 @@
 //! message, while idle connections hold no output memory.
 //!
 //! The cache is a plain object owned by the worker loop (inside its
-//! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic.
+//! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic. Its large
+//! buffers are kept by the protocol layer's [`BufferCache`] (the same bounded cache that serves
+//! message assembly); this module adds the uniform small buffers.
 //!
 //! **Bounds.** At most [`CACHE_MAX_BUFFERS`] (4) free large buffers and [`CACHE_MAX_BYTES`]
 //! (64 MiB) of free large capacity per worker, plus at most [`SMALL_MAX_BUFFERS`] (64) free small
@@ -30,10 +32,8 @@ pub const STAGING_SMALL: usize = 1 << 20;
 pub const SMALL_BUFFER: usize = 64 << 10;
 /// Most free small buffers one worker keeps.
 pub const SMALL_MAX_BUFFERS: usize = 64;
-/// Most free large buffers one worker keeps.
-pub const CACHE_MAX_BUFFERS: usize = 4;
-/// Most free capacity, in bytes, one worker keeps.
-pub const CACHE_MAX_BYTES: usize = 64 << 20;
+use hioload_wsproto::buffer_cache::BufferCache;
+pub use hioload_wsproto::buffer_cache::{CACHE_MAX_BUFFERS, CACHE_MAX_BYTES};
 
 /// Counters of one worker's cache (since the worker started).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -63,13 +63,13 @@ pub struct BufCacheStats {
 /// One worker's free buffers; see the module documentation.
 #[derive(Debug, Default)]
 pub struct BufCache {
-    /// `free[..len]` are the free large buffers; the rest are empty `Vec`s (no allocation).
-    free: [Vec<u8>; CACHE_MAX_BUFFERS],
-    len: usize,
-    bytes: usize,
+    /// Free large buffers.
+    large: BufferCache,
     /// Free small buffers (its own storage is reserved once, for `SMALL_MAX_BUFFERS`).
     small: Vec<Vec<u8>>,
-    stats: BufCacheStats,
+    small_borrowed: u64,
+    small_misses: u64,
+    small_freed: u64,
 }
 
 impl BufCache {
@@ -85,109 +85,56 @@ impl BufCache {
     /// else a new one. Larger: the smallest cached large buffer that is large enough (no
     /// allocation), else the largest cached one grown, else a new one.
     pub fn take(&mut self, capacity: usize) -> Vec<u8> {
-        if capacity <= SMALL_BUFFER {
-            self.stats.small_borrowed += 1;
-            let buf = self.small.pop().unwrap_or_else(|| {
-                self.stats.small_misses += 1;
-                Vec::with_capacity(SMALL_BUFFER)
-            });
-            self.sync();
-            return buf;
+        if capacity > SMALL_BUFFER {
+            return self.large.take(capacity, true);
         }
-        self.stats.borrowed += 1;
-        let fit = (0..self.len)
-            .filter(|&i| self.free[i].capacity() >= capacity)
-            .min_by_key(|&i| self.free[i].capacity());
-        let buf = match fit {
-            Some(i) => {
-                self.stats.hits += 1;
-                self.remove(i)
-            }
-            None => {
-                self.stats.misses += 1;
-                match (0..self.len).max_by_key(|&i| self.free[i].capacity()) {
-                    Some(i) => {
-                        let mut buf = self.remove(i);
-                        buf.reserve_exact(capacity);
-                        buf
-                    }
-                    None => Vec::with_capacity(capacity),
-                }
-            }
-        };
-        self.sync();
-        buf
+        self.small_borrowed += 1;
+        self.small.pop().unwrap_or_else(|| {
+            self.small_misses += 1;
+            Vec::with_capacity(SMALL_BUFFER)
+        })
     }
 
     /// Takes a buffer back (emptied), or frees it beyond the bounds. Of large buffers the cache
     /// keeps the largest.
     pub fn give(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
+        if cap > SMALL_BUFFER {
+            return self.large.give(buf);
+        }
         if cap == 0 {
             return;
         }
-        buf.clear();
-        if cap <= SMALL_BUFFER {
-            if cap == SMALL_BUFFER && self.small.len() < SMALL_MAX_BUFFERS {
-                self.small.push(buf);
-            } else {
-                self.stats.freed += 1;
-            }
-            self.sync();
-            return;
-        }
-        while self.len == CACHE_MAX_BUFFERS || self.bytes + cap > CACHE_MAX_BYTES {
-            match self.smallest() {
-                Some(i) if self.free[i].capacity() < cap => {
-                    drop(self.remove(i));
-                    self.stats.freed += 1;
-                }
-                _ => break,
-            }
-        }
-        if self.len < CACHE_MAX_BUFFERS && self.bytes + cap <= CACHE_MAX_BYTES {
-            self.free[self.len] = buf;
-            self.len += 1;
-            self.bytes += cap;
-            self.stats.returned += 1;
+        if cap == SMALL_BUFFER && self.small.len() < SMALL_MAX_BUFFERS {
+            buf.clear();
+            self.small.push(buf);
         } else {
-            self.stats.freed += 1;
+            self.small_freed += 1;
         }
-        self.sync();
     }
 
     /// Frees every free buffer.
     pub fn trim(&mut self) {
-        self.stats.freed += self.small.len() as u64;
+        self.small_freed += self.small.len() as u64;
         self.small.clear();
-        while self.len > 0 {
-            drop(self.remove(self.len - 1));
-            self.stats.freed += 1;
-        }
-        self.sync();
+        self.large.trim();
     }
 
     /// The counters.
     pub fn stats(&self) -> BufCacheStats {
-        self.stats
-    }
-
-    fn remove(&mut self, i: usize) -> Vec<u8> {
-        let buf = std::mem::take(&mut self.free[i]);
-        self.len -= 1;
-        self.free.swap(i, self.len);
-        self.bytes -= buf.capacity();
-        buf
-    }
-
-    fn smallest(&self) -> Option<usize> {
-        (0..self.len).min_by_key(|&i| self.free[i].capacity())
-    }
-
-    fn sync(&mut self) {
-        self.stats.cached_buffers = self.len;
-        self.stats.cached_bytes = self.bytes;
-        self.stats.small_cached = self.small.len();
+        let l = self.large.stats();
+        BufCacheStats {
+            borrowed: l.borrowed,
+            hits: l.hits,
+            misses: l.misses,
+            returned: l.returned,
+            freed: l.freed + self.small_freed,
+            cached_buffers: l.cached_buffers,
+            cached_bytes: l.cached_bytes,
+            small_borrowed: self.small_borrowed,
+            small_misses: self.small_misses,
+            small_cached: self.small.len(),
+        }
     }
 }
 
@@ -213,23 +160,36 @@ mod tests {
         for cap in [1 << 20, 2 << 20, 4 << 20, 8 << 20] {
             c.give(Vec::with_capacity(cap));
         }
-        assert_eq!((c.len, c.bytes), (4, 15 << 20));
+        assert_eq!(
+            (c.stats().cached_buffers, c.stats().cached_bytes),
+            (4, 15 << 20)
+        );
         // A fifth, larger buffer evicts the smallest; a smaller one is freed.
         let freed = c.stats().freed;
         c.give(Vec::with_capacity(16 << 20));
         c.give(Vec::with_capacity(1 << 10));
-        assert_eq!((c.len, c.bytes, c.stats().freed - freed), (4, 30 << 20, 2));
+        assert_eq!(
+            (
+                c.stats().cached_buffers,
+                c.stats().cached_bytes,
+                c.stats().freed - freed
+            ),
+            (4, 30 << 20, 2)
+        );
         // Best fit: 3 MiB gets the 4 MiB buffer.
         let b = c.take(3 << 20);
         assert!(b.capacity() >= 4 << 20 && b.capacity() < 8 << 20);
         // Byte bound: a 60 MiB buffer evicts what it must; one beyond the bound is freed.
         c.give(Vec::with_capacity(60 << 20));
-        assert!(c.bytes <= CACHE_MAX_BYTES && c.len <= CACHE_MAX_BUFFERS);
+        assert!(
+            c.stats().cached_bytes <= CACHE_MAX_BYTES
+                && c.stats().cached_buffers <= CACHE_MAX_BUFFERS
+        );
         c.give(Vec::with_capacity(CACHE_MAX_BYTES + 1));
-        assert!(c.bytes <= CACHE_MAX_BYTES);
-        assert_eq!(c.stats().cached_bytes, c.bytes);
+        assert!(c.stats().cached_bytes <= CACHE_MAX_BYTES);
+
         c.trim();
-        assert_eq!((c.len, c.bytes, c.stats().cached_buffers), (0, 0, 0));
+        assert_eq!((c.stats().cached_buffers, c.stats().cached_bytes), (0, 0));
         drop(b);
     }
 

@@ -27,12 +27,9 @@
 
 use std::cell::RefCell;
 
+use crate::buffer_cache::BufferCache;
+pub use crate::buffer_cache::{CACHE_MAX_BUFFERS, CACHE_MAX_BYTES};
 use crate::session::ASSEMBLY_RETAIN;
-
-/// Most free buffers one thread keeps.
-pub const CACHE_MAX_BUFFERS: usize = 4;
-/// Most free capacity, in bytes, one thread keeps.
-pub const CACHE_MAX_BYTES: usize = 64 << 20;
 
 /// Counters of the calling thread's cache (since the thread started).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -56,119 +53,31 @@ pub struct AssemblyStats {
     pub cached_bytes: usize,
 }
 
-/// One thread's free buffers.
+/// One thread's free buffers, and how often borrowed ones had to grow.
 struct Cache {
-    /// `free[..len]` are the free buffers; the rest are empty `Vec`s (no allocation).
-    free: [Vec<u8>; CACHE_MAX_BUFFERS],
-    len: usize,
-    bytes: usize,
-    stats: AssemblyStats,
+    buffers: BufferCache,
+    grown: u64,
 }
 
 thread_local! {
     static CACHE: RefCell<Cache> = const {
-        RefCell::new(Cache {
-            free: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
-            len: 0,
-            bytes: 0,
-            stats: AssemblyStats {
-                borrowed: 0,
-                hits: 0,
-                misses: 0,
-                grown: 0,
-                returned: 0,
-                freed: 0,
-                cached_buffers: 0,
-                cached_bytes: 0,
-            },
-        })
+        RefCell::new(Cache { buffers: BufferCache::new(), grown: 0 })
     };
 }
 
 impl Cache {
-    /// Takes `free[i]` out of the cache.
-    fn remove(&mut self, i: usize) -> Vec<u8> {
-        let buf = std::mem::take(&mut self.free[i]);
-        self.len -= 1;
-        self.free.swap(i, self.len);
-        self.bytes -= buf.capacity();
-        buf
-    }
-
-    /// Index of the smallest free buffer.
-    fn smallest(&self) -> Option<usize> {
-        (0..self.len).min_by_key(|&i| self.free[i].capacity())
-    }
-
-    fn take(&mut self, capacity: usize, final_len_known: bool) -> Vec<u8> {
-        self.stats.borrowed += 1;
-        let largest = (0..self.len).max_by_key(|&i| self.free[i].capacity());
-        let fit = if final_len_known {
-            // Best fit: the smallest buffer that is large enough.
-            (0..self.len).filter(|&i| self.free[i].capacity() >= capacity).min_by_key(|&i| self.free[i].capacity())
-        } else {
-            // The message may grow further: the largest buffer, if it is large enough to start.
-            largest.filter(|&i| self.free[i].capacity() >= capacity)
-        };
-        let buf = match fit {
-            Some(i) => {
-                self.stats.hits += 1;
-                self.remove(i)
-            }
-            None => {
-                self.stats.misses += 1;
-                match largest {
-                    Some(i) => {
-                        let mut buf = self.remove(i);
-                        buf.reserve_exact(capacity);
-                        buf
-                    }
-                    None => Vec::with_capacity(capacity),
-                }
-            }
-        };
-        self.sync();
-        buf
-    }
-
-    fn give(&mut self, mut buf: Vec<u8>) {
-        let cap = buf.capacity();
-        if cap == 0 {
-            return;
+    fn stats(&self) -> AssemblyStats {
+        let s = self.buffers.stats();
+        AssemblyStats {
+            borrowed: s.borrowed,
+            hits: s.hits,
+            misses: s.misses,
+            grown: self.grown,
+            returned: s.returned,
+            freed: s.freed,
+            cached_buffers: s.cached_buffers,
+            cached_bytes: s.cached_bytes,
         }
-        buf.clear();
-        // Make room by evicting smaller buffers: the cache keeps the largest ones.
-        while self.len == CACHE_MAX_BUFFERS || self.bytes + cap > CACHE_MAX_BYTES {
-            match self.smallest() {
-                Some(i) if self.free[i].capacity() < cap => {
-                    drop(self.remove(i));
-                    self.stats.freed += 1;
-                }
-                _ => break,
-            }
-        }
-        if self.len < CACHE_MAX_BUFFERS && self.bytes + cap <= CACHE_MAX_BYTES {
-            self.free[self.len] = buf;
-            self.len += 1;
-            self.bytes += cap;
-            self.stats.returned += 1;
-        } else {
-            self.stats.freed += 1;
-        }
-        self.sync();
-    }
-
-    fn trim(&mut self) {
-        while self.len > 0 {
-            drop(self.remove(self.len - 1));
-            self.stats.freed += 1;
-        }
-        self.sync();
-    }
-
-    fn sync(&mut self) {
-        self.stats.cached_buffers = self.len;
-        self.stats.cached_bytes = self.bytes;
     }
 }
 
@@ -177,29 +86,29 @@ impl Cache {
 /// message will need exactly `capacity` (best fit); otherwise it may grow (largest first).
 fn take(capacity: usize, final_len_known: bool) -> Vec<u8> {
     CACHE
-        .try_with(|c| c.borrow_mut().take(capacity, final_len_known))
+        .try_with(|c| c.borrow_mut().buffers.take(capacity, final_len_known))
         .unwrap_or_else(|_| Vec::with_capacity(capacity))
 }
 
 /// Counts the growth of a borrowed buffer.
 fn note_growth() {
-    let _ = CACHE.try_with(|c| c.borrow_mut().stats.grown += 1);
+    let _ = CACHE.try_with(|c| c.borrow_mut().grown += 1);
 }
 
 /// Gives a buffer back to the calling thread's cache (or frees it, beyond the bounds).
 fn give(buf: Vec<u8>) {
     // During thread teardown the cache may be gone: the buffer is then simply freed.
-    let _ = CACHE.try_with(|c| c.borrow_mut().give(buf));
+    let _ = CACHE.try_with(|c| c.borrow_mut().buffers.give(buf));
 }
 
 /// The calling thread's cache counters.
 pub fn stats() -> AssemblyStats {
-    CACHE.try_with(|c| c.borrow().stats).unwrap_or_default()
+    CACHE.try_with(|c| c.borrow().stats()).unwrap_or_default()
 }
 
 /// Frees every free buffer of the calling thread's cache (e.g. after a burst of large messages).
 pub fn trim() {
-    let _ = CACHE.try_with(|c| c.borrow_mut().trim());
+    let _ = CACHE.try_with(|c| c.borrow_mut().buffers.trim());
 }
 
 /// A session's assembly storage: its own small buffer (at most `ASSEMBLY_RETAIN` bytes, kept
@@ -270,39 +179,5 @@ impl Drop for Assembly {
         if let Some(large) = self.large.take() {
             give(large);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn best_fit_and_bounds() {
-        let mut c = Cache {
-            free: Default::default(),
-            len: 0,
-            bytes: 0,
-            stats: AssemblyStats::default(),
-        };
-        for cap in [1 << 20, 2 << 20, 4 << 20, 8 << 20] {
-            c.give(Vec::with_capacity(cap));
-        }
-        assert_eq!((c.len, c.bytes), (4, 15 << 20));
-        // A fifth, larger buffer evicts the smallest; a smaller one is freed.
-        c.give(Vec::with_capacity(16 << 20));
-        c.give(Vec::with_capacity(1 << 10));
-        assert_eq!((c.len, c.bytes, c.stats.freed), (4, 30 << 20, 2));
-        // Best fit: 3 MiB gets the 4 MiB buffer.
-        let b = c.take(3 << 20, true);
-        assert!(b.capacity() >= 4 << 20 && b.capacity() < 8 << 20);
-        assert_eq!((c.stats.hits, c.stats.misses), (1, 0));
-        // Beyond the byte bound: a 60 MiB buffer evicts what it must, or is freed.
-        c.give(Vec::with_capacity(60 << 20));
-        assert!(c.bytes <= CACHE_MAX_BYTES && c.len <= CACHE_MAX_BUFFERS);
-        c.give(Vec::with_capacity(CACHE_MAX_BYTES + 1));
-        assert!(c.bytes <= CACHE_MAX_BYTES);
-        c.trim();
-        assert_eq!((c.len, c.bytes, c.stats.cached_bytes), (0, 0, 0));
     }
 }

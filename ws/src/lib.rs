@@ -40,6 +40,7 @@
 //! ```
 
 pub mod assembly;
+pub mod buffer_cache;
 pub mod close;
 pub mod config;
 pub mod frame;
