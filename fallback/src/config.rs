@@ -69,6 +69,48 @@ impl Default for Settings {
     }
 }
 
+/// How a worker talks to the kernel.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring where this kernel allows it (Linux 6.1+, not forbidden by a seccomp policy),
+    /// else readiness polling. `Transport::start` resolves it; [`crate::Transport::io_backend`]
+    /// tells which one runs.
+    #[default]
+    Auto,
+    /// Readiness polling through mio: epoll on Linux, kqueue on BSD/macOS, IOCP on Windows; one
+    /// `recv` and one `send` system call per read.
+    Poll,
+    /// Linux io_uring for receives: one receive in flight per connection into buffers the kernel
+    /// picks from a provided ring, all submitted with the wait of each loop turn (no `recv` and
+    /// no `epoll_wait` system calls); sends stay direct. Starting fails if the kernel refuses it.
+    IoUring,
+}
+
+impl IoBackend {
+    /// The name used on command lines and in config files: `auto`, `poll`, `io-uring`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Poll => "poll",
+            IoBackend::IoUring => "io-uring",
+        }
+    }
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "poll" | "epoll" => Ok(IoBackend::Poll),
+            "io-uring" | "io_uring" | "uring" => Ok(IoBackend::IoUring),
+            other => Err(format!(
+                "unknown I/O backend {other:?} (expected auto, poll or io-uring)"
+            )),
+        }
+    }
+}
+
 /// Kernel transport settings.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -86,6 +128,12 @@ pub struct TransportConfig {
     pub worker_cpus: Vec<Option<usize>>,
     /// Capacity of each worker's inbox of cross-worker commands (sends by id, broadcasts).
     pub inbox_capacity: usize,
+    /// How workers talk to the kernel.
+    pub io: IoBackend,
+    /// io_uring backend: receive buffers each worker lends the kernel's provided-buffer ring
+    /// (rounded up to a power of two; default 64). Receives that complete while all of them are
+    /// in use are re-armed in the same loop turn, once buffers are back.
+    pub uring_buffers: u16,
     /// What may change while running.
     pub settings: Settings,
 }
@@ -99,6 +147,8 @@ impl Default for TransportConfig {
             cpu_affinity: true,
             worker_cpus: Vec::new(),
             inbox_capacity: 1024,
+            io: IoBackend::Auto,
+            uring_buffers: 64,
             settings: Settings::default(),
         }
     }

@@ -55,6 +55,8 @@ pub(crate) struct Connection<B> {
     pub last_input: Instant,
     /// When we pinged this idle session, until it sends anything.
     pub ping_sent: Option<Instant>,
+    /// io_uring: a receive is in flight for this connection.
+    pub recv_armed: bool,
 }
 
 impl<B> Connection<B> {
@@ -82,6 +84,7 @@ impl<B> Connection<B> {
             over_hard_since: None,
             last_input: now,
             ping_sent: None,
+            recv_armed: false,
         }
     }
 

@@ -25,9 +25,11 @@ mod shared;
 pub mod sys;
 mod transport;
 pub mod turn;
+#[cfg(target_os = "linux")]
+mod uring;
 mod worker;
 
-pub use config::{receive_buffer_size, Backpressure, Settings, TransportConfig};
+pub use config::{receive_buffer_size, Backpressure, IoBackend, Settings, TransportConfig};
 pub use pool::{RecvBuffer, RecvBuffers};
 pub use service::{Conn, Service};
 pub use shared::{worker_of, DeliverError, OutMessage, Remote, WorkerStats};

@@ -43,6 +43,10 @@ impl PaddedCounter {
             Ordering::Relaxed,
         );
     }
+    /// Sets a gauge (single writer).
+    pub fn set(&self, n: usize) {
+        self.0.store(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
@@ -63,6 +67,8 @@ pub(crate) struct WorkerCounters {
     pub idle_drops: PaddedCounter,
     /// Reads deferred because no receive buffer could be had.
     pub buffer_waits: PaddedCounter,
+    /// Receive buffers lent to the kernel's io_uring provided-buffer ring (gauge).
+    pub ring_buffers: PaddedCounter,
 }
 
 /// A message for a session of another worker (or for all sessions): owned, shared by every
@@ -251,6 +257,9 @@ pub struct WorkerStats {
     pub idle_drops: usize,
     /// Reads deferred because no receive buffer could be had.
     pub buffer_waits: usize,
+    /// Receive buffers lent to the kernel's io_uring provided-buffer ring, waiting for data
+    /// (taken from the buffer pool, so counted there as in use; 0 with the poll backend).
+    pub ring_buffers: usize,
 }
 
 impl Remote {
@@ -283,6 +292,7 @@ impl Remote {
                 idle_pings: w.idle_pings.get(),
                 idle_drops: w.idle_drops.get(),
                 buffer_waits: w.buffer_waits.get(),
+                ring_buffers: w.ring_buffers.get(),
             })
             .collect()
     }

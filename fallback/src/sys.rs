@@ -7,8 +7,10 @@ use mio::net::TcpStream;
 
 /// Writes `bufs` in order with one system call; returns the bytes the kernel took.
 ///
-/// On Linux this is `sendmsg(MSG_NOSIGNAL)`: a peer that has reset the connection gives `EPIPE`,
-/// never a SIGPIPE that would kill a process which did not ignore it. Elsewhere it is `writev`
+/// On Linux this is `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)`: a peer that has reset the connection
+/// gives `EPIPE`, never a SIGPIPE that would kill a process which did not ignore it, and a full
+/// socket gives `WouldBlock` even when the socket itself is blocking (the io_uring backend keeps
+/// its sockets blocking so that the ring waits for their input). Elsewhere it is `writev`
 /// (macOS sockets get `SO_NOSIGPIPE` at accept instead).
 #[cfg(target_os = "linux")]
 pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -19,7 +21,13 @@ pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usi
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len() as _;
     // SAFETY: `msg` points at `bufs.len()` valid iovecs that outlive the call; the fd is open.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        libc::sendmsg(
+            stream.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -32,6 +40,48 @@ pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usi
 pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     use std::io::Write;
     (&*stream).write_vectored(bufs)
+}
+
+/// Reads what is there without waiting, blocking socket or not.
+pub fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::Read;
+        (&*stream).read(buf)
+    }
+}
+
+/// Clears `O_NONBLOCK` on a socket whose reads go through io_uring: the ring then waits for
+/// input itself, whatever the kernel's treatment of non-blocking files in a ring.
+#[cfg(target_os = "linux")]
+pub fn set_blocking(stream: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on an open descriptor read and write only its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Prepares an accepted socket: no Nagle delay (replies are already coalesced per loop turn) and,

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::affinity;
-use crate::config::{Settings, TransportConfig};
+use crate::config::{IoBackend, Settings, TransportConfig};
 use crate::listener::bind_listeners;
 use crate::service::Service;
 use crate::shared::{Remote, Shared};
@@ -25,15 +25,17 @@ use crate::worker::{Worker, WorkerSeed, WAKER};
 /// A running kernel transport: `workers` threads serving one address.
 pub struct Transport {
     local_addr: SocketAddr,
+    io: IoBackend,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Transport {
     /// Binds the listeners and starts the workers; returns once they run.
-    pub fn start<S: Service>(cfg: TransportConfig, service: Arc<S>) -> io::Result<Transport> {
+    pub fn start<S: Service>(mut cfg: TransportConfig, service: Arc<S>) -> io::Result<Transport> {
         assert!(cfg.workers > 0, "at least one worker");
         assert!(cfg.batch_size > 0, "batch_size > 0");
+        cfg.io = resolve_backend(cfg.io)?;
         let (listeners, local_addr) = bind_listeners(cfg.listen, cfg.workers)?;
         let mut polls = Vec::with_capacity(cfg.workers);
         let mut wakers = Vec::with_capacity(cfg.workers);
@@ -67,6 +69,7 @@ impl Transport {
 
         let transport = Transport {
             local_addr,
+            io: cfg.io,
             shared,
             threads: Mutex::new(Vec::new()),
         };
@@ -115,6 +118,11 @@ impl Transport {
         self.shared.publish(settings)
     }
 
+    /// The I/O backend the workers run (never `Auto`).
+    pub fn io_backend(&self) -> IoBackend {
+        self.io
+    }
+
     /// The address the listeners are bound to (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -150,6 +158,37 @@ impl Transport {
             }
         }
         result
+    }
+}
+
+/// Turns `Auto` into the backend this kernel supports; checks that an explicit `IoUring` works.
+fn resolve_backend(asked: IoBackend) -> io::Result<IoBackend> {
+    #[cfg(target_os = "linux")]
+    match asked {
+        IoBackend::Poll => Ok(IoBackend::Poll),
+        IoBackend::Auto => match crate::uring::probe() {
+            Ok(()) => Ok(IoBackend::IoUring),
+            Err(e) => {
+                info!("io_uring is not available ({e}): the workers use epoll");
+                Ok(IoBackend::Poll)
+            }
+        },
+        IoBackend::IoUring => crate::uring::probe()
+            .map(|()| IoBackend::IoUring)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the io-uring backend needs Linux 6.1+ with io_uring allowed: {e}"),
+                )
+            }),
+    }
+    #[cfg(not(target_os = "linux"))]
+    match asked {
+        IoBackend::IoUring => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io-uring backend exists only on Linux",
+        )),
+        _ => Ok(IoBackend::Poll),
     }
 }
 

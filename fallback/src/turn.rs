@@ -351,6 +351,11 @@ mod tests {
         socket2::SockRef::from(&server)
             .set_send_buffer_size(64 << 10)
             .unwrap();
+        // A fixed receive buffer too (no autotuning): otherwise loopback may take all 3 MiB at
+        // once and nothing is left pending.
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(64 << 10)
+            .unwrap();
         // A payload outside the input: staged (copied), so larger than STAGING_SMALL.
         let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 249) as u8).collect();
         let len = payload.len() + 4;

@@ -18,7 +18,7 @@
 //! at the top of a turn when the shared epoch says a reload happened (one relaxed load per turn).
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::Shutdown;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -39,6 +39,9 @@ use crate::service::{Conn, Ended, Service};
 use crate::shared::{Command, OutMessage, Shared};
 use crate::sys::{self, ReserveFd};
 use crate::turn::TurnOutput;
+
+#[cfg(target_os = "linux")]
+mod uring_loop;
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const WAKER: Token = Token(1);
@@ -127,11 +130,14 @@ pub(crate) struct Worker<S: Service> {
     next_idle_sweep: Instant,
     next_serial: u64,
     stop_deadline: Option<Instant>,
+    /// The io_uring backend's ring and provided buffers; `None`: readiness (mio) for reads too.
+    #[cfg(target_os = "linux")]
+    uring: Option<crate::uring::Uring<<S::Buffers as RecvBuffers>::Buf>>,
 }
 
 fn read_once(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        match stream.read(buf) {
+        match sys::recv_nonblocking(stream, buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
@@ -139,7 +145,7 @@ fn read_once(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usi
 }
 
 impl<S: Service> Worker<S> {
-    pub fn new(seed: WorkerSeed, service: Arc<S>, pool: S::Buffers) -> Self {
+    pub fn new(seed: WorkerSeed, service: Arc<S>, mut pool: S::Buffers) -> Self {
         let WorkerSeed {
             index,
             cfg,
@@ -147,6 +153,24 @@ impl<S: Service> Worker<S> {
             poll,
             listener,
         } = seed;
+        #[cfg(target_os = "linux")]
+        let uring = match cfg.io {
+            crate::config::IoBackend::IoUring => {
+                use std::os::fd::AsRawFd;
+                let buffers = cfg.uring_buffers;
+                match crate::uring::Uring::new(buffers, poll.as_raw_fd(), || pool.take()) {
+                    Ok(ring) => Some(ring),
+                    Err(e) => {
+                        error!(
+                            worker = index,
+                            "cannot set up io_uring: {e}; this worker uses epoll"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let (settings, epoch) = shared.settings();
         let now = Instant::now();
         Worker {
@@ -181,11 +205,17 @@ impl<S: Service> Worker<S> {
             next_idle_sweep: now + IDLE_SWEEP_MAX,
             next_serial: 0,
             stop_deadline: None,
+            #[cfg(target_os = "linux")]
+            uring,
         }
     }
 
     /// Runs until `stop` has been asked and every connection is gone (or the grace period ended).
     pub fn run(mut self) {
+        #[cfg(target_os = "linux")]
+        if self.uring.is_some() {
+            return self.run_uring();
+        }
         loop {
             let timeout = self.poll_timeout();
             let mut events = self.events.take().expect("events are put back every turn");
@@ -202,55 +232,66 @@ impl<S: Service> Worker<S> {
             if self.shared.epoch() != self.epoch {
                 self.apply_settings();
             }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.listener_ready = true,
-                    WAKER => {}
-                    Token(t) => {
-                        let idx = t - FIRST_CONN;
-                        if event.is_writable() {
-                            self.on_writable(idx);
-                        }
-                        let hangup = event.is_read_closed() || event.is_error();
-                        if hangup {
-                            if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
-                                conn.hangup = true;
-                            }
-                        }
-                        if event.is_readable() || hangup {
-                            self.on_readable(idx);
-                        }
-                    }
-                }
-            }
+            self.dispatch(&events);
             self.events = Some(events);
-
-            if self.stop_deadline.is_none() && self.shared.stopping.load(Ordering::Acquire) {
-                self.begin_shutdown();
-            }
-            if self.listener_ready {
-                self.accept_all();
-            }
-            self.drain_ready();
-            if !self.shared.inboxes[self.index].is_empty() {
-                self.run_inbox();
-            }
-            let now = self.clock;
-            if now >= self.next_tick {
-                self.tick(now);
-                self.next_tick = now + TICK;
-            }
-            if now >= self.next_idle_sweep {
-                self.idle_sweep(now);
-                self.next_idle_sweep = now + self.idle_sweep_period();
-            }
-            if let Some(deadline) = self.stop_deadline {
-                if now >= deadline || self.all_finished() {
-                    break;
-                }
+            if self.after_events() {
+                break;
             }
         }
         self.close_all();
+    }
+
+    /// Acts on the readiness events of one poll.
+    pub(crate) fn dispatch(&mut self, events: &Events) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.listener_ready = true,
+                WAKER => {}
+                Token(t) => {
+                    let idx = t - FIRST_CONN;
+                    if event.is_writable() {
+                        self.on_writable(idx);
+                    }
+                    let hangup = event.is_read_closed() || event.is_error();
+                    if hangup {
+                        if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                            conn.hangup = true;
+                        }
+                    }
+                    if event.is_readable() || hangup {
+                        self.on_readable(idx);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rest of a loop turn, after the I/O events: shutdown, accepts, connections with input
+    /// left, the inbox, deadlines and idle sweeps. Returns whether the worker is done.
+    pub(crate) fn after_events(&mut self) -> bool {
+        if self.stop_deadline.is_none() && self.shared.stopping.load(Ordering::Acquire) {
+            self.begin_shutdown();
+        }
+        if self.listener_ready {
+            self.accept_all();
+        }
+        self.drain_ready();
+        if !self.shared.inboxes[self.index].is_empty() {
+            self.run_inbox();
+        }
+        let now = self.clock;
+        if now >= self.next_tick {
+            self.tick(now);
+            self.next_tick = now + TICK;
+        }
+        if now >= self.next_idle_sweep {
+            self.idle_sweep(now);
+            self.next_idle_sweep = now + self.idle_sweep_period();
+        }
+        match self.stop_deadline {
+            Some(deadline) => now >= deadline || self.all_finished(),
+            None => false,
+        }
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -380,6 +421,13 @@ impl<S: Service> Worker<S> {
             debug!(%peer, "dropping accepted connection: {e}");
             return;
         }
+        #[cfg(target_os = "linux")]
+        if self.uses_uring() {
+            if let Err(e) = sys::set_blocking(&stream) {
+                debug!(%peer, "dropping accepted connection: {e}");
+                return;
+            }
+        }
         let idx = match self.free_slots.pop() {
             Some(i) => i,
             None => {
@@ -388,11 +436,14 @@ impl<S: Service> Worker<S> {
             }
         };
         let token = Token(idx + FIRST_CONN);
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        // With io_uring, reads are completions: the poll only tells when a full socket drains
+        // (and about errors, which it always reports).
+        let interest = if self.uses_uring() {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
             warn!(%peer, "cannot register connection: {e}");
             self.free_slots.push(idx);
             return;
@@ -406,6 +457,30 @@ impl<S: Service> Worker<S> {
         self.live += 1;
         self.shared.workers[self.index].connections.add(1);
         self.watch(idx);
+        if self.uses_uring() {
+            self.arm_recv(idx);
+        }
+    }
+
+    /// Whether reads go through io_uring.
+    fn uses_uring(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.uring.is_some();
+        #[cfg(not(target_os = "linux"))]
+        return false;
+    }
+
+    /// Gives a receive buffer back: to the io_uring ring if it lacks one, else to the pool.
+    fn give_buf(&mut self, buf: <S::Buffers as RecvBuffers>::Buf) {
+        #[cfg(target_os = "linux")]
+        let buf = match self.uring.as_mut() {
+            Some(uring) => match uring.give_buffer(buf) {
+                None => return,
+                Some(buf) => buf,
+            },
+            None => buf,
+        };
+        self.pool.give(buf);
     }
 
     // ---- readiness ---------------------------------------------------------------------------
@@ -465,6 +540,18 @@ impl<S: Service> Worker<S> {
     /// Reads and processes until the socket is drained, the read budget is spent, or backpressure
     /// pauses the connection.
     fn read_conn(&mut self, idx: usize) {
+        #[cfg(target_os = "linux")]
+        if self.uring.is_some() {
+            // Completions bring the input: make sure a receive is armed.
+            self.arm_recv(idx);
+            return;
+        }
+        self.read_direct(idx);
+    }
+
+    /// `read_conn` with `recv` system calls: the readiness path, and the io_uring path's way
+    /// to read when its ring has no buffer left (into the connection's own held buffer).
+    fn read_direct(&mut self, idx: usize) {
         for _ in 0..READ_ROUNDS {
             let Some(conn) = self.conns[idx].as_mut() else {
                 return;
@@ -490,7 +577,7 @@ impl<S: Service> Worker<S> {
             match read_once(&mut conn.stream, &mut buf.as_mut_slice()[held..]) {
                 Ok(0) => {
                     conn.held = 0;
-                    self.pool.give(buf);
+                    self.give_buf(buf);
                     self.peer_gone(idx, None);
                     return;
                 }
@@ -509,13 +596,13 @@ impl<S: Service> Worker<S> {
                     if held > 0 {
                         conn.rbuf = Some(buf);
                     } else {
-                        self.pool.give(buf);
+                        self.give_buf(buf);
                     }
                     return;
                 }
                 Err(e) => {
                     conn.held = 0;
-                    self.pool.give(buf);
+                    self.give_buf(buf);
                     self.peer_gone(idx, Some(e));
                     return;
                 }
@@ -666,7 +753,7 @@ impl<S: Service> Worker<S> {
     ) {
         let Some(conn) = self.conns[idx].as_mut() else {
             self.turn.clear();
-            self.pool.give(buf);
+            self.give_buf(buf);
             return;
         };
         let sent = if self.turn.is_empty() {
@@ -676,9 +763,10 @@ impl<S: Service> Worker<S> {
         };
         let kept = keep.len();
         let buf_len = buf.as_slice().len();
+        let peer = conn.peer;
         if kept == 0 {
             conn.held = 0;
-            self.pool.give(buf);
+            self.give_buf(buf);
         } else {
             buf.as_mut_slice().copy_within(keep, 0);
             conn.held = kept;
@@ -690,7 +778,7 @@ impl<S: Service> Worker<S> {
         }
         if kept == buf_len {
             // The protocol layer must consume whole frames larger than `inplace_frame_max`.
-            error!(peer = %conn.peer, "receive buffer full of unconsumed input ({kept} bytes); closing");
+            error!(%peer, "receive buffer full of unconsumed input ({kept} bytes); closing");
             self.end_abnormally(idx, CloseCode::INTERNAL_ERROR, "receive buffer overflow");
             return;
         }
@@ -794,8 +882,17 @@ impl<S: Service> Worker<S> {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        #[cfg(target_os = "linux")]
+        if conn.recv_armed {
+            // The ring holds the socket open until its receive ends: end it now.
+            if let Some(uring) = self.uring.as_mut() {
+                if let Err(e) = uring.cancel_recv(idx, crate::uring::tag_of(conn.id)) {
+                    error!(worker = self.index, "cannot cancel a receive: {e}");
+                }
+            }
+        }
         if let Some(buf) = conn.rbuf.take() {
-            self.pool.give(buf);
+            self.give_buf(buf);
         }
         self.turn.release(&mut conn.out);
         self.by_id.remove(&conn.id);
