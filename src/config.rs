@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use hioload_fallback::Backpressure;
+pub use hioload_fallback::{Backpressure, IoBackend};
 pub use hioload_wsproto::Limits;
 
 use crate::pool::PoolConfig;
@@ -42,6 +42,9 @@ pub struct Config {
     pub batch_size: usize,
     /// Pin each worker to its own CPU (default on; Linux only).
     pub cpu_affinity: bool,
+    /// How the kernel data path's workers talk to the kernel (default `Auto`: io_uring where the
+    /// kernel allows it, else epoll); see [`IoBackend`].
+    pub io_backend: IoBackend,
     /// Shards of the session registry (id -> peer, touched at session open and close), a power
     /// of two (default 16).
     pub session_shards: usize,
@@ -76,6 +79,7 @@ impl Default for Config {
             ring_capacity: 1024,
             batch_size: 16,
             cpu_affinity: true,
+            io_backend: IoBackend::Auto,
             session_shards: 16,
             limits: Limits::default(),
             backpressure: Backpressure::default(),
@@ -277,6 +281,7 @@ impl Config {
         diff("ring_capacity", self.ring_capacity != new.ring_capacity);
         diff("batch_size", self.batch_size != new.batch_size);
         diff("cpu_affinity", self.cpu_affinity != new.cpu_affinity);
+        diff("io_backend", self.io_backend != new.io_backend);
         diff("session_shards", self.session_shards != new.session_shards);
         diff("pool", self.pool != new.pool);
         diff("data_path", self.data_path != new.data_path);
@@ -318,7 +323,9 @@ impl Config {
             cpu_affinity: self.cpu_affinity,
             worker_cpus: Vec::new(),
             inbox_capacity: self.ring_capacity,
+            io: self.io_backend,
             settings: self.settings(),
+            ..hioload_fallback::TransportConfig::default()
         }
     }
 }

@@ -12,6 +12,7 @@
 //! admin_listen = "127.0.0.1:9100"
 //! path = "/ws"
 //! workers = 4                   # restart needed
+//! io_backend = "auto"           # auto | poll | io-uring; restart needed
 //! idle_timeout = 60             # seconds; 0 = never ping; reloadable
 //! pong_timeout = 30
 //! handshake_timeout = 10
@@ -50,6 +51,7 @@ pub struct ConfigFile {
     batch_size: Option<usize>,
     session_shards: Option<usize>,
     cpu_affinity: Option<bool>,
+    io_backend: Option<String>,
     handshake_timeout: Option<f64>,
     close_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
@@ -216,6 +218,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.cpu_affinity {
             c.cpu_affinity = v;
+        }
+        if let Some(v) = &self.io_backend {
+            c.io_backend = v.parse().map_err(|e| invalid("io_backend", e))?;
         }
         if let Some(v) = self.handshake_timeout {
             c.handshake_timeout = secs("handshake_timeout", v)?;

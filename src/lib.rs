@@ -36,7 +36,7 @@ mod registry;
 pub mod server;
 pub mod topology;
 
-pub use config::{Backpressure, Config, ConfigError, DataPath, Limits};
+pub use config::{Backpressure, Config, ConfigError, DataPath, IoBackend, Limits};
 pub use config_file::{ConfigFile, ConfigFileError};
 pub use control::ProbeValue;
 #[cfg(feature = "dpdk")]

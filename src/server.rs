@@ -19,9 +19,9 @@ use hioload_fallback::{Conn, DeliverError, RecvBuffer, RecvBuffers, Service, Tra
 use hioload_wsproto::{CloseCode, Event, HttpRequest, UpgradePolicy};
 use tracing::{debug, error, warn};
 
-use crate::config::{Config, ConfigError};
 #[cfg(feature = "dpdk")]
 use crate::config::DataPath;
+use crate::config::{Config, ConfigError};
 use crate::control::admin::AdminServer;
 use crate::control::{Control, ProbeValue, Runtime, StatsSource};
 use crate::handler::{owned, Ctx, Handler, Message, OutMessage};
@@ -106,6 +106,13 @@ enum RunningPath {
 }
 
 impl RunningPath {
+    fn io_backend(&self) -> Option<crate::IoBackend> {
+        match self {
+            RunningPath::Kernel(t) => Some(t.io_backend()),
+            #[cfg(feature = "dpdk")]
+            RunningPath::Dpdk(_) => None,
+        }
+    }
     fn local_addr(&self) -> SocketAddr {
         match self {
             RunningPath::Kernel(t) => t.local_addr(),
@@ -344,6 +351,12 @@ impl Server {
         self.running.get().map(|r| r.path.local_addr())
     }
 
+    /// The I/O backend the kernel data path runs (`Auto` resolved); `None` before `start` and on
+    /// the DPDK data path.
+    pub fn io_backend(&self) -> Option<crate::IoBackend> {
+        self.running.get().and_then(|r| r.path.io_backend())
+    }
+
     /// The bound admin address, when `admin_listen` is set and the server runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.running
@@ -353,9 +366,7 @@ impl Server {
 
     /// Open WebSocket sessions across all workers.
     pub fn session_count(&self) -> usize {
-        self.running
-            .get()
-            .map_or(0, |r| r.path.session_count())
+        self.running.get().map_or(0, |r| r.path.session_count())
     }
 
     /// Every open session (from the registry), by id.
@@ -386,10 +397,7 @@ impl Server {
 
     /// Per-worker counters of the data path (`None` before start).
     pub fn worker_stats(&self) -> Option<Vec<hioload_fallback::WorkerStats>> {
-        self.control
-            .runtime
-            .get()
-            .map(|rt| rt.stats.worker_stats())
+        self.control.runtime.get().map(|rt| rt.stats.worker_stats())
     }
 
     /// Everything `/metrics` serves, in the Prometheus text format.

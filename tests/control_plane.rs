@@ -126,8 +126,14 @@ fn metrics_parse_as_prometheus_text_and_count_the_messages_sent() {
             .any(|(s, _)| s.starts_with("hioload_pool_hits_total{")),
         "{body}"
     );
+    // Those lent to the io_uring ring wait for data: not held by anyone.
+    let lent: f64 = samples
+        .iter()
+        .filter(|(s, _)| s.starts_with("hioload_ring_buffers{"))
+        .map(|(_, v)| v)
+        .sum();
     // The scrape's own connection holds one while it is answered.
-    assert!(in_use <= 1.0, "{body}");
+    assert!(in_use - lent <= 1.0, "{body}");
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl Control {
             workers.iter().map(|w| w.sessions).sum::<usize>() as f64,
         );
         type Field = fn(&hioload_fallback::WorkerStats) -> usize;
-        let per_worker: [(&str, &str, &str, Field); 6] = [
+        let per_worker: [(&str, &str, &str, Field); 7] = [
             (
                 "hioload_worker_sessions",
                 "gauge",
@@ -246,6 +246,12 @@ impl Control {
                 "counter",
                 "Reads deferred for want of a receive buffer.",
                 |w| w.buffer_waits,
+            ),
+            (
+                "hioload_ring_buffers",
+                "gauge",
+                "Receive buffers lent to the kernel's io_uring ring (0 with the poll backend).",
+                |w| w.ring_buffers,
             ),
         ];
         for (name, kind, help, field) in per_worker {

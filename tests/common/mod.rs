@@ -20,7 +20,17 @@ pub fn test_config() -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         num_workers: 2,
         cpu_affinity: false,
+        io_backend: test_io_backend(),
         ..Config::default()
+    }
+}
+
+/// The kernel I/O backend under test: `HIOLOAD_TEST_IO` (`auto`, `poll`, `io-uring`; default
+/// `auto`). scripts/test.sh runs the kernel-path tests once per backend.
+pub fn test_io_backend() -> hioload_ws::IoBackend {
+    match std::env::var("HIOLOAD_TEST_IO") {
+        Ok(name) => name.parse().expect("HIOLOAD_TEST_IO"),
+        Err(_) => hioload_ws::IoBackend::Auto,
     }
 }
 

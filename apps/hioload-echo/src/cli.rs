@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use hioload_ws::IoBackend;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -32,7 +33,7 @@ Configuration file (--config FILE, TOML, every key optional; values in the file 
 flags). SIGHUP re-reads it and applies, without dropping a connection: log_level, [limits]
 (max_message_size, max_frame_size, max_headers), [backpressure], handshake_timeout,
 close_timeout, shutdown_grace, idle_timeout, pong_timeout. Changes to listen, admin_listen,
-path, workers, ring_capacity, batch_size, cpu_affinity, session_shards, inplace_frame_max and
+path, workers, ring_capacity, batch_size, cpu_affinity, io_backend, session_shards, inplace_frame_max and
 max_head_bytes are logged as needing a restart. An invalid file is rejected with an error line
 and the running configuration stays. Example:
   log_level = \"info\"
@@ -96,6 +97,12 @@ pub struct Args {
     /// Most readiness events handled per wait of the event loop.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub batch_size: usize,
+
+    /// How workers talk to the kernel: io-uring (Linux 6.1+: receives complete on a ring, no
+    /// recv or epoll_wait system calls), poll (epoll/kqueue/IOCP readiness), or auto (io-uring
+    /// where the kernel and its seccomp policy allow it, else poll).
+    #[arg(long = "io", value_name = "BACKEND", default_value = "auto", value_parser = parse_io)]
+    pub io_backend: IoBackend,
 
     /// Do not pin workers to CPUs (pinning is on by default, Linux only).
     #[arg(long)]
@@ -199,6 +206,11 @@ pub fn parse_netmask(s: &str) -> Result<u8, String> {
 
 /// Byte counts on the command line read as in the config file (`64KiB`, `16MiB`, …).
 pub use hioload_ws::config_file::parse_bytes;
+
+/// `--io`: auto, poll or io-uring.
+pub fn parse_io(s: &str) -> Result<IoBackend, String> {
+    s.trim().parse()
+}
 
 /// Parses seconds, fractions allowed (`5`, `0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {

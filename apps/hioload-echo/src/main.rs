@@ -115,6 +115,7 @@ fn main() -> ExitCode {
         num_workers: args.workers,
         batch_size: args.batch_size,
         cpu_affinity: !args.no_affinity,
+        io_backend: args.io_backend,
         shutdown_grace: args.grace_period,
         handshake_timeout: args.handshake_timeout,
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
@@ -215,10 +216,11 @@ fn main() -> ExitCode {
     let cfg = server.config();
     if data_path == "kernel" {
         info!(
-            "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path)",
+            "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path, {} I/O)",
             cfg.path,
             cfg.num_workers,
-            if cfg.num_workers == 1 { "" } else { "s" }
+            if cfg.num_workers == 1 { "" } else { "s" },
+            server.io_backend().map_or("?", |io| io.name())
         );
     } else {
         info!(

@@ -39,7 +39,7 @@ impl Echo {
         let mut process = EchoProcess::spawn(cmd);
         let line = process.next_line_with("listening on ws://", Duration::from_secs(20));
         assert!(
-            line.contains("workers, kernel data path)") || line.contains("1 worker, kernel"),
+            line.contains("workers, kernel data path, ") || line.contains("1 worker, kernel"),
             "{line}"
         );
         let rest = line.split("listening on ws://").nth(1).unwrap();
