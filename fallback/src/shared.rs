@@ -83,10 +83,9 @@ pub(crate) struct CacheCounters {
 }
 
 impl CacheCounters {
-    /// Publishes `output` (the worker's [`BufCache`](crate::bufcache::BufCache) counters) and the
-    /// calling thread's assembly-cache counters: call it on the worker's own thread. No lock, no
-    /// allocation: 18 relaxed stores.
-    pub fn publish(&self, output: BufCacheStats) {
+    /// Publishes `output` (the worker's [`BufCache`](crate::bufcache::BufCache) counters) and
+    /// `assembly` (its thread's assembly cache). No lock, no allocation: 18 relaxed stores.
+    pub fn publish(&self, output: BufCacheStats, assembly: AssemblyStats) {
         let o = output;
         let out = [
             o.borrowed,
@@ -100,7 +99,7 @@ impl CacheCounters {
             o.small_misses,
             o.small_cached as u64,
         ];
-        let a = assembly::stats();
+        let a = assembly;
         let asm = [
             a.borrowed,
             a.hits,
@@ -121,8 +120,9 @@ impl CacheCounters {
 
     /// The last published counters.
     fn snapshot(&self) -> (BufCacheStats, AssemblyStats) {
-        let [borrowed, hits, misses, returned, freed, cached_buffers, cached_bytes, small_borrowed, small_misses, small_cached] =
-            self.output.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let o = self.output.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let [borrowed, hits, misses, returned, freed, cached_buffers, cached_bytes, ..] = o;
+        let [.., small_borrowed, small_misses, small_cached] = o;
         let output = BufCacheStats {
             borrowed,
             hits,
@@ -230,7 +230,9 @@ impl Shared {
     /// Publishes worker `worker`'s buffer-cache counters (its output cache, in `turn`, and the
     /// calling thread's assembly cache): called by that worker, on its own thread, at its tick.
     pub fn publish_caches(&self, worker: usize, turn: &TurnOutput) {
-        self.workers[worker].caches.publish(turn.cache_stats());
+        self.workers[worker]
+            .caches
+            .publish(turn.cache_stats(), assembly::stats());
     }
 
     /// The settings epoch (bumped by every reload).
@@ -396,5 +398,39 @@ impl Remote {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_cache_counters_read_back_field_for_field() {
+        let counters = CacheCounters::default();
+        let output = BufCacheStats {
+            borrowed: 1,
+            hits: 2,
+            misses: 3,
+            returned: 4,
+            freed: 5,
+            cached_buffers: 6,
+            cached_bytes: 7,
+            small_borrowed: 8,
+            small_misses: 9,
+            small_cached: 10,
+        };
+        let assembly = AssemblyStats {
+            borrowed: 11,
+            hits: 12,
+            misses: 13,
+            grown: 14,
+            returned: 15,
+            freed: 16,
+            cached_buffers: 17,
+            cached_bytes: 18,
+        };
+        counters.publish(output, assembly);
+        assert_eq!(counters.snapshot(), (output, assembly));
     }
 }

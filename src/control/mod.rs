@@ -521,29 +521,52 @@ fn buffer_caches_json(out: &mut String, workers: &[hioload_fallback::WorkerStats
         if i > 0 {
             out.push(',');
         }
-        let a = &w.assembly_cache;
-        let o = &w.output_cache;
-        let _ = write!(
+        let (a, o) = (&w.assembly_cache, &w.output_cache);
+        out.push_str("{\"assembly\":");
+        json_counts(
             out,
-            "{{\"assembly\":{{\"borrowed\":{},\"hits\":{},\"misses\":{},\"grown\":{},\"returned\":{},\"freed\":{},\"cached_buffers\":{},\"cached_bytes\":{}}}",
-            a.borrowed, a.hits, a.misses, a.grown, a.returned, a.freed, a.cached_buffers, a.cached_bytes
+            &[
+                ("borrowed", a.borrowed),
+                ("hits", a.hits),
+                ("misses", a.misses),
+                ("grown", a.grown),
+                ("returned", a.returned),
+                ("freed", a.freed),
+                ("cached_buffers", a.cached_buffers as u64),
+                ("cached_bytes", a.cached_bytes as u64),
+            ],
         );
-        let _ = write!(
+        out.push_str(",\"output\":");
+        json_counts(
             out,
-            ",\"output\":{{\"borrowed\":{},\"hits\":{},\"misses\":{},\"returned\":{},\"freed\":{},\"cached_buffers\":{},\"cached_bytes\":{},\"small_borrowed\":{},\"small_misses\":{},\"small_cached\":{}}}}}",
-            o.borrowed,
-            o.hits,
-            o.misses,
-            o.returned,
-            o.freed,
-            o.cached_buffers,
-            o.cached_bytes,
-            o.small_borrowed,
-            o.small_misses,
-            o.small_cached
+            &[
+                ("borrowed", o.borrowed),
+                ("hits", o.hits),
+                ("misses", o.misses),
+                ("returned", o.returned),
+                ("freed", o.freed),
+                ("cached_buffers", o.cached_buffers as u64),
+                ("cached_bytes", o.cached_bytes as u64),
+                ("small_borrowed", o.small_borrowed),
+                ("small_misses", o.small_misses),
+                ("small_cached", o.small_cached as u64),
+            ],
         );
+        out.push('}');
     }
     out.push(']');
+}
+
+/// A JSON object of named counts (names are plain identifiers: no escaping needed).
+fn json_counts(out: &mut String, counts: &[(&str, u64)]) {
+    out.push('{');
+    for (i, (name, value)) in counts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":{value}");
+    }
+    out.push('}');
 }
 
 /// What the two caches of a worker have in common.
