@@ -169,3 +169,125 @@ fn probes_and_metrics_are_served_on_the_admin_address_and_not_on_the_main_one() 
     drop(ws);
     server.shutdown().unwrap();
 }
+
+/// Sum over workers of `family{worker="…",cache="cache"}`.
+fn cache_total(samples: &[(String, f64)], family: &str, cache: &str) -> f64 {
+    let prefix = format!("{family}{{worker=");
+    let label = format!(",cache=\"{cache}\"}}");
+    samples
+        .iter()
+        .filter(|(s, _)| s.starts_with(&prefix) && s.ends_with(&label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn buffer_cache_counters_are_published_and_move_after_large_echoes() {
+    let server = Server::new(test_config())
+        .unwrap()
+        .with_handler(RecordingEcho::default());
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+    let families = [
+        "hioload_buffer_cache_borrowed_total",
+        "hioload_buffer_cache_hits_total",
+        "hioload_buffer_cache_misses_total",
+        "hioload_buffer_cache_returned_total",
+        "hioload_buffer_cache_freed_total",
+        "hioload_buffer_cache_free_buffers",
+        "hioload_buffer_cache_free_bytes",
+    ];
+    let scrape = || parse_prometheus(&http_get(addr, "/metrics").2);
+
+    // Every worker has both caches' series from the start, and nothing was borrowed yet.
+    let before = scrape();
+    for family in families {
+        for worker in 0..2 {
+            for cache in ["assembly", "output"] {
+                let series = format!("{family}{{worker=\"{worker}\",cache=\"{cache}\"}}");
+                assert!(sample(&before, &series).is_some(), "{series} missing");
+            }
+        }
+    }
+    for family in [
+        "hioload_assembly_buffers_grown_total",
+        "hioload_output_small_buffers_borrowed_total",
+        "hioload_output_small_buffers_misses_total",
+        "hioload_output_small_buffers_free",
+    ] {
+        assert!(
+            sample(&before, &format!("{family}{{worker=\"0\"}}")).is_some(),
+            "{family} missing"
+        );
+    }
+    for cache in ["assembly", "output"] {
+        assert_eq!(
+            cache_total(&before, "hioload_buffer_cache_borrowed_total", cache),
+            0.0
+        );
+    }
+
+    // 2 MiB messages arrive over many reads (assembled in a buffer borrowed from the worker's
+    // assembly cache) and their echoes exceed the turn's own staging (staged in a buffer
+    // borrowed from the worker's output cache).
+    let echoes = 4;
+    let mut ws = client(addr, "/ws");
+    for i in 0..echoes {
+        let payload: Vec<u8> = (0..2u32 << 20).map(|b| (b % 251) as u8 ^ i).collect();
+        ws.send(WsMessage::binary(payload.clone())).unwrap();
+        assert!(ws.read().unwrap().into_data() == payload, "echo {i}");
+    }
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+
+    // Workers publish at their tick; the session's worker ticks after the close.
+    let n = f64::from(echoes);
+    let mut after = Vec::new();
+    wait_until(T, "the caches' counters to be published", || {
+        after = scrape();
+        ["assembly", "output"].iter().all(|cache| {
+            cache_total(&after, "hioload_buffer_cache_borrowed_total", cache) >= n
+                && cache_total(&after, "hioload_buffer_cache_free_buffers", cache) >= 1.0
+        })
+    });
+    for cache in ["assembly", "output"] {
+        let total = |family| cache_total(&after, family, cache);
+        let (borrowed, hits, misses) = (
+            total("hioload_buffer_cache_borrowed_total"),
+            total("hioload_buffer_cache_hits_total"),
+            total("hioload_buffer_cache_misses_total"),
+        );
+        assert_eq!(hits + misses, borrowed, "{cache}");
+        // The first message allocates; the later ones reuse what it gave back.
+        assert!(hits >= n - 1.0, "{cache}: {hits} hits of {borrowed}");
+        assert!(total("hioload_buffer_cache_returned_total") >= n, "{cache}");
+        assert!(
+            total("hioload_buffer_cache_free_bytes") >= f64::from(2u32 << 20),
+            "{cache}"
+        );
+    }
+
+    // The same figures in the JSON probes.
+    let (status, _, body) = http_get(addr, "/debug/probes");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    let caches = json["buffer_caches"]
+        .as_array()
+        .expect("buffer_caches is an array");
+    assert_eq!(caches.len(), 2, "{body}");
+    for cache in ["assembly", "output"] {
+        let sum = |field: &str| {
+            caches
+                .iter()
+                .map(|w| w[cache][field].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        assert!(sum("borrowed") >= u64::from(echoes), "{cache}: {body}");
+        assert!(sum("hits") >= u64::from(echoes) - 1, "{cache}: {body}");
+        assert!(sum("cached_bytes") >= 2 << 20, "{cache}: {body}");
+    }
+    assert!(
+        caches[0]["assembly"]["grown"].is_u64() && caches[0]["output"]["small_cached"].is_u64()
+    );
+    server.shutdown().unwrap();
+}

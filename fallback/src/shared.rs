@@ -4,7 +4,9 @@
 //! Workers share no connection state. What crosses threads is small and one-directional:
 //! - the stop flag;
 //! - per-worker counters, each on its own cache line, written by its worker only (plain load +
-//!   store) and summed by readers;
+//!   store) and summed by readers; the worker's buffer-cache counters ([`CacheCounters`]), copied
+//!   out by the worker at its tick (every 100 ms while it runs; an idle worker publishes at its
+//!   next wake-up);
 //! - the settings snapshot: a reload stores a new `Arc<Settings>` and bumps an epoch; a worker
 //!   compares the epoch (one relaxed load) at each loop turn and takes the lock only when it
 //!   changed, so the lock is touched once per reload per worker, never on the message path;
@@ -18,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
+use hioload_wsproto::assembly::{self, AssemblyStats};
 use mio::Waker;
 use tracing::warn;
 
+use crate::bufcache::BufCacheStats;
 use crate::config::Settings;
+use crate::turn::TurnOutput;
 
 /// A per-worker counter on its own cache line: written by one worker, summed by readers.
 #[repr(align(64))]
@@ -69,6 +74,87 @@ pub(crate) struct WorkerCounters {
     pub buffer_waits: PaddedCounter,
     /// Receive buffers lent to the kernel's io_uring provided-buffer ring (gauge).
     pub ring_buffers: PaddedCounter,
+    /// The worker's buffer-cache counters, as of its last tick.
+    pub caches: CacheCounters,
+}
+
+/// A copy of one worker's buffer-cache counters (its output cache and its thread's message
+/// assembly cache), written by that worker at its tick and read by `/metrics`. Plain relaxed
+/// stores: the fields of one snapshot may come from two consecutive ticks.
+#[repr(align(64))]
+#[derive(Default)]
+pub(crate) struct CacheCounters {
+    output: [AtomicU64; 10],
+    assembly: [AtomicU64; 8],
+}
+
+impl CacheCounters {
+    /// Publishes `output` (the worker's [`BufCache`](crate::bufcache::BufCache) counters) and
+    /// `assembly` (its thread's assembly cache). No lock, no allocation: 18 relaxed stores.
+    pub fn publish(&self, output: BufCacheStats, assembly: AssemblyStats) {
+        let o = output;
+        let out = [
+            o.borrowed,
+            o.hits,
+            o.misses,
+            o.returned,
+            o.freed,
+            o.cached_buffers as u64,
+            o.cached_bytes as u64,
+            o.small_borrowed,
+            o.small_misses,
+            o.small_cached as u64,
+        ];
+        let a = assembly;
+        let asm = [
+            a.borrowed,
+            a.hits,
+            a.misses,
+            a.grown,
+            a.returned,
+            a.freed,
+            a.cached_buffers as u64,
+            a.cached_bytes as u64,
+        ];
+        for (cell, v) in self.output.iter().zip(out) {
+            cell.store(v, Ordering::Relaxed);
+        }
+        for (cell, v) in self.assembly.iter().zip(asm) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The last published counters.
+    fn snapshot(&self) -> (BufCacheStats, AssemblyStats) {
+        let o = self.output.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let [borrowed, hits, misses, returned, freed, cached_buffers, cached_bytes, ..] = o;
+        let [.., small_borrowed, small_misses, small_cached] = o;
+        let output = BufCacheStats {
+            borrowed,
+            hits,
+            misses,
+            returned,
+            freed,
+            cached_buffers: cached_buffers as usize,
+            cached_bytes: cached_bytes as usize,
+            small_borrowed,
+            small_misses,
+            small_cached: small_cached as usize,
+        };
+        let [borrowed, hits, misses, grown, returned, freed, cached_buffers, cached_bytes] =
+            self.assembly.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let assembly = AssemblyStats {
+            borrowed,
+            hits,
+            misses,
+            grown,
+            returned,
+            freed,
+            cached_buffers: cached_buffers as usize,
+            cached_bytes: cached_bytes as usize,
+        };
+        (output, assembly)
+    }
 }
 
 /// A message for a session of another worker (or for all sessions): owned, shared by every
@@ -145,6 +231,14 @@ impl Shared {
             settings: Mutex::new(Arc::new(settings)),
             epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Publishes worker `worker`'s buffer-cache counters (its output cache, in `turn`, and the
+    /// calling thread's assembly cache): called by that worker, on its own thread, at its tick.
+    pub fn publish_caches(&self, worker: usize, turn: &TurnOutput) {
+        self.workers[worker]
+            .caches
+            .publish(turn.cache_stats(), assembly::stats());
     }
 
     /// The settings epoch (bumped by every reload).
@@ -260,6 +354,12 @@ pub struct WorkerStats {
     /// Receive buffers lent to the kernel's io_uring provided-buffer ring, waiting for data
     /// (taken from the buffer pool, so counted there as in use; 0 with the poll backend).
     pub ring_buffers: usize,
+    /// The worker's cache of large output buffers (staging and pending output), as of its last
+    /// tick (every 100 ms while it runs). Zero where the data path has none (DPDK lcores).
+    pub output_cache: BufCacheStats,
+    /// The worker thread's cache of message-assembly buffers, as of its last tick. Zero where
+    /// the data path does not publish it (DPDK lcores).
+    pub assembly_cache: AssemblyStats,
 }
 
 impl Remote {
@@ -285,14 +385,19 @@ impl Remote {
         self.shared
             .workers
             .iter()
-            .map(|w| WorkerStats {
-                sessions: w.sessions.get(),
-                connections: w.connections.get(),
-                undelivered: w.undelivered.get(),
-                idle_pings: w.idle_pings.get(),
-                idle_drops: w.idle_drops.get(),
-                buffer_waits: w.buffer_waits.get(),
-                ring_buffers: w.ring_buffers.get(),
+            .map(|w| {
+                let (output_cache, assembly_cache) = w.caches.snapshot();
+                WorkerStats {
+                    sessions: w.sessions.get(),
+                    connections: w.connections.get(),
+                    undelivered: w.undelivered.get(),
+                    idle_pings: w.idle_pings.get(),
+                    idle_drops: w.idle_drops.get(),
+                    buffer_waits: w.buffer_waits.get(),
+                    ring_buffers: w.ring_buffers.get(),
+                    output_cache,
+                    assembly_cache,
+                }
             })
             .collect()
     }
@@ -303,5 +408,39 @@ impl Remote {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.shared.workers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_cache_counters_read_back_field_for_field() {
+        let counters = CacheCounters::default();
+        let output = BufCacheStats {
+            borrowed: 1,
+            hits: 2,
+            misses: 3,
+            returned: 4,
+            freed: 5,
+            cached_buffers: 6,
+            cached_bytes: 7,
+            small_borrowed: 8,
+            small_misses: 9,
+            small_cached: 10,
+        };
+        let assembly = AssemblyStats {
+            borrowed: 11,
+            hits: 12,
+            misses: 13,
+            grown: 14,
+            returned: 15,
+            freed: 16,
+            cached_buffers: 17,
+            cached_bytes: 18,
+        };
+        counters.publish(output, assembly);
+        assert_eq!(counters.snapshot(), (output, assembly));
     }
 }

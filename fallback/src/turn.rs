@@ -22,7 +22,7 @@ use std::io::{self, IoSlice};
 use hioload_wsproto::FrameSink;
 use mio::net::TcpStream;
 
-use crate::bufcache::{BufCache, STAGING_SMALL};
+use crate::bufcache::{BufCache, BufCacheStats, STAGING_SMALL};
 use crate::outbuf::OutBuf;
 use crate::sys;
 
@@ -67,6 +67,11 @@ impl TurnOutput {
     /// The worker's cache of large output buffers (counters, trimming).
     pub fn cache(&mut self) -> &mut BufCache {
         &mut self.cache
+    }
+
+    /// The counters of the worker's output cache.
+    pub fn cache_stats(&self) -> BufCacheStats {
+        self.cache.stats()
     }
 
     /// Gives a departing connection's large pending output back to the cache.

@@ -913,6 +913,7 @@ impl<S: Service> Worker<S> {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.shared.publish_caches(self.index, &self.turn);
         if !self.starved.is_empty() {
             // Connections that found no receive buffer: try them again.
             for (idx, id) in std::mem::take(&mut self.starved) {

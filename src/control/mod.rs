@@ -1,10 +1,12 @@
 //! The control plane: metrics and debug probes, served over HTTP.
 //!
 //! `GET /metrics` answers in the Prometheus text format: the transport's counters (sessions per
-//! worker, connections, idle pings and drops, undelivered sends), the buffer pools' stats per
-//! node, uptime and reloads, and whatever the handler chain writes ([`crate::Handler::write_metrics`]:
-//! the `Metrics` and `Recovery` middleware). `GET /debug/probes` answers a JSON object with one
-//! member per probe: the built-in `active_sessions`, `worker_sessions`, `pool`, `uptime_seconds`,
+//! worker, connections, idle pings and drops, undelivered sends; with the kernel transport also
+//! each worker's large-buffer caches, `hioload_buffer_cache_*{worker,cache="assembly"|"output"}`,
+//! as published at the worker's last tick), the buffer pools' stats per node, uptime and reloads,
+//! and whatever the handler chain writes ([`crate::Handler::write_metrics`]: the `Metrics` and
+//! `Recovery` middleware). `GET /debug/probes` answers a JSON object with one member per probe:
+//! the built-in `active_sessions`, `worker_sessions`, `buffer_caches`, `pool`, `uptime_seconds`,
 //! `config`, and every probe registered with [`crate::Server::register_probe`].
 //!
 //! Both are plain functions of the server's state, rendered when asked (never on the message
@@ -110,6 +112,12 @@ impl StatsSource {
             #[cfg(feature = "dpdk")]
             StatsSource::Dpdk(lcores) => lcores.worker_stats(),
         }
+    }
+
+    /// Whether the workers publish their buffer-cache counters (the kernel transport's do; the
+    /// DPDK lcores' would read as zeros).
+    pub fn has_buffer_caches(&self) -> bool {
+        matches!(self, StatsSource::Kernel(_))
     }
 }
 
@@ -265,6 +273,9 @@ impl Control {
                 );
             }
         }
+        if rt.stats.has_buffer_caches() {
+            buffer_cache_metrics(&mut out, &workers);
+        }
         let pools = rt.pools.stats();
         let node_metrics: [(&str, &str, &str); 6] = [
             (
@@ -362,6 +373,10 @@ impl Control {
             }
             out.push(']');
         });
+        member(&mut out, "buffer_caches", &|out| match rt {
+            Some(rt) if rt.stats.has_buffer_caches() => buffer_caches_json(out, &workers),
+            _ => out.push_str("null"),
+        });
         member(&mut out, "pool", &|out| match rt {
             Some(rt) => {
                 let s = rt.pools.stats();
@@ -408,6 +423,199 @@ impl Control {
         }
         out.push('}');
         out
+    }
+}
+
+/// Both large-buffer caches of every worker (as of its last tick): common families labelled
+/// `worker` and `cache` (`assembly`: message assembly; `output`: staging and pending output),
+/// plus what only one of them has.
+fn buffer_cache_metrics(out: &mut String, workers: &[hioload_fallback::WorkerStats]) {
+    type Field = fn(&CacheFigures) -> u64;
+    let families: [(&str, &str, &str, Field); 7] = [
+        (
+            "hioload_buffer_cache_borrowed_total",
+            "counter",
+            "Large buffers a worker's cache handed out.",
+            |c| c.borrowed,
+        ),
+        (
+            "hioload_buffer_cache_hits_total",
+            "counter",
+            "Large buffers handed out from the cache with enough capacity (no allocation).",
+            |c| c.hits,
+        ),
+        (
+            "hioload_buffer_cache_misses_total",
+            "counter",
+            "Large buffers that had to be allocated or grown.",
+            |c| c.misses,
+        ),
+        (
+            "hioload_buffer_cache_returned_total",
+            "counter",
+            "Buffers given back and kept.",
+            |c| c.returned,
+        ),
+        (
+            "hioload_buffer_cache_freed_total",
+            "counter",
+            "Buffers freed: beyond the cache's bounds, evicted for a larger one, or trimmed.",
+            |c| c.freed,
+        ),
+        (
+            "hioload_buffer_cache_free_buffers",
+            "gauge",
+            "Free large buffers the cache holds.",
+            |c| c.free_buffers,
+        ),
+        (
+            "hioload_buffer_cache_free_bytes",
+            "gauge",
+            "Free large capacity the cache holds, in bytes.",
+            |c| c.free_bytes,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        prometheus::header(out, name, kind, help);
+        for (i, w) in workers.iter().enumerate() {
+            let worker = i.to_string();
+            for (cache, figures) in CacheFigures::of(w) {
+                let labels = [("worker", worker.as_str()), ("cache", cache)];
+                prometheus::sample(out, name, &labels, field(&figures) as f64);
+            }
+        }
+    }
+    type Only = fn(&hioload_fallback::WorkerStats) -> u64;
+    let only: [(&str, &str, &str, Only); 4] = [
+        (
+            "hioload_assembly_buffers_grown_total",
+            "counter",
+            "Borrowed assembly buffers that had to grow (a fragmented message outgrew it).",
+            |w| w.assembly_cache.grown,
+        ),
+        (
+            "hioload_output_small_buffers_borrowed_total",
+            "counter",
+            "Small (64 KiB) pending-output buffers handed out.",
+            |w| w.output_cache.small_borrowed,
+        ),
+        (
+            "hioload_output_small_buffers_misses_total",
+            "counter",
+            "Small pending-output buffers that had to be allocated.",
+            |w| w.output_cache.small_misses,
+        ),
+        (
+            "hioload_output_small_buffers_free",
+            "gauge",
+            "Free small pending-output buffers held.",
+            |w| w.output_cache.small_cached as u64,
+        ),
+    ];
+    for (name, kind, help, field) in only {
+        prometheus::header(out, name, kind, help);
+        for (i, w) in workers.iter().enumerate() {
+            prometheus::sample(out, name, &[("worker", &i.to_string())], field(w) as f64);
+        }
+    }
+}
+
+/// `buffer_caches`: per worker, `{"assembly":{...},"output":{...}}` (as of its last tick).
+fn buffer_caches_json(out: &mut String, workers: &[hioload_fallback::WorkerStats]) {
+    out.push('[');
+    for (i, w) in workers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (a, o) = (&w.assembly_cache, &w.output_cache);
+        out.push_str("{\"assembly\":");
+        json_counts(
+            out,
+            &[
+                ("borrowed", a.borrowed),
+                ("hits", a.hits),
+                ("misses", a.misses),
+                ("grown", a.grown),
+                ("returned", a.returned),
+                ("freed", a.freed),
+                ("cached_buffers", a.cached_buffers as u64),
+                ("cached_bytes", a.cached_bytes as u64),
+            ],
+        );
+        out.push_str(",\"output\":");
+        json_counts(
+            out,
+            &[
+                ("borrowed", o.borrowed),
+                ("hits", o.hits),
+                ("misses", o.misses),
+                ("returned", o.returned),
+                ("freed", o.freed),
+                ("cached_buffers", o.cached_buffers as u64),
+                ("cached_bytes", o.cached_bytes as u64),
+                ("small_borrowed", o.small_borrowed),
+                ("small_misses", o.small_misses),
+                ("small_cached", o.small_cached as u64),
+            ],
+        );
+        out.push('}');
+    }
+    out.push(']');
+}
+
+/// A JSON object of named counts (names are plain identifiers: no escaping needed).
+fn json_counts(out: &mut String, counts: &[(&str, u64)]) {
+    out.push('{');
+    for (i, (name, value)) in counts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":{value}");
+    }
+    out.push('}');
+}
+
+/// What the two caches of a worker have in common.
+struct CacheFigures {
+    borrowed: u64,
+    hits: u64,
+    misses: u64,
+    returned: u64,
+    freed: u64,
+    free_buffers: u64,
+    free_bytes: u64,
+}
+
+impl CacheFigures {
+    /// A worker's two caches, by their `cache` label.
+    fn of(w: &hioload_fallback::WorkerStats) -> [(&'static str, CacheFigures); 2] {
+        let (a, o) = (&w.assembly_cache, &w.output_cache);
+        [
+            (
+                "assembly",
+                CacheFigures {
+                    borrowed: a.borrowed,
+                    hits: a.hits,
+                    misses: a.misses,
+                    returned: a.returned,
+                    freed: a.freed,
+                    free_buffers: a.cached_buffers as u64,
+                    free_bytes: a.cached_bytes as u64,
+                },
+            ),
+            (
+                "output",
+                CacheFigures {
+                    borrowed: o.borrowed,
+                    hits: o.hits,
+                    misses: o.misses,
+                    returned: o.returned,
+                    freed: o.freed,
+                    free_buffers: o.cached_buffers as u64,
+                    free_bytes: o.cached_bytes as u64,
+                },
+            ),
+        ]
     }
 }
 

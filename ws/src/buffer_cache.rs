@@ -186,4 +186,35 @@ mod tests {
         c.trim();
         assert_eq!((c.len, c.bytes, c.stats.cached_bytes), (0, 0, 0));
     }
+
+    /// The cache keeps as many buffers as were ever in use at once: a new peak allocates (once),
+    /// and every later pattern of at most that many borrowers, in any order, allocates nothing.
+    /// (A benchmark's warm-up must therefore reach the peak; see `alloc_per_message`.)
+    #[test]
+    fn holds_the_peak_number_of_borrowers() {
+        let mut c = BufferCache::new();
+        let size = 256 << 10;
+        // Peak of three borrowers at once: three misses.
+        let held: Vec<Vec<u8>> = (0..3).map(|_| c.take(size, true)).collect();
+        held.into_iter().for_each(|b| c.give(b));
+        assert_eq!((c.stats.misses, c.len), (3, 3));
+        // Any interleaving of up to three borrowers hits.
+        for round in 0..50 {
+            let a = c.take(size, round % 2 == 0);
+            let b = c.take(size, true);
+            c.give(a);
+            let d = c.take(size, false);
+            c.give(d);
+            let e = c.take(size, true);
+            c.give(b);
+            c.give(e);
+        }
+        assert_eq!(c.stats.misses, 3, "{:?}", c.stats);
+        // A fourth borrower at once is a new peak: one more allocation, kept for next time.
+        let held: Vec<Vec<u8>> = (0..4).map(|_| c.take(size, true)).collect();
+        held.into_iter().for_each(|b| c.give(b));
+        let held: Vec<Vec<u8>> = (0..4).map(|_| c.take(size, true)).collect();
+        held.into_iter().for_each(|b| c.give(b));
+        assert_eq!((c.stats.misses, c.len, c.bytes), (4, 4, 4 * size));
+    }
 }
