@@ -3,6 +3,7 @@
 # hioload-echo on loopback and fails on any case that is not OK (FAILED, NON-STRICT, UNIMPLEMENTED).
 #
 # Usage: scripts/autobahn.sh [CASES]    (default: every case but the permessage-deflate ones)
+# Env:   AUTOBAHN_IO=auto|poll|io-uring   the server's --io backend (default auto)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="${AUTOBAHN_TOOLS:-../shared/tools/autobahn}"
@@ -12,9 +13,12 @@ outdir="target/autobahn-report"
 
 "$tools/install.sh" >/dev/null
 cargo build --release -p hioload-echo
-target/release/hioload-echo --addr "127.0.0.1:$port" --workers 2 >target/autobahn-server.log 2>&1 &
+io="${AUTOBAHN_IO:-auto}"
+target/release/hioload-echo --addr "127.0.0.1:$port" --workers 2 --io "$io" >target/autobahn-server.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "listening on" target/autobahn-server.log && break; sleep 0.1; done
+grep "listening on" target/autobahn-server.log || { echo "autobahn.sh: hioload-echo did not start" >&2; cat target/autobahn-server.log >&2; exit 1; }
 
 status=0
 "$tools/run.sh" "ws://127.0.0.1:$port/ws" "$cases" --no-deflate --outdir "$outdir" \

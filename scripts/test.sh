@@ -21,13 +21,24 @@ scripts/setup.sh --hugepages 1024
 stage "cargo test (workspace)"
 cargo test --workspace --features dpdk --no-fail-fast 2>&1 | tee target-test.log
 
+# The kernel-path tests again on the other I/O backend: the run above uses `auto` (io_uring where
+# this kernel allows it), this one epoll.
+stage "cargo test (kernel path on the epoll backend: HIOLOAD_TEST_IO=poll)"
+HIOLOAD_TEST_IO=poll cargo test --features dpdk --no-fail-fast -p hioload-ws -p hioload-echo \
+    --test echo --test load --test backpressure --test slow_reader --test sessions --test reload \
+    --test http --test middleware --test control_plane --test pool_limits --test pool_release \
+    --test chat_example --test binary 2>&1 | tee -a target-test.log
+
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 
 stage "fuzz targets (build both flavours, short run of each)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ws/fuzz/run.sh check
 
-stage "autobahn (kernel fallback)"
-scripts/autobahn.sh
+stage "autobahn (kernel fallback, io_uring where the kernel allows it)"
+AUTOBAHN_IO=auto scripts/autobahn.sh
+
+stage "autobahn (kernel fallback, epoll)"
+AUTOBAHN_IO=poll scripts/autobahn.sh
 
 stage "autobahn (DPDK userspace path: net_tap, suite in a network namespace)"
 scripts/autobahn-dpdk.sh

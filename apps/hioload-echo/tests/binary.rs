@@ -25,7 +25,10 @@ struct Echo {
 impl Echo {
     fn start(extra: &[&str]) -> Echo {
         let mut cmd = Command::new(BIN);
+        // The I/O backend under test (scripts/test.sh runs these once per backend).
+        let io = std::env::var("HIOLOAD_TEST_IO").unwrap_or_else(|_| "auto".into());
         cmd.args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
+            .args(["--io", &io])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -42,6 +45,11 @@ impl Echo {
             line.contains("workers, kernel data path, ") || line.contains("1 worker, kernel"),
             "{line}"
         );
+        if let Ok(io) = std::env::var("HIOLOAD_TEST_IO") {
+            if io != "auto" {
+                assert!(line.contains(&format!("{io} I/O")), "{line}");
+            }
+        }
         let rest = line.split("listening on ws://").nth(1).unwrap();
         let addr = rest.split('/').next().unwrap().parse().unwrap();
         Echo { process, addr }
@@ -242,7 +250,9 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
     // One worker: with several, one may take the descriptor another just released for its
     // accept-and-close, and that other then backs off until a descriptor frees.
     let mut cmd = Command::new(BIN);
+    let io = std::env::var("HIOLOAD_TEST_IO").unwrap_or_else(|_| "auto".into());
     cmd.args(["--addr", "127.0.0.1:0", "--workers", "1", "--no-affinity"])
+        .args(["--io", &io])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
