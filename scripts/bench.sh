@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side WebSocket echo benchmark: hioload-echo (1 worker) against a tokio-tungstenite echo,
-# a fastwebsockets echo and a raw TCP echo (apps/bench-peers), same load, same run.
+# Side-by-side WebSocket echo benchmark: hioload-echo (1 worker; its default I/O backend, io_uring
+# where the kernel allows it, and again with --io poll: epoll) against a tokio-tungstenite echo, a
+# fastwebsockets echo and a raw TCP echo (apps/bench-peers), same load, same run.
 #
 # Each server is pinned to one core (taskset -c $BENCH_SERVER_CPU, default 0) and the load generator,
 # hioload-bench, to another ($BENCH_CLIENT_CPU, default 1). Scenarios (connections × payload, P in
@@ -10,7 +11,7 @@
 # server RSS per idle connection at $BENCH_IDLE connections. The markdown report also goes to
 # target/bench/bench-<date>.md.
 #
-# Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload tungstenite fastws raw"]
+# Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload hioload-poll tungstenite fastws raw"]
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
@@ -29,7 +30,7 @@ idle=${BENCH_IDLE:-10000}
 server_cpu=${BENCH_SERVER_CPU:-0}
 client_cpu=${BENCH_CLIENT_CPU:-1}
 port_base=${BENCH_PORT_BASE:-19100}
-servers="hioload tungstenite fastws raw"
+servers="hioload hioload-poll tungstenite fastws raw"
 scenarios="100x20 10x1K 200x16K 500x16K 100x20p16"
 rounds=${BENCH_ROUNDS:-1}
 build=1
@@ -89,6 +90,7 @@ stamp=$(date -u +%Y%m%d-%H%M%S)
 label() {
     case "$1" in
         hioload) echo "hioload-echo" ;;
+        hioload-poll) echo "hioload-echo (epoll)" ;;
         tungstenite) echo "tokio-tungstenite" ;;
         fastws) echo "fastwebsockets" ;;
         raw) echo "raw TCP echo" ;;
@@ -106,11 +108,12 @@ for s in $servers; do
     fi
     case "$s" in
         hioload) cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1) ;;
+        hioload-poll) cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1 --io poll) ;;
         tungstenite) cmd=("$peers/tokio-tungstenite-echo" --addr "127.0.0.1:$p") ;;
         fastws) cmd=("$peers/fastwebsockets-echo" --addr "127.0.0.1:$p") ;;
         raw) cmd=("$peers/raw-tcp-echo" --addr "127.0.0.1:$p") ;;
         raw-uring) cmd=("$peers/raw-tcp-echo-uring" --addr "127.0.0.1:$p") ;;
-        *) echo "bench.sh: unknown server $s (hioload tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
+        *) echo "bench.sh: unknown server $s (hioload hioload-poll tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
     esac
     taskset -c "$server_cpu" "${cmd[@]}" >"$logdir/$s.log" 2>&1 &
     pids+=($!)
@@ -207,12 +210,12 @@ report() {
     echo
     local head="| scenario |" line="| --- |"
     for s in $servers; do head+=" $(label "$s") |"; line+=" ---: |"; done
-    has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
+    has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
     echo "$head"; echo "$line"
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${cpu[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
+        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
         echo "$row"
     done
     echo
@@ -222,7 +225,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(fmt_rate "${rate[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
+        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
         echo "$row"
     done
     echo
@@ -232,7 +235,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${user[$sc,$s]}") |"; done
-        has hioload && for s in tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
+        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
         echo "$row"
     done
     if [ "${#syscalls[@]}" -gt 0 ]; then
