@@ -57,6 +57,8 @@ pub(crate) struct Connection<B> {
     pub ping_sent: Option<Instant>,
     /// io_uring: a receive is in flight for this connection.
     pub recv_armed: bool,
+    /// io_uring: `out` goes to the kernel with the loop turn's submission (in the ring-send list).
+    pub send_queued: bool,
 }
 
 impl<B> Connection<B> {
@@ -85,6 +87,7 @@ impl<B> Connection<B> {
             last_input: now,
             ping_sent: None,
             recv_armed: false,
+            send_queued: false,
         }
     }
 

@@ -193,29 +193,46 @@ impl TurnOutput {
             }
         }
         if result.is_ok() {
-            // Keep what the kernel did not take, in order.
-            let from_pending = sent.min(pending.len());
-            let mut skip = sent - from_pending;
-            pending.consume_cached(from_pending, &mut self.cache);
-            if sent < total && self.bytes > 0 {
-                // Room for this whole turn, not just its unsent part: the size asked for does not
-                // depend on how much the kernel took, so a cached buffer fits every such turn.
-                let room = pending.len() + self.bytes;
-                pending.reserve_cached(room, &mut self.cache);
-            }
-            let staged = self.large.as_ref().unwrap_or(&self.staging);
-            for &seg in &self.segs {
-                let piece = piece(staged, seg, input);
-                if skip >= piece.len() {
-                    skip -= piece.len();
-                    continue;
-                }
-                pending.push_cached(&piece[skip..], &mut self.cache);
-                skip = 0;
-            }
+            self.keep_unsent(pending, input, sent);
         }
         self.clear();
         result.map(|()| sent)
+    }
+
+    /// Appends this turn's output to `pending` without sending anything (the io_uring backend
+    /// sends `pending` with the loop turn's submission) and clears the turn.
+    pub fn stage_into(&mut self, pending: &mut OutBuf, input: &[u8]) {
+        self.keep_unsent(pending, input, 0);
+        self.clear();
+    }
+
+    /// Marks `n` bytes of `pending` as sent (a completed ring send).
+    pub fn consumed(&mut self, pending: &mut OutBuf, n: usize) {
+        pending.consume_cached(n, &mut self.cache);
+    }
+
+    /// After `sent` bytes of `pending` + this turn went out: keeps the rest in `pending`, in order.
+    fn keep_unsent(&mut self, pending: &mut OutBuf, input: &[u8], sent: usize) {
+        let total = pending.len() + self.bytes;
+        let from_pending = sent.min(pending.len());
+        let mut skip = sent - from_pending;
+        pending.consume_cached(from_pending, &mut self.cache);
+        if sent < total && self.bytes > 0 {
+            // Room for this whole turn, not just its unsent part: the size asked for does not
+            // depend on how much the kernel took, so a cached buffer fits every such turn.
+            let room = pending.len() + self.bytes;
+            pending.reserve_cached(room, &mut self.cache);
+        }
+        let staged = self.large.as_ref().unwrap_or(&self.staging);
+        for &seg in &self.segs {
+            let piece = piece(staged, seg, input);
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            pending.push_cached(&piece[skip..], &mut self.cache);
+            skip = 0;
+        }
     }
 
     /// Drops this turn's output without sending it (the connection is gone).

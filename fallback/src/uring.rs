@@ -39,6 +39,7 @@ const KIND_SHIFT: u32 = 62;
 const KIND_RECV: u64 = 0;
 const KIND_EPOLL: u64 = 1;
 const KIND_CANCEL: u64 = 2;
+const KIND_SEND: u64 = 3;
 
 /// What a completion is about, from its user data.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -49,6 +50,8 @@ pub(crate) enum Op {
     Epoll,
     /// An `ASYNC_CANCEL` (its result does not matter).
     Cancel,
+    /// The send of the connection in `slot` whose id ends in `tag`.
+    Send { slot: usize, tag: u32 },
 }
 
 impl Op {
@@ -59,6 +62,9 @@ impl Op {
             }
             Op::Epoll => KIND_EPOLL << KIND_SHIFT,
             Op::Cancel => KIND_CANCEL << KIND_SHIFT,
+            Op::Send { slot, tag } => {
+                (KIND_SEND << KIND_SHIFT) | ((slot as u64) << 32) | u64::from(tag)
+            }
         }
     }
 
@@ -69,6 +75,10 @@ impl Op {
                 tag: data as u32,
             },
             KIND_EPOLL => Op::Epoll,
+            KIND_SEND => Op::Send {
+                slot: ((data >> 32) & ((1 << 30) - 1)) as usize,
+                tag: data as u32,
+            },
             _ => Op::Cancel,
         }
     }
@@ -191,6 +201,19 @@ impl<B: RecvBuffer> Uring<B> {
         Ok(())
     }
 
+    /// Queues a send of `bytes` on `fd` that never waits for room (`MSG_DONTWAIT`): it completes
+    /// within the submission that carries it, in full, in part or with `EAGAIN`.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unchanged until the next [`Uring::submit_and_wait`] returns.
+    pub unsafe fn send(&mut self, fd: RawFd, bytes: &[u8], slot: usize, tag: u32) -> io::Result<()> {
+        let entry = opcode::Send::new(Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Op::Send { slot, tag }.user_data());
+        self.push(&entry)
+    }
+
     /// Queues the cancellation of the receive of `(slot, tag)`; its completion still comes.
     pub fn cancel_recv(&mut self, slot: usize, tag: u32) -> io::Result<()> {
         let entry = opcode::AsyncCancel::new(Op::Recv { slot, tag }.user_data())
@@ -215,8 +238,8 @@ impl<B: RecvBuffer> Uring<B> {
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: the entries name no memory but provided buffers (registered for the ring's
-            // life) and, for cancels, nothing at all.
+            // SAFETY: receives name only provided buffers (registered for the ring's life),
+            // cancels and polls no memory, and sends bytes their caller keeps until the submit.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
@@ -403,6 +426,44 @@ impl<B> Drop for ProvidedBufs<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// What ring sends rely on: a `MSG_DONTWAIT` send is done when the submit returns, taken in
+    /// full, in part, or refused with `EAGAIN` (io_uring does not wait for room), so the bytes it
+    /// names need to live only until then.
+    #[test]
+    fn a_dontwait_send_completes_within_its_submit_even_on_a_full_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let fd = server.as_raw_fd();
+        let chunk = [7u8; 4096];
+        let mut ring = new_ring(8).unwrap();
+        let mut results = Vec::new();
+        for _ in 0..4096 {
+            let entry = opcode::Send::new(Fd(fd), chunk.as_ptr(), chunk.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(1);
+            // SAFETY: `chunk` outlives the ring.
+            unsafe { ring.submission().push(&entry).unwrap() };
+            ring.submit().unwrap();
+            let done: Vec<i32> = ring.completion().map(|c| c.result()).collect();
+            assert_eq!(done.len(), 1, "the send completed within its submit");
+            results.push(done[0]);
+            if done[0] == -libc::EAGAIN {
+                break;
+            }
+        }
+        assert_eq!(results.last(), Some(&-libc::EAGAIN), "{results:?}");
+        assert!(results[..results.len() - 1].iter().all(|&n| n > 0), "{results:?}");
+    }
 
     #[test]
     fn user_data_round_trips() {
@@ -415,6 +476,7 @@ mod tests {
             Op::Recv { slot: 7, tag: 42 },
             Op::Epoll,
             Op::Cancel,
+            Op::Send { slot: 3, tag: 9 },
         ] {
             assert_eq!(Op::from_user_data(op.user_data()), op);
         }

@@ -40,6 +40,7 @@ impl<S: Service> Worker<S> {
             .expect("events exist until the loop runs");
         loop {
             let timeout = self.poll_timeout();
+            self.queue_ring_sends();
             let uring = self
                 .uring
                 .as_mut()
@@ -59,11 +60,18 @@ impl<S: Service> Worker<S> {
                 self.apply_settings();
             }
             let completions = self.uring_mut().take_completions();
+            // Sends first: until their completions are taken, the output they name is the
+            // kernel's (they complete within the submission, before any receive).
+            for completion in &completions {
+                if let Op::Send { slot, tag } = completion.op {
+                    self.on_sent(slot, tag, completion.result);
+                }
+            }
             for completion in &completions {
                 match completion.op {
                     Op::Recv { slot, tag } => self.on_recv(slot, tag, completion),
                     Op::Epoll => self.poll_ready(&mut events),
-                    Op::Cancel => {}
+                    Op::Cancel | Op::Send { .. } => {}
                 }
             }
             self.uring_mut().recycle(completions);
@@ -96,6 +104,53 @@ impl<S: Service> Worker<S> {
             if !full {
                 return;
             }
+        }
+    }
+
+    /// Queues the sends of the connections whose output waits for this submission. Each names
+    /// the connection's pending output, which nothing touches until the send's completion.
+    fn queue_ring_sends(&mut self) {
+        let mut list = std::mem::take(&mut self.ring_sends);
+        for &(idx, id) in &list {
+            let Some(conn) = self.conns[idx].as_mut().filter(|c| c.id == id) else {
+                continue;
+            };
+            conn.send_queued = false;
+            if conn.out.is_empty() {
+                continue; // a direct flush took it meanwhile
+            }
+            let fd = conn.stream.as_raw_fd();
+            let uring = self.uring.as_mut().expect("an io_uring worker has its ring");
+            // SAFETY: `conn.out` is neither written nor moved before this send's completion: the
+            // send completes within the next submit-and-wait, and its completion is taken (in
+            // `run_uring`) before anything else runs for the connection.
+            let queued = unsafe { uring.send(fd, conn.out.unsent(), idx, tag_of(id)) };
+            if let Err(e) = queued {
+                error!(worker = self.index, "cannot queue a send: {e}");
+                self.peer_gone(idx, Some(e));
+            }
+        }
+        list.clear();
+        self.ring_sends = list;
+    }
+
+    /// A ring send completed: `result` bytes of the connection's pending output went out.
+    fn on_sent(&mut self, idx: usize, tag: u32, result: i32) {
+        let Some(conn) = self.conns[idx].as_mut().filter(|c| tag_of(c.id) == tag) else {
+            return;
+        };
+        match result {
+            n if n >= 0 => {
+                // What is left waits for the socket's writable edge, as after a partial write.
+                self.turn.consumed(&mut conn.out, n as usize);
+                if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
+                    conn.read_paused = false;
+                    self.queue_ready(idx);
+                }
+                self.after_turn(idx);
+            }
+            e if e == -libc::EAGAIN || e == -libc::EINTR => self.after_turn(idx),
+            e => self.peer_gone(idx, Some(io::Error::from_raw_os_error(-e))),
         }
     }
 
