@@ -57,7 +57,8 @@ pub(crate) struct Connection<B> {
     pub ping_sent: Option<Instant>,
     /// io_uring: a receive is in flight for this connection.
     pub recv_armed: bool,
-    /// io_uring: `out` goes to the kernel with the loop turn's submission (in the ring-send list).
+    /// io_uring: a ring send of earlier output is queued or in flight; later output waits in `out`
+    /// until its completion.
     pub send_queued: bool,
 }
 

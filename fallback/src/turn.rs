@@ -206,9 +206,27 @@ impl TurnOutput {
         self.clear();
     }
 
-    /// Marks `n` bytes of `pending` as sent (a completed ring send).
-    pub fn consumed(&mut self, pending: &mut OutBuf, n: usize) {
-        pending.consume_cached(n, &mut self.cache);
+    /// Appends this turn's bytes to `dst` (the io_uring backend's send arena) and clears the
+    /// turn. The caller checked that `dst` has room: nothing here allocates.
+    pub fn move_into(&mut self, dst: &mut Vec<u8>, input: &[u8]) {
+        debug_assert!(dst.capacity() - dst.len() >= self.bytes);
+        let staged = self.large.as_ref().unwrap_or(&self.staging);
+        for &seg in &self.segs {
+            dst.extend_from_slice(piece(staged, seg, input));
+        }
+        self.clear();
+    }
+
+    /// Puts `front` before the bytes already in `pending` (what a ring send did not get out
+    /// belongs before the output queued behind it). Rare: only after a short ring send.
+    pub fn requeue_front(&mut self, pending: &mut OutBuf, front: &[u8]) {
+        debug_assert!(self.is_empty());
+        self.stage(front);
+        self.stage(pending.unsent());
+        let old = pending.len();
+        pending.consume_cached(old, &mut self.cache);
+        self.keep_unsent(pending, &[], 0);
+        self.clear();
     }
 
     /// After `sent` bytes of `pending` + this turn went out: keeps the rest in `pending`, in order.

@@ -50,8 +50,8 @@ pub(crate) enum Op {
     Epoll,
     /// An `ASYNC_CANCEL` (its result does not matter).
     Cancel,
-    /// The send of the connection in `slot` whose id ends in `tag`.
-    Send { slot: usize, tag: u32 },
+    /// The ring send at `index` in the worker's list of this turn's sends.
+    Send { index: u32 },
 }
 
 impl Op {
@@ -62,9 +62,7 @@ impl Op {
             }
             Op::Epoll => KIND_EPOLL << KIND_SHIFT,
             Op::Cancel => KIND_CANCEL << KIND_SHIFT,
-            Op::Send { slot, tag } => {
-                (KIND_SEND << KIND_SHIFT) | ((slot as u64) << 32) | u64::from(tag)
-            }
+            Op::Send { index } => (KIND_SEND << KIND_SHIFT) | u64::from(index),
         }
     }
 
@@ -75,10 +73,7 @@ impl Op {
                 tag: data as u32,
             },
             KIND_EPOLL => Op::Epoll,
-            KIND_SEND => Op::Send {
-                slot: ((data >> 32) & ((1 << 30) - 1)) as usize,
-                tag: data as u32,
-            },
+            KIND_SEND => Op::Send { index: data as u32 },
             _ => Op::Cancel,
         }
     }
@@ -206,11 +201,11 @@ impl<B: RecvBuffer> Uring<B> {
     ///
     /// # Safety
     /// `bytes` must stay valid and unchanged until the next [`Uring::submit_and_wait`] returns.
-    pub unsafe fn send(&mut self, fd: RawFd, bytes: &[u8], slot: usize, tag: u32) -> io::Result<()> {
+    pub unsafe fn send(&mut self, fd: RawFd, bytes: &[u8], index: u32) -> io::Result<()> {
         let entry = opcode::Send::new(Fd(fd), bytes.as_ptr(), bytes.len() as u32)
             .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
             .build()
-            .user_data(Op::Send { slot, tag }.user_data());
+            .user_data(Op::Send { index }.user_data());
         self.push(&entry)
     }
 
@@ -476,7 +471,7 @@ mod tests {
             Op::Recv { slot: 7, tag: 42 },
             Op::Epoll,
             Op::Cancel,
-            Op::Send { slot: 3, tag: 9 },
+            Op::Send { index: 9 },
         ] {
             assert_eq!(Op::from_user_data(op.user_data()), op);
         }

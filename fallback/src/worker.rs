@@ -58,6 +58,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// io_uring: turns up to this size are sent through the ring (one copy, no system call); larger
 /// ones go out at once with a vectored `sendmsg` straight from the receive buffer (no copy).
 const RING_SEND_MAX: usize = 8 << 10;
+/// io_uring: capacity of the send arena (a loop turn's ring sends, back to back).
+const SEND_ARENA: usize = 512 << 10;
+
+/// One ring send of a loop turn: `send_arena[start..start + len]` for the connection in `idx`.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct RingSend {
+    idx: usize,
+    id: u64,
+    start: usize,
+    len: usize,
+}
 
 /// Idle sweeps happen at most this often.
 const IDLE_SWEEP_MAX: Duration = Duration::from_secs(1);
@@ -137,8 +148,11 @@ pub(crate) struct Worker<S: Service> {
     /// The io_uring backend's ring and provided buffers; `None`: readiness (mio) for reads too.
     #[cfg(target_os = "linux")]
     uring: Option<crate::uring::Uring<<S::Buffers as RecvBuffers>::Buf>>,
-    /// io_uring: connections whose `out` goes to the kernel with this turn's submission.
-    ring_sends: Vec<(usize, u64)>,
+    /// io_uring: this loop turn's ring sends, each a range of `send_arena`.
+    ring_sends: Vec<RingSend>,
+    /// io_uring: the bytes of this loop turn's ring sends, back to back; cleared once their
+    /// completions are taken. Fixed capacity: a turn that does not fit is sent directly.
+    send_arena: Vec<u8>,
     /// Small turns are sent through the io_uring ring.
     sends_through_ring: bool,
 }
@@ -221,6 +235,7 @@ impl<S: Service> Worker<S> {
             #[cfg(target_os = "linux")]
             uring,
             ring_sends: Vec::with_capacity(1024),
+            send_arena: Vec::with_capacity(if sends_through_ring { SEND_ARENA } else { 0 }),
             sends_through_ring,
         }
     }
@@ -507,7 +522,7 @@ impl<S: Service> Worker<S> {
         if conn.out.is_empty() {
             return;
         }
-        if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+        if let Err(e) = flush_or_wait(&mut self.turn, conn) {
             self.peer_gone(idx, Some(e));
             return;
         }
@@ -773,15 +788,27 @@ impl<S: Service> Worker<S> {
         };
         let sent = if self.turn.is_empty() {
             Ok(0)
-        } else if self.sends_through_ring && (conn.send_queued || self.turn.len() <= RING_SEND_MAX) {
-            // io_uring: a small turn is copied behind the connection's pending output, which
-            // goes out with the loop turn's submission (no send system call); so is anything
-            // behind output queued that way, to keep the order.
+        } else if conn.send_queued {
+            // A ring send of earlier output is queued: this waits behind it (sent at its
+            // completion), in order.
             self.turn.stage_into(&mut conn.out, buf.as_slice());
-            if !conn.send_queued {
-                conn.send_queued = true;
-                self.ring_sends.push((idx, conn.id));
-            }
+            Ok(0)
+        } else if self.sends_through_ring
+            && conn.out.is_empty()
+            && self.turn.len() <= RING_SEND_MAX
+            && self.send_arena.capacity() - self.send_arena.len() >= self.turn.len()
+        {
+            // io_uring: a small turn is copied into the send arena and goes out with the loop
+            // turn's submission, beside every other connection's (no send system call).
+            let start = self.send_arena.len();
+            self.turn.move_into(&mut self.send_arena, buf.as_slice());
+            conn.send_queued = true;
+            self.ring_sends.push(RingSend {
+                idx,
+                id: conn.id,
+                start,
+                len: self.send_arena.len() - start,
+            });
             Ok(0)
         } else {
             self.turn.flush(&conn.stream, &mut conn.out, buf.as_slice())
@@ -851,7 +878,8 @@ impl<S: Service> Worker<S> {
             conn.over_hard_since = None;
         }
         if let Phase::Finishing { shut } = &mut conn.phase {
-            if !*shut && conn.out.is_empty() {
+            // Not before a queued ring send has taken our last bytes out.
+            if !*shut && conn.out.is_empty() && !conn.send_queued {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 *shut = true;
                 conn.read_paused = false;
@@ -1007,7 +1035,7 @@ impl<S: Service> Worker<S> {
             let _ = session
                 .outgoing(&mut sink)
                 .close(CloseCode::POLICY_VIOLATION, "output not drained");
-            let _ = self.turn.flush(&conn.stream, &mut conn.out, &[]);
+            let _ = flush_or_wait(&mut self.turn, conn);
         }
         info!(
             peer = %conn.peer, session = conn.id, pending,
@@ -1060,7 +1088,7 @@ impl<S: Service> Worker<S> {
             OutMessage::Text(t) => out.send_text(t),
             OutMessage::Binary(b) => out.send_binary(b),
         };
-        if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+        if let Err(e) = flush_or_wait(&mut self.turn, conn) {
             self.peer_gone(idx, Some(e));
             return false;
         }
@@ -1115,7 +1143,7 @@ impl<S: Service> Worker<S> {
                 let _ = session.outgoing(&mut sink).ping(b"idle");
                 conn.ping_sent = Some(now);
                 self.shared.workers[self.index].idle_pings.add(1);
-                if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+                if let Err(e) = flush_or_wait(&mut self.turn, conn) {
                     self.peer_gone(idx, Some(e));
                     continue;
                 }
@@ -1144,7 +1172,7 @@ impl<S: Service> Worker<S> {
                     let _ = session
                         .outgoing(&mut sink)
                         .close(CloseCode::GOING_AWAY, "server shutting down");
-                    if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+                    if let Err(e) = flush_or_wait(&mut self.turn, conn) {
                         self.peer_gone(idx, Some(e));
                         continue;
                     }
@@ -1179,6 +1207,17 @@ impl<S: Service> Worker<S> {
             }
         }
         debug!(worker = self.index, "worker stopped");
+    }
+}
+
+/// Sends the connection's pending output and this turn's, unless a ring send of earlier output is
+/// queued: then this turn waits in the pending output, behind it (sent at its completion).
+fn flush_or_wait<B>(turn: &mut TurnOutput, conn: &mut Connection<B>) -> io::Result<usize> {
+    if conn.send_queued {
+        turn.stage_into(&mut conn.out, &[]);
+        Ok(0)
+    } else {
+        turn.flush(&conn.stream, &mut conn.out, &[])
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mio::Events;
 use tracing::{debug, error};
 
-use super::Worker;
+use super::{RingSend, Worker};
 use crate::pool::{RecvBuffer, RecvBuffers};
 use crate::service::Service;
 use crate::uring::{tag_of, Completion, Op};
@@ -60,13 +60,9 @@ impl<S: Service> Worker<S> {
                 self.apply_settings();
             }
             let completions = self.uring_mut().take_completions();
-            // Sends first: until their completions are taken, the output they name is the
-            // kernel's (they complete within the submission, before any receive).
-            for completion in &completions {
-                if let Op::Send { slot, tag } = completion.op {
-                    self.on_sent(slot, tag, completion.result);
-                }
-            }
+            // Sends first: until their completions are taken, the arena is the kernel's (they
+            // complete within the submission, before any receive).
+            self.on_sends(&completions);
             for completion in &completions {
                 match completion.op {
                     Op::Recv { slot, tag } => self.on_recv(slot, tag, completion),
@@ -107,51 +103,72 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Queues the sends of the connections whose output waits for this submission. Each names
-    /// the connection's pending output, which nothing touches until the send's completion.
+    /// Queues this loop turn's ring sends, each a range of the send arena, which nothing touches
+    /// until their completions are taken (first thing after the wait).
     fn queue_ring_sends(&mut self) {
-        let mut list = std::mem::take(&mut self.ring_sends);
-        for &(idx, id) in &list {
-            let Some(conn) = self.conns[idx].as_mut().filter(|c| c.id == id) else {
-                continue;
+        for index in 0..self.ring_sends.len() {
+            let send = self.ring_sends[index];
+            let Some(conn) = self.conns[send.idx].as_ref().filter(|c| c.id == send.id) else {
+                continue; // gone since: nothing to send
             };
-            conn.send_queued = false;
-            if conn.out.is_empty() {
-                continue; // a direct flush took it meanwhile
-            }
             let fd = conn.stream.as_raw_fd();
+            let bytes = &self.send_arena[send.start..send.start + send.len];
             let uring = self.uring.as_mut().expect("an io_uring worker has its ring");
-            // SAFETY: `conn.out` is neither written nor moved before this send's completion: the
-            // send completes within the next submit-and-wait, and its completion is taken (in
-            // `run_uring`) before anything else runs for the connection.
-            let queued = unsafe { uring.send(fd, conn.out.unsent(), idx, tag_of(id)) };
+            // SAFETY: the arena is neither written nor cleared before the completions of this
+            // turn's sends are taken: a MSG_DONTWAIT send completes within the submission.
+            let queued = unsafe { uring.send(fd, bytes, index as u32) };
             if let Err(e) = queued {
                 error!(worker = self.index, "cannot queue a send: {e}");
-                self.peer_gone(idx, Some(e));
+                self.peer_gone(send.idx, Some(e));
             }
         }
-        list.clear();
-        self.ring_sends = list;
     }
 
-    /// A ring send completed: `result` bytes of the connection's pending output went out.
-    fn on_sent(&mut self, idx: usize, tag: u32, result: i32) {
-        let Some(conn) = self.conns[idx].as_mut().filter(|c| tag_of(c.id) == tag) else {
+    /// The completions of this loop turn's ring sends (all of them: each completes within the
+    /// submission); then the arena is free for the next turn.
+    fn on_sends(&mut self, completions: &[Completion]) {
+        for completion in completions {
+            if let Op::Send { index } = completion.op {
+                let send = self.ring_sends[index as usize];
+                self.on_sent(send, completion.result);
+            }
+        }
+        self.ring_sends.clear();
+        self.send_arena.clear();
+    }
+
+    /// One ring send completed with `result` (bytes sent, or a negated errno).
+    fn on_sent(&mut self, send: RingSend, result: i32) {
+        let idx = send.idx;
+        let Some(conn) = self.conns[idx].as_mut().filter(|c| c.id == send.id) else {
             return;
         };
-        match result {
-            n if n >= 0 => {
-                // What is left waits for the socket's writable edge, as after a partial write.
-                self.turn.consumed(&mut conn.out, n as usize);
-                if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
-                    conn.read_paused = false;
-                    self.queue_ready(idx);
-                }
-                self.after_turn(idx);
+        conn.send_queued = false;
+        let sent = match result {
+            n if n >= 0 => n as usize,
+            e if e == -libc::EAGAIN || e == -libc::EINTR => 0,
+            e => {
+                self.peer_gone(idx, Some(io::Error::from_raw_os_error(-e)));
+                return;
             }
-            e if e == -libc::EAGAIN || e == -libc::EINTR => self.after_turn(idx),
-            e => self.peer_gone(idx, Some(io::Error::from_raw_os_error(-e))),
+        };
+        if sent < send.len {
+            // The socket is full: the rest goes before whatever was queued behind this send, and
+            // all of it waits for the writable edge, as after a partial write.
+            let rest = &self.send_arena[send.start + sent..send.start + send.len];
+            self.turn.requeue_front(&mut conn.out, rest);
+        } else if !conn.out.is_empty() {
+            // Output that waited behind this send.
+            if let Err(e) = self.turn.flush(&conn.stream, &mut conn.out, &[]) {
+                self.peer_gone(idx, Some(e));
+                return;
+            }
         }
+        if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
+            conn.read_paused = false;
+            self.queue_ready(idx);
+        }
+        self.after_turn(idx);
     }
 
     /// Queues a receive for the connection in `idx` unless one is in flight or it is paused.
