@@ -13,7 +13,8 @@
 #
 # Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload hioload-poll tungstenite fastws raw"]
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
-#        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf).
+#        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf),
+#                   counted in one extra round of their own (tracing costs the traced server CPU).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
 #        --servers may add raw-uring: the raw TCP echo on io_uring (kernel >= 6.1), the floor without epoll.
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
@@ -134,17 +135,27 @@ field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
 # Per (scenario, server): space-separated values, one per round; medians below.
 declare -A rate_l cpu_l user_l sys_l rate cpu user sys
 errors_seen=()
-for round in $(seq "$rounds"); do
+# Rounds 1..N measure CPU and rates; with --syscalls, one more round counts system calls only:
+# tracing every system call costs the traced server CPU, more for the ones that make more calls,
+# so those figures never mix with the CPU ones.
+last_round=$rounds
+[ "${#syscalls[@]}" -gt 0 ] && last_round=$((rounds + 1))
+for round in $(seq "$last_round"); do
+    counting=(); [ "$round" -gt "$rounds" ] && counting=("${syscalls[@]}")
     for sc in $scenarios; do
         # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
         conns=${sc%%x*}; rest=${sc#*x}; size=${rest%%p*}; pipe=1
         [[ "$rest" == *p* ]] && pipe=${rest#*p}
         for s in $servers; do
             mode=(); [[ "$s" == raw* ]] && mode=(--raw)
-            echo "  round $round/$rounds: $sc → $(label "$s")" >&2
+            if [ "${#counting[@]}" -gt 0 ]; then
+                echo "  syscall count: $sc → $(label "$s")" >&2
+            else
+                echo "  round $round/$rounds: $sc → $(label "$s")" >&2
+            fi
             out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
                 -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" \
-                "${syscalls[@]}" --json) || true
+                "${counting[@]}" --json) || true
             if [ -z "$out" ]; then
                 errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
                 continue
@@ -155,10 +166,13 @@ for round in $(seq "$rounds"); do
                 errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
                 continue
             fi
-            rate_l[$sc,$s]+=" $(field "$out" msgs_per_s)"
-            cpu_l[$sc,$s]+=" $(field "$out" server_cpu_us_per_msg)"
-            user_l[$sc,$s]+=" $(field "$out" server_user_us_per_msg)"
-            sys_l[$sc,$s]+=" $(field "$out" server_syscalls_per_msg)"
+            if [ "${#counting[@]}" -gt 0 ]; then
+                sys_l[$sc,$s]+=" $(field "$out" server_syscalls_per_msg)"
+            else
+                rate_l[$sc,$s]+=" $(field "$out" msgs_per_s)"
+                cpu_l[$sc,$s]+=" $(field "$out" server_cpu_us_per_msg)"
+                user_l[$sc,$s]+=" $(field "$out" server_user_us_per_msg)"
+            fi
             kill -0 "${pid_of[$s]}" 2>/dev/null || errors_seen+=("$(label "$s") died during $sc")
         done
     done
@@ -240,7 +254,7 @@ report() {
     done
     if [ "${#syscalls[@]}" -gt 0 ]; then
         echo
-        echo "Server syscalls per echo (perf stat, all syscalls):"
+        echo "Server syscalls per echo (perf stat, all syscalls; a round of its own, not in the CPU figures):"
         echo
         local h3="| scenario |" l3="| --- |"
         for s in $servers; do h3+=" $(label "$s") |"; l3+=" ---: |"; done

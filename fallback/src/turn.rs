@@ -441,6 +441,32 @@ mod tests {
     }
 
     #[test]
+    fn a_short_ring_sends_rest_goes_before_the_output_queued_behind_it() {
+        let mut turn = TurnOutput::new();
+        let mut pending = OutBuf::new();
+        // Output that waited behind a ring send.
+        turn.sink(&[]).send_frame(b"H2", b"later");
+        turn.stage_into(&mut pending, &[]);
+        assert_eq!(pending.unsent(), b"H2later");
+        // The ring send took only part of its bytes: the rest goes in front.
+        turn.requeue_front(&mut pending, b"H1-rest");
+        assert_eq!(pending.unsent(), b"H1-restH2later");
+        assert!(turn.is_empty());
+        // And a turn moved into an arena keeps its pieces in order, input ranges included.
+        let input = vec![7u8; 4096];
+        let mut arena = Vec::with_capacity(8192);
+        {
+            let mut sink = turn.sink(&input);
+            sink.send_frame(b"A", &input[..2048]);
+            sink.send_frame(b"B", b"small");
+        }
+        turn.move_into(&mut arena, &input);
+        let expect = [&b"A"[..], &input[..2048], b"Bsmall"].concat();
+        assert_eq!(arena, expect);
+        assert!(turn.is_empty());
+    }
+
+    #[test]
     fn a_reset_peer_is_an_error_not_a_signal() {
         let (server, client) = pair();
         socket2::SockRef::from(&client)

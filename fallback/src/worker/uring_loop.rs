@@ -155,6 +155,7 @@ impl<S: Service> Worker<S> {
         if sent < send.len {
             // The socket is full: the rest goes before whatever was queued behind this send, and
             // all of it waits for the writable edge, as after a partial write.
+            eprintln!("SHORT-RING-SEND {sent}/{}", send.len);
             let rest = &self.send_arena[send.start + sent..send.start + send.len];
             self.turn.requeue_front(&mut conn.out, rest);
         } else if !conn.out.is_empty() {
