@@ -526,9 +526,17 @@ impl<S: Service> Worker<S> {
             self.peer_gone(idx, Some(e));
             return;
         }
-        if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
-            conn.read_paused = false;
-            self.queue_ready(idx);
+        self.after_output(idx);
+    }
+
+    /// After pending output went out: a connection that backpressure paused is read again once
+    /// its pending output is back under the soft bound; then its state is updated.
+    fn after_output(&mut self, idx: usize) {
+        if let Some(conn) = self.conns[idx].as_mut() {
+            if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
+                conn.read_paused = false;
+                self.queue_ready(idx);
+            }
         }
         self.after_turn(idx);
     }

@@ -155,7 +155,6 @@ impl<S: Service> Worker<S> {
         if sent < send.len {
             // The socket is full: the rest goes before whatever was queued behind this send, and
             // all of it waits for the writable edge, as after a partial write.
-            eprintln!("SHORT-RING-SEND {sent}/{}", send.len);
             let rest = &self.send_arena[send.start + sent..send.start + send.len];
             self.turn.requeue_front(&mut conn.out, rest);
         } else if !conn.out.is_empty() {
@@ -165,11 +164,7 @@ impl<S: Service> Worker<S> {
                 return;
             }
         }
-        if conn.read_paused && conn.out.len() <= self.settings.backpressure.soft_bytes {
-            conn.read_paused = false;
-            self.queue_ready(idx);
-        }
-        self.after_turn(idx);
+        self.after_output(idx);
     }
 
     /// Queues a receive for the connection in `idx` unless one is in flight or it is paused.
