@@ -153,8 +153,11 @@ pub(crate) struct Worker<S: Service> {
     /// io_uring: the bytes of this loop turn's ring sends, back to back; cleared once their
     /// completions are taken. Fixed capacity: a turn that does not fit is sent directly.
     send_arena: Vec<u8>,
-    /// Small turns are sent through the io_uring ring.
+    /// Small turns are sent through the io_uring ring (`uring.is_some()`, kept apart so that it
+    /// can be read while a connection is borrowed).
     sends_through_ring: bool,
+    /// io_uring: the pool had no buffer for the ring; tried again at the next tick.
+    ring_refill_waits: bool,
 }
 
 fn read_once(stream: &mut mio::net::TcpStream, buf: &mut [u8]) -> io::Result<usize> {
@@ -237,6 +240,7 @@ impl<S: Service> Worker<S> {
             ring_sends: Vec::with_capacity(1024),
             send_arena: Vec::with_capacity(if sends_through_ring { SEND_ARENA } else { 0 }),
             sends_through_ring,
+            ring_refill_waits: false,
         }
     }
 
@@ -975,6 +979,7 @@ impl<S: Service> Worker<S> {
 
     fn tick(&mut self, now: Instant) {
         self.shared.publish_caches(self.index, &self.turn);
+        self.ring_refill_waits = false;
         if !self.starved.is_empty() {
             // Connections that found no receive buffer: try them again.
             for (idx, id) in std::mem::take(&mut self.starved) {

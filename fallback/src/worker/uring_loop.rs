@@ -299,9 +299,11 @@ impl<S: Service> Worker<S> {
     }
 
     /// Lends the ring buffers from the pool for the entries whose buffers connections kept.
+    /// When the pool has none to give, the next try waits for the next tick (not every turn).
     fn refill_ring(&mut self) {
-        while self.uring_mut().wants_buffers() {
+        while !self.ring_refill_waits && self.uring_mut().wants_buffers() {
             let Some(buf) = self.pool.take() else {
+                self.ring_refill_waits = true;
                 break;
             };
             if let Some(buf) = self.uring_mut().give_buffer(buf) {
