@@ -53,8 +53,8 @@ DPDK mode (this build has it):
 EAL options come first and go to DPDK as they are; ours follow `--`. Without `--` (no EAL
 options) the kernel data path serves, as in a build without DPDK. In DPDK mode --addr is the
 userspace stack's own IPv4 address and port (it answers ARP and ping for it); --netmask and
---gateway place it in its subnet; --workers, --batch-size and --no-affinity do not apply (the
-lcores come from -l). Needs hugepages (echo 1024 > /proc/sys/vm/nr_hugepages) and root.
+--gateway place it in its subnet; --workers, --batch-size, --io and --no-affinity do not apply
+(the lcores come from -l). Needs hugepages (echo 1024 > /proc/sys/vm/nr_hugepages) and root.
 Common EAL options:
   -l 0-3                        lcores: each polls its own queue pair of the port
   --vdev=net_tap0,iface=hl0     a TAP device as the port (its kernel side is the peer)
