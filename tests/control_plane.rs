@@ -291,3 +291,25 @@ fn buffer_cache_counters_are_published_and_move_after_large_echoes() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn buffers_lent_to_the_io_uring_rings_are_published_from_the_start() {
+    let server = Server::new(test_config())
+        .unwrap()
+        .with_handler(RecordingEcho::default());
+    server.start().unwrap();
+    // No connection at all: the workers are in their first wait.
+    let lent = || -> Vec<usize> {
+        let stats = server.worker_stats().unwrap();
+        stats.iter().map(|w| w.ring_buffers).collect()
+    };
+    if server.io_backend() == Some(hioload_ws::IoBackend::IoUring) {
+        wait_until(T, "every worker's ring buffers published", || {
+            lent().iter().all(|&n| n > 0)
+        });
+        let in_use = server.pool_stats().unwrap().in_use();
+        assert_eq!(in_use, lent().iter().sum::<usize>() as u64, "{:?}", lent());
+    } else {
+        assert!(lent().iter().all(|&n| n == 0), "{:?}", lent());
+    }
+}

@@ -38,6 +38,8 @@ impl<S: Service> Worker<S> {
             .events
             .take()
             .expect("events exist until the loop runs");
+        // Publish the buffers lent to the ring now, not after the first wait (which may last).
+        self.refill_ring();
         loop {
             let timeout = self.poll_timeout();
             self.queue_ring_sends();
