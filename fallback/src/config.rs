@@ -82,7 +82,8 @@ pub enum IoBackend {
     Poll,
     /// Linux io_uring for receives: one receive in flight per connection into buffers the kernel
     /// picks from a provided ring, all submitted with the wait of each loop turn (no `recv` and
-    /// no `epoll_wait` system calls); sends stay direct. Starting fails if the kernel refuses it.
+    /// no `epoll_wait` system calls); turns up to 8 KiB are sent through the ring with that wait,
+    /// larger ones with a direct `sendmsg`. Starting fails if the kernel refuses it.
     IoUring,
 }
 

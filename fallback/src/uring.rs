@@ -1,4 +1,5 @@
-//! The io_uring side of a worker (Linux): receives as completions instead of readiness.
+//! The io_uring side of a worker (Linux): receives as completions instead of readiness, and
+//! small sends batched with the wait.
 //!
 //! With epoll, every echo costs a `recv` and a `send` system call, plus its share of an
 //! `epoll_wait`. Here each connection keeps one receive in flight on the worker's ring, and each
@@ -13,8 +14,9 @@
 //!
 //! What stays on the mio poll, whose epoll descriptor the ring watches with one multishot poll:
 //! the listener, the cross-thread waker and the rare writable edges of connections with pending
-//! output. Sends stay direct `sendmsg(MSG_DONTWAIT)` calls: a send that the kernel takes at once
-//! needs no completion, and a partial one keeps the existing pending-output path.
+//! output. Small turns are sent with [`Uring::send`] (`MSG_DONTWAIT`: done within the submission
+//! that carries it, so its bytes need to live only until the wait returns); larger ones stay
+//! direct `sendmsg` calls from the receive buffer, with the existing pending-output path.
 //!
 //! The ring is single-issuer with deferred task work: completions are produced only inside this
 //! worker's own `io_uring_enter`, never by interrupting it.

@@ -98,9 +98,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub batch_size: usize,
 
-    /// How workers talk to the kernel: io-uring (Linux 6.1+: receives complete on a ring, no
-    /// recv or epoll_wait system calls), poll (epoll/kqueue/IOCP readiness), or auto (io-uring
-    /// where the kernel and its seccomp policy allow it, else poll).
+    /// How workers talk to the kernel: io-uring (Linux 6.1+: receives complete on a ring and
+    /// small replies go out with its wait, no recv/send/epoll_wait system call per message), poll
+    /// (epoll/kqueue/IOCP readiness), or auto (io-uring where the kernel and its seccomp policy
+    /// allow it, else poll).
     #[arg(long = "io", value_name = "BACKEND", default_value = "auto", value_parser = parse_io)]
     pub io_backend: IoBackend,
 
