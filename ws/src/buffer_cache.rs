@@ -9,7 +9,7 @@
 //!
 //! The cache is a plain object with no lock and no atomic: the protocol layer keeps one per
 //! worker thread for message assembly ([`crate::assembly`]), the kernel transport one per worker
-//! for output (`hioload_fallback::bufcache`).
+//! for output ([`crate::output_cache`]).
 
 /// Most free buffers one cache keeps.
 pub const CACHE_MAX_BUFFERS: usize = 4;

@@ -10,8 +10,18 @@
 //! * [`utf8`]: incremental UTF-8 validation that fails at the first invalid byte.
 //! * [`assembly`]: the per-worker-thread cache of large buffers that messages beyond 64 KiB are
 //!   assembled in, so that steady large messages allocate nothing and idle sessions stay small.
-//! * [`session`]: the per-connection state machine (`Session::receive` → [`Event`]s; outgoing frames
-//!   go to a transport-provided [`FrameSink`]).
+//! * [`session`]: the per-connection frame machine (`Session::receive` → [`Event`]s; outgoing
+//!   frames go to a transport-provided [`FrameSink`]).
+//!
+//! Above the frames, the session layer that both data paths share:
+//!
+//! * [`connection`]: one connection's whole lifecycle (handshake, open, finishing, ended), its
+//!   timers and backpressure verdicts, over a small [`Wire`] trait the transport implements, with
+//!   the application behind the [`App`] trait.
+//! * [`shard`]: one worker's connections: slots, the watch list, the idle sweep, the cross-shard
+//!   inbox, reload and stop; a transport loop drives it through [`Shard`] and [`Transport`].
+//! * [`settings`], [`pending`], [`output_cache`]: what may be reloaded, a connection's pending
+//!   output, and the bounded cache its storage comes from.
 //!
 //! Zero-copy rules: a message that arrives whole in one frame is unmasked in the caller's buffer and
 //! handed out as a sub-slice of it; only fragmented or split-across-reads messages are assembled in
@@ -43,10 +53,15 @@ pub mod assembly;
 pub mod buffer_cache;
 pub mod close;
 pub mod config;
+pub mod connection;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod output_cache;
+pub mod pending;
 pub mod session;
+pub mod settings;
+pub mod shard;
 pub mod utf8;
 
 pub use close::CloseCode;
@@ -54,3 +69,7 @@ pub use config::Limits;
 pub use frame::{FrameHeader, OpCode};
 pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
 pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
+pub use connection::{App, Connection, Message, SessionRef, Wire};
+pub use pending::PendingOutput;
+pub use settings::{Backpressure, Settings};
+pub use shard::{DeliverError, OutMessage, Shard, ShardSet, Transport, WorkerStats};

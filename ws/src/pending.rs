@@ -5,14 +5,14 @@
 //! and its size is what backpressure watches. Sent bytes are dropped by advancing a head index;
 //! the storage is compacted only when it is appended to.
 //!
-//! In a worker, storage is borrowed from the worker's [`BufCache`] ([`OutBuf::push_cached`]): a
+//! In a worker, storage is borrowed from the worker's [`OutputCache`] ([`PendingOutput::push_cached`]): a
 //! small buffer first, a large one when that is outgrown, and all of it is given back once drained
-//! ([`OutBuf::consume_cached`]). A drained connection therefore holds no output memory, and large
-//! replies cost no allocation in steady state. Without a cache ([`OutBuf::push`] /
-//! [`OutBuf::consume`]) the storage is the buffer's own: it is kept once drained up to
+//! ([`PendingOutput::consume_cached`]). A drained connection therefore holds no output memory, and large
+//! replies cost no allocation in steady state. Without a cache ([`PendingOutput::push`] /
+//! [`PendingOutput::consume`]) the storage is the buffer's own: it is kept once drained up to
 //! [`KEEP_CAPACITY`] and freed beyond.
 
-use crate::bufcache::BufCache;
+use crate::output_cache::OutputCache;
 
 /// Without a cache, the capacity kept after draining; larger storage is freed so that a burst to
 /// one slow peer does not pin memory for the rest of the connection's life.
@@ -20,12 +20,18 @@ pub const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Pending output of one connection.
 #[derive(Default)]
-pub struct OutBuf {
+pub struct PendingOutput {
     data: Vec<u8>,
     head: usize,
 }
 
-impl OutBuf {
+impl std::fmt::Debug for PendingOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingOutput").field("len", &self.len()).field("capacity", &self.capacity()).finish()
+    }
+}
+
+impl PendingOutput {
     /// An empty buffer (allocates nothing).
     pub fn new() -> Self {
         Self::default()
@@ -57,7 +63,7 @@ impl OutBuf {
     }
 
     /// Appends bytes after everything pending; storage is borrowed from `cache`.
-    pub fn push_cached(&mut self, bytes: &[u8], cache: &mut BufCache) {
+    pub fn push_cached(&mut self, bytes: &[u8], cache: &mut OutputCache) {
         self.push_with(bytes, Some(cache))
     }
 
@@ -68,17 +74,17 @@ impl OutBuf {
     }
 
     /// Marks `n` bytes from the front as sent; once drained, the storage goes back to `cache`.
-    pub fn consume_cached(&mut self, n: usize, cache: &mut BufCache) {
+    pub fn consume_cached(&mut self, n: usize, cache: &mut OutputCache) {
         self.consume_with(n, Some(cache))
     }
 
     /// Drops everything pending (the connection is gone), giving the storage back to `cache`.
-    pub fn release(&mut self, cache: &mut BufCache) {
+    pub fn release(&mut self, cache: &mut OutputCache) {
         self.head = 0;
         cache.give(std::mem::take(&mut self.data));
     }
 
-    fn push_with(&mut self, bytes: &[u8], cache: Option<&mut BufCache>) {
+    fn push_with(&mut self, bytes: &[u8], cache: Option<&mut OutputCache>) {
         if bytes.is_empty() {
             return;
         }
@@ -101,7 +107,7 @@ impl OutBuf {
     /// `cache`, so that appending up to that does not grow it again. Asking for a size that does
     /// not depend on how much the kernel took (a whole turn's output) lets the same buffer serve
     /// every reply of that size.
-    pub fn reserve_cached(&mut self, total: usize, cache: &mut BufCache) {
+    pub fn reserve_cached(&mut self, total: usize, cache: &mut OutputCache) {
         if self.head + total > self.data.capacity() {
             self.grow(total, cache);
         }
@@ -109,14 +115,14 @@ impl OutBuf {
 
     /// Moves the unsent bytes to a borrowed buffer of at least `total` bytes (and at least twice
     /// the current one); gives the current one back.
-    fn grow(&mut self, total: usize, cache: &mut BufCache) {
+    fn grow(&mut self, total: usize, cache: &mut OutputCache) {
         let mut grown = cache.take(total.max(2 * self.data.capacity()));
         grown.extend_from_slice(self.unsent());
         self.head = 0;
         cache.give(std::mem::replace(&mut self.data, grown));
     }
 
-    fn consume_with(&mut self, n: usize, cache: Option<&mut BufCache>) {
+    fn consume_with(&mut self, n: usize, cache: Option<&mut OutputCache>) {
         assert!(n <= self.len(), "consumed more than pending");
         self.head += n;
         if self.head == self.data.len() {
@@ -136,7 +142,7 @@ mod tests {
 
     #[test]
     fn keeps_order_across_partial_sends() {
-        let mut out = OutBuf::new();
+        let mut out = PendingOutput::new();
         out.push(b"hello ");
         out.consume(2);
         out.push(b"world");
@@ -150,7 +156,7 @@ mod tests {
 
     #[test]
     fn large_storage_is_freed_once_drained() {
-        let mut out = OutBuf::new();
+        let mut out = PendingOutput::new();
         out.push(&vec![7u8; 1 << 20]);
         out.consume(1 << 20);
         assert_eq!(out.capacity(), 0);
@@ -158,12 +164,12 @@ mod tests {
 
     #[test]
     fn storage_is_borrowed_and_given_back() {
-        let mut cache = BufCache::new();
-        let mut out = OutBuf::new();
+        let mut cache = OutputCache::new();
+        let mut out = PendingOutput::new();
         let bytes: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
         // Small output borrows a small buffer.
         out.push_cached(&bytes[..1000], &mut cache);
-        assert_eq!(out.capacity(), crate::bufcache::SMALL_BUFFER);
+        assert_eq!(out.capacity(), crate::output_cache::SMALL_BUFFER);
         out.consume_cached(10, &mut cache);
         // Outgrowing it moves the unsent bytes to a large buffer, in order; the small one goes back.
         out.push_cached(&bytes[1000..], &mut cache);

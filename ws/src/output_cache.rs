@@ -13,8 +13,8 @@
 //! drained. In steady state a worker sending large replies therefore allocates nothing per
 //! message, while idle connections hold no output memory.
 //!
-//! The cache is a plain object owned by the worker loop (inside its
-//! [`TurnOutput`](crate::turn::TurnOutput)): one per worker thread, no lock, no atomic. Its large
+//! The cache is a plain object owned by one worker (the kernel transport keeps it with its
+//! per-turn output, the DPDK worker beside its connections): no lock, no atomic. Its large
 //! buffers are kept by the protocol layer's [`BufferCache`] (the same bounded cache that serves
 //! message assembly); this module adds the uniform small buffers.
 //!
@@ -24,7 +24,7 @@
 //! these bounds replaces a smaller cached one or is freed; a small one is freed. Buffers in use
 //! are not counted: the staging area holds one turn's output, and a connection's pending output
 //! is bounded by the backpressure settings (a peer above the hard bound for the backpressure
-//! timeout is closed, which gives its buffer back). [`BufCache::trim`] frees the free buffers.
+//! timeout is closed, which gives its buffer back). [`OutputCache::trim`] frees the free buffers.
 
 /// Staging capacity a worker keeps without borrowing from the cache.
 pub const STAGING_SMALL: usize = 1 << 20;
@@ -32,12 +32,12 @@ pub const STAGING_SMALL: usize = 1 << 20;
 pub const SMALL_BUFFER: usize = 64 << 10;
 /// Most free small buffers one worker keeps.
 pub const SMALL_MAX_BUFFERS: usize = 64;
-use hioload_wsproto::buffer_cache::BufferCache;
-pub use hioload_wsproto::buffer_cache::{CACHE_MAX_BUFFERS, CACHE_MAX_BYTES};
+use crate::buffer_cache::BufferCache;
+pub use crate::buffer_cache::{CACHE_MAX_BUFFERS, CACHE_MAX_BYTES};
 
 /// Counters of one worker's cache (since the worker started).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct BufCacheStats {
+pub struct OutputCacheStats {
     /// Large buffers handed out.
     pub borrowed: u64,
     /// Of those, how many came from the cache with enough capacity (no allocation).
@@ -62,7 +62,7 @@ pub struct BufCacheStats {
 
 /// One worker's free buffers; see the module documentation.
 #[derive(Debug, Default)]
-pub struct BufCache {
+pub struct OutputCache {
     /// Free large buffers.
     large: BufferCache,
     /// Free small buffers (its own storage is reserved once, for `SMALL_MAX_BUFFERS`).
@@ -72,10 +72,10 @@ pub struct BufCache {
     small_freed: u64,
 }
 
-impl BufCache {
+impl OutputCache {
     /// An empty cache (allocates only its list of small buffers).
     pub fn new() -> Self {
-        BufCache {
+        OutputCache {
             small: Vec::with_capacity(SMALL_MAX_BUFFERS),
             ..Self::default()
         }
@@ -121,9 +121,9 @@ impl BufCache {
     }
 
     /// The counters.
-    pub fn stats(&self) -> BufCacheStats {
+    pub fn stats(&self) -> OutputCacheStats {
         let l = self.large.stats();
-        BufCacheStats {
+        OutputCacheStats {
             borrowed: l.borrowed,
             hits: l.hits,
             misses: l.misses,
@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn borrow_return_and_bounds() {
-        let mut c = BufCache::new();
+        let mut c = OutputCache::new();
         // Empty cache: a miss allocates; giving it back keeps it; the next borrow reuses it.
         let b = c.take(3 << 20);
         let (ptr, cap) = (b.as_ptr(), b.capacity());
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn small_buffers_are_uniform_and_bounded() {
-        let mut c = BufCache::new();
+        let mut c = OutputCache::new();
         let bufs: Vec<Vec<u8>> = (0..SMALL_MAX_BUFFERS + 3).map(|i| c.take(1 + i)).collect();
         assert!(bufs.iter().all(|b| b.capacity() == SMALL_BUFFER));
         assert_eq!(c.stats().small_misses, SMALL_MAX_BUFFERS as u64 + 3);

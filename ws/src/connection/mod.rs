@@ -1,0 +1,561 @@
+//! One connection's WebSocket lifecycle, sans-IO: from the first byte of the upgrade request to
+//! the moment the transport may forget the connection.
+//!
+//! ```text
+//!  Handshake ──101──▶ Open(Session) ──close handshake / protocol error──▶ Finishing ──▶ Ended
+//!      │                  │                                                  ▲
+//!      └── HTTP answer, refusal ──────────────────────────────────────────────┘
+//!  (any phase ── peer gone, deadline passed, server stopped ──▶ Ended)
+//! ```
+//!
+//! * **Handshake**: the request head accumulates (the transport keeps what is unconsumed);
+//!   deadline `handshake_timeout`. An upgrade is answered with 101 and opens the session; any
+//!   other request gets the application's HTTP answer or an error status, then Finishing.
+//! * **Open**: a [`Session`] parses frames in place; whole messages go to [`App::on_message`].
+//!   While we wait for the answer to our Close (`Closing`), deadline `close_timeout`.
+//! * **Finishing**: nothing more is produced; the transport sends what is pending, then our
+//!   write side is shut down ([`Wire::shutdown_write`]) and input is discarded until the peer
+//!   closes too, so that our last bytes are not destroyed by a reset; deadline `close_timeout`.
+//! * **Ended**: the transport releases the connection (gracefully after the peer's FIN, else with
+//!   a reset) and forgets it.
+//!
+//! [`App::on_close`] is called exactly once per opened session, when it leaves Open: with the
+//! peer's code, the code we sent, or 1006 (no close handshake: the peer vanished, a deadline
+//! passed, the server stopped).
+//!
+//! Time is never read here: every call takes `now`. The timers are a small table per connection
+//! (one phase deadline, the time output went over the hard bound, the last input, the idle ping);
+//! [`Connection::poll_timeout`] says when the next one is due and
+//! [`Connection::handle_timeout`] acts on it, in the style of quinn-proto and smoltcp.
+
+mod app;
+mod wire;
+
+pub use app::{App, Message, SessionRef};
+pub use wire::{PendingWire, Wire, WireSink};
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+
+use crate::close::CloseCode;
+use crate::handshake::{self, HttpError, Parsed};
+use crate::pending::PendingOutput;
+use crate::session::{Event, Session, State};
+use crate::settings::Settings;
+use crate::shard::{OutMessage, ShardCounters, ShardSet};
+
+/// What a connection needs from its shard during one operation.
+pub struct ShardContext<'a, A: ?Sized> {
+    /// The application.
+    pub app: &'a A,
+    /// The shard's settings in force.
+    pub settings: &'a Settings,
+    /// What the shards share (sends by id from callbacks, counters).
+    pub set: &'a ShardSet,
+    /// The shard's index.
+    pub shard: usize,
+    /// Scratch space for HTTP answers (reused, so answering allocates nothing in steady state).
+    pub http: &'a mut Vec<u8>,
+}
+
+impl<A: ?Sized> ShardContext<'_, A> {
+    fn counters(&self) -> &ShardCounters {
+        self.set.counters(self.shard)
+    }
+}
+
+/// Where a connection is in its life (see the module documentation).
+#[derive(Debug)]
+enum Phase {
+    Handshake,
+    Open(Session),
+    Finishing {
+        /// Our write side is shut down.
+        shut: bool,
+    },
+    Ended(Release),
+}
+
+/// How the transport lets a connection go.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Gracefully: the peer closed, or our FIN is out; what is queued may still leave.
+    Close,
+    /// Now, with a reset: a deadline passed, the peer does not read, the server stopped.
+    Reset,
+}
+
+/// What an idle check found.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing to do.
+    No,
+    /// The session has been quiet for `idle_timeout`: ping it ([`Connection::ping_idle`]).
+    Ping,
+    /// It did not answer our ping within `pong_timeout`: it has been ended (1006).
+    Dropped,
+}
+
+/// The connection's timer table.
+#[derive(Debug)]
+struct Timers {
+    /// The phase's deadline: handshake, close handshake, or finishing.
+    deadline: Option<Instant>,
+    /// Since when pending output has been above the hard bound.
+    over_hard_since: Option<Instant>,
+    /// When input last arrived (idle pings).
+    last_input: Instant,
+    /// When we pinged this idle session, until it sends anything.
+    ping_sent: Option<Instant>,
+}
+
+/// One connection's WebSocket lifecycle; see the module documentation.
+#[derive(Debug)]
+pub struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    phase: Phase,
+    pending: PendingOutput,
+    /// Backpressure: pending output went over the soft bound; not read until it drains.
+    read_paused: bool,
+    timers: Timers,
+}
+
+impl Connection {
+    /// A connection that was just accepted: in its handshake, with its deadline running.
+    pub fn new(id: u64, peer: SocketAddr, now: Instant, settings: &Settings) -> Connection {
+        Connection {
+            id,
+            peer,
+            phase: Phase::Handshake,
+            pending: PendingOutput::new(),
+            read_paused: false,
+            timers: Timers {
+                deadline: Some(now + settings.handshake_timeout),
+                over_hard_since: None,
+                last_input: now,
+                ping_sent: None,
+            },
+        }
+    }
+
+    /// Server-unique id (of its session, once open).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    /// Output the network has not taken yet.
+    pub fn pending(&self) -> &PendingOutput {
+        &self.pending
+    }
+    /// Output the network has not taken yet, for the transport to send from.
+    pub fn pending_mut(&mut self) -> &mut PendingOutput {
+        &mut self.pending
+    }
+    /// Whether backpressure holds reads back (pending output above the soft bound).
+    pub fn read_paused(&self) -> bool {
+        self.read_paused
+    }
+    /// Whether the connection carries an open session (not yet reported closed).
+    pub fn has_session(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+    /// The session, while open.
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Open(session) => Some(session),
+            _ => None,
+        }
+    }
+    /// Whether the session still parses input (open and not closed by a protocol error).
+    pub fn parses_frames(&self) -> bool {
+        matches!(&self.phase, Phase::Open(s) if s.state() != State::Closed)
+    }
+    /// `Some` once the connection is over: release it this way.
+    pub fn ended(&self) -> Option<Release> {
+        match self.phase {
+            Phase::Ended(how) => Some(how),
+            _ => None,
+        }
+    }
+    /// Whether nothing is left to do but the peer's FIN (our FIN is out, or it ended).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finishing { shut: true } | Phase::Ended(_))
+    }
+
+    // ---- input -------------------------------------------------------------------------------
+
+    /// Runs the connection over received bytes: the request head, frames, or (finishing)
+    /// nothing. Returns how many bytes of `input` were consumed; the transport keeps
+    /// `input[consumed..]` (a partial head or frame, see [`Session::receive`]) and passes it
+    /// again, unchanged, followed by new bytes. Output goes to `wire`.
+    pub fn receive<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        input: &mut [u8],
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) -> usize {
+        if !input.is_empty() {
+            self.timers.last_input = now;
+        }
+        match self.phase {
+            Phase::Handshake => self.handshake(input, wire, cx, now),
+            Phase::Open(_) => self.feed(input, wire, cx, now),
+            Phase::Finishing { .. } | Phase::Ended(_) => input.len(),
+        }
+    }
+
+    /// Parses the request head; opens the session after a 101.
+    fn handshake<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        input: &mut [u8],
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) -> usize {
+        let peer = self.peer;
+        let upgraded = match handshake::parse_request(input, &cx.settings.limits) {
+            // Heads over `max_head_bytes` are refused (431), so what waits stays bounded.
+            Parsed::Partial => return 0,
+            Parsed::Reject(err) => {
+                refuse(wire, &mut self.pending, peer, &err);
+                None
+            }
+            Parsed::Http(req) => {
+                cx.http.clear();
+                cx.app.on_http(&req, peer, cx.http);
+                debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
+                wire.send_bytes(&mut self.pending, cx.http);
+                None
+            }
+            Parsed::Upgrade(req) => {
+                let mut response = [0u8; 512];
+                let (n, decision) = handshake::respond(&req, cx.app.upgrade_policy(), &mut response);
+                wire.send_bytes(&mut self.pending, &response[..n]);
+                match decision {
+                    Ok(()) => Some(req.head_len),
+                    Err(err) => {
+                        debug!(%peer, path = req.path, status = err.status, "upgrade refused: {}", err.reason);
+                        None
+                    }
+                }
+            }
+        };
+        let Some(head_len) = upgraded else {
+            // Answered: the peer has the close timeout to read the answer and close.
+            self.finish(cx.settings, now);
+            return input.len();
+        };
+
+        // The session starts; bytes after the head are already frames.
+        self.phase = Phase::Open(Session::new(cx.settings.limits.clone()));
+        self.timers.deadline = None;
+        cx.counters().sessions.add(1);
+        if let Phase::Open(session) = &mut self.phase {
+            let mut sink = WireSink { wire: &mut *wire, pending: &mut self.pending };
+            let mut out = session.outgoing(&mut sink);
+            cx.app.on_open(&mut SessionRef::new(self.id, peer, cx.shard, cx.set, Some(&mut out)));
+        }
+        self.settle(cx, now);
+        if !self.parses_frames() {
+            return input.len();
+        }
+        if input.len() > head_len {
+            head_len + self.feed(&mut input[head_len..], wire, cx, now)
+        } else {
+            head_len
+        }
+    }
+
+    /// Runs the session over `input`; returns how much it consumed (all of it once closed).
+    fn feed<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        input: &mut [u8],
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) -> usize {
+        let Phase::Open(session) = &mut self.phase else {
+            return input.len();
+        };
+        let (id, peer, shard, set, app) = (self.id, self.peer, cx.shard, cx.set, cx.app);
+        // Set once the application has seen the peer's Close.
+        let mut close_reported = false;
+        let result = {
+            let mut sink = WireSink { wire, pending: &mut self.pending };
+            session.receive(input, &mut sink, |event, out| {
+                let msg = match event {
+                    Event::Text(t) => Message::Text(t),
+                    Event::Binary(b) => Message::Binary(b),
+                    Event::Close(code, reason) => {
+                        let code = code.unwrap_or(CloseCode::NO_STATUS);
+                        app.on_close(&mut SessionRef::new(id, peer, shard, set, Some(out)), code, reason);
+                        close_reported = true;
+                        return;
+                    }
+                    Event::Ping(_) | Event::Pong(_) => return,
+                };
+                app.on_message(&mut SessionRef::new(id, peer, shard, set, Some(out)), msg);
+            })
+        };
+        let consumed = match result {
+            Ok(consumed) => consumed,
+            Err(err) => {
+                info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                self.leave_open(cx, now, Some((err.code, err.reason)));
+                input.len()
+            }
+        };
+        if close_reported {
+            self.leave_open(cx, now, None);
+        }
+        self.settle(cx, now);
+        consumed
+    }
+
+    // ---- output, verdicts --------------------------------------------------------------------
+
+    /// After the transport handed output to the network: the backpressure verdicts (pause reads
+    /// above the soft bound, start the clock above the hard bound) and, when finishing with
+    /// nothing left to send, our FIN. Returns whether a paused connection may be read again.
+    pub fn after_output<W: Wire + ?Sized>(&mut self, wire: &mut W, settings: &Settings, now: Instant) -> bool {
+        let pending = self.pending.len();
+        let bp = &settings.backpressure;
+        let mut resume = false;
+        if pending > bp.soft_bytes {
+            self.read_paused = true;
+        } else if self.read_paused {
+            self.read_paused = false;
+            resume = true;
+        }
+        if pending > bp.hard_bytes {
+            self.timers.over_hard_since.get_or_insert(now);
+        } else {
+            self.timers.over_hard_since = None;
+        }
+        if let Phase::Finishing { shut } = &mut self.phase {
+            if !*shut && pending == 0 && wire.shutdown_write() {
+                *shut = true;
+            }
+        }
+        resume
+    }
+
+    /// Queues `msg` (sent by id or broadcast from elsewhere) if the session is open.
+    pub fn deliver<W: Wire + ?Sized>(&mut self, msg: &OutMessage, wire: &mut W) -> bool {
+        let Phase::Open(session) = &mut self.phase else {
+            return false;
+        };
+        if session.state() != State::Open {
+            return false;
+        }
+        let mut sink = WireSink { wire, pending: &mut self.pending };
+        let mut out = session.outgoing(&mut sink);
+        match msg {
+            OutMessage::Text(t) => out.send_text(t),
+            OutMessage::Binary(b) => out.send_binary(b),
+        }
+        .is_ok()
+    }
+
+    /// The server stops: an open session gets Close 1001 (returns true); a connection still in
+    /// its handshake ends.
+    pub fn begin_shutdown<W: Wire + ?Sized>(&mut self, wire: &mut W) -> bool {
+        match &mut self.phase {
+            Phase::Handshake => {
+                self.phase = Phase::Ended(Release::Reset);
+                false
+            }
+            Phase::Open(session) if session.state() == State::Open => {
+                let mut sink = WireSink { wire, pending: &mut self.pending };
+                let _ = session.outgoing(&mut sink).close(CloseCode::GOING_AWAY, "server shutting down");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ---- endings ----------------------------------------------------------------------------
+
+    /// The peer closed its side (`error` `None`: end of stream) or the connection broke.
+    /// A session still open is reported closed with 1006.
+    pub fn peer_gone<A: App + ?Sized>(&mut self, error: Option<&std::io::Error>, cx: &mut ShardContext<'_, A>, now: Instant) {
+        let how = if error.is_some() { Release::Reset } else { Release::Close };
+        match self.phase {
+            Phase::Open(_) => {
+                let reason = match error {
+                    Some(_) => "connection reset",
+                    None => "connection closed without a close frame",
+                };
+                debug!(peer = %self.peer, session = self.id, ?error, "{reason}");
+                self.leave_open(cx, now, Some((CloseCode::ABNORMAL, reason)));
+            }
+            Phase::Handshake => debug!(peer = %self.peer, ?error, "connection ended during the handshake"),
+            Phase::Finishing { .. } | Phase::Ended(_) => {}
+        }
+        if !matches!(self.phase, Phase::Ended(_)) {
+            self.phase = Phase::Ended(how);
+        }
+    }
+
+    /// Ends the connection now (reset); an open session is reported closed with `code`.
+    pub fn end<A: App + ?Sized>(&mut self, code: CloseCode, reason: &str, cx: &mut ShardContext<'_, A>, now: Instant) {
+        self.leave_open(cx, now, Some((code, reason)));
+        self.phase = Phase::Ended(Release::Reset);
+    }
+
+    /// Leaves the Open phase (once): reports the close to the application unless it saw the
+    /// peer's Close already (`report` `None`), and starts finishing.
+    fn leave_open<A: App + ?Sized>(
+        &mut self,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+        report: Option<(CloseCode, &str)>,
+    ) {
+        if !matches!(self.phase, Phase::Open(_)) {
+            return;
+        }
+        if let Some((code, reason)) = report {
+            cx.app.on_close(&mut SessionRef::new(self.id, self.peer, cx.shard, cx.set, None), code, reason);
+        }
+        cx.counters().sessions.sub(1);
+        self.finish(cx.settings, now);
+    }
+
+    /// Starts finishing: flush, FIN, discard input until the peer closes (close timeout).
+    fn finish(&mut self, settings: &Settings, now: Instant) {
+        self.phase = Phase::Finishing { shut: false };
+        self.timers.deadline = Some(now + settings.close_timeout);
+    }
+
+    /// After anything that may have closed the session: a closed session leaves Open; one that
+    /// sent its Close gets the close timeout.
+    pub fn settle<A: App + ?Sized>(&mut self, cx: &mut ShardContext<'_, A>, now: Instant) {
+        let Phase::Open(session) = &self.phase else {
+            return;
+        };
+        match session.state() {
+            State::Closed => self.leave_open(cx, now, Some((CloseCode::ABNORMAL, "session closed"))),
+            State::Closing if self.timers.deadline.is_none() => {
+                self.timers.deadline = Some(now + cx.settings.close_timeout);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------------------------
+
+    /// When the next deadline of this connection falls due (`None`: no timer armed; the idle
+    /// timer is swept by the shard, see [`Connection::idle_check`]).
+    pub fn poll_timeout(&self, settings: &Settings) -> Option<Instant> {
+        let stuck = self.timers.over_hard_since.map(|t| t + settings.backpressure.timeout);
+        match (self.timers.deadline, stuck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on the deadlines that have passed at `now`: a peer that did not drain its output
+    /// for the backpressure timeout gets Close 1008 and is reset; a handshake, close handshake or
+    /// finishing that took too long ends (an open session is reported closed with 1006).
+    pub fn handle_timeout<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        now: Instant,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+    ) {
+        let bp = &cx.settings.backpressure;
+        if self.timers.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp.timeout) {
+            let (hard, timeout) = (bp.hard_bytes, bp.timeout);
+            if let Phase::Open(session) = &mut self.phase {
+                let mut sink = WireSink { wire: &mut *wire, pending: &mut self.pending };
+                let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+                let _ = wire.flush(&mut self.pending);
+            }
+            info!(
+                peer = %self.peer, session = self.id, pending = self.pending.len(),
+                "peer does not read: output above {hard} bytes for {timeout:?}; closing with 1008"
+            );
+            self.end(CloseCode::POLICY_VIOLATION, "output not drained", cx, now);
+            return;
+        }
+        if !self.timers.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        match self.phase {
+            Phase::Handshake => {
+                debug!(peer = %self.peer, "handshake timed out");
+                self.phase = Phase::Ended(Release::Reset);
+            }
+            Phase::Open(_) => {
+                debug!(peer = %self.peer, session = self.id, "close handshake timed out");
+                self.end(CloseCode::ABNORMAL, "close handshake timed out", cx, now);
+            }
+            Phase::Finishing { .. } => self.phase = Phase::Ended(Release::Reset),
+            Phase::Ended(_) => {}
+        }
+    }
+
+    /// Whether the shard's watch list must keep this connection (a deadline is armed).
+    pub fn has_timer(&self) -> bool {
+        !matches!(self.phase, Phase::Ended(_))
+            && (self.timers.deadline.is_some() || self.timers.over_hard_since.is_some())
+    }
+
+    /// The idle timer: a session that sent nothing for `idle` is due a ping; one that sent
+    /// nothing within `pong_timeout` of our ping is ended here (1006: no close handshake).
+    pub fn idle_check<A: App + ?Sized>(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        cx: &mut ShardContext<'_, A>,
+    ) -> Idle {
+        let Phase::Open(session) = &self.phase else {
+            return Idle::No;
+        };
+        if session.state() != State::Open {
+            return Idle::No;
+        }
+        let pong_timeout = cx.settings.pong_timeout;
+        if let Some(at) = self.timers.ping_sent {
+            if self.timers.last_input > at {
+                self.timers.ping_sent = None;
+            } else if now.duration_since(at) >= pong_timeout {
+                info!(peer = %self.peer, session = self.id,
+                    "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                self.end(CloseCode::ABNORMAL, "no answer to ping", cx, now);
+                return Idle::Dropped;
+            } else {
+                return Idle::No;
+            }
+        }
+        if now.duration_since(self.timers.last_input) >= idle {
+            Idle::Ping
+        } else {
+            Idle::No
+        }
+    }
+
+    /// Sends the idle ping that [`Connection::idle_check`] asked for.
+    pub fn ping_idle<W: Wire + ?Sized>(&mut self, wire: &mut W, now: Instant) {
+        if let Phase::Open(session) = &mut self.phase {
+            let mut sink = WireSink { wire, pending: &mut self.pending };
+            let _ = session.outgoing(&mut sink).ping(b"idle");
+            self.timers.ping_sent = Some(now);
+        }
+    }
+}
+
+/// Queues an HTTP error answer.
+fn refuse<W: Wire + ?Sized>(wire: &mut W, pending: &mut PendingOutput, peer: SocketAddr, err: &HttpError) {
+    debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
+    let mut response = [0u8; 256];
+    let n = handshake::write_error_response(err, &mut response);
+    wire.send_bytes(pending, &response[..n]);
+}

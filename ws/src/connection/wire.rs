@@ -1,0 +1,65 @@
+//! The wire: the one thing a transport gives the session layer, per connection.
+//!
+//! A transport moves bytes; everything above (handshake, frames, close codes, deadlines,
+//! backpressure verdicts) is the session layer's. So the seam is small: queue a frame or raw
+//! bytes after everything queued before, hand the network what it takes now, shut the write side
+//! down, reset. Where the bytes go is the transport's business: the kernel transport records a
+//! frame's payload as a range of its receive buffer and sends the turn with one vectored write;
+//! the DPDK worker copies it straight into the connection's send ring. Whatever the network
+//! cannot take yet waits in the connection's [`PendingOutput`], in order, and its size is what
+//! backpressure watches.
+
+use std::io;
+
+use crate::pending::PendingOutput;
+use crate::session::FrameSink;
+
+/// One connection's output, as the session layer sees it.
+pub trait Wire {
+    /// Queues one frame, `header` then `payload`, after everything queued before (in `pending`
+    /// or in the transport's current turn).
+    fn send_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]);
+    /// Queues raw bytes (an HTTP answer) the same way.
+    fn send_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]);
+    /// Hands the network what is queued, as much as it takes now; the rest stays in `pending`.
+    /// An error means the connection is broken (reset by the peer).
+    fn flush(&mut self, pending: &mut PendingOutput) -> io::Result<()>;
+    /// Shuts the write side down (FIN after what is queued). `false`: not possible yet (bytes
+    /// still in flight inside the transport); the session layer asks again after the next output.
+    fn shutdown_write(&mut self) -> bool;
+}
+
+/// A [`Wire`] and a connection's pending output, as the [`FrameSink`] a `Session` writes to.
+pub struct WireSink<'a, W: Wire + ?Sized> {
+    /// The transport's side.
+    pub wire: &'a mut W,
+    /// The connection's pending output.
+    pub pending: &'a mut PendingOutput,
+}
+
+impl<W: Wire + ?Sized> FrameSink for WireSink<'_, W> {
+    fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
+        self.wire.send_frame(self.pending, header, payload);
+    }
+}
+
+/// A wire that keeps everything in the pending output (tests, and a connection whose transport
+/// handle is gone: nothing can be sent, and nothing is lost by the layer above).
+#[derive(Debug, Default)]
+pub struct PendingWire;
+
+impl Wire for PendingWire {
+    fn send_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
+        pending.push(header);
+        pending.push(payload);
+    }
+    fn send_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
+        pending.push(bytes);
+    }
+    fn flush(&mut self, _pending: &mut PendingOutput) -> io::Result<()> {
+        Ok(())
+    }
+    fn shutdown_write(&mut self) -> bool {
+        true
+    }
+}
