@@ -5,14 +5,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use hioload_fallback::{Backpressure, IoBackend};
-pub use hioload_wsproto::Limits;
+pub use hioload_fallback::IoBackend;
+pub use hioload_wsproto::{Backpressure, Limits, Settings};
 
 use crate::pool::PoolConfig;
 
 /// Which data path serves the connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum DataPath {
+pub enum DataPathConfig {
     /// The kernel's TCP stack through `mio` (every OS; the default).
     #[default]
     Kernel,
@@ -66,7 +66,7 @@ pub struct Config {
     /// Buffer pool sizes and limits (per NUMA node).
     pub pool: PoolConfig,
     /// The data path (default: the kernel).
-    pub data_path: DataPath,
+    pub data_path: DataPathConfig,
 }
 
 impl Default for Config {
@@ -89,7 +89,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(60)),
             pong_timeout: Duration::from_secs(30),
             pool: PoolConfig::default(),
-            data_path: DataPath::Kernel,
+            data_path: DataPathConfig::Kernel,
         }
     }
 }
@@ -254,8 +254,8 @@ impl Config {
     }
 
     /// The settings a running server can change (see [`crate::Server::reload`]).
-    pub(crate) fn settings(&self) -> hioload_fallback::Settings {
-        hioload_fallback::Settings {
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
             limits: self.limits.clone(),
             backpressure: self.backpressure.clone(),
             handshake_timeout: self.handshake_timeout,

@@ -9,35 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use hioload_fallback::{DeliverError, OutMessage};
-pub use hioload_wsproto::{CloseCode, SendError, State};
-
-/// A whole message, borrowed from the receive buffer (no copy); copy it to keep it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Message<'a> {
-    /// Text, validated UTF-8.
-    Text(&'a str),
-    /// Binary data.
-    Binary(&'a [u8]),
-}
-
-impl<'a> Message<'a> {
-    /// The payload bytes.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        match *self {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
-        }
-    }
-    /// Payload length in bytes.
-    pub fn len(&self) -> usize {
-        self.as_bytes().len()
-    }
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use hioload_wsproto::{CloseCode, DeliverError, Message, OutMessage, SendError, State};
 
 /// Reacts to the events of every session.
 pub trait Handler: Send + Sync + 'static {
@@ -117,36 +89,37 @@ pub trait SessionOps {
     fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError>;
 }
 
-impl SessionOps for hioload_fallback::Conn<'_> {
+/// The session layer's session, as the facade's handlers see it (both data paths).
+impl SessionOps for hioload_wsproto::SessionRef<'_> {
     fn session_id(&self) -> u64 {
         self.id()
     }
     fn peer_addr(&self) -> SocketAddr {
-        hioload_fallback::Conn::peer_addr(self)
+        hioload_wsproto::SessionRef::peer_addr(self)
     }
     fn worker(&self) -> usize {
-        hioload_fallback::Conn::worker(self)
+        self.shard()
     }
     fn state(&self) -> State {
-        hioload_fallback::Conn::state(self)
+        hioload_wsproto::SessionRef::state(self)
     }
     fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        hioload_fallback::Conn::send_text(self, text)
+        hioload_wsproto::SessionRef::send_text(self, text)
     }
     fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        hioload_fallback::Conn::send_binary(self, data)
+        hioload_wsproto::SessionRef::send_binary(self, data)
     }
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
-        hioload_fallback::Conn::ping(self, payload)
+        hioload_wsproto::SessionRef::ping(self, payload)
     }
     fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        hioload_fallback::Conn::close(self, code, reason)
+        hioload_wsproto::SessionRef::close(self, code, reason)
     }
     fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
-        hioload_fallback::Conn::send_to(self, id, msg)
+        hioload_wsproto::SessionRef::send_to(self, id, msg)
     }
     fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
-        hioload_fallback::Conn::broadcast(self, msg)
+        hioload_wsproto::SessionRef::broadcast(self, msg)
     }
 }
 
@@ -218,8 +191,5 @@ impl<'a> Ctx<'a> {
 
 /// An owned copy of `msg`, to cross threads.
 pub(crate) fn owned(msg: Message<'_>) -> OutMessage {
-    match msg {
-        Message::Text(t) => OutMessage::Text(t.into()),
-        Message::Binary(b) => OutMessage::Binary(b.into()),
-    }
+    msg.to_owned_message()
 }

@@ -22,13 +22,16 @@
 //! # Ok::<(), hioload_ws::Error>(())
 //! ```
 
+mod app;
 pub mod config;
 pub mod config_file;
 pub mod control;
+mod data_path;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod handler;
 pub mod http;
+mod kernel;
 pub mod middleware;
 pub mod pinning;
 pub mod pool;
@@ -36,13 +39,13 @@ mod registry;
 pub mod server;
 pub mod topology;
 
-pub use config::{Backpressure, Config, ConfigError, DataPath, IoBackend, Limits};
+pub use config::{Backpressure, Config, ConfigError, DataPathConfig, IoBackend, Limits};
 pub use config_file::{ConfigFile, ConfigFileError};
 pub use control::ProbeValue;
 #[cfg(feature = "dpdk")]
 pub use dpdk::DpdkConfig;
 pub use handler::{CloseCode, Ctx, DeliverError, Handler, Message, SendError, SessionOps, State};
-pub use hioload_fallback::WorkerStats;
+pub use hioload_wsproto::WorkerStats;
 pub use http::{HttpHandler, HttpRequest, NotFound};
 pub use middleware::{HandlerExt, Logging, Metrics, Middleware, Recovery};
 pub use registry::SessionInfo;

@@ -1,36 +1,28 @@
-//! The server: validated config + handler in, running workers out.
+//! The server: validated config + handlers in, a running data path out.
 //!
 //! `Server` owns the configuration, the application's handlers and the control plane; `start`
-//! builds the NUMA buffer pools and the worker placement from the machine's topology and hands
-//! everything to the data path (today the kernel transport of `hioload-fallback`) through a small
-//! adapter, `KernelService`, that gives each worker its pool cache, turns transport events into
-//! [`Handler`] calls, keeps the session registry, routes only the configured path to the upgrade
-//! and answers the control plane's paths. Handler panics are caught by the chain's
-//! [`Recovery`] (added when the chain has none).
+//! wraps the handler chain in a `Recovery` (when it has none), builds the one application
+//! adapter both data paths serve ([`HandlerApp`]), and starts the configured data path
+//! (`kernel/` or `dpdk/`), which it then sees only through the [`DataPath`] trait.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use hioload_fallback::{Conn, DeliverError, RecvBuffer, RecvBuffers, Service, Transport};
-use hioload_wsproto::{CloseCode, Event, HttpRequest, UpgradePolicy};
-use tracing::{debug, error, warn};
-
-#[cfg(feature = "dpdk")]
-use crate::config::DataPath;
-use crate::config::{Config, ConfigError};
+use crate::app::{HandlerApp, PathRoute};
+use crate::config::{Config, ConfigError, DataPathConfig};
 use crate::control::admin::AdminServer;
-use crate::control::{Control, ProbeValue, Runtime, StatsSource};
-use crate::handler::{owned, Ctx, Handler, Message, OutMessage};
-use crate::http::{write_response, HttpHandler, NotFound};
+use crate::control::{Control, ProbeValue, Runtime};
+use crate::data_path::DataPath;
+use crate::handler::{owned, Handler, Message};
+use crate::http::{HttpHandler, NotFound};
+use crate::kernel::KernelPath;
 use crate::middleware::{HandlerExt, Recovery};
-use crate::pinning::{CpuAffinity, PlacementPlan};
-use crate::pool::{PoolManager, PoolStats, PooledBuf, WorkerCache};
+use crate::pool::PoolStats;
 use crate::registry::SessionInfo;
-use crate::topology::Topology;
+use crate::{DeliverError, WorkerStats};
 
 /// Why a server could not be built or started.
 #[derive(Debug)]
@@ -94,74 +86,8 @@ pub struct Server {
 }
 
 struct Running {
-    path: RunningPath,
+    path: Arc<dyn DataPath>,
     admin: Option<AdminServer>,
-}
-
-/// The data path that serves.
-enum RunningPath {
-    Kernel(Transport),
-    #[cfg(feature = "dpdk")]
-    Dpdk(crate::dpdk::DpdkRuntime),
-}
-
-impl RunningPath {
-    fn io_backend(&self) -> Option<crate::IoBackend> {
-        match self {
-            RunningPath::Kernel(t) => Some(t.io_backend()),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(_) => None,
-        }
-    }
-    fn local_addr(&self) -> SocketAddr {
-        match self {
-            RunningPath::Kernel(t) => t.local_addr(),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.local_addr(),
-        }
-    }
-    fn session_count(&self) -> usize {
-        match self {
-            RunningPath::Kernel(t) => t.session_count(),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.session_count(),
-        }
-    }
-    fn send_to(&self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError> {
-        match self {
-            RunningPath::Kernel(t) => t.remote().send_to(id, msg),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.send_to(id, msg),
-        }
-    }
-    fn broadcast(&self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
-        match self {
-            RunningPath::Kernel(t) => t.remote().broadcast(msg),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.broadcast(msg),
-        }
-    }
-    fn reload(&self, settings: hioload_fallback::Settings) {
-        match self {
-            RunningPath::Kernel(t) => t.reload(settings),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.reload(settings),
-        }
-    }
-    fn stop(&self) {
-        match self {
-            RunningPath::Kernel(t) => t.stop(),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.stop(),
-        }
-    }
-    fn wait(&self) -> Result<(), Error> {
-        match self {
-            RunningPath::Kernel(t) => t.wait().map_err(Error::Io),
-            #[cfg(feature = "dpdk")]
-            RunningPath::Dpdk(d) => d.wait(),
-        }
-    }
 }
 
 /// What a [`Server::reload`] did.
@@ -233,117 +159,29 @@ impl Server {
         if !handler.recovers_panics() {
             handler = Arc::new(handler.with(Recovery::new()));
         }
-        #[cfg(feature = "dpdk")]
-        if let DataPath::Dpdk(dpdk) = &self.cfg.data_path {
-            return self.start_dpdk(dpdk, handler);
-        }
-        handler.on_start(self.cfg.num_workers);
-
-        let topology = discover_topology()?;
-        let (worker_cpus, worker_nodes) = self.placement(&topology);
-        let pools = PoolManager::new(&topology, self.cfg.pool.clone()).map_err(|e| {
-            Error::Config(ConfigError {
-                field: "pool",
-                problem: e.to_string(),
-            })
-        })?;
         let admin = match self.cfg.admin_listen {
             Some(addr) => Some(AdminServer::start(addr, self.control.clone())?),
             None => None,
         };
-        let service = KernelService {
+        let app = Arc::new(HandlerApp {
             handler: handler.clone(),
             http: self.http.clone(),
-            route: PathRoute {
-                path: self.cfg.path.clone(),
-            },
+            route: PathRoute { path: self.cfg.path.clone() },
             control: self.control.clone(),
             serve_control: self.cfg.admin_listen.is_none(),
-            pools: pools.clone(),
-            worker_nodes,
-        };
-        let mut transport_cfg = self.cfg.transport();
-        transport_cfg.worker_cpus = worker_cpus;
-        let transport = Transport::start(transport_cfg, Arc::new(service))?;
-        let _ = self.control.runtime.set(Runtime {
-            stats: StatsSource::Kernel(transport.remote()),
-            pools,
-            handler,
         });
-        debug!(addr = %transport.local_addr(), workers = self.cfg.num_workers, path = %self.cfg.path, "server started");
-        let _ = self.running.set(Running {
-            path: RunningPath::Kernel(transport),
-            admin,
-        });
-        Ok(())
-    }
-
-    /// `start` for the DPDK data path: the EAL thread calls `on_start` with the number of polling
-    /// lcores, serves `/metrics` and `/debug/probes` through the same control plane, and keeps
-    /// the session registry.
-    #[cfg(feature = "dpdk")]
-    fn start_dpdk(
-        &self,
-        dpdk: &crate::dpdk::DpdkConfig,
-        handler: Arc<dyn Handler>,
-    ) -> Result<(), Error> {
-        let admin = match self.cfg.admin_listen {
-            Some(addr) => Some(AdminServer::start(addr, self.control.clone())?),
-            None => None,
-        };
-        let route = PathRoute {
-            path: self.cfg.path.clone(),
-        };
-        let runtime = crate::dpdk::DpdkRuntime::start(
-            &self.cfg,
-            dpdk,
-            handler.clone(),
-            self.http.clone(),
-            route,
-            self.control.clone(),
-        )?;
-        let _ = self.control.runtime.set(Runtime {
-            stats: StatsSource::Dpdk(runtime.stats()),
-            // The lcores' pools, over DPDK memory of their sockets.
-            pools: runtime.pools(),
-            handler,
-        });
-        let _ = self.running.set(Running {
-            path: RunningPath::Dpdk(runtime),
-            admin,
-        });
-        Ok(())
-    }
-
-    /// Each worker's CPU (empty: pinning off or no plan, the transport picks) and NUMA node, from
-    /// the topology-aware placement plan (spread over NUMA nodes, distinct cores before SMT
-    /// siblings).
-    fn placement(&self, topology: &Topology) -> (Vec<Option<usize>>, Vec<u32>) {
-        let affinity = if self.cfg.cpu_affinity {
-            CpuAffinity::default()
-        } else {
-            CpuAffinity::Off
-        };
-        match PlacementPlan::new(topology, self.cfg.num_workers, &affinity) {
-            Ok(plan) => {
-                if self.cfg.cpu_affinity {
-                    plan.log();
-                }
-                let cpus = if self.cfg.cpu_affinity {
-                    plan.workers()
-                        .iter()
-                        .map(|w| w.cpu.map(|c| c as usize))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                (cpus, plan.workers().iter().map(|w| w.node).collect())
+        let path: Arc<dyn DataPath> = match &self.cfg.data_path {
+            DataPathConfig::Kernel => {
+                handler.on_start(self.cfg.num_workers);
+                Arc::new(KernelPath::start(&self.cfg, app)?)
             }
-            Err(e) => {
-                warn!("no placement plan ({e}); pinning worker i to the i-th allowed CPU");
-                (Vec::new(), Vec::new())
-            }
-        }
+            // The EAL thread calls `on_start` with the number of polling lcores.
+            #[cfg(feature = "dpdk")]
+            DataPathConfig::Dpdk(dpdk) => Arc::new(crate::dpdk::DpdkPath::start(&self.cfg, dpdk, app, handler.clone())?),
+        };
+        let _ = self.control.runtime.set(Runtime { path: path.clone(), handler });
+        let _ = self.running.set(Running { path, admin });
+        Ok(())
     }
 
     /// The bound address (with the real port when port 0 was configured); `None` before `start`.
@@ -392,12 +230,12 @@ impl Server {
 
     /// The buffer pools' statistics (`None` before start).
     pub fn pool_stats(&self) -> Option<PoolStats> {
-        self.control.runtime.get().map(|rt| rt.pools.stats())
+        self.running.get().map(|r| r.path.pool_stats())
     }
 
     /// Per-worker counters of the data path (`None` before start).
-    pub fn worker_stats(&self) -> Option<Vec<hioload_fallback::WorkerStats>> {
-        self.control.runtime.get().map(|rt| rt.stats.worker_stats())
+    pub fn worker_stats(&self) -> Option<Vec<WorkerStats>> {
+        self.running.get().map(|r| r.path.shards().worker_stats())
     }
 
     /// Everything `/metrics` serves, in the Prometheus text format.
@@ -463,163 +301,9 @@ impl Server {
     }
 }
 
-/// The running machine's topology; a one-node stand-in when hwloc cannot read it.
-fn discover_topology() -> Result<Topology, Error> {
-    match Topology::discover() {
-        Ok(t) => Ok(t),
-        Err(e) => {
-            warn!("cannot read the CPU topology ({e}); assuming one NUMA node");
-            let pus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Topology::synthetic(&format!("numa:1 pu:{pus}"))
-                .map_err(|e| Error::Io(io::Error::other(format!("no topology: {e}"))))
-        }
-    }
-}
-
-/// Upgrades only the configured path (the query string is ignored).
-pub(crate) struct PathRoute {
-    pub(crate) path: String,
-}
-
-impl UpgradePolicy for PathRoute {
-    fn route(&self, target: &str) -> bool {
-        target.split('?').next() == Some(self.path.as_str())
-    }
-}
-
-/// A worker's receive buffers: its pool cache (created on the worker thread, NUMA-local).
-pub(crate) struct PoolBuffers {
-    cache: WorkerCache,
-    size: usize,
-}
-
-/// A pool buffer lent as a receive buffer: its whole capacity is readable.
-pub(crate) struct PoolRecvBuf(PooledBuf);
-
-impl RecvBuffer for PoolRecvBuf {
-    fn as_slice(&self) -> &[u8] {
-        &self.0
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.0
-    }
-}
-
-impl RecvBuffers for PoolBuffers {
-    type Buf = PoolRecvBuf;
-    fn take(&mut self) -> Option<PoolRecvBuf> {
-        match self.cache.get(self.size, None) {
-            Ok(mut buf) => {
-                let capacity = buf.capacity();
-                buf.set_len(capacity);
-                Some(PoolRecvBuf(buf))
-            }
-            Err(e) => {
-                debug!("no receive buffer: {e}");
-                None
-            }
-        }
-    }
-    fn give(&mut self, buf: PoolRecvBuf) {
-        drop(buf); // back to the cache it came from
-    }
-}
-
-/// Adapts the application's handlers to the kernel transport.
-struct KernelService {
-    handler: Arc<dyn Handler>,
-    http: Arc<dyn HttpHandler>,
-    route: PathRoute,
-    control: Arc<Control>,
-    /// Answer `/metrics` and `/debug/probes` here (no admin listener).
-    serve_control: bool,
-    pools: PoolManager,
-    worker_nodes: Vec<u32>,
-}
-
-impl Service for KernelService {
-    type Buffers = PoolBuffers;
-
-    fn worker_buffers(&self, worker: usize, buf_size: usize) -> PoolBuffers {
-        let nodes = self.pools.nodes();
-        let node = self
-            .worker_nodes
-            .get(worker)
-            .copied()
-            .filter(|n| nodes.contains(n))
-            .unwrap_or(nodes[0]);
-        let cache = self
-            .pools
-            .worker_cache(node)
-            .expect("the node has a pool: it was taken from the pool's own list");
-        PoolBuffers {
-            cache,
-            size: buf_size,
-        }
-    }
-
-    fn upgrade_policy(&self) -> &dyn UpgradePolicy {
-        &self.route
-    }
-
-    fn on_http(&self, request: &HttpRequest<'_>, peer: SocketAddr, response: &mut Vec<u8>) {
-        if self.serve_control && self.control.answer(request, response) {
-            return;
-        }
-        if catch_unwind(AssertUnwindSafe(|| {
-            self.http.handle(request, peer, response)
-        }))
-        .is_err()
-        {
-            error!(%peer, path = request.path, "HTTP handler panicked; answering 500");
-            response.clear();
-            write_response(
-                response,
-                500,
-                "Internal Server Error",
-                "text/plain; charset=utf-8",
-                b"internal error\n",
-            );
-        }
-    }
-
-    fn on_open(&self, conn: &mut Conn<'_>) {
-        self.control.registry.insert(SessionInfo {
-            id: conn.id(),
-            peer: conn.peer_addr(),
-            worker: conn.worker(),
-        });
-        self.handler.on_open(&mut Ctx::new(conn));
-    }
-
-    fn on_event(&self, conn: &mut Conn<'_>, event: Event<'_>) {
-        let msg = match event {
-            Event::Text(t) => Message::Text(t),
-            Event::Binary(b) => Message::Binary(b),
-            Event::Ping(_) | Event::Pong(_) | Event::Close(..) => return,
-        };
-        self.handler.on_message(&mut Ctx::new(conn), msg);
-    }
-
-    fn on_close(&self, conn: &mut Conn<'_>, code: CloseCode, reason: &str) {
-        self.control.registry.remove(conn.id());
-        self.handler.on_close(&mut Ctx::new(conn), code, reason);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_configured_path_is_upgraded() {
-        let r = PathRoute { path: "/ws".into() };
-        assert!(r.route("/ws"));
-        assert!(r.route("/ws?token=1"));
-        assert!(!r.route("/ws/"));
-        assert!(!r.route("/"));
-        assert!(!r.route("/wsx"));
-    }
 
     #[test]
     fn start_without_handler_is_an_error() {

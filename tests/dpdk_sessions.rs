@@ -1,5 +1,5 @@
 //! The facade's session services over the DPDK data path, in process: a `Server` with
-//! `DataPath::Dpdk` on a net_tap port (its kernel side in a namespace this test creates, clients
+//! `DataPathConfig::Dpdk` on a net_tap port (its kernel side in a namespace this test creates, clients
 //! on threads that entered it), two lcores sharing the port. Checks the registry, messages sent by
 //! session id and broadcasts across lcores (from a handler and from outside), the control plane's
 //! counters, a settings reload, and the graceful stop.

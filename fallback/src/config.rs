@@ -6,74 +6,14 @@
 //! the user knows.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use hioload_wsproto::Limits;
-
-/// Bounds on what one connection may keep queued for a peer that does not read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backpressure {
-    /// Pending-output bytes above which the connection is not read until it drains (default 1 MiB).
-    pub soft_bytes: usize,
-    /// Pending-output bytes that, held for longer than `timeout`, close the connection with 1008
-    /// (default 4 MiB).
-    pub hard_bytes: usize,
-    /// How long a connection may stay above `hard_bytes` (default 10 s).
-    pub timeout: Duration,
-}
-
-impl Default for Backpressure {
-    fn default() -> Self {
-        Backpressure {
-            soft_bytes: 1 << 20,
-            hard_bytes: 4 << 20,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The settings a running transport can change (hot reload): published with
-/// [`crate::Transport::reload`], picked up by each worker at its next loop turn.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Protocol limits handed to every session (existing sessions get new ones on reload).
-    /// `inplace_frame_max` and `max_head_bytes` size the receive buffers: they are fixed at start.
-    pub limits: Limits,
-    /// Pending-output bounds.
-    pub backpressure: Backpressure,
-    /// Time a client has to send a complete upgrade request (default 10 s).
-    pub handshake_timeout: Duration,
-    /// Time a peer has to answer a Close we sent, and to drain and close after the close
-    /// handshake (default 5 s).
-    pub close_timeout: Duration,
-    /// On `stop`, time given to sessions to finish their close handshake (default 5 s).
-    pub shutdown_grace: Duration,
-    /// A session that sent nothing for this long gets a ping (default 60 s; `None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// After that ping, time the peer has to send anything (its pong) before the connection is
-    /// dropped and the session reported closed with 1006 (default 30 s).
-    pub pong_timeout: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            limits: Limits::default(),
-            backpressure: Backpressure::default(),
-            handshake_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(5),
-            idle_timeout: Some(Duration::from_secs(60)),
-            pong_timeout: Duration::from_secs(30),
-        }
-    }
-}
+use hioload_wsproto::{Limits, Settings};
 
 /// How a worker talks to the kernel.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum IoBackend {
     /// io_uring where this kernel allows it (Linux 6.1+, not forbidden by a seccomp policy),
-    /// else readiness polling. `Transport::start` resolves it; [`crate::Transport::io_backend`]
+    /// else readiness polling. `KernelTransport::start` resolves it; [`crate::KernelTransport::io_backend`]
     /// tells which one runs.
     #[default]
     Auto,
@@ -135,6 +75,9 @@ pub struct TransportConfig {
     /// (rounded up to a power of two; default 64). Receives that complete while all of them are
     /// in use are re-armed in the same loop turn, once buffers are back.
     pub uring_buffers: u16,
+    /// Most connections per worker (any phase; at most 2^20). Past it, accepted connections
+    /// are closed at once (default 2^20).
+    pub max_connections: usize,
     /// What may change while running.
     pub settings: Settings,
 }
@@ -150,6 +93,7 @@ impl Default for TransportConfig {
             inbox_capacity: 1024,
             io: IoBackend::Auto,
             uring_buffers: 64,
+            max_connections: 1 << 20,
             settings: Settings::default(),
         }
     }

@@ -5,12 +5,12 @@
 //! area; a large payload that lies inside the connection's receive buffer (a message unmasked in
 //! place) is only recorded as a range of that buffer. At the end of the turn [`TurnOutput::flush`]
 //! sends the connection's older pending output and all of this turn's pieces with one
-//! `sendmsg`/`writev`, and copies into the connection's [`OutBuf`] only what the kernel did not
+//! `sendmsg`/`writev`, and copies into the connection's [`PendingOutput`] only what the kernel did not
 //! take. An echo of a whole-frame message therefore costs one read, one write and no copy.
 //!
 //! A turn larger than [`STAGING_SMALL`] stages into a buffer borrowed from the worker's
-//! [`BufCache`], given back at the end of the turn; the same cache lends connections their large
-//! pending output ([`OutBuf::push_cached`]). A worker echoing large messages that are not in the
+//! [`OutputCache`], given back at the end of the turn; the same cache lends connections their large
+//! pending output ([`PendingOutput::push_cached`]). A worker echoing large messages that are not in the
 //! receive buffer (assembled ones) therefore allocates nothing per message in steady state.
 //!
 //! The range trick relies on the protocol's contract: bytes of the input it has handed out are not
@@ -19,11 +19,10 @@
 
 use std::io::{self, IoSlice};
 
-use hioload_wsproto::FrameSink;
+use hioload_wsproto::output_cache::{OutputCache, OutputCacheStats, STAGING_SMALL};
+use hioload_wsproto::{FrameSink, PendingOutput, Wire};
 use mio::net::TcpStream;
 
-use crate::bufcache::{BufCache, BufCacheStats, STAGING_SMALL};
-use crate::outbuf::OutBuf;
 use crate::sys;
 
 /// Payloads at least this large are sent from the receive buffer instead of being copied.
@@ -49,7 +48,7 @@ pub struct TurnOutput {
     large: Option<Vec<u8>>,
     segs: Vec<Seg>,
     bytes: usize,
-    cache: BufCache,
+    cache: OutputCache,
 }
 
 impl TurnOutput {
@@ -60,22 +59,22 @@ impl TurnOutput {
             large: None,
             segs: Vec::with_capacity(MAX_SEGS),
             bytes: 0,
-            cache: BufCache::new(),
+            cache: OutputCache::new(),
         }
     }
 
     /// The worker's cache of large output buffers (counters, trimming).
-    pub fn cache(&mut self) -> &mut BufCache {
+    pub fn cache(&mut self) -> &mut OutputCache {
         &mut self.cache
     }
 
     /// The counters of the worker's output cache.
-    pub fn cache_stats(&self) -> BufCacheStats {
+    pub fn cache_stats(&self) -> OutputCacheStats {
         self.cache.stats()
     }
 
     /// Gives a departing connection's large pending output back to the cache.
-    pub fn release(&mut self, pending: &mut OutBuf) {
+    pub fn release(&mut self, pending: &mut PendingOutput) {
         pending.release(&mut self.cache);
     }
 
@@ -160,7 +159,7 @@ impl TurnOutput {
     pub fn flush(
         &mut self,
         stream: &TcpStream,
-        pending: &mut OutBuf,
+        pending: &mut PendingOutput,
         input: &[u8],
     ) -> io::Result<usize> {
         let total = pending.len() + self.bytes;
@@ -201,7 +200,7 @@ impl TurnOutput {
 
     /// Appends this turn's output to `pending` without sending anything (the io_uring backend
     /// sends `pending` with the loop turn's submission) and clears the turn.
-    pub fn stage_into(&mut self, pending: &mut OutBuf, input: &[u8]) {
+    pub fn stage_into(&mut self, pending: &mut PendingOutput, input: &[u8]) {
         self.keep_unsent(pending, input, 0);
         self.clear();
     }
@@ -219,7 +218,7 @@ impl TurnOutput {
 
     /// Puts `front` before the bytes already in `pending` (what a ring send did not get out
     /// belongs before the output queued behind it). Rare: only after a short ring send.
-    pub fn requeue_front(&mut self, pending: &mut OutBuf, front: &[u8]) {
+    pub fn requeue_front(&mut self, pending: &mut PendingOutput, front: &[u8]) {
         debug_assert!(self.is_empty());
         self.stage(front);
         self.stage(pending.unsent());
@@ -230,7 +229,7 @@ impl TurnOutput {
     }
 
     /// After `sent` bytes of `pending` + this turn went out: keeps the rest in `pending`, in order.
-    fn keep_unsent(&mut self, pending: &mut OutBuf, input: &[u8], sent: usize) {
+    fn keep_unsent(&mut self, pending: &mut PendingOutput, input: &[u8], sent: usize) {
         let total = pending.len() + self.bytes;
         let from_pending = sent.min(pending.len());
         let mut skip = sent - from_pending;
@@ -272,7 +271,8 @@ fn piece<'a>(staged: &'a [u8], seg: Seg, input: &'a [u8]) -> &'a [u8] {
     }
 }
 
-/// The [`FrameSink`] of one turn; see the module documentation.
+/// The [`FrameSink`] of one turn, and the [`Wire`] of a connection during a read; see the module
+/// documentation.
 pub struct TurnSink<'t> {
     base: usize,
     len: usize,
@@ -304,6 +304,24 @@ impl FrameSink for TurnSink<'_> {
     }
 }
 
+/// During a read, output is only recorded: the worker sends the turn when the read is done (one
+/// vectored write or a ring send), so `flush` has nothing to do and the write side is not shut
+/// down in the middle of a read.
+impl Wire for TurnSink<'_> {
+    fn queue_frame(&mut self, _pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
+        FrameSink::send_frame(self, header, payload);
+    }
+    fn queue_bytes(&mut self, _pending: &mut PendingOutput, bytes: &[u8]) {
+        self.out.stage(bytes);
+    }
+    fn flush(&mut self, _pending: &mut PendingOutput) -> io::Result<()> {
+        Ok(())
+    }
+    fn shutdown_write(&mut self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +340,7 @@ mod tests {
         let (server, mut client) = pair();
         let input: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         let mut turn = TurnOutput::new();
-        let mut pending = OutBuf::new();
+        let mut pending = PendingOutput::new();
         {
             let mut sink = turn.sink(&input);
             sink.send_frame(b"H1", &input[100..4196]); // large, inside input: not copied
@@ -361,7 +379,7 @@ mod tests {
             .unwrap();
         let input: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
         let mut turn = TurnOutput::new();
-        let mut pending = OutBuf::new();
+        let mut pending = PendingOutput::new();
         turn.sink(&input).send_frame(b"HEAD", &input);
         let sent = turn.flush(&server, &mut pending, &input).unwrap();
         assert!(
@@ -405,7 +423,7 @@ mod tests {
             got
         });
         let mut turn = TurnOutput::new();
-        let mut pending = OutBuf::new();
+        let mut pending = PendingOutput::new();
         let mut counts = Vec::new();
         for _ in 0..2 {
             turn.sink(&[]).send_frame(b"HEAD", &payload);
@@ -443,7 +461,7 @@ mod tests {
     #[test]
     fn a_short_ring_sends_rest_goes_before_the_output_queued_behind_it() {
         let mut turn = TurnOutput::new();
-        let mut pending = OutBuf::new();
+        let mut pending = PendingOutput::new();
         // Output that waited behind a ring send.
         turn.sink(&[]).send_frame(b"H2", b"later");
         turn.stage_into(&mut pending, &[]);
@@ -475,7 +493,7 @@ mod tests {
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut turn = TurnOutput::new();
-        let mut pending = OutBuf::new();
+        let mut pending = PendingOutput::new();
         let mut err = None;
         for _ in 0..3 {
             turn.push_bytes(&[1u8; 1000]);

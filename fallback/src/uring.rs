@@ -81,11 +81,6 @@ impl Op {
     }
 }
 
-/// The low 32 bits of a connection id: told apart from the slot's earlier occupants.
-pub(crate) fn tag_of(id: u64) -> u32 {
-    id as u32
-}
-
 /// One completion, copied out of the queue.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Completion {
@@ -294,6 +289,12 @@ impl<B: RecvBuffer> Uring<B> {
     pub fn recycle(&mut self, mut list: Vec<Completion>) {
         list.clear();
         self.completions = list;
+    }
+
+    /// Entries queued but not handed to the kernel yet (a submission cut short by a full
+    /// completion queue leaves some; the next one takes them).
+    pub fn unsubmitted(&mut self) -> usize {
+        self.ring.submission().len()
     }
 
     /// Receives whose completion has not been seen yet.

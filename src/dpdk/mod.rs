@@ -2,32 +2,29 @@
 //!
 //! The kernel path hands the protocol layer bytes it read from a socket; this path lets it parse
 //! them where they are, in a smoltcp socket's receive ring, on the lcore that owns the connection,
-//! and writes the replies straight into that socket's send ring. Everything above the byte level is
-//! the same as on the kernel path: the same sans-IO `Session`, the same `Handler`/`HttpHandler`
-//! callbacks, limits, timeouts, close codes and graceful stop. The pieces:
+//! and writes the replies straight into that socket's send ring. Everything above the byte level
+//! is the session layer's shard, exactly as on the kernel path: the same lifecycle, `Handler` /
+//! `HttpHandler` callbacks, limits, timeouts, close codes and graceful stop. The pieces:
 //! - [`DpdkConfig`]: what this path needs besides [`Config`](crate::Config) (EAL arguments,
 //!   netmask, gateway, idle back-off, connection slots);
-//! - `runtime`: the EAL thread: EAL, port, mempool, stack, the lcore loop, and the stop;
-//! - `driver`: one lcore's connections, from handshake to close, as a stack `Handler`;
-//! - `sink`: a session's output into the send ring, and what does not fit (backpressure);
-//! - `shared`: stop flag, per-lcore counters and inboxes (messages sent by session id).
+//! - `runtime`: the EAL thread (EAL, port, mempool, stacks, the stop) and the lcore loop;
+//! - `setup`: opening and logging the port, the lcores' placement and buffer pools;
+//! - `worker`: one lcore's shard of connections over its stack, as a stack `Handler`;
+//! - `wire`: a connection's output into its send ring, and what does not fit (backpressure).
 
-mod conn;
-mod driver;
 mod runtime;
-mod shared;
-mod sink;
+mod setup;
+mod wire;
+mod worker;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-pub(crate) use runtime::DpdkRuntime;
+pub(crate) use runtime::DpdkPath;
 
 /// The DPDK layer this path runs on (EAL, NUMA memory), for tools and tests that need it with
 /// the facade (e.g. to check where [`DpdkBacking`](crate::pool::DpdkBacking) memory lies).
 pub use hioload_dpdk;
-/// Per-lcore counters, for the control plane.
-pub(crate) use shared::Shared as LcoreStats;
 
 /// Settings of the DPDK data path; `DpdkConfig::new(eal_args)` gives the defaults listed on each
 /// field. The address and port come from [`Config::listen`](crate::Config::listen).

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use hioload_ws::{Config, DataPath, DpdkConfig};
+use hioload_ws::{Config, DataPathConfig, DpdkConfig};
 use tungstenite::WebSocket;
 
 /// Namespaces and commands, shared with the DPDK crates' tests.
@@ -62,7 +62,7 @@ impl TapNet {
         dpdk.max_connections = max_connections;
         Config {
             listen: STACK.parse().unwrap(),
-            data_path: DataPath::Dpdk(dpdk),
+            data_path: DataPathConfig::Dpdk(dpdk),
             ..Config::default()
         }
     }

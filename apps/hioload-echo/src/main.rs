@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hioload_ws::{
-    Config, ConfigFile, Ctx, DataPath, Handler, HandlerExt, Logging, Message, Metrics, Recovery,
+    Config, ConfigFile, Ctx, DataPathConfig, Handler, HandlerExt, Logging, Message, Metrics, Recovery,
     Server,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
         dpdk.idle_sleep = std::time::Duration::from_micros(args.idle_sleep_us);
         dpdk.max_connections = args.max_connections;
         dpdk.port = args.dpdk_port.clone();
-        cfg.data_path = DataPath::Dpdk(dpdk);
+        cfg.data_path = DataPathConfig::Dpdk(dpdk);
     }
     let base = cfg.clone();
     let mut file_log_level = None;
@@ -175,9 +175,9 @@ fn main() -> ExitCode {
         .init();
 
     let data_path = match cfg.data_path {
-        DataPath::Kernel => "kernel",
+        DataPathConfig::Kernel => "kernel",
         #[cfg(feature = "dpdk")]
-        DataPath::Dpdk { .. } => "dpdk",
+        DataPathConfig::Dpdk { .. } => "dpdk",
     };
 
     match hioload_ws::raise_fd_limit() {

@@ -391,7 +391,7 @@ fn sigterm_with_clients_connected_closes_each_with_1001_and_exits_0() {
     assert!(status.success(), "exit status {status}");
     let log = echo.log_text();
     assert!(
-        log.contains("SIGTERM: stopping") && log.contains("close 1001 sent sessions=50"),
+        log.contains("SIGTERM: stopping") && log.contains("close 1001 sent worker=0 sessions=50"),
         "{log}"
     );
     assert!(log.contains("stopped"), "{log}");

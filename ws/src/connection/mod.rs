@@ -231,13 +231,13 @@ impl Connection {
                 cx.http.clear();
                 cx.app.on_http(&req, peer, cx.http);
                 debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
-                wire.send_bytes(&mut self.pending, cx.http);
+                wire.queue_bytes(&mut self.pending, cx.http);
                 None
             }
             Parsed::Upgrade(req) => {
                 let mut response = [0u8; 512];
                 let (n, decision) = handshake::respond(&req, cx.app.upgrade_policy(), &mut response);
-                wire.send_bytes(&mut self.pending, &response[..n]);
+                wire.queue_bytes(&mut self.pending, &response[..n]);
                 match decision {
                     Ok(()) => Some(req.head_len),
                     Err(err) => {
@@ -557,5 +557,5 @@ fn refuse<W: Wire + ?Sized>(wire: &mut W, pending: &mut PendingOutput, peer: Soc
     debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
     let mut response = [0u8; 256];
     let n = handshake::write_error_response(err, &mut response);
-    wire.send_bytes(pending, &response[..n]);
+    wire.queue_bytes(pending, &response[..n]);
 }

@@ -18,9 +18,9 @@ use crate::session::FrameSink;
 pub trait Wire {
     /// Queues one frame, `header` then `payload`, after everything queued before (in `pending`
     /// or in the transport's current turn).
-    fn send_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]);
+    fn queue_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]);
     /// Queues raw bytes (an HTTP answer) the same way.
-    fn send_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]);
+    fn queue_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]);
     /// Hands the network what is queued, as much as it takes now; the rest stays in `pending`.
     /// An error means the connection is broken (reset by the peer).
     fn flush(&mut self, pending: &mut PendingOutput) -> io::Result<()>;
@@ -39,7 +39,7 @@ pub struct WireSink<'a, W: Wire + ?Sized> {
 
 impl<W: Wire + ?Sized> FrameSink for WireSink<'_, W> {
     fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
-        self.wire.send_frame(self.pending, header, payload);
+        self.wire.queue_frame(self.pending, header, payload);
     }
 }
 
@@ -49,11 +49,11 @@ impl<W: Wire + ?Sized> FrameSink for WireSink<'_, W> {
 pub struct PendingWire;
 
 impl Wire for PendingWire {
-    fn send_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
+    fn queue_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
         pending.push(header);
         pending.push(payload);
     }
-    fn send_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
+    fn queue_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
         pending.push(bytes);
     }
     fn flush(&mut self, _pending: &mut PendingOutput) -> io::Result<()> {

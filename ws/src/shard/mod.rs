@@ -80,6 +80,16 @@ pub struct Slot<T> {
     pub io: T,
     /// In the watch list.
     watched: bool,
+    /// Released, and kept until the transport says it is gone ([`Shard::forget`]).
+    released: bool,
+}
+
+impl<T> Slot<T> {
+    /// Whether the connection was released and only waits for its transport to let it go:
+    /// nothing more is done with it, input is discarded.
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
 }
 
 /// What the end of a loop turn found.
@@ -228,7 +238,7 @@ impl<T, A: App> Shard<T, A> {
         }
         let id = session_id(self.index, self.next_serial, slot);
         self.next_serial += 1;
-        self.slots[slot] = Some(Slot { conn: Connection::new(id, peer, now, &self.settings), io, watched: false });
+        self.slots[slot] = Some(Slot { conn: Connection::new(id, peer, now, &self.settings), io, watched: false, released: false });
         self.live += 1;
         self.counters().connections.add(1);
         self.update(slot);
@@ -323,6 +333,7 @@ impl<T, A: App> Shard<T, A> {
             return;
         };
         match s.conn.ended() {
+            Some(_) if s.released => {}
             Some(how) => self.release(slot, how, x),
             None => self.update(slot),
         }
@@ -339,11 +350,11 @@ impl<T, A: App> Shard<T, A> {
     }
 
     fn release<X: Transport<Io = T>>(&mut self, slot: usize, how: Release, x: &mut X) {
-        let Some(Slot { mut conn, io, watched }) = self.slots[slot].take() else {
+        let Some(Slot { mut conn, io, watched, .. }) = self.slots[slot].take() else {
             return;
         };
         match x.release(slot, io, conn.pending_mut(), how) {
-            Some(io) => self.slots[slot] = Some(Slot { conn, io, watched }),
+            Some(io) => self.slots[slot] = Some(Slot { conn, io, watched, released: true }),
             None => self.slot_freed(slot),
         }
     }

@@ -73,11 +73,11 @@ struct FakeTransport {
 struct FakeWire<'a>(&'a mut FakeIo);
 
 impl Wire for FakeWire<'_> {
-    fn send_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
+    fn queue_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
         pending.push(header);
         pending.push(payload);
     }
-    fn send_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
+    fn queue_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]) {
         pending.push(bytes);
     }
     fn flush(&mut self, pending: &mut PendingOutput) -> io::Result<()> {
@@ -216,7 +216,7 @@ fn handshake_and_close_deadlines() {
 
     // We close; the peer never answers: 1006 after the close timeout.
     let slot = rig.connect();
-    rig.read(slot, &UPGRADE);
+    rig.read(slot, UPGRADE);
     rig.read(slot, &client_frame(OpCode::Text, b"bye"));
     rig.advance(Duration::from_millis(900));
     assert!(rig.seen().closes.is_empty());
@@ -229,7 +229,7 @@ fn handshake_and_close_deadlines() {
 fn a_protocol_error_closes_with_its_code_and_reports_it_once() {
     let mut rig = Rig::new(Settings::default());
     let slot = rig.connect();
-    rig.read(slot, &UPGRADE);
+    rig.read(slot, UPGRADE);
     rig.sent(slot);
     let mut unmasked = vec![0x81, 0x02];
     unmasked.extend_from_slice(b"hi");
@@ -249,8 +249,8 @@ fn idle_sessions_are_pinged_and_dropped_without_an_answer() {
     };
     let mut rig = Rig::new(settings);
     let (quiet, lively) = (rig.connect(), rig.connect());
-    rig.read(quiet, &UPGRADE);
-    rig.read(lively, &UPGRADE);
+    rig.read(quiet, UPGRADE);
+    rig.read(lively, UPGRADE);
     rig.sent(quiet);
     rig.sent(lively);
     for _ in 0..5 {
@@ -277,7 +277,7 @@ fn a_peer_that_does_not_read_is_paused_then_closed_with_1008() {
     };
     let mut rig = Rig::new(settings);
     let slot = rig.connect();
-    rig.read(slot, &UPGRADE);
+    rig.read(slot, UPGRADE);
     rig.shard.slot_mut(slot).unwrap().io.room = 0; // the peer stops reading
     rig.read(slot, &client_frame(OpCode::Binary, &[7u8; 5000]));
     assert!(rig.shard.slot(slot).unwrap().conn.read_paused(), "over the soft bound");
@@ -297,7 +297,7 @@ fn draining_below_the_soft_bound_resumes_reading() {
     };
     let mut rig = Rig::new(settings);
     let slot = rig.connect();
-    rig.read(slot, &UPGRADE);
+    rig.read(slot, UPGRADE);
     rig.shard.slot_mut(slot).unwrap().io.room = 0;
     rig.read(slot, &client_frame(OpCode::Binary, &[7u8; 5000]));
     assert!(rig.shard.slot(slot).unwrap().conn.read_paused());
@@ -314,7 +314,7 @@ fn draining_below_the_soft_bound_resumes_reading() {
 fn a_reload_governs_the_next_message() {
     let mut rig = Rig::new(Settings::default());
     let slot = rig.connect();
-    rig.read(slot, &UPGRADE);
+    rig.read(slot, UPGRADE);
     rig.read(slot, &client_frame(OpCode::Binary, &[1u8; 200]));
     let mut lower = Settings::default();
     lower.limits.max_message_size = 150;
@@ -330,8 +330,8 @@ fn a_reload_governs_the_next_message() {
 fn sends_by_id_reach_open_sessions_only_and_broadcast_reaches_all() {
     let mut rig = Rig::new(Settings::default());
     let (a, b, handshaking) = (rig.connect(), rig.connect(), rig.connect());
-    rig.read(a, &UPGRADE);
-    rig.read(b, &UPGRADE);
+    rig.read(a, UPGRADE);
+    rig.read(b, UPGRADE);
     let (ida, idb) = (rig.shard.slot(a).unwrap().conn.id(), rig.shard.slot(b).unwrap().conn.id());
     rig.sent(a);
     rig.sent(b);
@@ -352,7 +352,7 @@ fn stop_sends_1001_and_finishes_when_every_close_is_done() {
     let settings = Settings { shutdown_grace: Duration::from_secs(3), ..Settings::default() };
     let mut rig = Rig::new(settings);
     let (open, handshaking) = (rig.connect(), rig.connect());
-    rig.read(open, &UPGRADE);
+    rig.read(open, UPGRADE);
     rig.sent(open);
     rig.set.stop();
     let end = rig.advance(Duration::ZERO);

@@ -1,0 +1,276 @@
+//! One worker: a thread that owns a poll instance, a listener, a [`Shard`] of connections, and
+//! runs them to completion. Nothing here is shared with other workers except what the
+//! [`ShardSet`](hioload_wsproto::ShardSet) holds (stop flag, counters, inboxes, settings), so
+//! the loop takes no lock.
+//!
+//! The session lifecycle (handshake, open, finishing, deadlines, idle pings, backpressure, the
+//! inbox, reload, stop) is the shard's; this module only moves bytes between sockets and the
+//! shard. How bytes cross the kernel boundary is a [`Backend`], one file each, mio-style:
+//! `poll_backend` (readiness: epoll, kqueue, IOCP through mio) and `uring_backend` (Linux
+//! io_uring: receives are completions, small sends ride the wait). A loop turn, either backend:
+//! 1. wait for I/O (at most what the shard and the ready list allow);
+//! 2. the shard applies reloaded settings ([`Shard::begin_turn`]);
+//! 3. per connection event: flush pending output if writable, then read (poll) or take the
+//!    received buffer (io_uring); each read goes through the shard and its output is sent at
+//!    the end of that read with one vectored send (or a ring send);
+//! 4. accept new connections, read connections that still have input (read budget, resumed
+//!    after backpressure), then the shard's end of turn: inbox, deadlines, idle sweep, stop.
+
+mod accept;
+mod input;
+mod io;
+mod poll_backend;
+#[cfg(target_os = "linux")]
+mod uring_backend;
+
+pub(crate) use io::{Io, Socket};
+pub(crate) use poll_backend::PollBackend;
+#[cfg(target_os = "linux")]
+pub(crate) use uring_backend::UringBackend;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hioload_wsproto::{App, PendingOutput, Shard, ShardSet, Transport};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::TransportConfig;
+use crate::pool::{RecvBuffer, RecvBuffers};
+use crate::turn::TurnOutput;
+
+pub(crate) const LISTENER: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+pub(crate) const FIRST_CONN: usize = 2;
+
+/// How a worker's bytes cross the kernel boundary; the one internal interface both backends
+/// implement. Everything else about a connection is the worker's (reads, held input) or the
+/// shard's (its lifecycle).
+pub(crate) trait Backend<B: RecvBuffer>: Sized {
+    /// The backend's own state of one connection.
+    type Conn: Default;
+    /// What the mio poll watches on a connection.
+    const INTEREST: Interest;
+    /// Prepares an accepted socket.
+    fn prepare(stream: &TcpStream) -> std::io::Result<()>;
+    /// The connection in `slot` may be read. `true`: the worker reads it now with `recv`
+    /// (readiness); `false`: the backend brings its input itself (an armed receive).
+    fn want_input(&mut self, slot: usize, sock: &mut Socket<B, Self::Conn>) -> std::io::Result<bool>;
+    /// Takes a receive buffer back before the pool does (the io_uring ring refills from it);
+    /// returns it when the backend does not want it.
+    fn take_back(&mut self, buf: B) -> Option<B>;
+    /// Whether earlier output of this connection is still in the backend's hands (later output
+    /// waits behind it, and our FIN too).
+    fn send_in_flight(conn: &Self::Conn) -> bool;
+    /// The end of a read: sends the turn's output (`input` is the receive buffer its payload
+    /// ranges point into), or queues it for the backend to send.
+    fn send_turn(
+        &mut self,
+        slot: usize,
+        sock: &mut Socket<B, Self::Conn>,
+        turn: &mut TurnOutput,
+        pending: &mut PendingOutput,
+        input: &[u8],
+    ) -> std::io::Result<()>;
+    /// The connection in `slot` is released: stop what is in flight for it and close `stream`
+    /// (not before anything queued that names its descriptor has reached the kernel).
+    fn release(&mut self, slot: usize, stream: TcpStream, conn: Self::Conn);
+    /// Periodic work at the shard's tick.
+    fn tick(&mut self) {}
+    /// The worker's loop, until the shard is done.
+    fn run<A: App, P: RecvBuffers<Buf = B>>(worker: Worker<A, Self, P>);
+}
+
+/// A worker before its thread runs: everything that can fail is done (listener registered).
+pub(crate) struct WorkerSeed {
+    pub index: usize,
+    pub cfg: Arc<TransportConfig>,
+    pub set: Arc<ShardSet>,
+    pub poll: Poll,
+    pub listener: TcpListener,
+}
+
+impl WorkerSeed {
+    pub fn new(
+        index: usize,
+        cfg: Arc<TransportConfig>,
+        set: Arc<ShardSet>,
+        poll: Poll,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(WorkerSeed { index, cfg, set, poll, listener })
+    }
+}
+
+/// A worker: its shard and its transport side.
+pub(crate) struct Worker<A, K: Backend<P::Buf>, P: RecvBuffers> {
+    pub(crate) shard: Shard<Socket<P::Buf, K::Conn>, A>,
+    pub(crate) io: Io<K, P>,
+    events: Option<Events>,
+    /// Read once per loop turn: deadlines and idle accounting use it.
+    clock: Instant,
+}
+
+impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
+    pub fn new(seed: WorkerSeed, app: A, pool: P, backend: K) -> Self {
+        let WorkerSeed { index, cfg, set, poll, listener } = seed;
+        let now = Instant::now();
+        Worker {
+            shard: Shard::new(index, app, set.clone(), cfg.max_connections, now),
+            io: Io {
+                index,
+                set,
+                poll,
+                listener: Some(listener),
+                listener_ready: true,
+                accept: accept::AcceptState::new(),
+                turn: TurnOutput::new(),
+                pool,
+                backend,
+                ready: Vec::with_capacity(1024),
+                ready_spare: Vec::with_capacity(1024),
+                starved: Vec::with_capacity(64),
+                next_serial: 0,
+            },
+            events: Some(Events::with_capacity(cfg.batch_size)),
+            clock: now,
+        }
+    }
+
+    /// Runs until the shard is done (stopped, every connection gone or the grace period over).
+    pub fn run(self) {
+        K::run(self)
+    }
+
+    /// How long the next wait may last.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let io = &self.io;
+        let accept_pending = io.listener_ready && io.listener.is_some() && io.accept.resume_at.is_none();
+        if !io.ready.is_empty() || accept_pending {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let shard = self.shard.poll_timeout(now);
+        if !io.starved.is_empty() || io.accept.resume_at.is_some() {
+            let tick = hioload_wsproto::shard::TICK;
+            return Some(shard.map_or(tick, |t| t.min(tick)));
+        }
+        shard
+    }
+
+    /// Starts a loop turn at `now`.
+    fn begin_turn(&mut self, now: Instant) {
+        self.clock = now;
+        self.shard.begin_turn(now);
+    }
+
+    /// Acts on the readiness events of one poll.
+    fn dispatch(&mut self, events: &Events) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.io.listener_ready = true,
+                WAKER => {}
+                Token(t) => {
+                    let slot = t - FIRST_CONN;
+                    if event.is_writable() {
+                        self.on_writable(slot);
+                    }
+                    let hangup = event.is_read_closed() || event.is_error();
+                    if hangup {
+                        if let Some(s) = self.shard.slot_mut(slot) {
+                            s.io.hangup = true;
+                        }
+                    }
+                    if event.is_readable() || hangup {
+                        self.on_readable(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rest of a loop turn, after the I/O events: accepts, connections with input left, and
+    /// the shard's end of turn. Returns whether the worker is done.
+    fn after_events(&mut self) -> bool {
+        if self.io.listener_ready && !self.io.set.is_stopping() {
+            self.accept_all();
+        }
+        self.drain_ready();
+        let end = self.shard.end_turn(&mut self.io, self.clock);
+        if end.ticked {
+            self.io.backend.tick();
+            self.retry_starved();
+        }
+        end.done
+    }
+
+    /// The socket can take more: send pending output, then the shard's verdicts (which may
+    /// resume a reader paused by backpressure).
+    fn on_writable(&mut self, slot: usize) {
+        let Some(s) = self.shard.slot_mut(slot) else {
+            return;
+        };
+        if s.conn.pending().is_empty() {
+            return;
+        }
+        let flushed = hioload_wsproto::Wire::flush(&mut self.io.wire(slot, &mut s.io), s.conn.pending_mut());
+        match flushed {
+            Err(e) => self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock),
+            Ok(()) => self.shard.after_output(slot, &mut self.io, self.clock),
+        }
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        let Some(s) = self.shard.slot(slot) else {
+            return;
+        };
+        if !s.conn.read_paused() && !s.io.starved {
+            self.want_input(slot);
+        }
+    }
+
+    /// Reads the connection now (readiness) or lets the backend bring its input (io_uring).
+    fn want_input(&mut self, slot: usize) {
+        let Some(s) = self.shard.slot_mut(slot) else {
+            return;
+        };
+        match self.io.backend.want_input(slot, &mut s.io) {
+            Ok(true) => self.read_direct(slot),
+            Ok(false) => {}
+            Err(e) => self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock),
+        }
+    }
+
+    fn drain_ready(&mut self) {
+        if self.io.ready.is_empty() {
+            return;
+        }
+        let mut list = std::mem::replace(&mut self.io.ready, std::mem::take(&mut self.io.ready_spare));
+        for &(slot, serial) in &list {
+            match self.shard.slot_mut(slot) {
+                Some(s) if s.io.serial == serial => s.io.queued_ready = false,
+                _ => continue,
+            }
+            self.on_readable(slot);
+        }
+        list.clear();
+        self.io.ready_spare = list;
+    }
+
+    /// Connections that found no receive buffer: try them again.
+    fn retry_starved(&mut self) {
+        for (slot, serial) in std::mem::take(&mut self.io.starved) {
+            if let Some(s) = self.shard.slot_mut(slot).filter(|s| s.io.serial == serial) {
+                s.io.starved = false;
+                self.io.queue_ready(slot, &mut s.io);
+            }
+        }
+    }
+
+    /// At the end: every connection left is released (open sessions reported 1006).
+    fn close_all(&mut self) {
+        self.shard.close_all(&mut self.io, Instant::now());
+    }
+}
