@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use super::cache::CacheInner;
 use super::node::Block;
-use super::Shared;
+use super::Pools;
 
 /// Where a buffer goes back to.
 pub(crate) enum Home {
     /// The worker cache that handed it out (same thread).
     Cache(Rc<CacheInner>),
     /// The node's shared queue.
-    Shared(Arc<Shared>),
+    Pools(Arc<Pools>),
 }
 
 /// A buffer from a [`super::PoolManager`] or [`super::WorkerCache`]; returns to it when dropped.
@@ -159,10 +159,10 @@ impl PooledBuf {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Pools {
         match &self.home {
             Home::Cache(cache) => cache.shared(),
-            Home::Shared(shared) => shared,
+            Home::Pools(shared) => shared,
         }
     }
 }
@@ -172,7 +172,7 @@ impl Drop for PooledBuf {
         let block = Block(self.ptr);
         match &self.home {
             Home::Cache(cache) => cache.put(self.class, block),
-            Home::Shared(shared) => shared.put(self.node_idx, self.class, block),
+            Home::Pools(shared) => shared.put(self.node_idx, self.class, block),
         }
     }
 }

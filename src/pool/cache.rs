@@ -15,11 +15,11 @@ use std::sync::Arc;
 use super::buf::{Home, PooledBuf};
 use super::config::PoolError;
 use super::node::Block;
-use super::Shared;
+use super::Pools;
 
 /// Counters of one cache, per size class. Written only by the owning thread (plain load + store,
 /// no atomic read-modify-write); read by [`super::PoolManager::stats`].
-pub(crate) struct CacheCounters {
+pub(crate) struct PoolCacheCounters {
     pub node_idx: usize,
     pub classes: Vec<ClassCounters>,
 }
@@ -37,12 +37,12 @@ fn bump(counter: &AtomicU64) {
 }
 
 pub(crate) struct CacheInner {
-    shared: Arc<Shared>,
+    shared: Arc<Pools>,
     node_idx: usize,
     /// Free blocks per class; each Vec is allocated once with room for its capacity.
     free: RefCell<Vec<Vec<Block>>>,
     capacity: Vec<usize>,
-    counters: Arc<CacheCounters>,
+    counters: Arc<PoolCacheCounters>,
 }
 
 /// One worker's cache of buffers from its NUMA node's pool. Create it on the worker thread
@@ -52,7 +52,7 @@ pub struct WorkerCache {
 }
 
 impl WorkerCache {
-    pub(crate) fn new(shared: Arc<Shared>, node_idx: usize) -> WorkerCache {
+    pub(crate) fn new(shared: Arc<Pools>, node_idx: usize) -> WorkerCache {
         let classes = shared.classes.len();
         let capacity: Vec<usize> = (0..classes)
             .map(|class| shared.config.cache_capacity(shared.classes.size(class)))
@@ -61,7 +61,7 @@ impl WorkerCache {
             .iter()
             .map(|&cap| Vec::with_capacity(cap))
             .collect();
-        let counters = Arc::new(CacheCounters {
+        let counters = Arc::new(PoolCacheCounters {
             node_idx,
             classes: (0..classes).map(|_| ClassCounters::default()).collect(),
         });
@@ -203,7 +203,7 @@ impl CacheInner {
         local.push(block);
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Pools {
         &self.shared
     }
 }

@@ -35,7 +35,7 @@ pub use dpdk_backing::DpdkBacking;
 pub use stats::{ClassStats, NodeStats, PoolStats};
 
 use self::buf::Home;
-use self::cache::CacheCounters;
+use self::cache::PoolCacheCounters;
 use self::config::SizeClasses;
 use self::node::NodePool;
 
@@ -44,10 +44,10 @@ use crate::topology::Topology;
 /// The pools of every NUMA node. Cheap to clone (shared); `Send + Sync`.
 #[derive(Clone)]
 pub struct PoolManager {
-    shared: Arc<Shared>,
+    shared: Arc<Pools>,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct Pools {
     config: PoolConfig,
     classes: SizeClasses,
     nodes: Vec<NodePool>,
@@ -55,7 +55,7 @@ pub(crate) struct Shared {
     /// (PU OS index, node index), to find the calling thread's node.
     pu_nodes: Vec<(u32, usize)>,
     /// Counters of the live worker caches.
-    caches: Mutex<Vec<Arc<CacheCounters>>>,
+    caches: Mutex<Vec<Arc<PoolCacheCounters>>>,
 }
 
 impl PoolManager {
@@ -100,7 +100,7 @@ impl PoolManager {
             .iter()
             .map(|(node, _)| NodePool::new(*node, &config, &classes))
             .collect();
-        let shared = Shared {
+        let shared = Pools {
             config,
             classes,
             nodes,
@@ -166,7 +166,7 @@ impl std::fmt::Debug for PoolManager {
     }
 }
 
-impl Shared {
+impl Pools {
     fn class_for(&self, size: usize) -> Result<usize, PoolError> {
         self.classes.class_for(size).ok_or(PoolError::TooLarge {
             requested: size,
@@ -225,7 +225,7 @@ impl Shared {
                 pool.size,
                 class,
                 node_idx,
-                Home::Shared(self.clone()),
+                Home::Pools(self.clone()),
             ));
         }
         Err(PoolError::Exhausted {
@@ -233,14 +233,14 @@ impl Shared {
         })
     }
 
-    /// Takes back a buffer handed out by [`Shared::get`].
+    /// Takes back a buffer handed out by [`Pools::get`].
     fn put(&self, node_idx: usize, class: usize, block: node::Block) {
         let node = &self.nodes[node_idx];
         node.put(class, block);
         node.classes[class].counters.puts.fetch_add(1, Relaxed);
     }
 
-    fn lock_caches(&self) -> MutexGuard<'_, Vec<Arc<CacheCounters>>> {
+    fn lock_caches(&self) -> MutexGuard<'_, Vec<Arc<PoolCacheCounters>>> {
         self.caches
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

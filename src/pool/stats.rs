@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Shared;
+use super::Pools;
 
 /// One size class on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl PoolStats {
     }
 }
 
-pub(crate) fn snapshot(shared: &Shared) -> PoolStats {
+pub(crate) fn snapshot(shared: &Pools) -> PoolStats {
     // Holding the registry keeps a retiring cache from being counted twice (or not at all).
     let caches = shared.lock_caches();
     let nodes = shared

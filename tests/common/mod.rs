@@ -41,8 +41,9 @@ pub struct Record {
     pub closes: Vec<(u64, u16, String)>,
 }
 
-/// Echoes every message; `close-me <code>` makes the server close with that code, `panic` panics.
-/// Records opens and closes.
+/// Echoes every message; `close-me <code>` makes the server close with that code, `panic` panics,
+/// `flood` is answered with 64 binary messages of 64 KiB (4 MiB) in one turn. Records opens and
+/// closes.
 #[derive(Default)]
 pub struct RecordingEcho {
     pub record: Mutex<Record>,
@@ -92,6 +93,13 @@ impl Handler for RecordingEcho {
             }
             if t == "panic" {
                 panic!("handler panic requested by the test");
+            }
+            if t == "flood" {
+                let chunk = vec![0x5au8; 64 << 10];
+                for _ in 0..64 {
+                    let _ = ctx.send_binary(&chunk);
+                }
+                return;
             }
         }
         ctx.send(msg).unwrap();

@@ -1,0 +1,189 @@
+//! The turn output against a real loopback socket.
+
+use super::*;
+use std::io::Read;
+
+fn pair() -> (TcpStream, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    (TcpStream::from_std(server), client)
+}
+
+#[test]
+fn pieces_go_out_in_order_with_large_payloads_from_the_input() {
+    let (server, mut client) = pair();
+    let input: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    {
+        let mut sink = turn.sink(&input);
+        sink.send_frame(b"H1", &input[100..4196]); // large, inside input: not copied
+        sink.send_frame(b"H2", b"small"); // copied
+        sink.send_frame(b"H3", &vec![9u8; 2000]); // large, outside input: copied
+    }
+    assert!(matches!(
+        turn.segs[1],
+        Seg::Input {
+            start: 100,
+            len: 4096
+        }
+    ));
+    let expect: Vec<u8> = [
+        &b"H1"[..],
+        &input[100..4196],
+        b"H2small",
+        b"H3",
+        &vec![9u8; 2000],
+    ]
+    .concat();
+    assert_eq!(turn.len(), expect.len());
+    let sent = turn.flush(&server, &mut pending, &input).unwrap();
+    assert_eq!(sent, expect.len());
+    assert!(pending.is_empty() && turn.is_empty());
+    let mut got = vec![0u8; expect.len()];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn what_the_kernel_does_not_take_is_kept_in_order() {
+    let (server, mut client) = pair();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let input: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    turn.sink(&input).send_frame(b"HEAD", &input);
+    let sent = turn.flush(&server, &mut pending, &input).unwrap();
+    assert!(
+        sent < input.len(),
+        "a 4 MiB write into a small socket buffer is partial"
+    );
+    assert_eq!(sent + pending.len(), input.len() + 4);
+    // Drain in turns, as the writable events would.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    while !pending.is_empty() {
+        turn.flush(&server, &mut pending, &[]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(server);
+    let got = reader.join().unwrap();
+    assert_eq!(&got[..4], b"HEAD");
+    assert!(got[4..] == input[..], "every byte in order");
+}
+
+#[test]
+fn large_turns_borrow_from_the_cache_and_give_back() {
+    let (server, mut client) = pair();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(64 << 10)
+        .unwrap();
+    // A fixed receive buffer too (no autotuning): otherwise loopback may take all 3 MiB at
+    // once and nothing is left pending.
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
+    // A payload outside the input: staged (copied), so larger than STAGING_SMALL.
+    let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 249) as u8).collect();
+    let len = payload.len() + 4;
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 2 * len];
+        client.read_exact(&mut got).unwrap();
+        got
+    });
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        turn.sink(&[]).send_frame(b"HEAD", &payload);
+        turn.flush(&server, &mut pending, &[]).unwrap();
+        // The staging went back to the cache; the connection holds its buffer until drained.
+        assert!(turn.staging.capacity() <= STAGING_SMALL && turn.large.is_none());
+        while !pending.is_empty() {
+            turn.flush(&server, &mut pending, &[]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            pending.capacity(),
+            0,
+            "a drained connection holds no output memory"
+        );
+        let stats = turn.cache().stats();
+        counts.push((stats.borrowed, stats.misses));
+    }
+    let got = reader.join().unwrap();
+    for half in got.chunks(len) {
+        assert_eq!(&half[..4], b"HEAD");
+        assert!(half[4..] == payload[..], "every byte in order");
+    }
+    let stats = turn.cache().stats();
+    // Each turn borrows twice (staging, then the connection's pending output), draining borrows
+    // nothing more, and the second turn finds both buffers in the cache.
+    assert_eq!(counts[1].0 - counts[0].0, 2, "{stats:?}");
+    assert_eq!(
+        counts[0].1, counts[1].1,
+        "the second turn allocates nothing: {stats:?}"
+    );
+    assert!(stats.hits >= 1 && stats.cached_buffers >= 1, "{stats:?}");
+}
+
+#[test]
+fn a_short_ring_sends_rest_goes_before_the_output_queued_behind_it() {
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    // Output that waited behind a ring send.
+    turn.sink(&[]).send_frame(b"H2", b"later");
+    turn.stage_into(&mut pending, &[]);
+    assert_eq!(pending.unsent(), b"H2later");
+    // The ring send took only part of its bytes: the rest goes in front.
+    turn.requeue_front(&mut pending, b"H1-rest");
+    assert_eq!(pending.unsent(), b"H1-restH2later");
+    assert!(turn.is_empty());
+    // And a turn moved into an arena keeps its pieces in order, input ranges included.
+    let input = vec![7u8; 4096];
+    let mut arena = Vec::with_capacity(8192);
+    {
+        let mut sink = turn.sink(&input);
+        sink.send_frame(b"A", &input[..2048]);
+        sink.send_frame(b"B", b"small");
+    }
+    turn.move_into(&mut arena, &input);
+    let expect = [&b"A"[..], &input[..2048], b"Bsmall"].concat();
+    assert_eq!(arena, expect);
+    assert!(turn.is_empty());
+}
+
+#[test]
+fn a_reset_peer_is_an_error_not_a_signal() {
+    let (server, client) = pair();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    let mut err = None;
+    for _ in 0..3 {
+        turn.push_bytes(&[1u8; 1000]);
+        if let Err(e) = turn.flush(&server, &mut pending, &[]) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("writing to a reset connection fails");
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,413 @@
+//! One conformance suite for both data paths: every scenario below is one function, run against
+//! the kernel path (on the I/O backend `HIOLOAD_TEST_IO` names; `scripts/test.sh` runs this file
+//! on both) and against the DPDK path over net_tap, its clients in a network namespace. The
+//! session layer is shared, so the behaviour must be the same; these tests keep it so.
+//!
+//! Each scenario sets what it needs with a live reload (itself part of what is checked: a limit
+//! lowered by a reload governs the next message) and restores the start configuration. The DPDK
+//! path runs one EAL per process, so its test runs every scenario in turn on one server; the
+//! kernel tests get a server each. (The same stop through SIGTERM in `hioload-echo` is tested on
+//! both paths by its own tests: `apps/hioload-echo/tests/binary.rs` and `dpdk_echo.rs`.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{frame, read_frame, upgrade_request, RecordingEcho, KEY};
+use hioload_ws::{Config, Message, Server};
+use tungstenite::protocol::frame::coding::CloseCode as WsCode;
+use tungstenite::{Error as WsError, Message as WsMessage, WebSocket};
+
+/// A running server of either data path and how its clients reach it.
+struct Target {
+    server: Arc<Server>,
+    rec: Arc<RecordingEcho>,
+    base: Config,
+    #[cfg(feature = "dpdk")]
+    net: Option<common::dpdk::TapNet>,
+}
+
+impl Target {
+    /// The kernel path on loopback.
+    fn kernel() -> Target {
+        let base = common::test_config();
+        let (server, rec) = common::start_echo(base.clone());
+        Target {
+            server: Arc::new(server),
+            rec,
+            base,
+            #[cfg(feature = "dpdk")]
+            net: None,
+        }
+    }
+
+    /// The DPDK path over net_tap, one lcore.
+    #[cfg(feature = "dpdk")]
+    fn dpdk() -> Target {
+        let net = common::dpdk::TapNet::create('c');
+        let base = net.config("0@0", 256);
+        let (server, rec) = common::start_echo(base.clone());
+        net.attach_tap();
+        Target { server: Arc::new(server), rec, base, net: Some(net) }
+    }
+
+    /// Runs `f` as a client of the server (inside the namespace on the DPDK path).
+    fn client<R: Send + 'static>(&self, f: impl FnOnce(SocketAddr) -> R + Send + 'static) -> R {
+        let addr = self.server.local_addr().unwrap();
+        #[cfg(feature = "dpdk")]
+        if let Some(net) = &self.net {
+            return net.in_ns(move || f(addr));
+        }
+        std::thread::spawn(move || f(addr)).join().unwrap()
+    }
+
+    /// Reloads the running configuration changed by `change`, and gives every worker time to
+    /// start a loop turn with it.
+    fn reload(&self, change: impl FnOnce(&mut Config)) {
+        let mut cfg = self.server.config();
+        change(&mut cfg);
+        self.server.reload(cfg).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Back to the start configuration.
+    fn restore(&self) {
+        self.server.reload(self.base.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Close codes the handler saw from the `from`-th close on, waiting until `pred` holds.
+    fn closes_since(&self, from: usize, what: &str, pred: impl Fn(&[u16]) -> bool) -> Vec<u16> {
+        self.rec.wait_for(Duration::from_secs(10), what, |r| pred(&codes(&r.closes[from.min(r.closes.len())..])));
+        let r = self.rec.record.lock().unwrap();
+        codes(&r.closes[from..])
+    }
+
+    fn closes_so_far(&self) -> usize {
+        self.rec.record.lock().unwrap().closes.len()
+    }
+}
+
+fn codes(closes: &[(u64, u16, String)]) -> Vec<u16> {
+    closes.iter().map(|c| c.1).collect()
+}
+
+// ---- client side helpers (run inside `Target::client`) --------------------------------------
+
+/// Retries a call interrupted by the tap PMD's signal (the EAL runs in this process).
+fn retry<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = retry(|| TcpStream::connect_timeout(&addr, Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+fn ws(addr: SocketAddr) -> WebSocket<TcpStream> {
+    tungstenite::client::client(format!("ws://{addr}/ws"), connect(addr)).expect("handshake").0
+}
+
+fn read(ws: &mut WebSocket<TcpStream>) -> Result<WsMessage, WsError> {
+    loop {
+        match ws.read() {
+            Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A raw connection past a successful handshake.
+fn raw_ws(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(upgrade_request("/ws", "13", KEY).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        retry(|| s.read_exact(&mut byte)).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Reads frames until a Close; returns its code.
+fn close_code_of(s: &mut TcpStream) -> u16 {
+    loop {
+        let (_, opcode, payload) = read_frame(s);
+        if opcode == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+// ---- the scenarios ---------------------------------------------------------------------------
+
+/// A message limit lowered by a reload governs the next message (closed with 1009).
+fn reload_governs_the_next_message(t: &Target) {
+    let from = t.closes_so_far();
+    let server = t.server.clone();
+    let code = t.client(move |addr| {
+        let mut s = raw_ws(addr);
+        s.write_all(&frame(true, 0x2, &[7u8; 2000])).unwrap();
+        assert_eq!(read_frame(&mut s).2.len(), 2000, "echoed under the start limits");
+        let mut cfg = server.config();
+        cfg.limits.max_message_size = 1000;
+        server.reload(cfg).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(&frame(true, 0x2, &[7u8; 2000])).unwrap();
+        close_code_of(&mut s)
+    });
+    assert_eq!(code, 1009);
+    assert_eq!(t.closes_since(from, "on_close 1009", |c| !c.is_empty()), vec![1009]);
+    t.restore();
+}
+
+/// Sends by id reach an open session; an ended session's id is refused; a broadcast reaches
+/// every open session and nothing reaches a connection still in its handshake.
+fn delivery_follows_the_session_rules(t: &Target) {
+    let server = t.server.clone();
+    t.client(move |addr| {
+        let mut a = ws(addr);
+        let mut b = ws(addr);
+        let mut handshaking = connect(addr);
+        handshaking.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.sessions().len() < 2 {
+            assert!(Instant::now() < deadline, "two sessions registered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut ids: Vec<u64> = server.sessions().iter().map(|s| s.id).collect();
+        ids.sort();
+        // Find which id is A's: send to the first and see who gets it.
+        server.send_to(ids[0], Message::Text("to-first")).unwrap();
+        a.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let (first, second) = match read(&mut a) {
+            Ok(m) => {
+                assert_eq!(m, WsMessage::text("to-first"));
+                (ids[0], ids[1])
+            }
+            Err(_) => {
+                assert_eq!(read(&mut b).unwrap(), WsMessage::text("to-first"));
+                (ids[1], ids[0])
+            }
+        };
+        a.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        server.send_to(second, Message::Text("to-b")).unwrap();
+        assert_eq!(read(&mut b).unwrap(), WsMessage::text("to-b"));
+        assert!(server.broadcast(Message::Text("all")).unwrap() >= 1);
+        assert_eq!(read(&mut a).unwrap(), WsMessage::text("all"));
+        assert_eq!(read(&mut b).unwrap(), WsMessage::text("all"));
+        // B ends; its id is refused from then on.
+        b.close(None).unwrap();
+        while read(&mut b).is_ok() {}
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.sessions().iter().any(|s| s.id == second) {
+            assert!(Instant::now() < deadline, "B left the registry");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.send_to(second, Message::Text("late")), Err(hioload_ws::DeliverError::NoSuchSession));
+        // Nothing went to the connection in its handshake.
+        handshaking.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(handshaking.read(&mut buf), Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "the handshaking connection got nothing"
+        );
+        let _ = first;
+        a.close(None).unwrap();
+    });
+}
+
+/// A quiet session is pinged after `idle_timeout`; one that never answers is dropped after
+/// `pong_timeout` (1006); a responsive one stays.
+fn idle_sessions_are_pinged_and_silent_ones_dropped(t: &Target) {
+    let from = t.closes_so_far();
+    let before: usize = t.server.worker_stats().unwrap().iter().map(|w| w.idle_drops).sum();
+    t.reload(|c| {
+        c.idle_timeout = Some(Duration::from_millis(600));
+        c.pong_timeout = Duration::from_millis(600);
+    });
+    let (pinged, answered, silent_got) = t.client(|addr| {
+        let mut lively = ws(addr);
+        let mut silent = raw_ws(addr);
+        lively.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let start = Instant::now();
+        let mut pinged = 0;
+        while start.elapsed() < Duration::from_millis(2500) {
+            match read(&mut lively) {
+                Ok(WsMessage::Ping(p)) if &p[..] == b"idle" => pinged += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {} // a read timeout: tungstenite answered the ping when it read it
+            }
+        }
+        lively.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        lively.send(WsMessage::text("still here")).unwrap();
+        let answered = loop {
+            match read(&mut lively).unwrap() {
+                WsMessage::Ping(_) => continue,
+                other => break other,
+            }
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match retry(|| silent.read(&mut buf)) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        (pinged, answered, got)
+    });
+    assert!(pinged >= 1, "the responsive client was pinged");
+    assert_eq!(answered, WsMessage::text("still here"));
+    assert!(silent_got.ends_with(b"\x89\x04idle"), "the silent client got the ping last: {silent_got:?}");
+    assert!(t.closes_since(from, "on_close 1006", |c| c.contains(&1006)).contains(&1006));
+    let after: usize = t.server.worker_stats().unwrap().iter().map(|w| w.idle_drops).sum();
+    assert_eq!(after - before, 1, "one idle drop counted");
+    t.restore();
+}
+
+/// A peer that does not read what it asked for stays above the hard bound and is closed with
+/// 1008 after the backpressure timeout; others are served meanwhile.
+fn a_peer_that_does_not_read_is_closed_with_1008(t: &Target) {
+    let from = t.closes_so_far();
+    t.reload(|c| {
+        c.backpressure.soft_bytes = 64 << 10;
+        c.backpressure.hard_bytes = 256 << 10;
+        c.backpressure.timeout = Duration::from_secs(1);
+    });
+    let started = Instant::now();
+    let echoed = t.client(|addr| {
+        let mut slow = raw_ws(addr);
+        socket2::SockRef::from(&slow).set_recv_buffer_size(16 << 10).unwrap();
+        slow.write_all(&frame(true, 0x1, b"flood")).unwrap();
+        let mut other = ws(addr);
+        other.send(WsMessage::text("hi")).unwrap();
+        let echoed = read(&mut other).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(slow);
+        echoed
+    });
+    assert_eq!(echoed, WsMessage::text("hi"), "the other session was served");
+    assert!(t.closes_since(from, "on_close 1008", |c| c.contains(&1008)).contains(&1008));
+    assert!(started.elapsed() >= Duration::from_secs(1), "not before the backpressure timeout");
+    t.restore();
+}
+
+/// A panic in the handler closes that session with 1011; the server goes on.
+fn a_handler_panic_closes_with_1011_and_the_server_lives(t: &Target) {
+    let from = t.closes_so_far();
+    let (code, echo) = t.client(|addr| {
+        let mut s = raw_ws(addr);
+        s.write_all(&frame(true, 0x1, b"panic")).unwrap();
+        let code = close_code_of(&mut s);
+        let mut fresh = ws(addr);
+        fresh.send(WsMessage::text("after")).unwrap();
+        (code, read(&mut fresh).unwrap())
+    });
+    assert_eq!(code, 1011);
+    assert_eq!(echo, WsMessage::text("after"));
+    // Both clients left without a close handshake (the first did not answer our Close): each
+    // session ends as 1006, once.
+    assert_eq!(t.closes_since(from, "two on_close", |c| c.len() >= 2), vec![1006, 1006]);
+}
+
+/// A client that does not complete its upgrade request within `handshake_timeout` is dropped.
+fn an_unfinished_handshake_is_dropped_at_its_deadline(t: &Target) {
+    t.reload(|c| c.handshake_timeout = Duration::from_millis(500));
+    let took = t.client(|addr| {
+        let mut s = connect(addr);
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let got = retry(|| s.read(&mut buf));
+        assert!(matches!(got, Ok(0) | Err(_)), "no answer, just the end: {got:?}");
+        start.elapsed()
+    });
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(5), "dropped after {took:?}");
+    t.restore();
+}
+
+/// Stop: every session gets Close 1001, then the server's FIN; the workers exit.
+fn stop_closes_every_session_with_1001(t: &Target) {
+    let server = t.server.clone();
+    let (code, fin) = t.client(move |addr| {
+        let mut a = ws(addr);
+        a.send(WsMessage::text("x")).unwrap();
+        read(&mut a).unwrap();
+        server.stop();
+        let code = loop {
+            match read(&mut a) {
+                Ok(WsMessage::Close(Some(frame))) => break frame.code,
+                Ok(WsMessage::Close(None)) => break WsCode::Status,
+                Ok(_) => continue,
+                Err(e) => panic!("no close: {e}"),
+            }
+        };
+        // tungstenite answered the Close; the server's FIN follows.
+        let mut rest = [0u8; 16];
+        let fin = loop {
+            match read(&mut a) {
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => break true,
+                Err(WsError::Io(_)) => break matches!(a.get_mut().read(&mut rest), Ok(0)),
+                Err(_) => break false,
+                Ok(_) => continue,
+            }
+        };
+        (code, fin)
+    });
+    assert_eq!(code, WsCode::Away);
+    assert!(fin, "the server closed the connection");
+    t.server.wait().unwrap();
+}
+
+// ---- the kernel path: a server per scenario ---------------------------------------------------
+
+macro_rules! kernel_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            let t = Target::kernel();
+            super::$name(&t);
+        }
+    )*};
+}
+
+mod kernel {
+    kernel_tests!(
+        reload_governs_the_next_message,
+        delivery_follows_the_session_rules,
+        idle_sessions_are_pinged_and_silent_ones_dropped,
+        a_peer_that_does_not_read_is_closed_with_1008,
+        a_handler_panic_closes_with_1011_and_the_server_lives,
+        an_unfinished_handshake_is_dropped_at_its_deadline,
+        stop_closes_every_session_with_1001,
+    );
+    use super::Target;
+}
+
+// ---- the DPDK path: every scenario on one server (one EAL per process) -------------------------
+
+#[cfg(feature = "dpdk")]
+#[test]
+fn dpdk_path_passes_every_scenario() {
+    let t = Target::dpdk();
+    reload_governs_the_next_message(&t);
+    delivery_follows_the_session_rules(&t);
+    idle_sessions_are_pinged_and_silent_ones_dropped(&t);
+    a_peer_that_does_not_read_is_closed_with_1008(&t);
+    a_handler_panic_closes_with_1011_and_the_server_lives(&t);
+    an_unfinished_handshake_is_dropped_at_its_deadline(&t);
+    stop_closes_every_session_with_1001(&t);
+}

@@ -1,0 +1,115 @@
+//! A connection's timers: the phase deadline (handshake, close handshake, finishing), the
+//! backpressure clock (output above the hard bound), and the idle timer (quiet sessions get a
+//! ping; no answer within `pong_timeout` ends them). The shard's watch list polls
+//! [`Connection::poll_timeout`] at its tick; the idle timer is swept (see `crate::shard`).
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+
+use super::{App, Connection, Idle, Phase, Release, ShardContext, Wire, WireSink};
+use crate::close::CloseCode;
+use crate::session::State;
+use crate::settings::Settings;
+
+impl Connection {
+    /// When the next deadline of this connection falls due (`None`: no timer armed; the idle
+    /// timer is swept by the shard, see [`Connection::idle_check`]).
+    pub fn poll_timeout(&self, settings: &Settings) -> Option<Instant> {
+        let stuck = self.timers.over_hard_since.map(|t| t + settings.backpressure.timeout);
+        match (self.timers.deadline, stuck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on the deadlines that have passed at `now`: a peer that did not drain its output
+    /// for the backpressure timeout gets Close 1008 and is reset; a handshake, close handshake or
+    /// finishing that took too long ends (an open session is reported closed with 1006).
+    pub fn handle_timeout<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        now: Instant,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+    ) {
+        let bp = &cx.settings.backpressure;
+        if self.timers.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp.timeout) {
+            let (hard, timeout) = (bp.hard_bytes, bp.timeout);
+            if let Phase::Open(session) = &mut self.phase {
+                let mut sink = WireSink { wire: &mut *wire, pending: &mut self.pending };
+                let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+                let _ = wire.flush(&mut self.pending);
+            }
+            info!(
+                peer = %self.peer, session = self.id, pending = self.pending.len(),
+                "peer does not read: output above {hard} bytes for {timeout:?}; closing with 1008"
+            );
+            self.end(CloseCode::POLICY_VIOLATION, "output not drained", cx, now);
+            return;
+        }
+        if !self.timers.deadline.is_some_and(|d| now >= d) {
+            return;
+        }
+        match self.phase {
+            Phase::Handshake => {
+                debug!(peer = %self.peer, "handshake timed out");
+                self.phase = Phase::Ended(Release::Reset);
+            }
+            Phase::Open(_) => {
+                debug!(peer = %self.peer, session = self.id, "close handshake timed out");
+                self.end(CloseCode::ABNORMAL, "close handshake timed out", cx, now);
+            }
+            Phase::Finishing { .. } => self.phase = Phase::Ended(Release::Reset),
+            Phase::Ended(_) => {}
+        }
+    }
+
+    /// Whether the shard's watch list must keep this connection (a deadline is armed).
+    pub fn has_timer(&self) -> bool {
+        !matches!(self.phase, Phase::Ended(_))
+            && (self.timers.deadline.is_some() || self.timers.over_hard_since.is_some())
+    }
+
+    /// The idle timer: a session that sent nothing for `idle` is due a ping; one that sent
+    /// nothing within `pong_timeout` of our ping is ended here (1006: no close handshake).
+    pub fn idle_check<A: App + ?Sized>(
+        &mut self,
+        now: Instant,
+        idle: Duration,
+        cx: &mut ShardContext<'_, A>,
+    ) -> Idle {
+        let Phase::Open(session) = &self.phase else {
+            return Idle::No;
+        };
+        if session.state() != State::Open {
+            return Idle::No;
+        }
+        let pong_timeout = cx.settings.pong_timeout;
+        if let Some(at) = self.timers.ping_sent {
+            if self.timers.last_input > at {
+                self.timers.ping_sent = None;
+            } else if now.duration_since(at) >= pong_timeout {
+                info!(peer = %self.peer, session = self.id,
+                    "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                self.end(CloseCode::ABNORMAL, "no answer to ping", cx, now);
+                return Idle::Dropped;
+            } else {
+                return Idle::No;
+            }
+        }
+        if now.duration_since(self.timers.last_input) >= idle {
+            Idle::Ping
+        } else {
+            Idle::No
+        }
+    }
+
+    /// Sends the idle ping that [`Connection::idle_check`] asked for.
+    pub fn ping_idle<W: Wire + ?Sized>(&mut self, wire: &mut W, now: Instant) {
+        if let Phase::Open(session) = &mut self.phase {
+            let mut sink = WireSink { wire, pending: &mut self.pending };
+            let _ = session.outgoing(&mut sink).ping(b"idle");
+            self.timers.ping_sent = Some(now);
+        }
+    }
+}
