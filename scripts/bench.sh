@@ -16,7 +16,10 @@
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf),
 #                   counted in one extra round of their own (tracing costs the traced server CPU).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
-#        --servers may add raw-uring: the raw TCP echo on io_uring (kernel >= 6.1), the floor without epoll.
+#        --servers may add raw-uring: the raw TCP echo on io_uring (kernel >= 6.1), the floor without epoll,
+#                  and hioload-base: another build of hioload-echo (--baseline BIN), for a before/after in one run.
+#        --baseline BIN adds hioload-base (BIN: e.g. target/release/hioload-echo of an earlier commit, built
+#                  in a git worktree) to the servers.
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
@@ -36,6 +39,7 @@ scenarios="100x20 10x1K 200x16K 500x16K 100x20p16"
 rounds=${BENCH_ROUNDS:-1}
 build=1
 syscalls=()
+baseline=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -48,12 +52,14 @@ while [ $# -gt 0 ]; do
         --idle) idle=$2; shift ;;
         --no-build) build=0 ;;
         --syscalls) syscalls=(--syscalls) ;;
+        --baseline) baseline=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
+[ -n "$baseline" ] && [[ " $servers " != *" hioload-base "* ]] && servers="$servers hioload-base"
 command -v taskset >/dev/null || { echo "bench.sh: taskset not found (apt-get install util-linux)" >&2; exit 1; }
 if [ "$(nproc)" -lt 2 ]; then
     echo "bench.sh: needs 2 cores (server on one, load generator on another); found $(nproc)" >&2
@@ -92,6 +98,7 @@ label() {
     case "$1" in
         hioload) echo "hioload-echo" ;;
         hioload-poll) echo "hioload-echo (epoll)" ;;
+        hioload-base) echo "hioload-echo (baseline)" ;;
         tungstenite) echo "tokio-tungstenite" ;;
         fastws) echo "fastwebsockets" ;;
         raw) echo "raw TCP echo" ;;
@@ -110,11 +117,13 @@ for s in $servers; do
     case "$s" in
         hioload) cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1) ;;
         hioload-poll) cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1 --io poll) ;;
+        hioload-base) [ -x "$baseline" ] || { echo "bench.sh: hioload-base needs --baseline BIN" >&2; exit 2; }
+                      cmd=("$baseline" --addr "127.0.0.1:$p" --workers 1) ;;
         tungstenite) cmd=("$peers/tokio-tungstenite-echo" --addr "127.0.0.1:$p") ;;
         fastws) cmd=("$peers/fastwebsockets-echo" --addr "127.0.0.1:$p") ;;
         raw) cmd=("$peers/raw-tcp-echo" --addr "127.0.0.1:$p") ;;
         raw-uring) cmd=("$peers/raw-tcp-echo-uring" --addr "127.0.0.1:$p") ;;
-        *) echo "bench.sh: unknown server $s (hioload hioload-poll tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
+        *) echo "bench.sh: unknown server $s (hioload hioload-poll hioload-base tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
     esac
     taskset -c "$server_cpu" "${cmd[@]}" >"$logdir/$s.log" 2>&1 &
     pids+=($!)
@@ -224,12 +233,12 @@ report() {
     echo
     local head="| scenario |" line="| --- |"
     for s in $servers; do head+=" $(label "$s") |"; line+=" ---: |"; done
-    has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
+    has hioload && for s in hioload-poll hioload-base tungstenite fastws raw raw-uring; do has "$s" && { head+=" vs $(label "$s") |"; line+=" ---: |"; }; done
     echo "$head"; echo "$line"
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${cpu[$sc,$s]}") |"; done
-        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
+        has hioload && for s in hioload-poll hioload-base tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,hioload]}") |"; done
         echo "$row"
     done
     echo
@@ -239,7 +248,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(fmt_rate "${rate[$sc,$s]}") |"; done
-        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
+        has hioload && for s in hioload-poll hioload-base tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${rate[$sc,hioload]}" "${rate[$sc,$s]}") |"; done
         echo "$row"
     done
     echo
@@ -249,7 +258,7 @@ report() {
     for sc in $scenarios; do
         local row="| $sc |"
         for s in $servers; do row+=" $(cell "${user[$sc,$s]}") |"; done
-        has hioload && for s in hioload-poll tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
+        has hioload && for s in hioload-poll hioload-base tungstenite fastws raw raw-uring; do has "$s" && row+=" $(ratio "${user[$sc,$s]}" "${user[$sc,hioload]}") |"; done
         echo "$row"
     done
     if [ "${#syscalls[@]}" -gt 0 ]; then
