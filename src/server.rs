@@ -2,8 +2,8 @@
 //!
 //! `Server` owns the configuration, the application's handlers and the control plane; `start`
 //! wraps the handler chain in a `Recovery` (when it has none), builds the one application
-//! adapter both data paths serve ([`HandlerApp`]), and starts the configured data path
-//! (`kernel/` or `dpdk/`), which it then sees only through the [`DataPath`] trait.
+//! adapter both data paths serve (`HandlerApp`, in `app.rs`), and starts the configured data path
+//! (`kernel/` or `dpdk/`), which it then sees only through the `DataPath` trait (`data_path.rs`).
 
 use std::fmt;
 use std::io;

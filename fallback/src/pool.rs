@@ -6,7 +6,7 @@
 //! idle connections holds a handful of buffers, and a busy one reuses the same few hot buffers
 //! instead of allocating per read.
 //!
-//! The transport does not own the memory policy: the [`crate::Service`] hands each worker its
+//! The transport does not own the memory policy: the caller of [`crate::KernelTransport::start`] hands each worker its
 //! source of buffers, created on the worker thread after it is pinned (so a source may be
 //! thread-bound, `!Send`, and NUMA-local: the facade plugs its per-worker pool cache in here).
 //! Sources are owned by one worker thread: no lock.
