@@ -49,15 +49,29 @@ impl App for HandlerApp {
         if self.serve_control && self.control.answer(request, response) {
             return;
         }
-        if catch_unwind(AssertUnwindSafe(|| self.http.handle(request, peer, response))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            self.http.handle(request, peer, response)
+        }))
+        .is_err()
+        {
             error!(%peer, path = request.path, "HTTP handler panicked; answering 500");
             response.clear();
-            write_response(response, 500, "Internal Server Error", "text/plain; charset=utf-8", b"internal error\n");
+            write_response(
+                response,
+                500,
+                "Internal Server Error",
+                "text/plain; charset=utf-8",
+                b"internal error\n",
+            );
         }
     }
 
     fn on_open(&self, session: &mut SessionRef<'_>) {
-        self.control.registry.insert(SessionInfo { id: session.id(), peer: session.peer_addr(), worker: session.shard() });
+        self.control.registry.insert(SessionInfo {
+            id: session.id(),
+            peer: session.peer_addr(),
+            worker: session.shard(),
+        });
         self.handler.on_open(&mut Ctx::new(session));
     }
 

@@ -56,6 +56,9 @@ pub(crate) trait DataPath: Send + Sync {
     }
     /// A snapshot of the counters.
     fn stats(&self) -> PathStats {
-        PathStats { workers: self.shards().worker_stats(), pools: self.pool_stats() }
+        PathStats {
+            workers: self.shards().worker_stats(),
+            pools: self.pool_stats(),
+        }
     }
 }

@@ -166,7 +166,9 @@ impl Server {
         let app = Arc::new(HandlerApp {
             handler: handler.clone(),
             http: self.http.clone(),
-            route: PathRoute { path: self.cfg.path.clone() },
+            route: PathRoute {
+                path: self.cfg.path.clone(),
+            },
             control: self.control.clone(),
             serve_control: self.cfg.admin_listen.is_none(),
         });
@@ -177,9 +179,17 @@ impl Server {
             }
             // The EAL thread calls `on_start` with the number of polling lcores.
             #[cfg(feature = "dpdk")]
-            DataPathConfig::Dpdk(dpdk) => Arc::new(crate::dpdk::DpdkPath::start(&self.cfg, dpdk, app, handler.clone())?),
+            DataPathConfig::Dpdk(dpdk) => Arc::new(crate::dpdk::DpdkPath::start(
+                &self.cfg,
+                dpdk,
+                app,
+                handler.clone(),
+            )?),
         };
-        let _ = self.control.runtime.set(Runtime { path: path.clone(), handler });
+        let _ = self.control.runtime.set(Runtime {
+            path: path.clone(),
+            handler,
+        });
         let _ = self.running.set(Running { path, admin });
         Ok(())
     }

@@ -51,7 +51,12 @@ impl Target {
         let base = net.config("0@0", 256);
         let (server, rec) = common::start_echo(base.clone());
         net.attach_tap();
-        Target { server: Arc::new(server), rec, base, net: Some(net) }
+        Target {
+            server: Arc::new(server),
+            rec,
+            base,
+            net: Some(net),
+        }
     }
 
     /// Runs `f` as a client of the server (inside the namespace on the DPDK path).
@@ -81,7 +86,9 @@ impl Target {
 
     /// Close codes the handler saw from the `from`-th close on, waiting until `pred` holds.
     fn closes_since(&self, from: usize, what: &str, pred: impl Fn(&[u16]) -> bool) -> Vec<u16> {
-        self.rec.wait_for(Duration::from_secs(10), what, |r| pred(&codes(&r.closes[from.min(r.closes.len())..])));
+        self.rec.wait_for(Duration::from_secs(10), what, |r| {
+            pred(&codes(&r.closes[from.min(r.closes.len())..]))
+        });
         let r = self.rec.record.lock().unwrap();
         codes(&r.closes[from..])
     }
@@ -115,7 +122,9 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn ws(addr: SocketAddr) -> WebSocket<TcpStream> {
-    tungstenite::client::client(format!("ws://{addr}/ws"), connect(addr)).expect("handshake").0
+    tungstenite::client::client(format!("ws://{addr}/ws"), connect(addr))
+        .expect("handshake")
+        .0
 }
 
 fn read(ws: &mut WebSocket<TcpStream>) -> Result<WsMessage, WsError> {
@@ -130,14 +139,19 @@ fn read(ws: &mut WebSocket<TcpStream>) -> Result<WsMessage, WsError> {
 /// A raw connection past a successful handshake.
 fn raw_ws(addr: SocketAddr) -> TcpStream {
     let mut s = connect(addr);
-    s.write_all(upgrade_request("/ws", "13", KEY).as_bytes()).unwrap();
+    s.write_all(upgrade_request("/ws", "13", KEY).as_bytes())
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         retry(|| s.read_exact(&mut byte)).unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 
@@ -160,7 +174,11 @@ fn reload_governs_the_next_message(t: &Target) {
     let code = t.client(move |addr| {
         let mut s = raw_ws(addr);
         s.write_all(&frame(true, 0x2, &[7u8; 2000])).unwrap();
-        assert_eq!(read_frame(&mut s).2.len(), 2000, "echoed under the start limits");
+        assert_eq!(
+            read_frame(&mut s).2.len(),
+            2000,
+            "echoed under the start limits"
+        );
         let mut cfg = server.config();
         cfg.limits.max_message_size = 1000;
         server.reload(cfg).unwrap();
@@ -169,7 +187,10 @@ fn reload_governs_the_next_message(t: &Target) {
         close_code_of(&mut s)
     });
     assert_eq!(code, 1009);
-    assert_eq!(t.closes_since(from, "on_close 1009", |c| !c.is_empty()), vec![1009]);
+    assert_eq!(
+        t.closes_since(from, "on_close 1009", |c| !c.is_empty()),
+        vec![1009]
+    );
     t.restore();
 }
 
@@ -233,7 +254,13 @@ fn delivery_follows_the_session_rules(t: &Target) {
 /// `pong_timeout` (1006); a responsive one stays.
 fn idle_sessions_are_pinged_and_silent_ones_dropped(t: &Target) {
     let from = t.closes_so_far();
-    let before: usize = t.server.worker_stats().unwrap().iter().map(|w| w.idle_drops).sum();
+    let before: usize = t
+        .server
+        .worker_stats()
+        .unwrap()
+        .iter()
+        .map(|w| w.idle_drops)
+        .sum();
     t.reload(|c| {
         c.idle_timeout = Some(Duration::from_millis(600));
         c.pong_timeout = Duration::from_millis(600);
@@ -241,7 +268,10 @@ fn idle_sessions_are_pinged_and_silent_ones_dropped(t: &Target) {
     let (pinged, answered, silent_got) = t.client(|addr| {
         let mut lively = ws(addr);
         let mut silent = raw_ws(addr);
-        lively.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        lively
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let start = Instant::now();
         let mut pinged = 0;
         while start.elapsed() < Duration::from_millis(2500) {
@@ -251,7 +281,10 @@ fn idle_sessions_are_pinged_and_silent_ones_dropped(t: &Target) {
                 Err(_) => {} // a read timeout: tungstenite answered the ping when it read it
             }
         }
-        lively.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        lively
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         lively.send(WsMessage::text("still here")).unwrap();
         let answered = loop {
             match read(&mut lively).unwrap() {
@@ -271,9 +304,20 @@ fn idle_sessions_are_pinged_and_silent_ones_dropped(t: &Target) {
     });
     assert!(pinged >= 1, "the responsive client was pinged");
     assert_eq!(answered, WsMessage::text("still here"));
-    assert!(silent_got.ends_with(b"\x89\x04idle"), "the silent client got the ping last: {silent_got:?}");
-    assert!(t.closes_since(from, "on_close 1006", |c| c.contains(&1006)).contains(&1006));
-    let after: usize = t.server.worker_stats().unwrap().iter().map(|w| w.idle_drops).sum();
+    assert!(
+        silent_got.ends_with(b"\x89\x04idle"),
+        "the silent client got the ping last: {silent_got:?}"
+    );
+    assert!(t
+        .closes_since(from, "on_close 1006", |c| c.contains(&1006))
+        .contains(&1006));
+    let after: usize = t
+        .server
+        .worker_stats()
+        .unwrap()
+        .iter()
+        .map(|w| w.idle_drops)
+        .sum();
     assert_eq!(after - before, 1, "one idle drop counted");
     t.restore();
 }
@@ -290,7 +334,9 @@ fn a_peer_that_does_not_read_is_closed_with_1008(t: &Target) {
     let started = Instant::now();
     let echoed = t.client(|addr| {
         let mut slow = raw_ws(addr);
-        socket2::SockRef::from(&slow).set_recv_buffer_size(16 << 10).unwrap();
+        socket2::SockRef::from(&slow)
+            .set_recv_buffer_size(16 << 10)
+            .unwrap();
         slow.write_all(&frame(true, 0x1, b"flood")).unwrap();
         let mut other = ws(addr);
         other.send(WsMessage::text("hi")).unwrap();
@@ -299,9 +345,18 @@ fn a_peer_that_does_not_read_is_closed_with_1008(t: &Target) {
         drop(slow);
         echoed
     });
-    assert_eq!(echoed, WsMessage::text("hi"), "the other session was served");
-    assert!(t.closes_since(from, "on_close 1008", |c| c.contains(&1008)).contains(&1008));
-    assert!(started.elapsed() >= Duration::from_secs(1), "not before the backpressure timeout");
+    assert_eq!(
+        echoed,
+        WsMessage::text("hi"),
+        "the other session was served"
+    );
+    assert!(t
+        .closes_since(from, "on_close 1008", |c| c.contains(&1008))
+        .contains(&1008));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the backpressure timeout"
+    );
     t.restore();
 }
 
@@ -320,7 +375,10 @@ fn a_handler_panic_closes_with_1011_and_the_server_lives(t: &Target) {
     assert_eq!(echo, WsMessage::text("after"));
     // Both clients left without a close handshake (the first did not answer our Close): each
     // session ends as 1006, once.
-    assert_eq!(t.closes_since(from, "two on_close", |c| c.len() >= 2), vec![1006, 1006]);
+    assert_eq!(
+        t.closes_since(from, "two on_close", |c| c.len() >= 2),
+        vec![1006, 1006]
+    );
 }
 
 /// A client that does not complete its upgrade request within `handshake_timeout` is dropped.
@@ -332,10 +390,16 @@ fn an_unfinished_handshake_is_dropped_at_its_deadline(t: &Target) {
         let start = Instant::now();
         let mut buf = [0u8; 64];
         let got = retry(|| s.read(&mut buf));
-        assert!(matches!(got, Ok(0) | Err(_)), "no answer, just the end: {got:?}");
+        assert!(
+            matches!(got, Ok(0) | Err(_)),
+            "no answer, just the end: {got:?}"
+        );
         start.elapsed()
     });
-    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(5), "dropped after {took:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "dropped after {took:?}"
+    );
     t.restore();
 }
 

@@ -44,9 +44,16 @@ fn small_echoes_to_a_late_reader_arrive_complete_and_in_order() {
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..MESSAGES {
         let (fin, opcode, got) = read_frame(&mut reader);
-        assert!(fin && opcode == 0x2, "message {i}: fin {fin}, opcode {opcode}");
+        assert!(
+            fin && opcode == 0x2,
+            "message {i}: fin {fin}, opcode {opcode}"
+        );
         assert!(got == payload(i), "message {i} is wrong or out of order");
     }
     sender.join().unwrap();
-    assert_eq!(server.session_count(), 1, "the late reader was held back, not dropped");
+    assert_eq!(
+        server.session_count(),
+        1,
+        "the late reader was held back, not dropped"
+    );
 }

@@ -73,7 +73,10 @@ fn discovers_the_running_machine() {
     assert_eq!(pus, allowed);
     // ... and exactly the NUMA nodes it may allocate from, as the kernel lists them.
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let mems = status.lines().find_map(|l| l.strip_prefix("Mems_allowed_list:")).unwrap();
+    let mems = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Mems_allowed_list:"))
+        .unwrap();
     let mut allowed: Vec<u32> = mems.trim().parse::<CpuList>().unwrap().cpus().to_vec();
     allowed.sort_unstable();
     let nodes: Vec<u32> = topo.nodes().iter().map(|n| n.os_index()).collect();

@@ -43,7 +43,11 @@ impl KernelTransport {
     /// Binds the listeners and starts the workers; returns once they run. Each worker serves
     /// `app` (a clone each) and takes its receive buffers from `buffers(worker, size)`, called on
     /// the worker's thread after it is pinned (so the source may be NUMA-local and `!Send`).
-    pub fn start<A, P, F>(mut cfg: TransportConfig, app: A, buffers: F) -> io::Result<KernelTransport>
+    pub fn start<A, P, F>(
+        mut cfg: TransportConfig,
+        app: A,
+        buffers: F,
+    ) -> io::Result<KernelTransport>
     where
         A: App + Clone + Send + 'static,
         P: RecvBuffers + 'static,
@@ -57,19 +61,41 @@ impl KernelTransport {
         let mut wakers: Vec<Option<Box<dyn Wake>>> = Vec::with_capacity(cfg.workers);
         for _ in 0..cfg.workers {
             let poll = Poll::new()?;
-            wakers.push(Some(Box::new(PollWaker(Waker::new(poll.registry(), WAKER)?))));
+            wakers.push(Some(Box::new(PollWaker(Waker::new(
+                poll.registry(),
+                WAKER,
+            )?))));
             polls.push(poll);
         }
-        let set = Arc::new(ShardSet::new(cfg.settings.clone(), wakers, cfg.inbox_capacity));
+        let set = Arc::new(ShardSet::new(
+            cfg.settings.clone(),
+            wakers,
+            cfg.inbox_capacity,
+        ));
         let cfg = Arc::new(cfg);
-        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() { affinity::allowed_cpus() } else { Vec::new() };
+        let cpus = if cfg.cpu_affinity && cfg.worker_cpus.is_empty() {
+            affinity::allowed_cpus()
+        } else {
+            Vec::new()
+        };
 
         let mut seeds = Vec::with_capacity(cfg.workers);
         for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
-            seeds.push(WorkerSeed::new(index, cfg.clone(), set.clone(), poll, listener)?);
+            seeds.push(WorkerSeed::new(
+                index,
+                cfg.clone(),
+                set.clone(),
+                poll,
+                listener,
+            )?);
         }
 
-        let transport = KernelTransport { local_addr, io: cfg.io, set, threads: Mutex::new(Vec::new()) };
+        let transport = KernelTransport {
+            local_addr,
+            io: cfg.io,
+            set,
+            threads: Mutex::new(Vec::new()),
+        };
         let buffers = Arc::new(buffers);
         for (index, seed) in seeds.into_iter().enumerate() {
             let cpu = if !cfg.cpu_affinity {
@@ -80,16 +106,18 @@ impl KernelTransport {
                 (!cpus.is_empty()).then(|| cpus[index % cpus.len()])
             };
             let (app, buffers) = (app.clone(), buffers.clone());
-            let spawned = std::thread::Builder::new().name(format!("hioload-w{index}")).spawn(move || {
-                if let Some(cpu) = cpu {
-                    if let Err(e) = affinity::pin_current_thread(cpu) {
-                        warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
+            let spawned = std::thread::Builder::new()
+                .name(format!("hioload-w{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = affinity::pin_current_thread(cpu) {
+                            warn!(worker = index, cpu, "cannot pin worker to its CPU: {e}");
+                        }
                     }
-                }
-                // After pinning, so that the buffers are local to the worker's node.
-                let pool = buffers(index, seed.cfg.receive_buffer_size());
-                run_worker(seed, app, pool);
-            });
+                    // After pinning, so that the buffers are local to the worker's node.
+                    let pool = buffers(index, seed.cfg.receive_buffer_size());
+                    run_worker(seed, app, pool);
+                });
             match spawned {
                 Ok(handle) => transport.threads.lock().unwrap().push(handle),
                 Err(e) => {
@@ -158,10 +186,16 @@ fn run_worker<A: App, P: RecvBuffers>(seed: WorkerSeed, app: A, mut pool: P) {
     #[cfg(target_os = "linux")]
     if seed.cfg.io == IoBackend::IoUring {
         use std::os::fd::AsRawFd;
-        let backend = crate::worker::UringBackend::new(seed.cfg.uring_buffers, seed.poll.as_raw_fd(), || pool.take());
+        let backend =
+            crate::worker::UringBackend::new(seed.cfg.uring_buffers, seed.poll.as_raw_fd(), || {
+                pool.take()
+            });
         match backend {
             Ok(backend) => return Worker::new(seed, app, pool, backend).run(),
-            Err(e) => error!(worker = seed.index, "cannot set up io_uring: {e}; this worker uses epoll"),
+            Err(e) => error!(
+                worker = seed.index,
+                "cannot set up io_uring: {e}; this worker uses epoll"
+            ),
         }
     }
     Worker::new(seed, app, pool, PollBackend).run()
@@ -179,13 +213,21 @@ fn resolve_backend(asked: IoBackend) -> io::Result<IoBackend> {
                 Ok(IoBackend::Poll)
             }
         },
-        IoBackend::IoUring => crate::uring::probe().map(|()| IoBackend::IoUring).map_err(|e| {
-            io::Error::new(e.kind(), format!("the io-uring backend needs Linux 6.1+ with io_uring allowed: {e}"))
-        }),
+        IoBackend::IoUring => crate::uring::probe()
+            .map(|()| IoBackend::IoUring)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the io-uring backend needs Linux 6.1+ with io_uring allowed: {e}"),
+                )
+            }),
     }
     #[cfg(not(target_os = "linux"))]
     match asked {
-        IoBackend::IoUring => Err(io::Error::new(io::ErrorKind::Unsupported, "the io-uring backend exists only on Linux")),
+        IoBackend::IoUring => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io-uring backend exists only on Linux",
+        )),
         _ => Ok(IoBackend::Poll),
     }
 }

@@ -460,7 +460,10 @@ mod tests {
             }
         }
         assert_eq!(results.last(), Some(&-libc::EAGAIN), "{results:?}");
-        assert!(results[..results.len() - 1].iter().all(|&n| n > 0), "{results:?}");
+        assert!(
+            results[..results.len() - 1].iter().all(|&n| n > 0),
+            "{results:?}"
+        );
     }
 
     #[test]

@@ -98,7 +98,6 @@ impl Control {
         rt.handler.write_metrics(&mut out);
         out
     }
-
 }
 
 /// The buffer pools: per node and size class (classes never used are left out), and the bytes
@@ -106,11 +105,36 @@ impl Control {
 fn pool_metrics(out: &mut String, pools: &PoolStats) {
     type Field = fn(&ClassStats) -> u64;
     let per_class: [(&str, &str, &str, Field); 5] = [
-        ("hioload_pool_buffers_in_use", "gauge", "Pool buffers handed out and not returned.", |c| c.in_use),
-        ("hioload_pool_buffers_allocated", "gauge", "Pool buffers carved from system memory.", |c| c.allocated),
-        ("hioload_pool_hits_total", "counter", "Pool gets served from free buffers.", |c| c.hits),
-        ("hioload_pool_misses_total", "counter", "Pool gets that needed fresh memory.", |c| c.misses),
-        ("hioload_pool_exhausted_total", "counter", "Pool gets that found the class at its limit.", |c| c.exhausted),
+        (
+            "hioload_pool_buffers_in_use",
+            "gauge",
+            "Pool buffers handed out and not returned.",
+            |c| c.in_use,
+        ),
+        (
+            "hioload_pool_buffers_allocated",
+            "gauge",
+            "Pool buffers carved from system memory.",
+            |c| c.allocated,
+        ),
+        (
+            "hioload_pool_hits_total",
+            "counter",
+            "Pool gets served from free buffers.",
+            |c| c.hits,
+        ),
+        (
+            "hioload_pool_misses_total",
+            "counter",
+            "Pool gets that needed fresh memory.",
+            |c| c.misses,
+        ),
+        (
+            "hioload_pool_exhausted_total",
+            "counter",
+            "Pool gets that found the class at its limit.",
+            |c| c.exhausted,
+        ),
     ];
     for (name, kind, help, field) in per_class {
         prometheus::header(out, name, kind, help);
@@ -118,14 +142,24 @@ fn pool_metrics(out: &mut String, pools: &PoolStats) {
             let node_label = node.node.to_string();
             for class in node.classes.iter().filter(|c| c.allocated > 0) {
                 let size = class.size.to_string();
-                prometheus::sample(out, name, &[("node", &node_label), ("size", &size)], field(class) as f64);
+                prometheus::sample(
+                    out,
+                    name,
+                    &[("node", &node_label), ("size", &size)],
+                    field(class) as f64,
+                );
             }
         }
     }
     let name = "hioload_pool_reserved_bytes";
     prometheus::header(out, name, "gauge", "Bytes the pool took from the system.");
     for node in &pools.nodes {
-        prometheus::sample(out, name, &[("node", &node.node.to_string())], node.reserved_bytes as f64);
+        prometheus::sample(
+            out,
+            name,
+            &[("node", &node.node.to_string())],
+            node.reserved_bytes as f64,
+        );
     }
 }
 
@@ -266,4 +300,3 @@ impl CacheFigures {
         ]
     }
 }
-

@@ -91,7 +91,10 @@ impl Control {
         };
         let rt = self.runtime.get();
         let stats = rt.map(|rt| rt.path.stats());
-        let workers = stats.as_ref().map(|s| s.workers.clone()).unwrap_or_default();
+        let workers = stats
+            .as_ref()
+            .map(|s| s.workers.clone())
+            .unwrap_or_default();
         member(&mut out, "active_sessions", &|out| {
             let _ = write!(out, "{}", workers.iter().map(|w| w.sessions).sum::<usize>());
         });

@@ -62,7 +62,12 @@ type Ready = Result<(PoolManager, Arc<ShardSet>), String>;
 
 impl DpdkPath {
     /// Starts the EAL thread and returns once the stacks listen (or with why they could not).
-    pub fn start(cfg: &Config, dpdk: &DpdkConfig, app: Arc<HandlerApp>, handler: Arc<dyn Handler>) -> Result<DpdkPath, Error> {
+    pub fn start(
+        cfg: &Config,
+        dpdk: &DpdkConfig,
+        app: Arc<HandlerApp>,
+        handler: Arc<dyn Handler>,
+    ) -> Result<DpdkPath, Error> {
         dpdk.validate()?;
         let ip = match cfg.listen {
             SocketAddr::V4(a) if !a.ip().is_unspecified() && a.port() != 0 => *a.ip(),
@@ -85,20 +90,33 @@ impl DpdkPath {
                 ),
             }));
         }
-        let setup = Setup { cfg: cfg.clone(), dpdk: dpdk.clone(), ip, app, handler };
+        let setup = Setup {
+            cfg: cfg.clone(),
+            dpdk: dpdk.clone(),
+            ip,
+            app,
+            handler,
+        };
         let (ready_tx, ready_rx) = sync_channel(1);
-        let thread = std::thread::Builder::new().name("hioload-eal".into()).spawn(move || serve(setup, ready_tx))?;
+        let thread = std::thread::Builder::new()
+            .name("hioload-eal".into())
+            .spawn(move || serve(setup, ready_tx))?;
         match ready_rx.recv() {
-            Ok(Ok((pools, set))) => {
-                Ok(DpdkPath { local_addr: cfg.listen, set, pools, thread: Mutex::new(Some(thread)) })
-            }
+            Ok(Ok((pools, set))) => Ok(DpdkPath {
+                local_addr: cfg.listen,
+                set,
+                pools,
+                thread: Mutex::new(Some(thread)),
+            }),
             Ok(Err(message)) => {
                 let _ = thread.join();
                 Err(Error::Io(io::Error::other(message)))
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(Error::Io(io::Error::other("the DPDK thread died while starting (see the log)")))
+                Err(Error::Io(io::Error::other(
+                    "the DPDK thread died while starting (see the log)",
+                )))
             }
         }
     }
@@ -123,7 +141,9 @@ impl DataPath for DpdkPath {
     fn wait(&self) -> Result<(), Error> {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         match handle.map(JoinHandle::join) {
-            Some(Err(_)) => Err(Error::Io(io::Error::other("the DPDK lcore thread panicked"))),
+            Some(Err(_)) => Err(Error::Io(io::Error::other(
+                "the DPDK lcore thread panicked",
+            ))),
             _ => Ok(()),
         }
     }
@@ -151,7 +171,10 @@ fn serve(setup: Setup, ready: SyncSender<Ready>) {
         }
     };
     if !rest.is_empty() {
-        let _ = ready.send(Err(format!("unexpected arguments after the EAL's: {}", rest.join(" "))));
+        let _ = ready.send(Err(format!(
+            "unexpected arguments after the EAL's: {}",
+            rest.join(" ")
+        )));
         return;
     }
     if let Err(message) = run(&eal, setup, &ready) {
@@ -162,7 +185,13 @@ fn serve(setup: Setup, ready: SyncSender<Ready>) {
 
 /// Sets up port and stacks, reports ready, runs the lcore loops until stopped.
 fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String> {
-    let Setup { cfg, dpdk, ip, app, handler } = setup;
+    let Setup {
+        cfg,
+        dpdk,
+        ip,
+        app,
+        handler,
+    } = setup;
     let mut open = open_port(eal, dpdk.port.as_deref(), cfg.ring_capacity)?;
     let (queues, socket) = (open.queues, open.socket);
     let lcores = eal.lcores();
@@ -190,10 +219,20 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
         for (index, queue) in open.port.queues().into_iter().enumerate().take(queues) {
             let lcore = lcores[index];
             let steered = SteeredQueue::new(queue, index, steering.clone(), open.pool.clone());
-            let mut stack = Stack::new(eal, steered, open.pool.clone(), profile, lcore.socket(), stack_config.clone())
-                .map_err(|e| {
-                    format!("cannot set up the TCP stack of lcore {}: {e} (are enough hugepages reserved?)", lcore.id())
-                })?;
+            let mut stack = Stack::new(
+                eal,
+                steered,
+                open.pool.clone(),
+                profile,
+                lcore.socket(),
+                stack_config.clone(),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot set up the TCP stack of lcore {}: {e} (are enough hugepages reserved?)",
+                    lcore.id()
+                )
+            })?;
             stack.listen(listen_port);
             if index == 0 {
                 info!(
@@ -212,12 +251,22 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
 
         let reports = eal.run_on(jobs, |lcore, (index, mut stack)| {
             // The cache is made here, on its lcore, and stays there with the worker.
-            let held_pool = pools.worker_cache(pool_node(lcore, socket)).expect("every polling lcore's socket has a pool");
+            let held_pool = pools
+                .worker_cache(pool_node(lcore, socket))
+                .expect("every polling lcore's socket has a pool");
             // One slab now, so the first partial frame takes no memory from DPDK's heap.
             if let Err(e) = held_pool.get(held_max(&cfg.limits), None) {
                 warn!("lcore {}: no buffer pool memory at start: {e}", lcore.id());
             }
-            let mut worker = Worker::new(index, app.clone(), set.clone(), &cfg.limits, &dpdk, listen_port, held_pool);
+            let mut worker = Worker::new(
+                index,
+                app.clone(),
+                set.clone(),
+                &cfg.limits,
+                &dpdk,
+                listen_port,
+                held_pool,
+            );
             lcore_loop(&mut stack, &mut worker, &dpdk);
             let stats = stack.stats();
             info!(
@@ -249,7 +298,11 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
 
 /// The lcore loop, until the shard is done (stopped and every session finished, or the grace
 /// period ended); see the module documentation.
-fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(stack: &mut Stack<Q>, worker: &mut Worker<A>, dpdk: &DpdkConfig) {
+fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
+    stack: &mut Stack<Q>,
+    worker: &mut Worker<A>,
+    dpdk: &DpdkConfig,
+) {
     loop {
         worker.begin_turn(Instant::now());
         let received = stack.poll(worker);
@@ -269,7 +322,9 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(stack: &mut Stack<Q>, wor
     worker.close_all(stack);
     let settle = Instant::now() + Duration::from_secs(1);
     let mut turns = 0;
-    while Instant::now() < settle && (turns < 100 || stack.stats().open > 0 || stack.tx_pending() > 0) {
+    while Instant::now() < settle
+        && (turns < 100 || stack.stats().open > 0 || stack.tx_pending() > 0)
+    {
         stack.poll(worker);
         turns += 1;
         if turns >= 100 && !dpdk.idle_sleep.is_zero() {
@@ -277,6 +332,9 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(stack: &mut Stack<Q>, wor
         }
     }
     if worker.connections() > 0 {
-        info!(connections = worker.connections(), "connections left in their FIN exchange at exit");
+        info!(
+            connections = worker.connections(),
+            "connections left in their FIN exchange at exit"
+        );
     }
 }

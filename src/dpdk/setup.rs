@@ -101,7 +101,6 @@ fn pool_node_of(socket: SocketId) -> u32 {
     socket.0.max(0) as u32
 }
 
-
 /// The port and its mbuf pool, configured (one queue pair per polling lcore, as many as the
 /// device has; RSS where it can) and started.
 pub(super) struct OpenPort {
@@ -117,7 +116,11 @@ pub(super) struct OpenPort {
 }
 
 /// Opens the port (`port` by name, else the first DPDK knows) and logs what it is.
-pub(super) fn open_port(eal: &Eal, port: Option<&str>, ring_capacity: usize) -> Result<OpenPort, String> {
+pub(super) fn open_port(
+    eal: &Eal,
+    port: Option<&str>,
+    ring_capacity: usize,
+) -> Result<OpenPort, String> {
     let main = eal.main_lcore();
     let lcores = eal.lcores();
     let port_id = choose_port(eal, port)?;
@@ -201,13 +204,28 @@ pub(super) fn open_port(eal: &Eal, port: Option<&str>, ring_capacity: usize) -> 
         configured.tx_checksums,
         socket.0
     );
-    Ok(OpenPort { port, pool, port_name, socket, queues, rss })
+    Ok(OpenPort {
+        port,
+        pool,
+        port_name,
+        socket,
+        queues,
+        rss,
+    })
 }
 
 /// Logs the DPDK version and the polling lcores, and warns about lcores left idle.
 pub(super) fn log_lcores(eal: &Eal, polling: &[Lcore], lcores: usize, port_name: &str) {
-    let ids: Vec<String> = polling.iter().map(|l| format!("{}(socket {})", l.id(), l.socket().0)).collect();
-    info!("{}; polling lcores {} (main {}), one queue pair each", eal.version(), ids.join(", "), eal.main_lcore().id());
+    let ids: Vec<String> = polling
+        .iter()
+        .map(|l| format!("{}(socket {})", l.id(), l.socket().0))
+        .collect();
+    info!(
+        "{}; polling lcores {} (main {}), one queue pair each",
+        eal.version(),
+        ids.join(", "),
+        eal.main_lcore().id()
+    );
     if lcores > polling.len() {
         warn!(
             "{} lcore(s) stay idle: port {port_name} has only {} queue pair(s)",

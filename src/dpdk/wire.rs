@@ -102,7 +102,11 @@ impl<T: SendTarget> RingWire<'_, T> {
         if bytes.is_empty() {
             return;
         }
-        let n = if pending.is_empty() { self.target.send_slice(bytes) } else { 0 };
+        let n = if pending.is_empty() {
+            self.target.send_slice(bytes)
+        } else {
+            0
+        };
         if n < bytes.len() {
             pending.push_cached(&bytes[n..], self.cache);
         }

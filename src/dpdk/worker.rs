@@ -1,6 +1,6 @@
 //! The DPDK worker of one lcore: its shard of connections over its TCP stack.
 //!
-//! The worker is the stack's [`Handler`]: the stack calls it from inside its poll for each
+//! The worker is the stack's [`ConnEvents`]: the stack calls it from inside its poll for each
 //! connection that opened, has bytes, saw the peer's FIN or got send room, and when a connection
 //! is gone. The session lifecycle (handshake, open, finishing, deadlines, idle pings,
 //! backpressure, the inbox, reload, stop) is the shard's, exactly as on the kernel path; this
@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use hioload_stack::{CloseReason, Conn, ConnId, Handler, PacketQueue, SendRing, Stack};
+use hioload_stack::{CloseReason, Conn, ConnEvents, ConnId, PacketQueue, SendRing, Stack};
 use hioload_wsproto::connection::Release;
 use hioload_wsproto::output_cache::{OutputCache, OutputCacheStats};
 use hioload_wsproto::shard::TurnEnd;
@@ -97,13 +97,21 @@ impl<A: App> Worker<A> {
 
     /// The end of a loop turn: inbox, deadlines, idle sweep, stop.
     pub fn end_turn<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>, now: Instant) -> TurnEnd {
-        let mut x = StackTransport { stack, cache: &mut self.bufs.cache, listen_port: self.listen_port };
+        let mut x = StackTransport {
+            stack,
+            cache: &mut self.bufs.cache,
+            listen_port: self.listen_port,
+        };
         self.shard.end_turn(&mut x, now)
     }
 
     /// At the end: every connection still there is released (open sessions reported 1006).
     pub fn close_all<Q: PacketQueue>(&mut self, stack: &mut Stack<Q>) {
-        let mut x = StackTransport { stack, cache: &mut self.bufs.cache, listen_port: self.listen_port };
+        let mut x = StackTransport {
+            stack,
+            cache: &mut self.bufs.cache,
+            listen_port: self.listen_port,
+        };
         self.shard.close_all(&mut x, Instant::now());
     }
 
@@ -144,21 +152,44 @@ impl<A: App> Worker<A> {
             });
             let filled = held + conn.recv_slice(&mut bufs.rbuf[held..]);
             let consumed = {
-                let mut wire = RingWire { target: &mut *conn, cache: &mut bufs.cache };
-                self.shard.receive(slot, &mut bufs.rbuf[..filled], &mut wire, now)
+                let mut wire = RingWire {
+                    target: &mut *conn,
+                    cache: &mut bufs.cache,
+                };
+                self.shard
+                    .receive(slot, &mut bufs.rbuf[..filled], &mut wire, now)
             };
             if !self.keep_rest(slot, conn, consumed, filled) {
                 return;
             }
         }
-        if conn.is_eof() && self.shard.slot(slot).is_some_and(|s| s.conn.ended().is_none()) {
-            self.shard.peer_gone(slot, None, &mut ConnTransport { conn, cache: &mut self.bufs.cache }, now);
+        if conn.is_eof()
+            && self
+                .shard
+                .slot(slot)
+                .is_some_and(|s| s.conn.ended().is_none())
+        {
+            self.shard.peer_gone(
+                slot,
+                None,
+                &mut ConnTransport {
+                    conn,
+                    cache: &mut self.bufs.cache,
+                },
+                now,
+            );
         }
     }
 
     /// Keeps `rbuf[consumed..filled]` in the connection's held buffer; false when the
     /// connection had to be ended.
-    fn keep_rest(&mut self, slot: usize, conn: &mut Conn<'_>, consumed: usize, filled: usize) -> bool {
+    fn keep_rest(
+        &mut self,
+        slot: usize,
+        conn: &mut Conn<'_>,
+        consumed: usize,
+        filled: usize,
+    ) -> bool {
         let bufs = &mut self.bufs;
         let Some(s) = self.shard.slot_mut(slot) else {
             return false;
@@ -181,10 +212,23 @@ impl<A: App> Worker<A> {
         let (shard, bufs) = (&mut self.shard, &mut self.bufs);
         let mut problem = None;
         conn.recv_and_send(|rx, tx: &mut SendRing<'_>| {
-            let consumed = shard.receive(slot, rx, &mut RingWire { target: tx, cache: &mut bufs.cache }, now);
+            let consumed = shard.receive(
+                slot,
+                rx,
+                &mut RingWire {
+                    target: tx,
+                    cache: &mut bufs.cache,
+                },
+                now,
+            );
             if let Some(s) = shard.slot_mut(slot) {
                 // As the session left it.
-                if let Err(e) = hold(&bufs.held_pool, bufs.held_max, &mut s.io.held, &rx[consumed..]) {
+                if let Err(e) = hold(
+                    &bufs.held_pool,
+                    bufs.held_max,
+                    &mut s.io.held,
+                    &rx[consumed..],
+                ) {
                     problem = Some(e);
                 }
             }
@@ -212,17 +256,25 @@ impl<A: App> Worker<A> {
                 "buffer pool exhausted"
             }
         };
-        let mut x = ConnTransport { conn, cache: &mut self.bufs.cache };
-        self.shard.end(slot, CloseCode::INTERNAL_ERROR, reason, &mut x, self.clock);
+        let mut x = ConnTransport {
+            conn,
+            cache: &mut self.bufs.cache,
+        };
+        self.shard
+            .end(slot, CloseCode::INTERNAL_ERROR, reason, &mut x, self.clock);
     }
 }
 
-impl<A: App> Handler for Worker<A> {
+impl<A: App> ConnEvents for Worker<A> {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         let id = conn.id();
         let peer = SocketAddr::V4(conn.remote());
         let io = StackConn { id, held: None };
-        if self.shard.open_at(id.index(), io, peer, self.clock).is_err() {
+        if self
+            .shard
+            .open_at(id.index(), io, peer, self.clock)
+            .is_err()
+        {
             conn.abort(); // stopping (accepted from the backlog after the listener closed)
         }
     }
@@ -239,17 +291,29 @@ impl<A: App> Handler for Worker<A> {
             }
         }
         let now = self.clock;
-        let mut x = ConnTransport { conn: &mut *conn, cache: &mut self.bufs.cache };
+        let mut x = ConnTransport {
+            conn: &mut *conn,
+            cache: &mut self.bufs.cache,
+        };
         if let Some(s) = self.shard.slot_mut(slot) {
-            let _ = hioload_wsproto::Wire::flush(&mut x.wire(slot, &mut s.io), s.conn.pending_mut());
+            let _ =
+                hioload_wsproto::Wire::flush(&mut x.wire(slot, &mut s.io), s.conn.pending_mut());
         }
         self.read(slot, conn);
-        self.shard.after_output(slot, &mut ConnTransport { conn, cache: &mut self.bufs.cache }, now);
+        self.shard.after_output(
+            slot,
+            &mut ConnTransport {
+                conn,
+                cache: &mut self.bufs.cache,
+            },
+            now,
+        );
     }
 
     fn on_close(&mut self, id: ConnId, reason: CloseReason) {
         if self.shard.slot(id.index()).is_some_and(|s| s.io.id == id) {
-            self.shard.forget(id.index(), reason == CloseReason::Reset, self.clock);
+            self.shard
+                .forget(id.index(), reason == CloseReason::Reset, self.clock);
         }
     }
 }
@@ -268,10 +332,22 @@ impl<'a> Transport for ConnTransport<'_, 'a> {
         Self: 'w;
 
     fn wire<'w>(&'w mut self, _slot: usize, _io: &'w mut StackConn) -> Self::Wire<'w> {
-        RingWire { target: &mut *self.conn, cache: &mut *self.cache }
+        RingWire {
+            target: &mut *self.conn,
+            cache: &mut *self.cache,
+        }
     }
-    fn release(&mut self, _slot: usize, io: StackConn, pending: &mut PendingOutput, how: Release) -> Option<StackConn> {
-        let mut wire = RingWire { target: &mut *self.conn, cache: &mut *self.cache };
+    fn release(
+        &mut self,
+        _slot: usize,
+        io: StackConn,
+        pending: &mut PendingOutput,
+        how: Release,
+    ) -> Option<StackConn> {
+        let mut wire = RingWire {
+            target: &mut *self.conn,
+            cache: &mut *self.cache,
+        };
         Some(release(&mut wire, io, pending, how))
     }
     fn resume_reading(&mut self, _slot: usize, _io: &mut StackConn) {
@@ -298,11 +374,23 @@ impl<Q: PacketQueue> Transport for StackTransport<'_, Q> {
         Self: 'w;
 
     fn wire<'w>(&'w mut self, _slot: usize, io: &'w mut StackConn) -> Self::Wire<'w> {
-        RingWire { target: self.stack.conn(io.id), cache: &mut *self.cache }
+        RingWire {
+            target: self.stack.conn(io.id),
+            cache: &mut *self.cache,
+        }
     }
-    fn release(&mut self, _slot: usize, io: StackConn, pending: &mut PendingOutput, how: Release) -> Option<StackConn> {
+    fn release(
+        &mut self,
+        _slot: usize,
+        io: StackConn,
+        pending: &mut PendingOutput,
+        how: Release,
+    ) -> Option<StackConn> {
         let conn = self.stack.conn(io.id)?; // gone from the stack already: free the slot now
-        let mut wire = RingWire { target: conn, cache: &mut *self.cache };
+        let mut wire = RingWire {
+            target: conn,
+            cache: &mut *self.cache,
+        };
         Some(release(&mut wire, io, pending, how))
     }
     fn resume_reading(&mut self, _slot: usize, _io: &mut StackConn) {
@@ -319,7 +407,12 @@ impl<Q: PacketQueue> Transport for StackTransport<'_, Q> {
 /// Lets a connection go: gracefully (what is pending into the ring as far as it fits, then FIN)
 /// or with a reset. The stack reaps it after the FIN exchange or at once after the reset, and
 /// then calls `on_close`, which forgets it.
-fn release<T: SendTargetExt>(wire: &mut RingWire<'_, T>, mut io: StackConn, pending: &mut PendingOutput, how: Release) -> StackConn {
+fn release<T: SendTargetExt>(
+    wire: &mut RingWire<'_, T>,
+    mut io: StackConn,
+    pending: &mut PendingOutput,
+    how: Release,
+) -> StackConn {
     io.held = None; // back to the lcore's pool cache
     match how {
         Release::Close => {
@@ -366,7 +459,12 @@ pub(super) fn held_max(limits: &Limits) -> usize {
 
 /// Puts `bytes` (nothing, or at most `size`) in `held`, taking a buffer of `size` from `pool`
 /// first if it has none. Leaves `held` empty when there is nothing to hold.
-fn hold(pool: &WorkerCache, size: usize, held: &mut Option<PooledBuf>, bytes: &[u8]) -> Result<(), Held> {
+fn hold(
+    pool: &WorkerCache,
+    size: usize,
+    held: &mut Option<PooledBuf>,
+    bytes: &[u8],
+) -> Result<(), Held> {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -377,7 +475,8 @@ fn hold(pool: &WorkerCache, size: usize, held: &mut Option<PooledBuf>, bytes: &[
         Some(buf) => buf,
         None => held.insert(pool.get(size, None).map_err(Held::NoBuffer)?),
     };
-    buf.extend_from_slice(bytes).expect("held bytes are bounded by held_max, the buffer's size");
+    buf.extend_from_slice(bytes)
+        .expect("held bytes are bounded by held_max, the buffer's size");
     Ok(())
 }
 

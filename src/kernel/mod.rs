@@ -32,15 +32,25 @@ impl KernelPath {
     pub fn start(cfg: &Config, app: Arc<HandlerApp>) -> Result<KernelPath, Error> {
         let topology = discover_topology()?;
         let (worker_cpus, worker_nodes) = placement(cfg, &topology);
-        let pools = PoolManager::new(&topology, cfg.pool.clone())
-            .map_err(|e| Error::Config(ConfigError { field: "pool", problem: e.to_string() }))?;
+        let pools = PoolManager::new(&topology, cfg.pool.clone()).map_err(|e| {
+            Error::Config(ConfigError {
+                field: "pool",
+                problem: e.to_string(),
+            })
+        })?;
         let mut transport_cfg = cfg.transport();
         transport_cfg.worker_cpus = worker_cpus;
         let worker_pools = pools.clone();
         let buffers = move |worker: usize, size: usize| {
             let nodes = worker_pools.nodes();
-            let node = worker_nodes.get(worker).copied().filter(|n| nodes.contains(n)).unwrap_or(nodes[0]);
-            let cache = worker_pools.worker_cache(node).expect("the node has a pool: it was taken from the pool's own list");
+            let node = worker_nodes
+                .get(worker)
+                .copied()
+                .filter(|n| nodes.contains(n))
+                .unwrap_or(nodes[0]);
+            let cache = worker_pools
+                .worker_cache(node)
+                .expect("the node has a pool: it was taken from the pool's own list");
             PoolBuffers { cache, size }
         };
         let transport = KernelTransport::start(transport_cfg, app, buffers)?;
@@ -77,7 +87,8 @@ fn discover_topology() -> Result<Topology, Error> {
         Err(e) => {
             warn!("cannot read the CPU topology ({e}); assuming one NUMA node");
             let pus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Topology::synthetic(&format!("numa:1 pu:{pus}")).map_err(|e| Error::Io(io::Error::other(format!("no topology: {e}"))))
+            Topology::synthetic(&format!("numa:1 pu:{pus}"))
+                .map_err(|e| Error::Io(io::Error::other(format!("no topology: {e}"))))
         }
     }
 }
@@ -86,14 +97,21 @@ fn discover_topology() -> Result<Topology, Error> {
 /// the topology-aware placement plan (spread over NUMA nodes, distinct cores before SMT
 /// siblings).
 fn placement(cfg: &Config, topology: &Topology) -> (Vec<Option<usize>>, Vec<u32>) {
-    let affinity = if cfg.cpu_affinity { CpuAffinity::default() } else { CpuAffinity::Off };
+    let affinity = if cfg.cpu_affinity {
+        CpuAffinity::default()
+    } else {
+        CpuAffinity::Off
+    };
     match PlacementPlan::new(topology, cfg.num_workers, &affinity) {
         Ok(plan) => {
             if cfg.cpu_affinity {
                 plan.log();
             }
             let cpus = if cfg.cpu_affinity {
-                plan.workers().iter().map(|w| w.cpu.map(|c| c as usize)).collect()
+                plan.workers()
+                    .iter()
+                    .map(|w| w.cpu.map(|c| c as usize))
+                    .collect()
             } else {
                 Vec::new()
             };

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use hioload_dpdk::{
     sys, tsc, tsc_hz, Eal, Lcore, Mempool, MempoolConfig, Port, PortConfig, PortId, Queue,
 };
-use hioload_stack::{CloseReason, Conn, ConnId, Handler, PortProfile, Stack, StackConfig};
+use hioload_stack::{CloseReason, Conn, ConnEvents, ConnId, PortProfile, Stack, StackConfig};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -155,7 +155,7 @@ impl BusyMeter {
 #[inline]
 fn timed_poll<Q: hioload_stack::PacketQueue>(
     stack: &mut Stack<Q>,
-    handler: &mut impl Handler,
+    handler: &mut impl ConnEvents,
     acc: &mut (u64, u64),
 ) {
     let t0 = tsc();
@@ -184,7 +184,7 @@ impl Figures {
 /// The server: echo whatever arrives, close after the client does.
 struct Echo;
 
-impl Handler for Echo {
+impl ConnEvents for Echo {
     fn on_ready(&mut self, conn: &mut Conn<'_>) {
         // Receive ring straight into the send ring (the WebSocket path's shape); what does
         // not fit stays unread until the peer acknowledges.
@@ -228,7 +228,7 @@ impl Client {
     }
 }
 
-impl Handler for Client {
+impl ConnEvents for Client {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         self.opened.push(conn.id());
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hioload_dpdk::{Eal, Lcore, Mempool, MempoolConfig, Port, PortConfig};
-use hioload_stack::{Conn, Handler, PortProfile, Stack, StackConfig, SteeredQueue, Steering};
+use hioload_stack::{Conn, ConnEvents, PortProfile, Stack, StackConfig, SteeredQueue, Steering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -29,7 +29,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Echo: the receive ring straight into the send ring.
 struct Echo;
 
-impl Handler for Echo {
+impl ConnEvents for Echo {
     fn on_ready(&mut self, conn: &mut Conn<'_>) {
         while conn.recv_and_send(|rx, tx| {
             let n = rx.len().min(tx.free());

@@ -38,10 +38,10 @@ pub enum CloseReason {
 }
 
 /// The TCP state of a connection (smoltcp's).
-pub type State = tcp::State;
+pub type TcpState = tcp::State;
 
 /// What the stack tells the application, from inside its poll loop.
-pub trait Handler {
+pub trait ConnEvents {
     /// A connection finished its handshake (accepted or connected).
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         let _ = conn;
@@ -81,7 +81,7 @@ impl Conn<'_> {
     }
 
     /// The TCP state.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> TcpState {
         self.socket.state()
     }
 

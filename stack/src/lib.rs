@@ -1,7 +1,7 @@
 //! A userspace TCP/IP stack on DPDK, one instance per lcore, built on smoltcp.
 //!
 //! Each polling lcore owns a [`Stack`] over one queue pair and runs it to completion: one rx
-//! burst, each packet through TCP, the application's callbacks ([`Handler`]), one tx burst. The
+//! burst, each packet through TCP, the application's callbacks ([`ConnEvents`]), one tx burst. The
 //! stack keeps smoltcp's protocol code and replaces what does not scale: each connection has its
 //! own one-socket set, found by an exact 4-tuple lookup (flat cost per packet at tens of
 //! thousands of connections), listening sockets are created per SYN (a real accept backlog),
@@ -29,7 +29,7 @@ mod stack;
 mod steer;
 
 pub use config::StackConfig;
-pub use conn::{CloseReason, Conn, ConnId, Handler, SendRing, State};
+pub use conn::{CloseReason, Conn, ConnEvents, ConnId, SendRing, TcpState};
 pub use device::{IoStats, PacketQueue, TX_BURST};
 pub use flow::{flow_hash, TcpFlow};
 pub use stack::{PortProfile, Stack, StackError, StackStats, RX_BURST};

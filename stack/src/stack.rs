@@ -29,7 +29,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use crate::config::StackConfig;
-use crate::conn::{CloseReason, Conn, ConnId, Handler};
+use crate::conn::{CloseReason, Conn, ConnEvents, ConnId};
 use crate::device::{IoStats, PacketIo, PacketQueue};
 use crate::flow::{flow_key, TcpFlow};
 use crate::flow_table::FlowTable;
@@ -381,7 +381,7 @@ impl<Q: PacketQueue> Stack<Q> {
     /// One loop turn: one rx burst dispatched packet by packet, due timers, application
     /// callbacks and egress of every touched connection, one tx burst. Returns the number of
     /// packets received (0: the caller may pause).
-    pub fn poll(&mut self, handler: &mut impl Handler) -> usize {
+    pub fn poll(&mut self, handler: &mut impl ConnEvents) -> usize {
         let now = self.clock.now();
         let mut rx = self.rx.take().expect("rx burst is home between turns");
         let received = self.io.rx_burst(&mut rx);
@@ -542,7 +542,7 @@ impl<Q: PacketQueue> Stack<Q> {
     }
 
     /// Application callbacks, egress, reaping and timer for one touched connection.
-    fn visit(&mut self, index: u32, now: Instant, handler: &mut impl Handler) {
+    fn visit(&mut self, index: u32, now: Instant, handler: &mut impl ConnEvents) {
         self.stats.visits += 1;
         let slot = &mut self.slots[index as usize];
         slot.touched = false;

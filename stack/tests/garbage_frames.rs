@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hioload_dpdk::{Burst, Checksums, Mempool, MempoolConfig};
 use hioload_stack::{
-    CloseReason, Conn, ConnId, Handler, PacketQueue, PortProfile, Stack, StackConfig,
+    CloseReason, Conn, ConnEvents, ConnId, PacketQueue, PortProfile, Stack, StackConfig,
 };
 use support::{init_eal, isolated};
 
@@ -238,7 +238,7 @@ struct Recorder {
     closes: usize,
 }
 
-impl Handler for Recorder {
+impl ConnEvents for Recorder {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         self.open.push(conn.id());
     }

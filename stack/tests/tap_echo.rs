@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hioload_dpdk::{Mempool, MempoolConfig, Port, PortConfig, Queue};
-use hioload_stack::{CloseReason, Conn, ConnId, Handler, PortProfile, Stack, StackConfig};
+use hioload_stack::{CloseReason, Conn, ConnEvents, ConnId, PortProfile, Stack, StackConfig};
 use support::{init_eal, isolated, Netns};
 
 const STACK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -40,7 +40,7 @@ struct EchoServer {
 
 const OUTGOING_LOCAL_PORTS: std::ops::RangeInclusive<u16> = 10_000..=65_535;
 
-impl Handler for EchoServer {
+impl ConnEvents for EchoServer {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         self.opened += 1;
         if OUTGOING_LOCAL_PORTS.contains(&conn.local_port()) {

@@ -66,7 +66,11 @@ fn main() {
     println!("{:<44} {:>12} {:>12}", "benchmark", "GB/s", "ns/op");
     let row = |name: &str, bytes: usize, secs: f64| {
         if bytes > 0 {
-            println!("{name:<44} {:>12.2} {:>12.1}", gbps(bytes, secs), secs * 1e9);
+            println!(
+                "{name:<44} {:>12.2} {:>12.1}",
+                gbps(bytes, secs),
+                secs * 1e9
+            );
         } else {
             println!("{name:<44} {:>12} {:>12.1}", "-", secs * 1e9);
         }
@@ -82,7 +86,11 @@ fn main() {
         let unaligned = time_per_call(|| {
             black_box(apply_mask(black_box(&mut buf[1..size + 1]), key, 1));
         });
-        row(&format!("unmask {size} B (unaligned, phase 1)"), size, unaligned);
+        row(
+            &format!("unmask {size} B (unaligned, phase 1)"),
+            size,
+            unaligned,
+        );
     }
 
     let mut session = Session::new(Limits::default());
@@ -100,7 +108,11 @@ fn main() {
                 .unwrap();
             black_box(consumed);
         });
-        row(&format!("decode+unmask {size} B frame (Session)"), size, secs);
+        row(
+            &format!("decode+unmask {size} B frame (Session)"),
+            size,
+            secs,
+        );
     }
 
     let mut frame = Vec::new();
@@ -123,7 +135,10 @@ fn main() {
         Err(e) => e.valid_up_to(),
     };
     let mixed = &mixed[..mixed_len];
-    for (name, text) in [("utf8 validate 64 KiB ascii", &ascii[..]), ("utf8 validate 60 KB mixed scripts", mixed)] {
+    for (name, text) in [
+        ("utf8 validate 64 KiB ascii", &ascii[..]),
+        ("utf8 validate 60 KB mixed scripts", mixed),
+    ] {
         let mut v = Utf8Validator::new();
         let secs = time_per_call(|| {
             v.feed(black_box(text)).unwrap();
@@ -139,7 +154,11 @@ fn main() {
         }
         v.finish().unwrap();
     });
-    row("utf8 validate 64 KiB ascii in 1 KiB pieces", ascii.len(), secs);
+    row(
+        "utf8 validate 64 KiB ascii in 1 KiB pieces",
+        ascii.len(),
+        secs,
+    );
 
     struct Open;
     impl UpgradePolicy for Open {}
@@ -148,7 +167,9 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser
     let limits = Limits::default();
     let mut out = [0u8; 512];
     let secs = time_per_call(|| {
-        let Parsed::Upgrade(req) = parse_request(black_box(request), &limits) else { unreachable!() };
+        let Parsed::Upgrade(req) = parse_request(black_box(request), &limits) else {
+            unreachable!()
+        };
         let (n, accepted) = respond(&req, &Open, &mut out);
         black_box((n, accepted.is_ok()));
     });

@@ -13,15 +13,24 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use hioload_wsproto::handshake::{parse_request, respond, write_error_response, HttpError, Parsed, UpgradePolicy};
+use hioload_wsproto::handshake::{
+    parse_request, respond, write_error_response, HttpError, Parsed, UpgradePolicy,
+};
 use hioload_wsproto::{Event, Limits, Session, State};
 
 struct EchoPolicy;
 impl UpgradePolicy for EchoPolicy {}
 
 fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9302".into()).parse().expect("address");
-    assert!(addr.ip().is_loopback(), "std_echo binds loopback addresses only");
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9302".into())
+        .parse()
+        .expect("address");
+    assert!(
+        addr.ip().is_loopback(),
+        "std_echo binds loopback addresses only"
+    );
     let listener = TcpListener::bind(addr)?;
     eprintln!("std_echo: listening on ws://{addr}/");
     for stream in listener.incoming() {

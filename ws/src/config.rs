@@ -43,10 +43,16 @@ impl Limits {
             return Err("max_frame_size and max_message_size must be at least 1 byte".into());
         }
         if self.max_head_bytes < 256 {
-            return Err(format!("max_head_bytes must be at least 256 (is {})", self.max_head_bytes));
+            return Err(format!(
+                "max_head_bytes must be at least 256 (is {})",
+                self.max_head_bytes
+            ));
         }
         if self.max_headers < 8 || self.max_headers > cap {
-            return Err(format!("max_headers must be within 8..={cap} (is {})", self.max_headers));
+            return Err(format!(
+                "max_headers must be within 8..={cap} (is {})",
+                self.max_headers
+            ));
         }
         if self.inplace_frame_max < control {
             return Err(format!(
@@ -65,11 +71,31 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert_eq!(Limits::default().validate(), Ok(()));
-        let err = Limits { inplace_frame_max: 100, ..Limits::default() }.validate().unwrap_err();
+        let err = Limits {
+            inplace_frame_max: 100,
+            ..Limits::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.contains("inplace_frame_max"), "{err}");
-        let err = Limits { max_headers: 1000, ..Limits::default() }.validate().unwrap_err();
+        let err = Limits {
+            max_headers: 1000,
+            ..Limits::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.contains("max_headers"), "{err}");
-        assert!(Limits { max_message_size: 0, ..Limits::default() }.validate().is_err());
-        assert!(Limits { max_head_bytes: 10, ..Limits::default() }.validate().is_err());
+        assert!(Limits {
+            max_message_size: 0,
+            ..Limits::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Limits {
+            max_head_bytes: 10,
+            ..Limits::default()
+        }
+        .validate()
+        .is_err());
     }
 }

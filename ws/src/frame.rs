@@ -80,7 +80,13 @@ pub enum HeaderError {
 impl FrameHeader {
     /// A header for a final, unmasked (server) frame of `payload_len` bytes.
     pub fn server(opcode: OpCode, fin: bool, payload_len: usize) -> Self {
-        FrameHeader { fin, rsv: 0, opcode, mask: None, payload_len: payload_len as u64 }
+        FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask: None,
+            payload_len: payload_len as u64,
+        }
     }
 
     /// Decodes a header from the start of `buf`. `Ok(None)` means more bytes are needed;
@@ -160,8 +166,20 @@ impl FrameHeader {
 
 /// Appends one masked (client) frame to `out`: header, then `payload` masked with `mask_key`.
 /// For tests and load generators; servers never mask.
-pub fn encode_client_frame(opcode: OpCode, fin: bool, payload: &[u8], mask_key: [u8; 4], out: &mut Vec<u8>) {
-    let header = FrameHeader { fin, rsv: 0, opcode, mask: Some(mask_key), payload_len: payload.len() as u64 };
+pub fn encode_client_frame(
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+    mask_key: [u8; 4],
+    out: &mut Vec<u8>,
+) {
+    let header = FrameHeader {
+        fin,
+        rsv: 0,
+        opcode,
+        mask: Some(mask_key),
+        payload_len: payload.len() as u64,
+    };
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut head);
     out.extend_from_slice(&head[..n]);
@@ -185,17 +203,32 @@ mod tests {
     #[test]
     fn rfc_examples_decode() {
         // RFC 6455 §5.7: single-frame masked text "Hello".
-        let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let masked = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, n) = FrameHeader::decode(&masked).unwrap().unwrap();
         assert_eq!(n, 6);
-        assert_eq!(h, FrameHeader { fin: true, rsv: 0, opcode: OpCode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), payload_len: 5 });
+        assert_eq!(
+            h,
+            FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: OpCode::Text,
+                mask: Some([0x37, 0xfa, 0x21, 0x3d]),
+                payload_len: 5
+            }
+        );
         for cut in 0..6 {
             assert_eq!(FrameHeader::decode(&masked[..cut]), Ok(None), "cut {cut}");
         }
         // 256 bytes binary: 16-bit length; 64 KiB: 64-bit length.
-        let (h, n) = FrameHeader::decode(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap();
+        let (h, n) = FrameHeader::decode(&[0x82, 0x7E, 0x01, 0x00])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n, h.mask), (256, 4, None));
-        let (h, n) = FrameHeader::decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().unwrap();
+        let (h, n) = FrameHeader::decode(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n), (65536, 10));
     }
 
@@ -208,8 +241,21 @@ mod tests {
     #[test]
     fn encode_uses_shortest_length_form() {
         let mut out = [0u8; MAX_HEADER_LEN];
-        for (len, expect) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (1 << 40, 10)] {
-            let h = FrameHeader { fin: true, rsv: 0, opcode: OpCode::Binary, mask: None, payload_len: len };
+        for (len, expect) in [
+            (0u64, 2),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+            (1 << 40, 10),
+        ] {
+            let h = FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: OpCode::Binary,
+                mask: None,
+                payload_len: len,
+            };
             let n = h.encode(&mut out);
             assert_eq!(n, expect, "len {len}");
             assert_eq!(FrameHeader::decode(&out[..n]), Ok(Some((h, n))));

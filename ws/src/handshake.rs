@@ -113,7 +113,8 @@ impl HttpError {
     /// 403 when the policy refuses the Origin.
     pub const FORBIDDEN_ORIGIN: HttpError = HttpError::new(403, "origin not allowed");
     /// 426 for a `Sec-WebSocket-Version` other than 13.
-    pub const UNSUPPORTED_VERSION: HttpError = HttpError::new(426, "only Sec-WebSocket-Version 13 is supported");
+    pub const UNSUPPORTED_VERSION: HttpError =
+        HttpError::new(426, "only Sec-WebSocket-Version 13 is supported");
     /// 405 for an upgrade attempt with a method other than GET.
     pub const METHOD_NOT_ALLOWED: HttpError = HttpError::new(405, "WebSocket upgrade requires GET");
 
@@ -141,7 +142,8 @@ impl std::fmt::Display for HttpError {
 
 /// Whether the comma-separated header value `list` holds `token` (ASCII case-insensitive).
 fn has_token(list: &[u8], token: &str) -> bool {
-    list.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    list.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Parses the request head in `buf` (all bytes received so far).
@@ -208,7 +210,11 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     }
 
     if !upgrade_ws && key.is_none() {
-        return Parsed::Http(HttpRequest { method, path, head_len });
+        return Parsed::Http(HttpRequest {
+            method,
+            path,
+            head_len,
+        });
     }
 
     let reject = |status, reason| Parsed::Reject(HttpError { status, reason });
@@ -240,14 +246,25 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     let key = std::str::from_utf8(key).expect("a valid key is base64 ASCII");
     let text = |v: Option<&'a [u8]>| v.and_then(|v| std::str::from_utf8(v).ok()).map(str::trim);
     let (origin, protocols, extensions) = (text(origin), text(protocols), text(extensions));
-    Parsed::Upgrade(UpgradeRequest { path, host, key, origin, protocols, extensions, head_len })
+    Parsed::Upgrade(UpgradeRequest {
+        path,
+        host,
+        key,
+        origin,
+        protocols,
+        extensions,
+        head_len,
+    })
 }
 
 /// A key is the base64 encoding of exactly 16 bytes: 24 characters ending in `==`.
 fn is_valid_key(key: &[u8]) -> bool {
     let mut raw = [0u8; 18];
     key.len() == 24
-        && matches!(base64::engine::general_purpose::STANDARD.decode_slice(key, &mut raw), Ok(16))
+        && matches!(
+            base64::engine::general_purpose::STANDARD.decode_slice(key, &mut raw),
+            Ok(16)
+        )
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key ++ GUID)), always 28 ASCII bytes.
@@ -268,7 +285,11 @@ pub fn accept_key(key: &str) -> [u8; 28] {
 /// the error response) into `out`. Returns the bytes written and whether the upgrade was accepted.
 /// `out` of 512 bytes is always enough unless the policy picks a subprotocol or extension string
 /// longer than 300 bytes; a response that does not fit `out` becomes a 500 error.
-pub fn respond(req: &UpgradeRequest<'_>, policy: &dyn UpgradePolicy, out: &mut [u8]) -> (usize, Result<(), HttpError>) {
+pub fn respond(
+    req: &UpgradeRequest<'_>,
+    policy: &dyn UpgradePolicy,
+    out: &mut [u8],
+) -> (usize, Result<(), HttpError>) {
     let refuse = |err: HttpError, out: &mut [u8]| (write_error_response(&err, out), Err(err));
     if !policy.route(req.path) {
         return refuse(HttpError::NOT_FOUND, out);
@@ -298,7 +319,10 @@ pub fn respond(req: &UpgradeRequest<'_>, policy: &dyn UpgradePolicy, out: &mut [
     })();
     match written {
         Ok(()) => (total - w.len(), Ok(())),
-        Err(_) => refuse(HttpError::new(500, "handshake response does not fit the buffer"), out),
+        Err(_) => refuse(
+            HttpError::new(500, "handshake response does not fit the buffer"),
+            out,
+        ),
     }
 }
 
@@ -310,20 +334,32 @@ pub fn write_error_response(err: &HttpError, out: &mut [u8]) -> usize {
     let write = |out: &mut [u8], body: &str| -> Option<usize> {
         let total = out.len();
         let mut w = out;
-        write!(w, "HTTP/1.1 {} {}\r\nConnection: close\r\n", err.status, err.status_text()).ok()?;
+        write!(
+            w,
+            "HTTP/1.1 {} {}\r\nConnection: close\r\n",
+            err.status,
+            err.status_text()
+        )
+        .ok()?;
         match err.status {
             426 => w.write_all(b"Sec-WebSocket-Version: 13\r\n").ok()?,
             405 => w.write_all(b"Allow: GET\r\n").ok()?,
             _ => {}
         }
         let body_len = if body.is_empty() { 0 } else { body.len() + 1 };
-        write!(w, "Content-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n").ok()?;
+        write!(
+            w,
+            "Content-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n"
+        )
+        .ok()?;
         if !body.is_empty() {
             writeln!(w, "{body}").ok()?;
         }
         Some(total - w.len())
     };
-    write(out, err.reason).or_else(|| write(out, "")).unwrap_or(0)
+    write(out, err.reason)
+        .or_else(|| write(out, ""))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -332,7 +368,10 @@ mod tests {
 
     #[test]
     fn rfc_accept_example() {
-        assert_eq!(&accept_key("dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            &accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -349,10 +388,21 @@ mod tests {
         let mut out = [0u8; 256];
         let n = write_error_response(&HttpError::UNSUPPORTED_VERSION, &mut out);
         let text = std::str::from_utf8(&out[..n]).unwrap();
-        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{text}"
+        );
         assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"));
         let body = text.split("\r\n\r\n").nth(1).unwrap();
-        let len: usize = text.split("Content-Length: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
+        let len: usize = text
+            .split("Content-Length: ")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(body.len(), len);
     }
 }

@@ -66,10 +66,10 @@ pub mod utf8;
 
 pub use close::CloseCode;
 pub use config::Limits;
+pub use connection::{App, Connection, Message, SessionRef, Wire};
 pub use frame::{FrameHeader, OpCode};
 pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
-pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
-pub use connection::{App, Connection, Message, SessionRef, Wire};
 pub use pending::PendingOutput;
+pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
 pub use settings::{Backpressure, Settings};
 pub use shard::{DeliverError, OutMessage, Shard, ShardSet, Transport, WorkerStats};

@@ -34,7 +34,9 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], phase: usize) -> usize {
         rest = blocks.into_remainder();
     }
     // Every step so far was a multiple of 4 bytes: the key phase is unchanged.
-    let word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let word = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut words = rest.chunks_exact_mut(8);
     for w in &mut words {
         let v = u64::from_ne_bytes(w.try_into().expect("8 bytes")) ^ word;
@@ -49,7 +51,12 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], phase: usize) -> usize {
 /// The key as seen from byte `phase` of it.
 #[inline]
 fn rotate_key(key: [u8; 4], phase: usize) -> [u8; 4] {
-    [key[phase & 3], key[(phase + 1) & 3], key[(phase + 2) & 3], key[(phase + 3) & 3]]
+    [
+        key[phase & 3],
+        key[(phase + 1) & 3],
+        key[(phase + 2) & 3],
+        key[(phase + 3) & 3],
+    ]
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ pub struct PendingOutput {
 
 impl std::fmt::Debug for PendingOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingOutput").field("len", &self.len()).field("capacity", &self.capacity()).finish()
+        f.debug_struct("PendingOutput")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .finish()
     }
 }
 

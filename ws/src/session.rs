@@ -165,11 +165,19 @@ impl Tx {
         x ^= x << 25;
         x ^= x >> 27;
         self.mask_rng = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_le_bytes()[..4].try_into().expect("4 bytes")
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32).to_le_bytes()[..4]
+            .try_into()
+            .expect("4 bytes")
     }
 
     /// Encodes and queues one frame; no state checks.
-    fn send<S: FrameSink + ?Sized>(&mut self, sink: &mut S, opcode: OpCode, fin: bool, payload: &[u8]) {
+    fn send<S: FrameSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) {
         let mut head = [0u8; MAX_HEADER_LEN];
         let mut header = FrameHeader::server(opcode, fin, payload.len());
         match self.role {
@@ -193,7 +201,12 @@ impl Tx {
     }
 
     /// Queues a Close frame with `code` (none: empty payload) and `reason` (≤ 123 bytes).
-    fn send_close<S: FrameSink + ?Sized>(&mut self, sink: &mut S, code: Option<CloseCode>, reason: &str) {
+    fn send_close<S: FrameSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        code: Option<CloseCode>,
+        reason: &str,
+    ) {
         let mut payload = [0u8; 125];
         let len = match code {
             None => 0,
@@ -209,7 +222,12 @@ impl Tx {
 
     /// Fails the connection: queues a Close with `code` (unless one was already sent) and ends the
     /// session.
-    fn fail<S: FrameSink + ?Sized>(&mut self, sink: &mut S, code: CloseCode, reason: &'static str) -> ProtocolError {
+    fn fail<S: FrameSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        code: CloseCode,
+        reason: &'static str,
+    ) -> ProtocolError {
         if self.state == State::Open {
             self.send_close(sink, Some(code), reason);
         }
@@ -230,7 +248,12 @@ impl<'s, S: FrameSink + ?Sized> Outgoing<'s, S> {
     /// Sends one raw frame, e.g. a fragment (`Text`/`Binary` with `fin = false`, then
     /// `Continuation`s). The caller keeps the fragmentation rules; control frames must be final
     /// and at most 125 bytes (`ControlTooLong` otherwise).
-    pub fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send_frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         if self.tx.state != State::Open {
             return Err(SendError::Closed);
         }
@@ -283,10 +306,19 @@ impl Session {
     }
 
     fn with_role(limits: Limits, role: Role, mask_seed: u64) -> Self {
-        let mask_rng = if mask_seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { mask_seed };
+        let mask_rng = if mask_seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            mask_seed
+        };
         Session {
             limits,
-            tx: Tx { state: State::Open, role, mask_rng, scratch: Vec::new() },
+            tx: Tx {
+                state: State::Open,
+                role,
+                mask_rng,
+                scratch: Vec::new(),
+            },
             rx: Rx::default(),
         }
     }
@@ -328,7 +360,12 @@ impl Session {
     /// is handed out as a sub-slice of `input`. Fragmented messages and frames larger than
     /// `inplace_frame_max` that arrive in pieces are assembled in the session's reusable buffer, or,
     /// beyond `ASSEMBLY_RETAIN`, in one borrowed from the thread's cache ([`crate::assembly`]).
-    pub fn receive<S, F>(&mut self, input: &mut [u8], sink: &mut S, mut on_event: F) -> Result<usize, ProtocolError>
+    pub fn receive<S, F>(
+        &mut self,
+        input: &mut [u8],
+        sink: &mut S,
+        mut on_event: F,
+    ) -> Result<usize, ProtocolError>
     where
         S: FrameSink + ?Sized,
         F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
@@ -357,7 +394,13 @@ impl Session {
             let (header, header_len) = match FrameHeader::decode(&input[pos..]) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
-                Err(_) => return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "64-bit frame length with the top bit set")),
+                Err(_) => {
+                    return Err(self.tx.fail(
+                        sink,
+                        CloseCode::PROTOCOL_ERROR,
+                        "64-bit frame length with the top bit set",
+                    ))
+                }
             };
             self.check_header(&header, sink)?;
             // check_header bounded payload_len by max_frame_size, a usize.
@@ -387,7 +430,11 @@ impl Session {
                         self.rx.utf8.reset();
                     }
                     if self.rx.utf8.feed(&payload[done..]).is_err() {
-                        return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
+                        return Err(self.tx.fail(
+                            sink,
+                            CloseCode::INVALID_PAYLOAD,
+                            "text is not valid UTF-8",
+                        ));
                     }
                     self.rx.inplace_done = payload.len();
                 }
@@ -404,7 +451,12 @@ impl Session {
                     let last = header.fin;
                     self.rx.assembly.reserve(self.rx.msg_len as usize, last);
                 }
-                self.rx.stream = Some(Streaming { fin: header.fin, remaining: len as u64, mask: header.mask, phase: 0 });
+                self.rx.stream = Some(Streaming {
+                    fin: header.fin,
+                    remaining: len as u64,
+                    mask: header.mask,
+                    phase: 0,
+                });
             }
         }
         if self.tx.state == State::Closed {
@@ -415,7 +467,10 @@ impl Session {
 
     /// Outgoing frames outside of `receive` (server-initiated sends, shutdown's close 1001).
     pub fn outgoing<'s, S: FrameSink + ?Sized>(&'s mut self, sink: &'s mut S) -> Outgoing<'s, S> {
-        Outgoing { tx: &mut self.tx, sink }
+        Outgoing {
+            tx: &mut self.tx,
+            sink,
+        }
     }
 
     /// Whether a data frame with `opcode` carries text.
@@ -432,7 +487,10 @@ impl Session {
         let violation = |code, reason| Some((code, reason));
         let in_message = self.rx.msg.is_some();
         let broken = if h.rsv != 0 {
-            violation(CloseCode::PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
+            violation(
+                CloseCode::PROTOCOL_ERROR,
+                "RSV bits set without a negotiated extension",
+            )
         } else if let OpCode::Reserved(_) = h.opcode {
             violation(CloseCode::PROTOCOL_ERROR, "reserved opcode")
         } else if self.tx.role == Role::Server && h.mask.is_none() {
@@ -442,15 +500,32 @@ impl Session {
         } else if h.opcode.is_control() && !h.fin {
             violation(CloseCode::PROTOCOL_ERROR, "fragmented control frame")
         } else if h.opcode.is_control() && h.payload_len > 125 {
-            violation(CloseCode::PROTOCOL_ERROR, "control frame payload over 125 bytes")
+            violation(
+                CloseCode::PROTOCOL_ERROR,
+                "control frame payload over 125 bytes",
+            )
         } else if h.opcode == OpCode::Continuation && !in_message {
-            violation(CloseCode::PROTOCOL_ERROR, "continuation frame without a message to continue")
+            violation(
+                CloseCode::PROTOCOL_ERROR,
+                "continuation frame without a message to continue",
+            )
         } else if matches!(h.opcode, OpCode::Text | OpCode::Binary) && in_message {
-            violation(CloseCode::PROTOCOL_ERROR, "new data frame inside a fragmented message")
+            violation(
+                CloseCode::PROTOCOL_ERROR,
+                "new data frame inside a fragmented message",
+            )
         } else if h.payload_len > self.limits.max_frame_size as u64 {
-            violation(CloseCode::MESSAGE_TOO_BIG, "frame larger than max_frame_size")
-        } else if !h.opcode.is_control() && self.message_len_with(h) > self.limits.max_message_size as u64 {
-            violation(CloseCode::MESSAGE_TOO_BIG, "message larger than max_message_size")
+            violation(
+                CloseCode::MESSAGE_TOO_BIG,
+                "frame larger than max_frame_size",
+            )
+        } else if !h.opcode.is_control()
+            && self.message_len_with(h) > self.limits.max_message_size as u64
+        {
+            violation(
+                CloseCode::MESSAGE_TOO_BIG,
+                "message larger than max_message_size",
+            )
         } else {
             None
         };
@@ -462,7 +537,11 @@ impl Session {
 
     /// Size of the message in progress once the data frame `h` is added.
     fn message_len_with(&self, h: &FrameHeader) -> u64 {
-        let before = if h.opcode == OpCode::Continuation { self.rx.msg_len } else { 0 };
+        let before = if h.opcode == OpCode::Continuation {
+            self.rx.msg_len
+        } else {
+            0
+        };
         before.saturating_add(h.payload_len)
     }
 
@@ -475,14 +554,25 @@ impl Session {
 
     /// Begins a message that goes through the assembly buffer.
     fn start_message(&mut self, opcode: OpCode) {
-        self.rx.msg = Some(if opcode == OpCode::Text { MsgKind::Text } else { MsgKind::Binary });
+        self.rx.msg = Some(if opcode == OpCode::Text {
+            MsgKind::Text
+        } else {
+            MsgKind::Binary
+        });
         self.rx.assembly.clear();
         self.rx.utf8.reset();
     }
 
     /// Handles a frame whose payload is whole and unmasked in the input buffer. `done` payload bytes
     /// were already UTF-8 checked while the frame was partial.
-    fn whole_frame<S, F>(&mut self, h: &FrameHeader, payload: &[u8], done: usize, sink: &mut S, on_event: &mut F) -> Step
+    fn whole_frame<S, F>(
+        &mut self,
+        h: &FrameHeader,
+        payload: &[u8],
+        done: usize,
+        sink: &mut S,
+        on_event: &mut F,
+    ) -> Step
     where
         S: FrameSink + ?Sized,
         F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
@@ -492,11 +582,23 @@ impl Session {
                 if self.tx.state == State::Open {
                     self.tx.send(sink, OpCode::Pong, true, payload);
                 }
-                on_event(Event::Ping(payload), &mut Outgoing { tx: &mut self.tx, sink });
+                on_event(
+                    Event::Ping(payload),
+                    &mut Outgoing {
+                        tx: &mut self.tx,
+                        sink,
+                    },
+                );
                 Ok(())
             }
             OpCode::Pong => {
-                on_event(Event::Pong(payload), &mut Outgoing { tx: &mut self.tx, sink });
+                on_event(
+                    Event::Pong(payload),
+                    &mut Outgoing {
+                        tx: &mut self.tx,
+                        sink,
+                    },
+                );
                 Ok(())
             }
             OpCode::Close => self.peer_close(payload, sink, on_event),
@@ -507,12 +609,24 @@ impl Session {
                 let event = if h.opcode == OpCode::Text {
                     match std::str::from_utf8(payload) {
                         Ok(text) => Event::Text(text),
-                        Err(_) => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8")),
+                        Err(_) => {
+                            return Err(self.tx.fail(
+                                sink,
+                                CloseCode::INVALID_PAYLOAD,
+                                "text is not valid UTF-8",
+                            ))
+                        }
                     }
                 } else {
                     Event::Binary(payload)
                 };
-                on_event(event, &mut Outgoing { tx: &mut self.tx, sink });
+                on_event(
+                    event,
+                    &mut Outgoing {
+                        tx: &mut self.tx,
+                        sink,
+                    },
+                );
                 Ok(())
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -520,7 +634,11 @@ impl Session {
                     // First fragment: keep the UTF-8 state of the bytes checked while partial.
                     let checked = std::mem::take(&mut self.rx.utf8);
                     self.start_message(h.opcode);
-                    self.rx.utf8 = if done > 0 { checked } else { Utf8Validator::new() };
+                    self.rx.utf8 = if done > 0 {
+                        checked
+                    } else {
+                        Utf8Validator::new()
+                    };
                 }
                 if done > 0 && self.tx.state == State::Open {
                     // Already UTF-8 checked while the frame was partial: append without re-feeding.
@@ -547,7 +665,9 @@ impl Session {
         }
         let kind = self.rx.msg.expect("a data piece belongs to a message");
         if kind == MsgKind::Text && self.rx.utf8.feed(piece).is_err() {
-            return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
+            return Err(self
+                .tx
+                .fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
         }
         self.rx.assembly.extend(piece);
         if !last {
@@ -556,12 +676,27 @@ impl Session {
         self.rx.msg = None;
         let event = match kind {
             MsgKind::Binary => Event::Binary(self.rx.assembly.as_slice()),
-            MsgKind::Text => match (self.rx.utf8.finish(), std::str::from_utf8(self.rx.assembly.as_slice())) {
+            MsgKind::Text => match (
+                self.rx.utf8.finish(),
+                std::str::from_utf8(self.rx.assembly.as_slice()),
+            ) {
                 (Ok(()), Ok(text)) => Event::Text(text),
-                _ => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8")),
+                _ => {
+                    return Err(self.tx.fail(
+                        sink,
+                        CloseCode::INVALID_PAYLOAD,
+                        "text is not valid UTF-8",
+                    ))
+                }
             },
         };
-        on_event(event, &mut Outgoing { tx: &mut self.tx, sink });
+        on_event(
+            event,
+            &mut Outgoing {
+                tx: &mut self.tx,
+                sink,
+            },
+        );
         self.rx.assembly.clear();
         Ok(())
     }
@@ -574,15 +709,31 @@ impl Session {
     {
         let (code, reason) = match payload {
             [] => (None, ""),
-            [_] => return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "close frame with a 1-byte payload")),
+            [_] => {
+                return Err(self.tx.fail(
+                    sink,
+                    CloseCode::PROTOCOL_ERROR,
+                    "close frame with a 1-byte payload",
+                ))
+            }
             [hi, lo, reason @ ..] => {
                 let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
                 if !code.is_sendable() {
-                    return Err(self.tx.fail(sink, CloseCode::PROTOCOL_ERROR, "invalid close code"));
+                    return Err(self.tx.fail(
+                        sink,
+                        CloseCode::PROTOCOL_ERROR,
+                        "invalid close code",
+                    ));
                 }
                 match std::str::from_utf8(reason) {
                     Ok(reason) => (Some(code), reason),
-                    Err(_) => return Err(self.tx.fail(sink, CloseCode::INVALID_PAYLOAD, "close reason is not valid UTF-8")),
+                    Err(_) => {
+                        return Err(self.tx.fail(
+                            sink,
+                            CloseCode::INVALID_PAYLOAD,
+                            "close reason is not valid UTF-8",
+                        ))
+                    }
                 }
             }
         };
@@ -590,7 +741,13 @@ impl Session {
             self.tx.send_close(sink, code, "");
         }
         self.tx.state = State::Closed;
-        on_event(Event::Close(code, reason), &mut Outgoing { tx: &mut self.tx, sink });
+        on_event(
+            Event::Close(code, reason),
+            &mut Outgoing {
+                tx: &mut self.tx,
+                sink,
+            },
+        );
         Ok(())
     }
 }

@@ -23,7 +23,11 @@ pub struct Backpressure {
 
 impl Default for Backpressure {
     fn default() -> Self {
-        Backpressure { soft_bytes: 1 << 20, hard_bytes: 4 << 20, timeout: Duration::from_secs(10) }
+        Backpressure {
+            soft_bytes: 1 << 20,
+            hard_bytes: 4 << 20,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 

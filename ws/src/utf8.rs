@@ -100,7 +100,11 @@ mod tests {
     fn code_points_split_at_every_position_are_accepted() {
         let text = "κόσμε €𝄞 a\u{7ff}\u{800}\u{ffff}\u{10000}\u{10ffff}".as_bytes();
         for split in 0..=text.len() {
-            assert_eq!(pieces_ok(&[&text[..split], &text[split..]]), Ok(()), "split {split}");
+            assert_eq!(
+                pieces_ok(&[&text[..split], &text[split..]]),
+                Ok(()),
+                "split {split}"
+            );
         }
         let bytes: Vec<&[u8]> = text.chunks(1).collect();
         assert_eq!(pieces_ok(&bytes), Ok(()));

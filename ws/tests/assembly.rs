@@ -61,7 +61,9 @@ impl FrameSink for CountingSink {
 
 /// A fingerprint of a payload, to check deliveries without keeping copies.
 fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(bytes.len() as u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64))
+    bytes.iter().fold(bytes.len() as u64, |h, &b| {
+        h.wrapping_mul(31).wrapping_add(b as u64)
+    })
 }
 
 /// Masked client frames for `messages`, each given as its fragments; returns the stream and the
@@ -71,7 +73,11 @@ fn encode(messages: &[(OpCode, Vec<Vec<u8>>)]) -> (Vec<u8>, Vec<u64>) {
     let mut prints = Vec::new();
     for (i, (opcode, fragments)) in messages.iter().enumerate() {
         for (f, payload) in fragments.iter().enumerate() {
-            let op = if f == 0 { *opcode } else { OpCode::Continuation };
+            let op = if f == 0 {
+                *opcode
+            } else {
+                OpCode::Continuation
+            };
             let key = [i as u8, f as u8, 0x5a, 0xa5];
             encode_client_frame(op, f + 1 == fragments.len(), payload, key, &mut stream);
         }
@@ -82,13 +88,21 @@ fn encode(messages: &[(OpCode, Vec<Vec<u8>>)]) -> (Vec<u8>, Vec<u64>) {
 
 /// Payload bytes that are valid UTF-8 text and differ per message.
 fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| b'a' + ((i + seed as usize) % 26) as u8).collect()
+    (0..len)
+        .map(|i| b'a' + ((i + seed as usize) % 26) as u8)
+        .collect()
 }
 
 /// Feeds `stream` to `session` the way a transport does: reads of at most `read` bytes into the
 /// fixed buffer `buf`, the unconsumed tail kept at its start. Checks every delivered message
 /// against `prints` (in order) and echoes it; returns the messages delivered. Allocates nothing.
-fn drive(session: &mut Session, stream: &[u8], read: usize, buf: &mut [u8], prints: &[u64]) -> usize {
+fn drive(
+    session: &mut Session,
+    stream: &[u8],
+    read: usize,
+    buf: &mut [u8],
+    prints: &[u64],
+) -> usize {
     let mut sink = CountingSink::default();
     let (mut at, mut kept, mut delivered) = (0, 0, 0);
     while at < stream.len() {
@@ -133,30 +147,57 @@ fn steady_large_messages_allocate_nothing_up_to_max_message_size() {
         // The largest message allowed, in one frame.
         (OpCode::Binary, vec![payload(max, 2)]),
         // Fragments whose total is not announced: the buffer grows while they arrive.
-        (OpCode::Text, vec![payload(40 << 10, 3), payload(100 << 10, 4), payload(300 << 10, 5)]),
+        (
+            OpCode::Text,
+            vec![
+                payload(40 << 10, 3),
+                payload(100 << 10, 4),
+                payload(300 << 10, 5),
+            ],
+        ),
         // Small fragments, then a small single frame: the session's own buffer and zero copy.
         (OpCode::Text, vec![payload(10, 6), payload(20, 7)]),
         (OpCode::Binary, vec![payload(1000, 8)]),
-        (OpCode::Binary, vec![payload(1 << 20, 9), payload(1 << 20, 10)]),
+        (
+            OpCode::Binary,
+            vec![payload(1 << 20, 9), payload(1 << 20, 10)],
+        ),
     ];
     let (stream, prints) = encode(&messages);
     let mut buf = read_buffer(READ);
     let mut session = Session::new(Limits::default());
     // Warm-up: the cache fills with the buffers these messages need.
-    assert_eq!(drive(&mut session, &stream, READ, &mut buf, &prints), messages.len());
+    assert_eq!(
+        drive(&mut session, &stream, READ, &mut buf, &prints),
+        messages.len()
+    );
     let warm = assembly::stats();
     assert!(warm.borrowed >= 4 && warm.cached_buffers >= 1, "{warm:?}");
     let before = allocations();
     for _ in 0..2 {
-        assert_eq!(drive(&mut session, &stream, READ, &mut buf, &prints), messages.len());
+        assert_eq!(
+            drive(&mut session, &stream, READ, &mut buf, &prints),
+            messages.len()
+        );
     }
     assert_eq!(allocations() - before, 0, "allocations in steady state");
     let steady = assembly::stats();
-    assert_eq!(steady.misses, warm.misses, "every large message found its buffer in the cache");
+    assert_eq!(
+        steady.misses, warm.misses,
+        "every large message found its buffer in the cache"
+    );
     assert_eq!(steady.grown, warm.grown, "no buffer grew in steady state");
-    assert_eq!(steady.hits - warm.hits, steady.borrowed - warm.borrowed, "every borrow a hit");
+    assert_eq!(
+        steady.hits - warm.hits,
+        steady.borrowed - warm.borrowed,
+        "every borrow a hit"
+    );
     // Between messages the session holds only its small buffer.
-    assert!(session.assembly_capacity() <= ASSEMBLY_RETAIN, "holds {}", session.assembly_capacity());
+    assert!(
+        session.assembly_capacity() <= ASSEMBLY_RETAIN,
+        "holds {}",
+        session.assembly_capacity()
+    );
 }
 
 #[test]
@@ -171,16 +212,36 @@ fn a_large_message_borrows_a_buffer_and_gives_it_back() {
     // announced length at once.
     let half = stream.len() / 2;
     assert_eq!(drive(&mut session, &stream[..READ], READ, &mut buf, &[]), 0);
-    assert!(session.assembly_capacity() >= 1 << 20, "pre-sized: {}", session.assembly_capacity());
+    assert!(
+        session.assembly_capacity() >= 1 << 20,
+        "pre-sized: {}",
+        session.assembly_capacity()
+    );
     let during = assembly::stats();
-    assert_eq!((during.borrowed, during.misses), (start.borrowed + 1, start.misses + 1));
+    assert_eq!(
+        (during.borrowed, during.misses),
+        (start.borrowed + 1, start.misses + 1)
+    );
     assert_eq!(during.cached_buffers, 0);
-    assert_eq!(drive(&mut session, &stream[READ..half], READ, &mut buf, &[]), 0);
-    assert_eq!(assembly::stats().grown, start.grown, "a pre-sized buffer does not grow");
-    assert_eq!(drive(&mut session, &stream[half..], READ, &mut buf, &prints), 1);
+    assert_eq!(
+        drive(&mut session, &stream[READ..half], READ, &mut buf, &[]),
+        0
+    );
+    assert_eq!(
+        assembly::stats().grown,
+        start.grown,
+        "a pre-sized buffer does not grow"
+    );
+    assert_eq!(
+        drive(&mut session, &stream[half..], READ, &mut buf, &prints),
+        1
+    );
     // Delivered: the buffer is back in the cache, the session keeps at most its small buffer.
     let after = assembly::stats();
-    assert_eq!((after.returned, after.cached_buffers), (start.returned + 1, 1));
+    assert_eq!(
+        (after.returned, after.cached_buffers),
+        (start.returned + 1, 1)
+    );
     assert!(after.cached_bytes >= 1 << 20);
     assert!(session.assembly_capacity() <= ASSEMBLY_RETAIN);
     // The next one reuses it.
@@ -196,7 +257,10 @@ fn a_large_message_borrows_a_buffer_and_gives_it_back() {
 
     // Messages that fit ASSEMBLY_RETAIN never borrow.
     let borrowed = assembly::stats().borrowed;
-    let small = vec![(OpCode::Binary, vec![payload(20 << 10, 1), payload(30 << 10, 2)])];
+    let small = vec![(
+        OpCode::Binary,
+        vec![payload(20 << 10, 1), payload(30 << 10, 2)],
+    )];
     let (stream, prints) = encode(&small);
     let mut session = Session::new(Limits::default());
     assert_eq!(drive(&mut session, &stream, 1000, &mut buf, &prints), 1);
@@ -211,7 +275,9 @@ fn the_cache_is_bounded_per_thread() {
     let (stream, prints) = encode(&[(OpCode::Binary, vec![payload(2 << 20, 0)])]);
     let mut buf = read_buffer(READ);
     // More sessions in the middle of a large message at once than the cache keeps buffers.
-    let mut sessions: Vec<Session> = (0..CACHE_MAX_BUFFERS + 2).map(|_| Session::new(Limits::default())).collect();
+    let mut sessions: Vec<Session> = (0..CACHE_MAX_BUFFERS + 2)
+        .map(|_| Session::new(Limits::default()))
+        .collect();
     for s in &mut sessions {
         assert_eq!(drive(s, &stream[..READ], READ, &mut buf, &[]), 0);
     }
@@ -219,9 +285,16 @@ fn the_cache_is_bounded_per_thread() {
         assert_eq!(drive(s, &stream[READ..], READ, &mut buf, &prints), 1);
     }
     let after = assembly::stats();
-    assert_eq!(after.borrowed - start.borrowed, CACHE_MAX_BUFFERS as u64 + 2);
+    assert_eq!(
+        after.borrowed - start.borrowed,
+        CACHE_MAX_BUFFERS as u64 + 2
+    );
     assert_eq!(after.cached_buffers, CACHE_MAX_BUFFERS);
-    assert_eq!(after.freed - start.freed, 2, "the buffers beyond the bound are freed");
+    assert_eq!(
+        after.freed - start.freed,
+        2,
+        "the buffers beyond the bound are freed"
+    );
     assert!(after.cached_bytes <= CACHE_MAX_BYTES);
     for s in &sessions {
         assert!(s.assembly_capacity() <= ASSEMBLY_RETAIN);
@@ -230,7 +303,9 @@ fn the_cache_is_bounded_per_thread() {
     assembly::trim();
     let max = Limits::default().max_message_size;
     let (stream, prints) = encode(&[(OpCode::Binary, vec![payload(max, 1)])]);
-    let mut sessions: Vec<Session> = (0..CACHE_MAX_BUFFERS + 1).map(|_| Session::new(Limits::default())).collect();
+    let mut sessions: Vec<Session> = (0..CACHE_MAX_BUFFERS + 1)
+        .map(|_| Session::new(Limits::default()))
+        .collect();
     for s in &mut sessions {
         drive(s, &stream[..READ], READ, &mut buf, &[]);
     }
@@ -238,7 +313,16 @@ fn the_cache_is_bounded_per_thread() {
         assert_eq!(drive(s, &stream[READ..], READ, &mut buf, &prints), 1);
     }
     let full = assembly::stats();
-    assert!(full.cached_bytes <= CACHE_MAX_BYTES && full.cached_buffers <= CACHE_MAX_BUFFERS, "{full:?}");
+    assert!(
+        full.cached_bytes <= CACHE_MAX_BYTES && full.cached_buffers <= CACHE_MAX_BUFFERS,
+        "{full:?}"
+    );
     assembly::trim();
-    assert_eq!((assembly::stats().cached_buffers, assembly::stats().cached_bytes), (0, 0));
+    assert_eq!(
+        (
+            assembly::stats().cached_buffers,
+            assembly::stats().cached_bytes
+        ),
+        (0, 0)
+    );
 }

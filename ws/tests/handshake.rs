@@ -1,7 +1,9 @@
 //! The opening handshake: incremental parsing, every rejection with its status, the policy hooks
 //! and well-formed HTTP answers.
 
-use hioload_wsproto::handshake::{parse_request, respond, write_error_response, HttpError, Parsed, UpgradePolicy};
+use hioload_wsproto::handshake::{
+    parse_request, respond, write_error_response, HttpError, Parsed, UpgradePolicy,
+};
 use hioload_wsproto::Limits;
 
 const GOOD: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
@@ -16,7 +18,10 @@ fn parse(req: &str) -> Parsed<'_> {
 fn with_header(name: &str, value: Option<&str>) -> String {
     let mut out = String::new();
     for line in GOOD.split_inclusive("\r\n") {
-        if line.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())) {
+        if line
+            .to_ascii_lowercase()
+            .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        {
             if let Some(v) = value {
                 out.push_str(&format!("{name}: {v}\r\n"));
             }
@@ -36,7 +41,9 @@ fn status(req: &str) -> u16 {
 
 #[test]
 fn valid_request_parses_with_all_fields() {
-    let Parsed::Upgrade(req) = parse(GOOD) else { panic!() };
+    let Parsed::Upgrade(req) = parse(GOOD) else {
+        panic!()
+    };
     assert_eq!(req.path, "/chat?room=1");
     assert_eq!(req.host, "server.example.com");
     assert_eq!(req.key, "dGhlIHNhbXBsZSBub25jZQ==");
@@ -51,10 +58,22 @@ fn incremental_parsing_is_partial_until_the_head_ends() {
     let mut bytes = GOOD.as_bytes().to_vec();
     bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // the first frame already arrived
     for end in 0..GOOD.len() {
-        assert!(matches!(parse_request(&bytes[..end], &Limits::default()), Parsed::Partial), "cut at {end}");
+        assert!(
+            matches!(
+                parse_request(&bytes[..end], &Limits::default()),
+                Parsed::Partial
+            ),
+            "cut at {end}"
+        );
     }
-    let Parsed::Upgrade(req) = parse_request(&bytes, &Limits::default()) else { panic!() };
-    assert_eq!(req.head_len, GOOD.len(), "bytes after the head belong to the WebSocket stream");
+    let Parsed::Upgrade(req) = parse_request(&bytes, &Limits::default()) else {
+        panic!()
+    };
+    assert_eq!(
+        req.head_len,
+        GOOD.len(),
+        "bytes after the head belong to the WebSocket stream"
+    );
 }
 
 #[test]
@@ -67,11 +86,22 @@ fn header_tokens_are_case_insensitive_lists() {
 #[test]
 fn non_upgrade_requests_go_to_the_caller() {
     let metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
-    let Parsed::Http(r) = parse(metrics) else { panic!() };
-    assert_eq!((r.method, r.path, r.head_len), ("GET", "/metrics", metrics.len()));
-    assert!(matches!(parse("POST /debug/probes HTTP/1.0\r\n\r\n"), Parsed::Http(_)));
+    let Parsed::Http(r) = parse(metrics) else {
+        panic!()
+    };
+    assert_eq!(
+        (r.method, r.path, r.head_len),
+        ("GET", "/metrics", metrics.len())
+    );
+    assert!(matches!(
+        parse("POST /debug/probes HTTP/1.0\r\n\r\n"),
+        Parsed::Http(_)
+    ));
     // An Upgrade to another protocol is not ours either.
-    assert!(matches!(parse("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"), Parsed::Http(_)));
+    assert!(matches!(
+        parse("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"),
+        Parsed::Http(_)
+    ));
 }
 
 #[test]
@@ -87,12 +117,19 @@ fn upgrade_over_http_1_0_is_400() {
 #[test]
 fn missing_or_repeated_host_is_400() {
     assert_eq!(status(&with_header("Host", None)), 400);
-    assert_eq!(status(&GOOD.replacen("Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n", 1)), 400);
+    assert_eq!(
+        status(&GOOD.replacen("Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n", 1)),
+        400
+    );
 }
 
 #[test]
 fn missing_upgrade_or_connection_token_is_400() {
-    assert_eq!(status(&with_header("Upgrade", None)), 400, "key without Upgrade");
+    assert_eq!(
+        status(&with_header("Upgrade", None)),
+        400,
+        "key without Upgrade"
+    );
     assert_eq!(status(&with_header("Upgrade", Some("websocket2"))), 400);
     assert_eq!(status(&with_header("Connection", None)), 400);
     assert_eq!(status(&with_header("Connection", Some("keep-alive"))), 400);
@@ -100,27 +137,60 @@ fn missing_upgrade_or_connection_token_is_400() {
 
 #[test]
 fn wrong_or_missing_version_is_426() {
-    assert_eq!(status(&with_header("Sec-WebSocket-Version", Some("8"))), 426);
+    assert_eq!(
+        status(&with_header("Sec-WebSocket-Version", Some("8"))),
+        426
+    );
     assert_eq!(status(&with_header("Sec-WebSocket-Version", None)), 426);
-    assert_eq!(status(&with_header("Sec-WebSocket-Version", Some("13, 8"))), 426);
+    assert_eq!(
+        status(&with_header("Sec-WebSocket-Version", Some("13, 8"))),
+        426
+    );
 }
 
 #[test]
 fn bad_key_is_400() {
     assert_eq!(status(&with_header("Sec-WebSocket-Key", None)), 400);
-    assert_eq!(status(&with_header("Sec-WebSocket-Key", Some("dGhlIHNhbXBsZSBub25jZQ"))), 400);
-    assert_eq!(status(&with_header("Sec-WebSocket-Key", Some("dGhlIHNhbXBsZSBub25jZXg="))), 400);
-    assert_eq!(status(&with_header("Sec-WebSocket-Key", Some("not base64 at all!!!!!=="))), 400);
+    assert_eq!(
+        status(&with_header(
+            "Sec-WebSocket-Key",
+            Some("dGhlIHNhbXBsZSBub25jZQ")
+        )),
+        400
+    );
+    assert_eq!(
+        status(&with_header(
+            "Sec-WebSocket-Key",
+            Some("dGhlIHNhbXBsZSBub25jZXg=")
+        )),
+        400
+    );
+    assert_eq!(
+        status(&with_header(
+            "Sec-WebSocket-Key",
+            Some("not base64 at all!!!!!==")
+        )),
+        400
+    );
 }
 
 #[test]
 fn oversized_head_is_431() {
     let limits = Limits::default();
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n", "a".repeat(limits.max_head_bytes));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n",
+        "a".repeat(limits.max_head_bytes)
+    );
     // Still incomplete, but already over the limit: refused without waiting for the end.
-    assert_eq!(parse_request(big.as_bytes(), &limits).reject_status(), Some(431));
+    assert_eq!(
+        parse_request(big.as_bytes(), &limits).reject_status(),
+        Some(431)
+    );
     let complete = format!("{big}\r\n");
-    assert_eq!(parse_request(complete.as_bytes(), &limits).reject_status(), Some(431));
+    assert_eq!(
+        parse_request(complete.as_bytes(), &limits).reject_status(),
+        Some(431)
+    );
 }
 
 #[test]
@@ -131,15 +201,24 @@ fn too_many_headers_is_431() {
     }
     req.push_str("\r\n");
     assert_eq!(status(&req), 431);
-    let limits = Limits { max_headers: 100, ..Limits::default() };
-    assert!(matches!(parse_request(req.as_bytes(), &limits), Parsed::Http(_)));
+    let limits = Limits {
+        max_headers: 100,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        parse_request(req.as_bytes(), &limits),
+        Parsed::Http(_)
+    ));
 }
 
 #[test]
 fn malformed_http_is_400() {
     assert_eq!(status("GET / HTTP/1.1\r\nHost x\r\n\r\n"), 400);
     let tls_client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
-    assert_eq!(parse_request(tls_client_hello, &Limits::default()).reject_status(), Some(400));
+    assert_eq!(
+        parse_request(tls_client_hello, &Limits::default()).reject_status(),
+        Some(400)
+    );
 }
 
 trait RejectStatus {
@@ -178,7 +257,9 @@ impl UpgradePolicy for Policy {
 }
 
 fn answer(req: &str, policy: &dyn UpgradePolicy) -> (String, Result<(), HttpError>) {
-    let Parsed::Upgrade(r) = parse(req) else { panic!() };
+    let Parsed::Upgrade(r) = parse(req) else {
+        panic!()
+    };
     let mut out = [0u8; 512];
     let (n, result) = respond(&r, policy, &mut out);
     (String::from_utf8(out[..n].to_vec()).unwrap(), result)
@@ -186,15 +267,29 @@ fn answer(req: &str, policy: &dyn UpgradePolicy) -> (String, Result<(), HttpErro
 
 #[test]
 fn policy_selects_subprotocol_and_extension() {
-    let req = GOOD.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    let req = GOOD.replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    );
     let (text, result) = answer(&req, &Policy);
     assert_eq!(result, Ok(()));
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut resp = httparse::Response::new(&mut headers);
-    assert_eq!(resp.parse(text.as_bytes()).unwrap(), httparse::Status::Complete(text.len()));
+    assert_eq!(
+        resp.parse(text.as_bytes()).unwrap(),
+        httparse::Status::Complete(text.len())
+    );
     assert_eq!(resp.code, Some(101));
-    let get = |name: &str| resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    assert_eq!(get("Sec-WebSocket-Accept"), Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..]));
+    let get = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    assert_eq!(
+        get("Sec-WebSocket-Accept"),
+        Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
+    );
     assert_eq!(get("Sec-WebSocket-Protocol"), Some(&b"superchat"[..]));
     assert_eq!(get("Sec-WebSocket-Extensions"), Some(&b"x-test"[..]));
     assert_eq!(get("Upgrade"), Some(&b"websocket"[..]));
@@ -236,9 +331,17 @@ fn error_responses_are_complete_http() {
             httparse::Status::Partial => panic!("incomplete {err:?}"),
         };
         assert_eq!(resp.code, Some(err.status));
-        let get = |name: &str| resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+        let get = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
         assert_eq!(get("Connection"), Some(&b"close"[..]));
-        let len: usize = std::str::from_utf8(get("Content-Length").unwrap()).unwrap().parse().unwrap();
+        let len: usize = std::str::from_utf8(get("Content-Length").unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(n - head, len);
         assert_eq!(get("Sec-WebSocket-Version").is_some(), err.status == 426);
     }

@@ -14,15 +14,32 @@ fn opcode() -> impl Strategy<Value = OpCode> {
 
 fn header() -> impl Strategy<Value = FrameHeader> {
     let len = prop_oneof![0u64..130, 120u64..70_000, 0u64..(1 << 63)];
-    (any::<bool>(), 0u8..8, opcode(), proptest::option::of(any::<[u8; 4]>()), len)
-        .prop_map(|(fin, rsv, opcode, mask, payload_len)| FrameHeader { fin, rsv, opcode, mask, payload_len })
+    (
+        any::<bool>(),
+        0u8..8,
+        opcode(),
+        proptest::option::of(any::<[u8; 4]>()),
+        len,
+    )
+        .prop_map(|(fin, rsv, opcode, mask, payload_len)| FrameHeader {
+            fin,
+            rsv,
+            opcode,
+            mask,
+            payload_len,
+        })
 }
 
 /// What a well-behaved client sends.
 #[derive(Clone, Debug)]
 enum Item {
     /// A data message split at the given fragment sizes, with pings between fragments.
-    Message { text: bool, data: Vec<u8>, cuts: Vec<usize>, ping_between: bool },
+    Message {
+        text: bool,
+        data: Vec<u8>,
+        cuts: Vec<usize>,
+        ping_between: bool,
+    },
     Ping(Vec<u8>),
     Pong(Vec<u8>),
 }
@@ -64,7 +81,12 @@ fn encode(items: &[Item], seed: u32) -> (Vec<u8>, Vec<Ev>) {
                 encode_client_frame(OpCode::Pong, true, p, next_key(), &mut wire);
                 events.push(Ev::Pong(p.clone()));
             }
-            Item::Message { text, data, cuts, ping_between } => {
+            Item::Message {
+                text,
+                data,
+                cuts,
+                ping_between,
+            } => {
                 let mut pieces = Vec::new();
                 let mut rest = &data[..];
                 for cut in cuts {

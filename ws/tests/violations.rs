@@ -11,7 +11,11 @@ fn fails_with(bytes: &[u8], code: u16) -> Driver {
     let mut d = Driver::server();
     let err = d.feed(bytes).expect_err("the session must fail");
     assert_eq!(err.code.0, code, "{}", err.reason);
-    assert_eq!(d.sent_close(), Some(Some(code)), "a Close with {code} is queued");
+    assert_eq!(
+        d.sent_close(),
+        Some(Some(code)),
+        "a Close with {code} is queued"
+    );
     assert_eq!(d.session.state(), State::Closed);
     d
 }
@@ -49,7 +53,10 @@ fn fragmented_control_frames_are_1002() {
     // Autobahn 5.1 (ping) and 5.2 (pong).
     fails_with(&client(OpCode::Ping, false, b"frag"), 1002);
     fails_with(&client(OpCode::Pong, false, b"frag"), 1002);
-    fails_with(&client(OpCode::Close, false, &close_payload(1000, b"")), 1002);
+    fails_with(
+        &client(OpCode::Close, false, &close_payload(1000, b"")),
+        1002,
+    );
 }
 
 #[test]
@@ -60,7 +67,10 @@ fn control_frame_over_125_bytes_is_1002() {
     assert_eq!(d.sent()[0].payload, vec![0xfe; 125]);
     fails_with(&client(OpCode::Ping, true, &[0xfe; 126]), 1002);
     // Autobahn 7.3.6: a close with a 124-byte reason.
-    fails_with(&client(OpCode::Close, true, &close_payload(1000, &[b'*'; 124])), 1002);
+    fails_with(
+        &client(OpCode::Close, true, &close_payload(1000, &[b'*'; 124])),
+        1002,
+    );
 }
 
 #[test]
@@ -106,8 +116,11 @@ fn invalid_utf8_fails_fast_at_the_bad_fragment() {
     // Autobahn 6.4.1/6.4.2: three fragments; the second makes the text invalid. The session must
     // fail on the second, before the third arrives.
     let mut d = Driver::server();
-    d.feed(&client(OpCode::Text, false, "κόσμε".as_bytes())).unwrap();
-    let err = d.feed(&client(OpCode::Continuation, false, b"\xf4\x90\x80\x80")).unwrap_err();
+    d.feed(&client(OpCode::Text, false, "κόσμε".as_bytes()))
+        .unwrap();
+    let err = d
+        .feed(&client(OpCode::Continuation, false, b"\xf4\x90\x80\x80"))
+        .unwrap_err();
     assert_eq!(err.code, CloseCode::INVALID_PAYLOAD);
     assert_eq!(d.sent_close(), Some(Some(1007)));
     assert!(d.events.is_empty());
@@ -117,7 +130,8 @@ fn invalid_utf8_fails_fast_at_the_bad_fragment() {
 fn invalid_utf8_fails_fast_within_chops_of_one_frame() {
     // Autobahn 6.4.3/6.4.4: one small frame sent in chops; fail on the chop with the bad byte,
     // while the frame is still incomplete.
-    let payload = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80\x65\x64\x69\x74\x65\x64";
+    let payload =
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80\x65\x64\x69\x74\x65\x64";
     let frame = client(OpCode::Text, true, payload);
     let mut d = Driver::server();
     d.feed(&frame[..6 + 11]).unwrap(); // header + valid prefix: still waiting
@@ -160,7 +174,10 @@ fn code_point_cut_at_message_end_is_1007() {
 
 #[test]
 fn frame_over_max_frame_size_is_1009() {
-    let limits = Limits { max_frame_size: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_frame_size: 1000,
+        ..Limits::default()
+    };
     let mut d = Driver::new(limits);
     d.feed(&client(OpCode::Binary, true, &[0; 1000])).unwrap();
     // Refused from the header alone, before the payload arrives.
@@ -176,10 +193,19 @@ fn frame_over_max_frame_size_is_1009() {
 
 #[test]
 fn message_over_max_message_size_is_1009() {
-    let limits = Limits { max_message_size: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_message_size: 1000,
+        ..Limits::default()
+    };
     let mut d = Driver::new(limits);
     d.feed(&client(OpCode::Binary, false, &[0; 600])).unwrap();
-    assert_eq!(d.feed(&client(OpCode::Continuation, true, &[0; 401])).unwrap_err().code.0, 1009);
+    assert_eq!(
+        d.feed(&client(OpCode::Continuation, true, &[0; 401]))
+            .unwrap_err()
+            .code
+            .0,
+        1009
+    );
     assert_eq!(d.sent_close(), Some(Some(1009)));
 }
 
@@ -192,8 +218,13 @@ fn close_with_one_byte_payload_is_1002() {
 #[test]
 fn close_with_invalid_code_is_1002() {
     // Autobahn 7.9.x plus the neighbours of every valid range.
-    for code in [0u16, 999, 1004, 1005, 1006, 1012, 1016, 1100, 2000, 2999, 5000, 65535] {
-        fails_with(&client(OpCode::Close, true, &close_payload(code, b"")), 1002);
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1012, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        fails_with(
+            &client(OpCode::Close, true, &close_payload(code, b"")),
+            1002,
+        );
     }
 }
 
@@ -201,22 +232,33 @@ fn close_with_invalid_code_is_1002() {
 fn close_with_invalid_utf8_reason_is_1007() {
     // Autobahn 7.5.1.
     let reason = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited";
-    fails_with(&client(OpCode::Close, true, &close_payload(1000, reason)), 1007);
+    fails_with(
+        &client(OpCode::Close, true, &close_payload(1000, reason)),
+        1007,
+    );
 }
 
 #[test]
 fn valid_close_codes_are_echoed() {
     // Autobahn 7.7.x; 7.3.3–7.3.5 (code only, reason, 123-byte reason).
-    for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+    ] {
         let mut d = Driver::server();
-        d.feed(&client(OpCode::Close, true, &close_payload(code, b""))).unwrap();
+        d.feed(&client(OpCode::Close, true, &close_payload(code, b"")))
+            .unwrap();
         assert_eq!(d.events, vec![Ev::Close(Some(code), String::new())]);
         assert_eq!(d.sent_close(), Some(Some(code)));
         assert_eq!(d.session.state(), State::Closed);
     }
     let mut d = Driver::server();
     let reason = "*".repeat(123);
-    d.feed(&client(OpCode::Close, true, &close_payload(1000, reason.as_bytes()))).unwrap();
+    d.feed(&client(
+        OpCode::Close,
+        true,
+        &close_payload(1000, reason.as_bytes()),
+    ))
+    .unwrap();
     assert_eq!(d.events, vec![Ev::Close(Some(1000), reason)]);
 }
 
@@ -241,7 +283,10 @@ fn nothing_is_processed_or_sent_after_the_peer_close() {
     d.feed(&stream).unwrap();
     assert_eq!(d.events, vec![Ev::Close(Some(1000), String::new())]);
     assert_eq!(d.sent().len(), 1);
-    assert!(d.buf.is_empty(), "input after Closed is consumed and dropped");
+    assert!(
+        d.buf.is_empty(),
+        "input after Closed is consumed and dropped"
+    );
     let mut out = Vec::new();
     let mut tx = d.session.outgoing(&mut out);
     assert_eq!(tx.send_text("x"), Err(SendError::Closed));
@@ -255,28 +300,51 @@ fn server_initiated_close_drops_data_until_the_peer_close() {
     let mut d = Driver::server();
     let mut out = Vec::new();
     let mut tx = d.session.outgoing(&mut out);
-    assert_eq!(tx.close(CloseCode(999), ""), Err(SendError::InvalidCloseCode));
-    assert_eq!(tx.close(CloseCode::NORMAL, &"x".repeat(124)), Err(SendError::ControlTooLong));
+    assert_eq!(
+        tx.close(CloseCode(999), ""),
+        Err(SendError::InvalidCloseCode)
+    );
+    assert_eq!(
+        tx.close(CloseCode::NORMAL, &"x".repeat(124)),
+        Err(SendError::ControlTooLong)
+    );
     tx.close(CloseCode::GOING_AWAY, "shutdown").unwrap();
     assert_eq!(tx.state(), State::Closing);
     assert_eq!(tx.send_binary(b"x"), Err(SendError::Closed));
-    assert_eq!(server_frames(&out)[0].payload, close_payload(1001, b"shutdown"));
+    assert_eq!(
+        server_frames(&out)[0].payload,
+        close_payload(1001, b"shutdown")
+    );
 
     d.feed(&client(OpCode::Text, true, b"ignored")).unwrap();
     d.feed(&client(OpCode::Binary, false, b"ignored")).unwrap();
-    d.feed(&client(OpCode::Continuation, true, b"ignored")).unwrap();
+    d.feed(&client(OpCode::Continuation, true, b"ignored"))
+        .unwrap();
     d.feed(&client(OpCode::Ping, true, b"p")).unwrap();
     assert_eq!(d.session.state(), State::Closing);
-    d.feed(&client(OpCode::Close, true, &close_payload(1001, b""))).unwrap();
+    d.feed(&client(OpCode::Close, true, &close_payload(1001, b"")))
+        .unwrap();
     assert_eq!(d.session.state(), State::Closed);
-    assert_eq!(d.events, vec![Ev::Ping(b"p".to_vec()), Ev::Close(Some(1001), String::new())]);
-    assert!(d.out.is_empty(), "no echo, no pong and no second close after our close");
+    assert_eq!(
+        d.events,
+        vec![
+            Ev::Ping(b"p".to_vec()),
+            Ev::Close(Some(1001), String::new())
+        ]
+    );
+    assert!(
+        d.out.is_empty(),
+        "no echo, no pong and no second close after our close"
+    );
 }
 
 #[test]
 fn violation_while_closing_sends_no_second_close() {
     let mut d = Driver::server();
-    d.session.outgoing(&mut Vec::new()).close(CloseCode::NORMAL, "").unwrap();
+    d.session
+        .outgoing(&mut Vec::new())
+        .close(CloseCode::NORMAL, "")
+        .unwrap();
     let err = d.feed(&client_raw(0xC1, b"x")).unwrap_err();
     assert_eq!(err.code.0, 1002);
     assert!(d.out.is_empty());
@@ -312,7 +380,10 @@ fn control_frames_inside_a_fragmented_message() {
             ]
         );
         let sent = d.sent();
-        assert_eq!((sent[0].opcode, sent[0].payload.as_slice()), (OpCode::Pong, &b"ping1"[..]));
+        assert_eq!(
+            (sent[0].opcode, sent[0].payload.as_slice()),
+            (OpCode::Pong, &b"ping1"[..])
+        );
         assert_eq!(sent[1].payload, b"fragment1fragment2fragment3");
     }
 }
@@ -322,7 +393,8 @@ fn ping_with_empty_payload_and_binary_ping() {
     // Autobahn 2.2/2.3.
     let mut d = Driver::server();
     d.feed(&client(OpCode::Ping, true, b"")).unwrap();
-    d.feed(&client(OpCode::Ping, true, &[0x00, 0xff, 0xfe, 0xfd])).unwrap();
+    d.feed(&client(OpCode::Ping, true, &[0x00, 0xff, 0xfe, 0xfd]))
+        .unwrap();
     let sent = d.sent();
     assert_eq!(sent[0].payload, b"");
     assert_eq!(sent[1].payload, [0x00, 0xff, 0xfe, 0xfd]);

@@ -44,16 +44,26 @@ fn partial_small_frame_is_left_unconsumed_until_whole() {
     let frame = client(OpCode::Binary, true, &[9u8; 1000]);
     let mut session = Session::new(Limits::default());
     let mut input = frame[..500].to_vec();
-    let consumed = session.receive(&mut input, &mut Vec::new(), |_, _| panic!("no event yet")).unwrap();
+    let consumed = session
+        .receive(&mut input, &mut Vec::new(), |_, _| panic!("no event yet"))
+        .unwrap();
     assert_eq!(consumed, 0);
     // A partial header, too.
     let mut header_only = frame[..1].to_vec();
-    assert_eq!(Session::new(Limits::default()).receive(&mut header_only, &mut Vec::new(), |_, _| {}).unwrap(), 0);
+    assert_eq!(
+        Session::new(Limits::default())
+            .receive(&mut header_only, &mut Vec::new(), |_, _| {})
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
 fn retained_tail_never_exceeds_inplace_frame_max_and_large_frames_stream() {
-    let limits = Limits { inplace_frame_max: 4096, ..Limits::default() };
+    let limits = Limits {
+        inplace_frame_max: 4096,
+        ..Limits::default()
+    };
     let mut stream = Vec::new();
     let sizes = [0usize, 1, 125, 126, 4000, 4096, 5000, 65536, 300_000];
     for (i, n) in sizes.iter().enumerate() {
@@ -70,7 +80,11 @@ fn retained_tail_never_exceeds_inplace_frame_max_and_large_frames_stream() {
             assert_eq!(ev, &Ev::Binary(data), "message {i} in pieces of {piece}");
         }
         // A retained partial frame is at most inplace_frame_max; plus a read it fits 2x that.
-        assert!(d.max_retained <= 4096, "retained {} with pieces of {piece}", d.max_retained);
+        assert!(
+            d.max_retained <= 4096,
+            "retained {} with pieces of {piece}",
+            d.max_retained
+        );
     }
 }
 
@@ -82,7 +96,11 @@ fn assembly_capacity_is_given_back_after_a_big_message() {
     d.feed(&client(OpCode::Binary, false, &big)).unwrap();
     d.feed(&client(OpCode::Continuation, true, &big)).unwrap();
     assert_eq!(d.events.len(), 1);
-    assert!(d.session.assembly_capacity() <= ASSEMBLY_RETAIN, "kept {}", d.session.assembly_capacity());
+    assert!(
+        d.session.assembly_capacity() <= ASSEMBLY_RETAIN,
+        "kept {}",
+        d.session.assembly_capacity()
+    );
     // Small fragmented messages reuse the buffer without growing it.
     d.feed(&client(OpCode::Text, false, b"a")).unwrap();
     d.feed(&client(OpCode::Continuation, true, b"b")).unwrap();
@@ -96,9 +114,12 @@ fn sixteen_mib_message_is_accepted_and_one_byte_more_is_not() {
     d.echo = false;
     let max = Limits::default().max_message_size;
     let data = vec![b'x'; max];
-    d.feed_in_pieces(&client(OpCode::Text, true, &data), &[1 << 16]).unwrap();
+    d.feed_in_pieces(&client(OpCode::Text, true, &data), &[1 << 16])
+        .unwrap();
     assert!(matches!(&d.events[0], Ev::Text(t) if t.len() == max));
     let mut d = Driver::server();
-    let err = d.feed(&client(OpCode::Text, true, &vec![b'x'; max + 1])[..14]).unwrap_err();
+    let err = d
+        .feed(&client(OpCode::Text, true, &vec![b'x'; max + 1])[..14])
+        .unwrap_err();
     assert_eq!(err.code.0, 1009);
 }

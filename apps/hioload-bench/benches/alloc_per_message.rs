@@ -112,7 +112,9 @@ impl Handler for Echo {
 
 /// Length (u64 LE) and a multiplicative hash (u64 LE) of `bytes`.
 fn digest(bytes: &[u8]) -> [u8; 16] {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
     out[8..].copy_from_slice(&hash.to_le_bytes());
@@ -130,7 +132,10 @@ struct Replies {
 /// The echoes of `pattern`'s messages, or (`digest_large`) their digests beyond [`ECHO_MAX`].
 fn expected_replies(pattern: &Pattern, digest_large: bool) -> Replies {
     if pattern.size <= ECHO_MAX || !digest_large {
-        return Replies { bytes: pattern.echo.clone(), len: pattern.echo_len };
+        return Replies {
+            bytes: pattern.echo.clone(),
+            len: pattern.echo_len,
+        };
     }
     let header = pattern.echo_len - pattern.size;
     let mut replies = Vec::new();
@@ -139,7 +144,10 @@ fn expected_replies(pattern: &Pattern, digest_large: bool) -> Replies {
         wire::push_frame(&mut replies, DataKind::Binary, &digest(payload), None);
     }
     let len = replies.len() / pattern.messages;
-    Replies { bytes: replies, len }
+    Replies {
+        bytes: replies,
+        len,
+    }
 }
 
 struct Scenario {
@@ -264,7 +272,9 @@ fn exchange(
         for (c, stream) in streams.iter_mut().enumerate() {
             let first = (c as u64 + sent[c]) % pattern.messages as u64;
             let start = first as usize * pattern.send_len;
-            stream.write_all(&pattern.send[start..start + split]).map_err(|e| format!("write: {e}"))?;
+            stream
+                .write_all(&pattern.send[start..start + split])
+                .map_err(|e| format!("write: {e}"))?;
         }
         if stagger {
             std::thread::sleep(PEAK_PAUSE);
@@ -280,9 +290,14 @@ fn exchange(
             for _ in 0..pipeline {
                 let m = ((c as u64 + sent[c]) % pattern.messages as u64) as usize;
                 let len = replies.len;
-                stream.read_exact(&mut inbox[..len]).map_err(|e| format!("read: {e}"))?;
+                stream
+                    .read_exact(&mut inbox[..len])
+                    .map_err(|e| format!("read: {e}"))?;
                 if inbox[..len] != replies.bytes[m * len..][..len] {
-                    return Err(format!("connection {c}: wrong reply to message {}", sent[c]));
+                    return Err(format!(
+                        "connection {c}: wrong reply to message {}",
+                        sent[c]
+                    ));
                 }
                 sent[c] += 1;
             }
@@ -310,19 +325,35 @@ fn main() -> ExitCode {
         eprintln!("alloc_per_message: starting the server: {e}");
         return ExitCode::FAILURE;
     }
-    let addr = server.local_addr().expect("a started server has an address");
+    let addr = server
+        .local_addr()
+        .expect("a started server has an address");
 
-    println!("Allocations per echoed message after warm-up (whole process: server worker and client):\n");
+    println!(
+        "Allocations per echoed message after warm-up (whole process: server worker and client):\n"
+    );
     println!("| scenario | warm-up | measured | allocations | bytes | per message |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let mut failed = false;
     let trace = std::env::var_os("ALLOC_TRACE").is_some();
     // `cargo bench ... -- WORD` runs only the scenarios whose name contains WORD.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    for sc in SCENARIOS.iter().filter(|sc| filter.as_deref().map_or(true, |f| sc.name.contains(f))) {
+    for sc in SCENARIOS
+        .iter()
+        .filter(|sc| filter.as_deref().map_or(true, |f| sc.name.contains(f)))
+    {
         let framing = Framing::WebSocket(sc.kind);
-        let target = Target { addr, path: server.config().path.clone(), framing, sources: 1 };
-        let ring = if sc.ring > 0 { sc.ring } else { Pattern::ring_messages(sc.pipeline, sc.size) };
+        let target = Target {
+            addr,
+            path: server.config().path.clone(),
+            framing,
+            sources: 1,
+        };
+        let ring = if sc.ring > 0 {
+            sc.ring
+        } else {
+            Pattern::ring_messages(sc.pipeline, sc.size)
+        };
         let pattern = Pattern::new(framing, sc.size, ring);
         DIGEST_LARGE.store(sc.digest_large, Ordering::Relaxed);
         let mut streams = Vec::new();
@@ -339,23 +370,48 @@ fn main() -> ExitCode {
         let replies = expected_replies(&pattern, sc.digest_large);
         let mut inbox = vec![0u8; replies.len];
         let run = |streams: &mut [TcpStream], sent: &mut [u64], inbox: &mut [u8], n, stagger| {
-            exchange(streams, &pattern, &replies, sc.pipeline, sent, n, inbox, stagger)
+            exchange(
+                streams,
+                &pattern,
+                &replies,
+                sc.pipeline,
+                sent,
+                n,
+                inbox,
+                stagger,
+            )
         };
         // Plain rounds, then staggered ones: the caches see the peak before the measurement.
         let peak = (PEAK_ROUNDS * sc.connections * sc.pipeline) as u64;
-        let warmup = run(&mut streams, &mut sent, &mut inbox, sc.warmup_messages, false)
-            .and_then(|plain| Ok(plain + run(&mut streams, &mut sent, &mut inbox, peak, true)?));
+        let warmup = run(
+            &mut streams,
+            &mut sent,
+            &mut inbox,
+            sc.warmup_messages,
+            false,
+        )
+        .and_then(|plain| Ok(plain + run(&mut streams, &mut sent, &mut inbox, peak, true)?));
         let result = warmup.and_then(|warm| {
-            let (a0, b0) = (ALLOCATIONS.load(Ordering::SeqCst), ALLOCATED_BYTES.load(Ordering::SeqCst));
+            let (a0, b0) = (
+                ALLOCATIONS.load(Ordering::SeqCst),
+                ALLOCATED_BYTES.load(Ordering::SeqCst),
+            );
             TRACING.store(trace, Ordering::SeqCst);
             let n = run(&mut streams, &mut sent, &mut inbox, sc.messages, false)?;
-            let (a1, b1) = (ALLOCATIONS.load(Ordering::SeqCst), ALLOCATED_BYTES.load(Ordering::SeqCst));
+            let (a1, b1) = (
+                ALLOCATIONS.load(Ordering::SeqCst),
+                ALLOCATED_BYTES.load(Ordering::SeqCst),
+            );
             TRACING.store(false, Ordering::SeqCst);
             Ok((warm, n, a1 - a0, b1 - b0))
         });
         match result {
             Ok((warm, n, allocs, bytes)) => {
-                println!("| {} | {warm} | {n} | {allocs} | {bytes} | {:.4} |", sc.name, allocs as f64 / n as f64);
+                println!(
+                    "| {} | {warm} | {n} | {allocs} | {bytes} | {:.4} |",
+                    sc.name,
+                    allocs as f64 / n as f64
+                );
                 failed |= allocs > 0;
             }
             Err(e) => {

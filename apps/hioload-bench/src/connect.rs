@@ -34,7 +34,11 @@ pub struct Target {
 
 impl Target {
     /// Source addresses needed for `connections`, given `requested` (0 = automatic).
-    pub fn sources_for(addr: &SocketAddr, connections: usize, requested: usize) -> Result<usize, String> {
+    pub fn sources_for(
+        addr: &SocketAddr,
+        connections: usize,
+        requested: usize,
+    ) -> Result<usize, String> {
         let needed = connections.div_ceil(CONNECTIONS_PER_SOURCE).max(1);
         let sources = if requested == 0 { needed } else { requested };
         if sources > 1 && !addr.ip().is_loopback() {
@@ -44,7 +48,9 @@ impl Target {
             ));
         }
         if sources > 250 {
-            return Err(format!("{sources} source addresses requested, at most 250 (127.0.0.1–127.0.0.250)"));
+            return Err(format!(
+                "{sources} source addresses requested, at most 250 (127.0.0.1–127.0.0.250)"
+            ));
         }
         Ok(sources)
     }
@@ -181,11 +187,17 @@ pub fn raise_fd_limit(needed: u64) -> Result<(), String> {
     if lim.rlim_cur >= needed {
         return Ok(());
     }
-    let mut want = libc::rlimit { rlim_cur: needed, rlim_max: lim.rlim_max.max(needed) };
+    let mut want = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: lim.rlim_max.max(needed),
+    };
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
         // Not root: go as high as the hard limit allows.
-        want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
         // SAFETY: valid pointer to an rlimit.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) };
         return Err(format!(
@@ -214,7 +226,13 @@ mod tests {
         let a = request_key(1);
         let b = request_key(2);
         assert_ne!(a, b);
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&a).unwrap().len(), 16);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&a)
+                .unwrap()
+                .len(),
+            16
+        );
     }
 
     #[test]

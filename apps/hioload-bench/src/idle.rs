@@ -14,7 +14,14 @@ use crate::report::escape;
 
 /// Opens `count` connections, echoes one `size`-byte message on each, and reports the RSS growth
 /// of server `pid`.
-pub fn run(target: &Target, count: usize, size: usize, pid: u32, settle: Duration, json: bool) -> Result<(), String> {
+pub fn run(
+    target: &Target,
+    count: usize,
+    size: usize,
+    pid: u32,
+    settle: Duration,
+    json: bool,
+) -> Result<(), String> {
     let pattern = Pattern::new(target.framing, size, 64);
     let rss_err = |e| format!("reading the RSS of server pid {pid}: {e}");
     let before = procfs::process_rss(pid).map_err(rss_err)?;
@@ -24,8 +31,12 @@ pub fn run(target: &Target, count: usize, size: usize, pid: u32, settle: Duratio
         let fail = |e: std::io::Error| format!("connection {i} of {count}: {e}");
         let mut stream = target.open(i).map_err(fail)?;
         let m = i % pattern.messages;
-        stream.write_all(&pattern.send[m * pattern.send_len..][..pattern.send_len]).map_err(fail)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(fail)?;
+        stream
+            .write_all(&pattern.send[m * pattern.send_len..][..pattern.send_len])
+            .map_err(fail)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(fail)?;
         stream.read_exact(&mut echo).map_err(fail)?;
         if echo[..] != pattern.echo[m * pattern.echo_len..][..pattern.echo_len] {
             return Err(format!("connection {i} of {count}: wrong echo"));
@@ -42,8 +53,15 @@ pub fn run(target: &Target, count: usize, size: usize, pid: u32, settle: Duratio
             escape(&target.addr.to_string())
         );
     } else {
-        let how = if target.framing == Framing::Raw { "plain TCP" } else { "upgraded" };
-        println!("{count} idle connections to {} ({how}, one {size} B echo each)", target.addr);
+        let how = if target.framing == Framing::Raw {
+            "plain TCP"
+        } else {
+            "upgraded"
+        };
+        println!(
+            "{count} idle connections to {} ({how}, one {size} B echo each)",
+            target.addr
+        );
         println!("  server RSS before  {:.1} MiB", before as f64 / 1048576.0);
         println!("  server RSS after   {:.1} MiB", after as f64 / 1048576.0);
         println!("  per connection     {per_conn:.0} bytes");

@@ -53,7 +53,8 @@ impl ThreadStats {
     pub fn new() -> ThreadStats {
         ThreadStats {
             messages: 0,
-            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"),
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("valid histogram bounds"),
             errors: 0,
             error_texts: Vec::new(),
         }
@@ -62,7 +63,9 @@ impl ThreadStats {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: ThreadStats) {
         self.messages += other.messages;
-        self.latency.add(&other.latency).expect("same histogram bounds");
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
         self.errors += other.errors;
         for text in other.error_texts {
             if self.error_texts.len() < ERRORS_KEPT {
@@ -74,7 +77,8 @@ impl ThreadStats {
     fn fail(&mut self, conn: &Conn, why: String) {
         self.errors += 1;
         if self.error_texts.len() < ERRORS_KEPT {
-            self.error_texts.push(format!("connection {}: {why}", conn.index));
+            self.error_texts
+                .push(format!("connection {}: {why}", conn.index));
         }
     }
 }
@@ -113,7 +117,11 @@ pub fn run_thread(
     for (slot, (index, stream)) in streams.into_iter().enumerate() {
         stream.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(stream);
-        poll.registry().register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)?;
+        poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         conns.push(Conn {
             stream,
             index,
@@ -174,7 +182,9 @@ pub fn run_thread(
             }
             let now = Instant::now();
             let result = if event.is_readable() || event.is_read_closed() || event.is_error() {
-                receive(conn, &pattern, &mut buf, &mut stats, now, pipeline, !draining)
+                receive(
+                    conn, &pattern, &mut buf, &mut stats, now, pipeline, !draining,
+                )
             } else {
                 flush(conn, &pattern).map_err(|e| format!("write: {e}"))
             };
@@ -197,8 +207,8 @@ pub fn run_thread(
 /// Once every issued message is echoed, starts the closing handshake: a masked close frame
 /// (code 1000) for WebSocket, a FIN for raw TCP. The connection then only waits for EOF.
 fn close_if_drained(conn: &mut Conn, pattern: &Pattern) {
-    let drained =
-        conn.sent == conn.issued * pattern.send_len as u64 && conn.received == conn.issued * pattern.echo_len as u64;
+    let drained = conn.sent == conn.issued * pattern.send_len as u64
+        && conn.received == conn.issued * pattern.echo_len as u64;
     if !drained || conn.closing {
         return;
     }
@@ -251,7 +261,9 @@ fn receive(
     }
     for k in done_before..done {
         let rtt = now.saturating_duration_since(conn.sent_at[(k % pipeline as u64) as usize]);
-        stats.latency.saturating_record(rtt.as_nanos().max(1) as u64);
+        stats
+            .latency
+            .saturating_record(rtt.as_nanos().max(1) as u64);
     }
     stats.messages += done - done_before;
     if done > done_before {
@@ -316,7 +328,10 @@ fn verify(conn: &mut Conn, pattern: &Pattern, data: &[u8]) -> Result<(), String>
     let (data, excess) = (&data[..data.len() - excess as usize], excess);
     verify_expected(conn, pattern, data)?;
     if excess > 0 {
-        return Err(format!("{excess} bytes more than the echoes of the {} messages sent", conn.issued));
+        return Err(format!(
+            "{excess} bytes more than the echoes of the {} messages sent",
+            conn.issued
+        ));
     }
     Ok(())
 }
@@ -330,7 +345,11 @@ fn verify_expected(conn: &mut Conn, pattern: &Pattern, mut data: &[u8]) -> Resul
         let take = data.len().min((ring - pos) as usize);
         let expected = &pattern.echo[pos as usize..pos as usize + take];
         if expected != &data[..take] {
-            let at = expected.iter().zip(data).position(|(a, b)| a != b).unwrap_or(0);
+            let at = expected
+                .iter()
+                .zip(data)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
             let stream_offset = conn.received + at as u64;
             let message = stream_offset / echo_len;
             let offset = (stream_offset % echo_len) as usize;
@@ -340,11 +359,21 @@ fn verify_expected(conn: &mut Conn, pattern: &Pattern, mut data: &[u8]) -> Resul
             };
             let what = if offset < header {
                 let got_start = at - offset.min(at);
-                format!("header mismatch, got {}", wire::describe_header(&data[got_start..take.min(got_start + 14)]))
+                format!(
+                    "header mismatch, got {}",
+                    wire::describe_header(&data[got_start..take.min(got_start + 14)])
+                )
             } else {
-                format!("payload byte {} is 0x{:02x}, expected 0x{:02x}", offset - header, data[at], expected[at])
+                format!(
+                    "payload byte {} is 0x{:02x}, expected 0x{:02x}",
+                    offset - header,
+                    data[at],
+                    expected[at]
+                )
             };
-            return Err(format!("echo of message {message} wrong at byte {offset}: {what}"));
+            return Err(format!(
+                "echo of message {message} wrong at byte {offset}: {what}"
+            ));
         }
         conn.received += take as u64;
         data = &data[take..];

@@ -102,7 +102,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "m" | "mib" | "mb" => 1024 * 1024,
         _ => return Err(format!("unknown size unit in {s:?} (use K or M)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
@@ -138,10 +139,16 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         return Err(format!("--size must be 1 B ..= 64 MiB, not {}", args.size));
     }
     if args.pipeline == 0 || args.pipeline > 65_536 {
-        return Err(format!("--pipeline must be 1..=65536, not {}", args.pipeline));
+        return Err(format!(
+            "--pipeline must be 1..=65536, not {}",
+            args.pipeline
+        ));
     }
     if args.threads == 0 || args.threads > connections {
-        return Err(format!("--threads must be 1..=connections ({connections}), not {}", args.threads));
+        return Err(format!(
+            "--threads must be 1..=connections ({connections}), not {}",
+            args.threads
+        ));
     }
     let target = Target {
         addr: args.addr,
@@ -153,7 +160,14 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 
     if let Some(count) = args.idle_connections {
         let pid = args.server_pid.expect("clap requires --server-pid");
-        idle::run(&target, count, args.size, pid, seconds("settle", args.settle)?, args.json)?;
+        idle::run(
+            &target,
+            count,
+            args.size,
+            pid,
+            seconds("settle", args.settle)?,
+            args.json,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -174,9 +188,12 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     }
     let pattern = Arc::new(Pattern::new(framing, args.size, ring));
 
-    let mut per_thread: Vec<Vec<(usize, std::net::TcpStream)>> = (0..args.threads).map(|_| Vec::new()).collect();
+    let mut per_thread: Vec<Vec<(usize, std::net::TcpStream)>> =
+        (0..args.threads).map(|_| Vec::new()).collect();
     for i in 0..connections {
-        let stream = target.open(i).map_err(|e| format!("connection {i} of {connections}: {e}"))?;
+        let stream = target
+            .open(i)
+            .map_err(|e| format!("connection {i} of {connections}: {e}"))?;
         per_thread[i % args.threads].push((i, stream));
     }
 
@@ -193,8 +210,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         })
         .collect();
 
-    let server_cpu =
-        |pid: u32| procfs::process_cpu(pid).map_err(|e| format!("reading the CPU time of server pid {pid}: {e}"));
+    let server_cpu = |pid: u32| {
+        procfs::process_cpu(pid)
+            .map_err(|e| format!("reading the CPU time of server pid {pid}: {e}"))
+    };
     std::thread::sleep(warmup);
     let server_start = args.server_pid.map(server_cpu).transpose()?;
     let client_start = procfs::own_cpu();
@@ -213,7 +232,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 
     let mut stats = ThreadStats::new();
     for t in threads {
-        let s = t.join().map_err(|_| "a load thread panicked".to_string())?.map_err(|e| format!("load thread: {e}"))?;
+        let s = t
+            .join()
+            .map_err(|_| "a load thread panicked".to_string())?
+            .map_err(|e| format!("load thread: {e}"))?;
         stats.merge(s);
     }
     let report = LoadReport {
@@ -238,7 +260,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     } else {
         print!("{}", report.text());
     }
-    Ok(if report.stats.errors > 0 || report.stats.messages == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.stats.errors > 0 || report.stats.messages == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -66,7 +66,15 @@ impl Pattern {
         let send_len = send.len() / messages;
         let echo_len = echo.len() / messages;
         send.extend_from_within(..);
-        Pattern { framing, size, messages, send_len, echo_len, send, echo }
+        Pattern {
+            framing,
+            size,
+            messages,
+            send_len,
+            echo_len,
+            send,
+            echo,
+        }
     }
 
     /// Ring size for `pipeline` messages in flight: at least that many, and enough distinct
@@ -102,7 +110,11 @@ mod tests {
         assert_eq!(&p.send[..8 * p.send_len], &p.send[8 * p.send_len..]);
         assert_ne!(&p.echo[..22], &p.echo[22..44]);
         // Unmasking a sent frame gives the expected echo's payload.
-        let unmasked: Vec<u8> = p.send[6..26].iter().enumerate().map(|(i, b)| b ^ MASK_KEY[i % 4]).collect();
+        let unmasked: Vec<u8> = p.send[6..26]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK_KEY[i % 4])
+            .collect();
         assert_eq!(unmasked, &p.echo[2..22]);
     }
 

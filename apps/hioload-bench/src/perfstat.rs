@@ -47,7 +47,15 @@ impl SyscallCounter {
             events.push_str(name);
         }
         let child = Command::new("perf")
-            .args(["stat", "--per-thread", "-x,", "-e", &events, "-p", &pid.to_string()])
+            .args([
+                "stat",
+                "--per-thread",
+                "-x,",
+                "-e",
+                &events,
+                "-p",
+                &pid.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -60,7 +68,10 @@ impl SyscallCounter {
     pub fn stop(self) -> Result<SyscallRates, String> {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let out = self.child.wait_with_output().map_err(|e| format!("perf stat: {e}"))?;
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| format!("perf stat: {e}"))?;
         let text = String::from_utf8_lossy(&out.stderr);
         parse(&text).ok_or_else(|| format!("unexpected `perf stat` output: {:.300}", text))
     }
@@ -74,15 +85,21 @@ fn parse(text: &str) -> Option<SyscallRates> {
     let mut by_name: Vec<(&'static str, f64)> = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(',').collect();
-        let [_thread, count, _unit, event, ..] = fields[..] else { continue };
+        let [_thread, count, _unit, event, ..] = fields[..] else {
+            continue;
+        };
         // "<not counted>" / "<not supported>": treat as zero.
         let count: f64 = count.trim().parse().unwrap_or(0.0);
         match event {
             "duration_time" => seconds = Some(seconds.unwrap_or(0.0).max(count / 1e9)),
             "raw_syscalls:sys_enter" => *total.get_or_insert(0.0) += count,
             _ => {
-                let Some(name) = event.strip_prefix("syscalls:sys_enter_") else { continue };
-                let Some(known) = SYSCALLS.iter().find(|n| **n == name) else { continue };
+                let Some(name) = event.strip_prefix("syscalls:sys_enter_") else {
+                    continue;
+                };
+                let Some(known) = SYSCALLS.iter().find(|n| **n == name) else {
+                    continue;
+                };
                 if count <= 0.0 {
                     continue;
                 }
@@ -148,8 +165,16 @@ mod tests {
         let rates = counter.stop().unwrap();
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
-        let reads = rates.by_name.iter().find(|(n, _)| *n == "read").map_or(0.0, |(_, r)| *r);
-        assert!((300.0..=1000.0).contains(&reads), "read rate {reads}/s, all: {:?}", rates.by_name);
+        let reads = rates
+            .by_name
+            .iter()
+            .find(|(n, _)| *n == "read")
+            .map_or(0.0, |(_, r)| *r);
+        assert!(
+            (300.0..=1000.0).contains(&reads),
+            "read rate {reads}/s, all: {:?}",
+            rates.by_name
+        );
         assert!(rates.total >= reads);
     }
 }

@@ -19,7 +19,10 @@ impl CpuTime {
 
     /// The time used since `earlier`.
     pub fn since(&self, earlier: CpuTime) -> CpuTime {
-        CpuTime { user: self.user.saturating_sub(earlier.user), system: self.system.saturating_sub(earlier.system) }
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
     }
 }
 
@@ -28,22 +31,40 @@ impl CpuTime {
 pub fn process_cpu(pid: u32) -> io::Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces: fields after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| bad(&stat))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| bad(&stat))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime and stime are fields 14 and 15.
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or_else(|| bad(&stat));
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| bad(&stat))
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
     let time = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
-    Ok(CpuTime { user: time(ticks(11)?), system: time(ticks(12)?) })
+    Ok(CpuTime {
+        user: time(ticks(11)?),
+        system: time(ticks(12)?),
+    })
 }
 
 /// Resident set size (VmRSS) of `pid` in bytes, from /proc/PID/status.
 pub fn process_rss(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| bad(&status))?;
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| bad(line))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| bad(&status))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad(line))?;
     Ok(kib * 1024)
 }
 
@@ -54,11 +75,17 @@ pub fn own_cpu() -> CpuTime {
     // SAFETY: `usage` is a valid, writable rusage.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    CpuTime { user: tv(usage.ru_utime), system: tv(usage.ru_stime) }
+    CpuTime {
+        user: tv(usage.ru_utime),
+        system: tv(usage.ru_stime),
+    }
 }
 
 fn bad(text: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc contents: {:.80}", text))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected /proc contents: {:.80}", text),
+    )
 }
 
 #[cfg(test)]

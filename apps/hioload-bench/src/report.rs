@@ -46,7 +46,12 @@ impl LoadReport {
     fn syscalls_per_msg(&self) -> Option<(f64, Vec<(&'static str, f64)>)> {
         let rates = self.syscalls.as_ref()?;
         let msgs = self.msgs_per_s();
-        (msgs > 0.0).then(|| (rates.total / msgs, rates.by_name.iter().map(|(n, r)| (*n, r / msgs)).collect()))
+        (msgs > 0.0).then(|| {
+            (
+                rates.total / msgs,
+                rates.by_name.iter().map(|(n, r)| (*n, r / msgs)).collect(),
+            )
+        })
     }
 
     fn cpu_percent(&self, cpu: Duration) -> f64 {
@@ -104,13 +109,18 @@ impl LoadReport {
         }
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let parts: Vec<String> = by_name.iter().map(|(n, v)| format!("{n} {v:.2}")).collect();
-            let _ = writeln!(s, "  server syscalls per echo  {total:.2} ({})", parts.join(", "));
+            let _ = writeln!(
+                s,
+                "  server syscalls per echo  {total:.2} ({})",
+                parts.join(", ")
+            );
         }
         let _ = writeln!(
             s,
             "  client CPU  {:.1} % of a core, {} µs per echo (this load generator)",
             self.cpu_percent(self.client_cpu.total()),
-            self.per_msg_us(self.client_cpu.total()).map_or("-".into(), |v| format!("{v:.2}"))
+            self.per_msg_us(self.client_cpu.total())
+                .map_or("-".into(), |v| format!("{v:.2}"))
         );
         s
     }
@@ -133,8 +143,20 @@ impl LoadReport {
             self.msgs_per_s(),
             self.mib_per_s()
         );
-        let lat = |q| if self.stats.messages > 0 { format!("{:.1}", self.latency_us(q)) } else { "null".into() };
-        let _ = write!(s, "\"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{}}},", lat(0.5), lat(0.99), lat(0.999));
+        let lat = |q| {
+            if self.stats.messages > 0 {
+                format!("{:.1}", self.latency_us(q))
+            } else {
+                "null".into()
+            }
+        };
+        let _ = write!(
+            s,
+            "\"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{}}},",
+            lat(0.5),
+            lat(0.99),
+            lat(0.999)
+        );
         let _ = write!(s, "\"errors\":{},\"error_texts\":[", self.stats.errors);
         for (i, text) in self.stats.error_texts.iter().enumerate() {
             let _ = write!(s, "{}\"{}\"", if i > 0 { "," } else { "" }, escape(text));
@@ -151,7 +173,10 @@ impl LoadReport {
             opt(self.per_msg_us(self.client_cpu.total()))
         );
         if let Some((total, by_name)) = self.syscalls_per_msg() {
-            let _ = write!(s, ",\"server_syscalls_per_msg\":{total:.3},\"server_syscalls\":{{");
+            let _ = write!(
+                s,
+                ",\"server_syscalls_per_msg\":{total:.3},\"server_syscalls\":{{"
+            );
             for (i, (n, v)) in by_name.iter().enumerate() {
                 let _ = write!(s, "{}\"{n}\":{v:.3}", if i > 0 { "," } else { "" });
             }
@@ -198,18 +223,33 @@ mod tests {
             warmup: Duration::from_secs(1),
             window: Duration::from_secs(2),
             stats,
-            server_cpu: Some(CpuTime { user: Duration::from_millis(4), system: Duration::from_millis(6) }),
-            client_cpu: CpuTime { user: Duration::from_millis(5), system: Duration::from_millis(15) },
-            syscalls: Some(SyscallRates { total: 1000.0, by_name: vec![("read", 500.0)] }),
+            server_cpu: Some(CpuTime {
+                user: Duration::from_millis(4),
+                system: Duration::from_millis(6),
+            }),
+            client_cpu: CpuTime {
+                user: Duration::from_millis(5),
+                system: Duration::from_millis(15),
+            },
+            syscalls: Some(SyscallRates {
+                total: 1000.0,
+                by_name: vec![("read", 500.0)],
+            }),
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
-        assert!(j.contains("\"server_cpu_us_per_msg\":10.000,\"server_user_us_per_msg\":4.000"), "{j}");
+        assert!(
+            j.contains("\"server_cpu_us_per_msg\":10.000,\"server_user_us_per_msg\":4.000"),
+            "{j}"
+        );
         assert!(j.contains("\"server_sys_us_per_msg\":6.000"), "{j}");
         assert!(j.contains("\"client_cpu_us_per_msg\":20.000"), "{j}");
         assert!(j.contains("\"p50\":50.0"), "{j}");
         assert!(j.contains("connection 1: \\\"bad\\\""), "{j}");
-        assert!(j.contains("\"server_syscalls_per_msg\":2.000,\"server_syscalls\":{\"read\":1.000}}"), "{j}");
+        assert!(
+            j.contains("\"server_syscalls_per_msg\":2.000,\"server_syscalls\":{\"read\":1.000}}"),
+            "{j}"
+        );
         assert!(r.text().contains("500 msgs/s"));
     }
 }

@@ -27,7 +27,13 @@ impl DataKind {
 /// Appends one unfragmented frame carrying `payload` to `out`: masked with `mask` (client frame)
 /// or unmasked (server frame) when `mask` is `None`.
 pub fn push_frame(out: &mut Vec<u8>, kind: DataKind, payload: &[u8], mask: Option<[u8; 4]>) {
-    let header = FrameHeader { fin: true, rsv: 0, opcode: kind.opcode(), mask, payload_len: payload.len() as u64 };
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: kind.opcode(),
+        mask,
+        payload_len: payload.len() as u64,
+    };
     let mut encoded = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut encoded);
     out.extend_from_slice(&encoded[..n]);
@@ -80,8 +86,16 @@ mod tests {
     fn rfc6455_examples() {
         // RFC 6455 §5.7: a masked "Hello" and the unmasked one.
         let mut out = Vec::new();
-        push_frame(&mut out, DataKind::Text, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d]));
-        assert_eq!(out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+        push_frame(
+            &mut out,
+            DataKind::Text,
+            b"Hello",
+            Some([0x37, 0xfa, 0x21, 0x3d]),
+        );
+        assert_eq!(
+            out,
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
         out.clear();
         push_frame(&mut out, DataKind::Text, b"Hello", None);
         assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
@@ -91,19 +105,30 @@ mod tests {
         assert_eq!(&out[..4], &[0x82, 0x7E, 0x01, 0x00]);
         assert_eq!(out.len(), header_len(256, false) + 256);
         out.clear();
-        push_frame(&mut out, DataKind::Binary, &vec![0u8; 65536], Some([1, 2, 3, 4]));
+        push_frame(
+            &mut out,
+            DataKind::Binary,
+            &vec![0u8; 65536],
+            Some([1, 2, 3, 4]),
+        );
         assert_eq!(&out[..10], &[0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(out.len(), header_len(65536, true) + 65536);
     }
 
     #[test]
     fn accept_key_rfc_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn headers_are_described() {
-        assert_eq!(describe_header(&[0x81, 0x05]), "frame fin=true rsv=0 opcode=Text masked=false length=5");
+        assert_eq!(
+            describe_header(&[0x81, 0x05]),
+            "frame fin=true rsv=0 opcode=Text masked=false length=5"
+        );
         assert!(describe_header(&[0x81]).starts_with("incomplete"));
     }
 }

@@ -26,7 +26,9 @@ fn spawn_server(serve: fn(TcpStream)) -> SocketAddr {
 }
 
 fn websocket_echo(stream: TcpStream) {
-    let Ok(mut ws) = tungstenite::accept(stream) else { return };
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
     while let Ok(msg) = ws.read() {
         if (msg.is_binary() || msg.is_text()) && ws.send(msg).is_err() {
             return;
@@ -59,10 +61,27 @@ fn corrupting_echo(mut stream: TcpStream) {
 }
 
 /// Runs `connections` connections for a short warm-up and window, as the binary does.
-fn run(addr: SocketAddr, framing: Framing, connections: usize, size: usize, pipeline: usize) -> ThreadStats {
-    let target = Target { addr, path: "/ws".into(), framing, sources: 1 };
-    let pattern = Arc::new(Pattern::new(framing, size, Pattern::ring_messages(pipeline, size)));
-    let streams = (0..connections).map(|i| (i, target.open(i).unwrap())).collect();
+fn run(
+    addr: SocketAddr,
+    framing: Framing,
+    connections: usize,
+    size: usize,
+    pipeline: usize,
+) -> ThreadStats {
+    let target = Target {
+        addr,
+        path: "/ws".into(),
+        framing,
+        sources: 1,
+    };
+    let pattern = Arc::new(Pattern::new(
+        framing,
+        size,
+        Pattern::ring_messages(pipeline, size),
+    ));
+    let streams = (0..connections)
+        .map(|i| (i, target.open(i).unwrap()))
+        .collect();
     let phase = Arc::new(AtomicU8::new(load::WARMUP));
     let thread = {
         let (pattern, phase) = (pattern.clone(), phase.clone());
@@ -79,9 +98,23 @@ fn run(addr: SocketAddr, framing: Framing, connections: usize, size: usize, pipe
 fn websocket_echoes_are_counted_and_timed() {
     let addr = spawn_server(websocket_echo);
     for (size, pipeline) in [(20, 1), (20, 16), (70_000, 2)] {
-        let stats = run(addr, Framing::WebSocket(DataKind::Binary), 4, size, pipeline);
-        assert_eq!(stats.errors, 0, "{size} B × {pipeline}: {:?}", stats.error_texts);
-        assert!(stats.messages > 10, "{size} B × {pipeline}: only {} echoes", stats.messages);
+        let stats = run(
+            addr,
+            Framing::WebSocket(DataKind::Binary),
+            4,
+            size,
+            pipeline,
+        );
+        assert_eq!(
+            stats.errors, 0,
+            "{size} B × {pipeline}: {:?}",
+            stats.error_texts
+        );
+        assert!(
+            stats.messages > 10,
+            "{size} B × {pipeline}: only {} echoes",
+            stats.messages
+        );
         assert_eq!(stats.latency.len(), stats.messages);
     }
     let stats = run(addr, Framing::WebSocket(DataKind::Text), 2, 300, 1);
@@ -104,14 +137,22 @@ fn a_corrupted_byte_fails_its_connection_only() {
     let stats = run(addr, Framing::Raw, 2, 20, 1);
     assert_eq!(stats.errors, 2, "{:?}", stats.error_texts);
     for text in &stats.error_texts {
-        assert!(text.contains("echo of message 38 wrong at byte 12"), "{text}");
+        assert!(
+            text.contains("echo of message 38 wrong at byte 12"),
+            "{text}"
+        );
     }
 }
 
 #[test]
 fn a_non_websocket_server_fails_the_upgrade() {
     let addr = spawn_server(raw_echo);
-    let target = Target { addr, path: "/ws".into(), framing: Framing::WebSocket(DataKind::Binary), sources: 1 };
+    let target = Target {
+        addr,
+        path: "/ws".into(),
+        framing: Framing::WebSocket(DataKind::Binary),
+        sources: 1,
+    };
     let err = target.open(0).unwrap_err().to_string();
     assert!(err.contains("malformed upgrade response"), "{err}");
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hioload_ws::{
-    Config, ConfigFile, Ctx, DataPathConfig, Handler, HandlerExt, Logging, Message, Metrics, Recovery,
-    Server,
+    Config, ConfigFile, Ctx, DataPathConfig, Handler, HandlerExt, Logging, Message, Metrics,
+    Recovery, Server,
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;

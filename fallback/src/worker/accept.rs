@@ -33,7 +33,12 @@ pub(crate) struct AcceptState {
 
 impl AcceptState {
     pub fn new() -> Self {
-        AcceptState { resume_at: None, reserve: ReserveFd::new(), last_fd_warning: None, dropped_for_fds: 0 }
+        AcceptState {
+            resume_at: None,
+            reserve: ReserveFd::new(),
+            last_fd_warning: None,
+            dropped_for_fds: 0,
+        }
     }
 }
 
@@ -83,7 +88,10 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                     if sys::is_fd_exhaustion(&e) {
                         self.warn_fd_exhaustion(&e, None);
                     } else {
-                        warn!(worker = self.io.index, "accept failed: {e}; pausing accepts for 100 ms");
+                        warn!(
+                            worker = self.io.index,
+                            "accept failed: {e}; pausing accepts for 100 ms"
+                        );
                     }
                     self.io.accept.resume_at = Some(self.clock + ACCEPT_BACKOFF);
                     return;
@@ -95,13 +103,19 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     fn warn_fd_exhaustion(&mut self, e: &io::Error, peer: Option<SocketAddr>) {
         let now = self.clock;
         let state = &mut self.io.accept;
-        if state.last_fd_warning.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if state
+            .last_fd_warning
+            .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             state.last_fd_warning = Some(now);
             warn!(
                 worker = self.io.index,
                 dropped_total = state.dropped_for_fds,
                 "accept: {e}; dropping new connections ({}), raise RLIMIT_NOFILE (ulimit -n)",
-                peer.map_or_else(|| "none left to drop".to_string(), |p| format!("last from {p}"))
+                peer.map_or_else(
+                    || "none left to drop".to_string(),
+                    |p| format!("last from {p}")
+                )
             );
         }
     }
@@ -113,7 +127,10 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
         let serial = self.io.next_serial;
         self.io.next_serial += 1;
-        let slot = match self.shard.open(Socket::new(stream, serial), peer, self.clock) {
+        let slot = match self
+            .shard
+            .open(Socket::new(stream, serial), peer, self.clock)
+        {
             Ok(slot) => slot,
             Err(_) => {
                 debug!(%peer, "dropping accepted connection: no free connection slot");
@@ -121,10 +138,20 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
             }
         };
         let sock = &mut self.shard.slot_mut(slot).expect("just opened").io;
-        let registered = self.io.poll.registry().register(&mut sock.stream, Token(slot + FIRST_CONN), K::INTEREST);
+        let registered = self.io.poll.registry().register(
+            &mut sock.stream,
+            Token(slot + FIRST_CONN),
+            K::INTEREST,
+        );
         if let Err(e) = registered {
             warn!(%peer, "cannot register connection: {e}");
-            self.shard.end(slot, CloseCode::ABNORMAL, "cannot register", &mut self.io, self.clock);
+            self.shard.end(
+                slot,
+                CloseCode::ABNORMAL,
+                "cannot register",
+                &mut self.io,
+                self.clock,
+            );
             return;
         }
         // io_uring arms the connection's receive now; readiness reports it when data comes.

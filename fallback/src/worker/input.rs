@@ -70,7 +70,8 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                 Err(e) => {
                     s.io.held = 0;
                     self.io.give_buf(buf);
-                    self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock);
+                    self.shard
+                        .peer_gone(slot, Some(&e), &mut self.io, self.clock);
                     return;
                 }
             }
@@ -85,7 +86,12 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     pub(super) fn process_input(&mut self, slot: usize, mut buf: P::Buf, filled: usize) {
         let consumed = {
             let mut sink = self.io.turn.sink(buf.as_slice());
-            self.shard.receive(slot, &mut buf.as_mut_slice()[..filled], &mut sink, self.clock)
+            self.shard.receive(
+                slot,
+                &mut buf.as_mut_slice()[..filled],
+                &mut sink,
+                self.clock,
+            )
         };
         let Some(s) = self.shard.slot_mut(slot) else {
             self.io.turn.clear();
@@ -95,7 +101,13 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         let sent = if self.io.turn.is_empty() {
             Ok(())
         } else {
-            self.io.backend.send_turn(slot, &mut s.io, &mut self.io.turn, s.conn.pending_mut(), buf.as_slice())
+            self.io.backend.send_turn(
+                slot,
+                &mut s.io,
+                &mut self.io.turn,
+                s.conn.pending_mut(),
+                buf.as_slice(),
+            )
         };
         let kept = filled - consumed;
         let buf_len = buf.as_slice().len();
@@ -108,13 +120,20 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
             s.io.rbuf = Some(buf);
         }
         if let Err(e) = sent {
-            self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock);
+            self.shard
+                .peer_gone(slot, Some(&e), &mut self.io, self.clock);
             return;
         }
         if kept == buf_len {
             // The protocol layer must consume whole frames larger than `inplace_frame_max`.
             error!(peer = %s.conn.peer(), "receive buffer full of unconsumed input ({kept} bytes); closing");
-            self.shard.end(slot, CloseCode::INTERNAL_ERROR, "receive buffer overflow", &mut self.io, self.clock);
+            self.shard.end(
+                slot,
+                CloseCode::INTERNAL_ERROR,
+                "receive buffer overflow",
+                &mut self.io,
+                self.clock,
+            );
             return;
         }
         self.shard.after_output(slot, &mut self.io, self.clock);

@@ -98,10 +98,19 @@ impl<K: Backend<P::Buf>, P: RecvBuffers> Transport for Io<K, P> {
         Self: 'a;
 
     fn wire<'a>(&'a mut self, _slot: usize, io: &'a mut Self::Io) -> Self::Wire<'a> {
-        KernelWire { turn: &mut self.turn, sock: io }
+        KernelWire {
+            turn: &mut self.turn,
+            sock: io,
+        }
     }
 
-    fn release(&mut self, slot: usize, mut sock: Self::Io, pending: &mut PendingOutput, _how: Release) -> Option<Self::Io> {
+    fn release(
+        &mut self,
+        slot: usize,
+        mut sock: Self::Io,
+        pending: &mut PendingOutput,
+        _how: Release,
+    ) -> Option<Self::Io> {
         // Closing the socket is the release either way: the kernel sends its FIN after what it
         // holds, or a reset when input is left unread.
         let _ = self.poll.registry().deregister(&mut sock.stream);

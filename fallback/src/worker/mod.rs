@@ -55,7 +55,11 @@ pub(crate) trait Backend<B: RecvBuffer>: Sized {
     fn prepare(stream: &TcpStream) -> std::io::Result<()>;
     /// The connection in `slot` may be read. `true`: the worker reads it now with `recv`
     /// (readiness); `false`: the backend brings its input itself (an armed receive).
-    fn want_input(&mut self, slot: usize, sock: &mut Socket<B, Self::Conn>) -> std::io::Result<bool>;
+    fn want_input(
+        &mut self,
+        slot: usize,
+        sock: &mut Socket<B, Self::Conn>,
+    ) -> std::io::Result<bool>;
     /// Takes a receive buffer back before the pool does (the io_uring ring refills from it);
     /// returns it when the backend does not want it.
     fn take_back(&mut self, buf: B) -> Option<B>;
@@ -99,8 +103,15 @@ impl WorkerSeed {
         listener: std::net::TcpListener,
     ) -> std::io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        Ok(WorkerSeed { index, cfg, set, poll, listener })
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(WorkerSeed {
+            index,
+            cfg,
+            set,
+            poll,
+            listener,
+        })
     }
 }
 
@@ -115,7 +126,13 @@ pub(crate) struct Worker<A, K: Backend<P::Buf>, P: RecvBuffers> {
 
 impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     pub fn new(seed: WorkerSeed, app: A, pool: P, backend: K) -> Self {
-        let WorkerSeed { index, cfg, set, poll, listener } = seed;
+        let WorkerSeed {
+            index,
+            cfg,
+            set,
+            poll,
+            listener,
+        } = seed;
         let now = Instant::now();
         Worker {
             shard: Shard::new(index, app, set.clone(), cfg.max_connections, now),
@@ -147,7 +164,8 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     /// How long the next wait may last.
     fn poll_timeout(&self) -> Option<Duration> {
         let io = &self.io;
-        let accept_pending = io.listener_ready && io.listener.is_some() && io.accept.resume_at.is_none();
+        let accept_pending =
+            io.listener_ready && io.listener.is_some() && io.accept.resume_at.is_none();
         if !io.ready.is_empty() || accept_pending {
             return Some(Duration::ZERO);
         }
@@ -215,9 +233,12 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         if s.conn.pending().is_empty() {
             return;
         }
-        let flushed = hioload_wsproto::Wire::flush(&mut self.io.wire(slot, &mut s.io), s.conn.pending_mut());
+        let flushed =
+            hioload_wsproto::Wire::flush(&mut self.io.wire(slot, &mut s.io), s.conn.pending_mut());
         match flushed {
-            Err(e) => self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock),
+            Err(e) => self
+                .shard
+                .peer_gone(slot, Some(&e), &mut self.io, self.clock),
             Ok(()) => self.shard.after_output(slot, &mut self.io, self.clock),
         }
     }
@@ -239,7 +260,9 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         match self.io.backend.want_input(slot, &mut s.io) {
             Ok(true) => self.read_direct(slot),
             Ok(false) => {}
-            Err(e) => self.shard.peer_gone(slot, Some(&e), &mut self.io, self.clock),
+            Err(e) => self
+                .shard
+                .peer_gone(slot, Some(&e), &mut self.io, self.clock),
         }
     }
 
@@ -247,7 +270,8 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         if self.io.ready.is_empty() {
             return;
         }
-        let mut list = std::mem::replace(&mut self.io.ready, std::mem::take(&mut self.io.ready_spare));
+        let mut list =
+            std::mem::replace(&mut self.io.ready, std::mem::take(&mut self.io.ready_spare));
         for &(slot, serial) in &list {
             match self.shard.slot_mut(slot) {
                 Some(s) if s.io.serial == serial => s.io.queued_ready = false,

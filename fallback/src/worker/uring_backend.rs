@@ -131,13 +131,21 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
             turn.stage_into(pending, input);
             return Ok(());
         }
-        if pending.is_empty() && turn.len() <= RING_SEND_MAX && SEND_ARENA - self.send_arena.len() >= turn.len() {
+        if pending.is_empty()
+            && turn.len() <= RING_SEND_MAX
+            && SEND_ARENA - self.send_arena.len() >= turn.len()
+        {
             // A small turn is copied into the arena and goes out with the loop turn's
             // submission, beside every other connection's (no send system call).
             let start = self.send_arena.len();
             turn.move_into(&mut self.send_arena, input);
             sock.backend.send_queued = true;
-            self.ring_sends.push(RingSend { slot, serial: sock.serial, start, len: self.send_arena.len() - start });
+            self.ring_sends.push(RingSend {
+                slot,
+                serial: sock.serial,
+                start,
+                len: self.send_arena.len() - start,
+            });
             return Ok(());
         }
         turn.flush(&sock.stream, pending, input).map(|_| ())
@@ -165,8 +173,15 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
             let timeout = w.poll_timeout();
             w.queue_ring_sends();
             let backend = &mut w.io.backend;
-            if let Err(e) = backend.ring.arm_epoll().and_then(|()| backend.ring.submit_and_wait(timeout)) {
-                error!(worker = w.io.index, "io_uring wait failed: {e}; the worker stops");
+            if let Err(e) = backend
+                .ring
+                .arm_epoll()
+                .and_then(|()| backend.ring.submit_and_wait(timeout))
+            {
+                error!(
+                    worker = w.io.index,
+                    "io_uring wait failed: {e}; the worker stops"
+                );
                 break;
             }
             if backend.ring.unsubmitted() == 0 {
@@ -218,7 +233,11 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
     fn queue_ring_sends(&mut self) {
         for index in 0..self.io.backend.ring_sends.len() {
             let send = self.io.backend.ring_sends[index];
-            let Some(s) = self.shard.slot(send.slot).filter(|s| s.io.serial == send.serial) else {
+            let Some(s) = self
+                .shard
+                .slot(send.slot)
+                .filter(|s| s.io.serial == send.serial)
+            else {
                 continue; // gone since: nothing to send
             };
             let fd = s.io.stream.as_raw_fd();
@@ -229,7 +248,8 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             let queued = unsafe { backend.ring.send(fd, bytes, index as u32) };
             if let Err(e) = queued {
                 error!(worker = self.io.index, "cannot queue a send: {e}");
-                self.shard.peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
+                self.shard
+                    .peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
             }
         }
     }
@@ -249,7 +269,11 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
 
     /// One ring send completed with `result` (bytes sent, or a negated errno).
     fn on_sent(&mut self, send: RingSend, result: i32) {
-        let Some(s) = self.shard.slot_mut(send.slot).filter(|s| s.io.serial == send.serial) else {
+        let Some(s) = self
+            .shard
+            .slot_mut(send.slot)
+            .filter(|s| s.io.serial == send.serial)
+        else {
             return;
         };
         s.io.backend.send_queued = false;
@@ -258,7 +282,8 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             e if e == -libc::EAGAIN || e == -libc::EINTR => 0,
             e => {
                 let err = io::Error::from_raw_os_error(-e);
-                self.shard.peer_gone(send.slot, Some(&err), &mut self.io, self.clock);
+                self.shard
+                    .peer_gone(send.slot, Some(&err), &mut self.io, self.clock);
                 return;
             }
         };
@@ -271,7 +296,8 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         } else if !s.conn.pending().is_empty() {
             // Output that waited behind this send.
             if let Err(e) = io.turn.flush(&s.io.stream, s.conn.pending_mut(), &[]) {
-                self.shard.peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
+                self.shard
+                    .peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
                 return;
             }
         }
@@ -281,8 +307,14 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
     /// A receive completed: bytes, end of stream, or an error; then the receive is re-armed (or
     /// cancelled while backpressure pauses the connection).
     fn on_recv(&mut self, slot: usize, tag: u32, completion: &Completion) {
-        let buf = completion.buffer.map(|bid| self.io.backend.ring.take_buffer(bid));
-        let Some(s) = self.shard.slot_mut(slot).filter(|s| s.io.backend.recv_armed && s.io.backend.tag == tag) else {
+        let buf = completion
+            .buffer
+            .map(|bid| self.io.backend.ring.take_buffer(bid));
+        let Some(s) = self
+            .shard
+            .slot_mut(slot)
+            .filter(|s| s.io.backend.recv_armed && s.io.backend.tag == tag)
+        else {
             // The receive of a connection released since (cancelled, or it raced the cancel).
             if let Some(buf) = buf {
                 self.io.give_buf(buf);
@@ -318,7 +350,8 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
                     self.io.give_buf(buf);
                 }
                 let err = io::Error::from_raw_os_error(-e);
-                self.shard.peer_gone(slot, Some(&err), &mut self.io, self.clock);
+                self.shard
+                    .peer_gone(slot, Some(&err), &mut self.io, self.clock);
                 return;
             }
         }
@@ -355,7 +388,8 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             let filled = self.shard.slot(slot).map_or(0, |s| s.io.held);
             let room = held.as_slice().len() - filled;
             let take = room.min(n - offset);
-            held.as_mut_slice()[filled..filled + take].copy_from_slice(&buf.as_slice()[offset..offset + take]);
+            held.as_mut_slice()[filled..filled + take]
+                .copy_from_slice(&buf.as_slice()[offset..offset + take]);
             offset += take;
             self.process_input(slot, held, filled + take);
             if offset == n {
@@ -392,7 +426,10 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
                 break;
             }
         }
-        self.shard.counters().ring_buffers.set(io.backend.ring.lent());
+        self.shard
+            .counters()
+            .ring_buffers
+            .set(io.backend.ring.lent());
     }
 
     /// After the last connection is gone: waits (boundedly) for the kernel to end the cancelled
@@ -401,7 +438,11 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         let until = Instant::now() + EXIT_DRAIN;
         let io = &mut self.io;
         while io.backend.ring.recvs_in_flight() > 0 && Instant::now() < until {
-            if let Err(e) = io.backend.ring.submit_and_wait(Some(Duration::from_millis(50))) {
+            if let Err(e) = io
+                .backend
+                .ring
+                .submit_and_wait(Some(Duration::from_millis(50)))
+            {
                 error!(worker = io.index, "io_uring wait failed at exit: {e}");
                 return;
             }

@@ -105,7 +105,13 @@ impl<'a> SessionRef<'a> {
         set: &'a ShardSet,
         out: Option<&'a mut (dyn Sender + 'a)>,
     ) -> Self {
-        SessionRef { id, peer, shard, set, out }
+        SessionRef {
+            id,
+            peer,
+            shard,
+            set,
+            out,
+        }
     }
     /// Server-unique session id (the shard index is in the top 16 bits).
     pub fn id(&self) -> u64 {

@@ -186,7 +186,10 @@ impl Connection {
     }
     /// Whether nothing is left to do but the peer's FIN (our FIN is out, or it ended).
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Finishing { shut: true } | Phase::Ended(_))
+        matches!(
+            self.phase,
+            Phase::Finishing { shut: true } | Phase::Ended(_)
+        )
     }
 
     // ---- input -------------------------------------------------------------------------------
@@ -237,7 +240,8 @@ impl Connection {
             }
             Parsed::Upgrade(req) => {
                 let mut response = [0u8; 512];
-                let (n, decision) = handshake::respond(&req, cx.app.upgrade_policy(), &mut response);
+                let (n, decision) =
+                    handshake::respond(&req, cx.app.upgrade_policy(), &mut response);
                 wire.queue_bytes(&mut self.pending, &response[..n]);
                 match decision {
                     Ok(()) => Some(req.head_len),
@@ -259,9 +263,18 @@ impl Connection {
         self.timers.deadline = None;
         cx.counters().sessions.add(1);
         if let Phase::Open(session) = &mut self.phase {
-            let mut sink = WireSink { wire: &mut *wire, pending: &mut self.pending };
+            let mut sink = WireSink {
+                wire: &mut *wire,
+                pending: &mut self.pending,
+            };
             let mut out = session.outgoing(&mut sink);
-            cx.app.on_open(&mut SessionRef::new(self.id, peer, cx.shard, cx.set, Some(&mut out)));
+            cx.app.on_open(&mut SessionRef::new(
+                self.id,
+                peer,
+                cx.shard,
+                cx.set,
+                Some(&mut out),
+            ));
         }
         self.settle(cx, now);
         if !self.parses_frames() {
@@ -289,14 +302,21 @@ impl Connection {
         // Set once the application has seen the peer's Close.
         let mut close_reported = false;
         let result = {
-            let mut sink = WireSink { wire, pending: &mut self.pending };
+            let mut sink = WireSink {
+                wire,
+                pending: &mut self.pending,
+            };
             session.receive(input, &mut sink, |event, out| {
                 let msg = match event {
                     Event::Text(t) => Message::Text(t),
                     Event::Binary(b) => Message::Binary(b),
                     Event::Close(code, reason) => {
                         let code = code.unwrap_or(CloseCode::NO_STATUS);
-                        app.on_close(&mut SessionRef::new(id, peer, shard, set, Some(out)), code, reason);
+                        app.on_close(
+                            &mut SessionRef::new(id, peer, shard, set, Some(out)),
+                            code,
+                            reason,
+                        );
                         close_reported = true;
                         return;
                     }
@@ -325,7 +345,12 @@ impl Connection {
     /// After the transport handed output to the network: the backpressure verdicts (pause reads
     /// above the soft bound, start the clock above the hard bound) and, when finishing with
     /// nothing left to send, our FIN. Returns whether a paused connection may be read again.
-    pub fn after_output<W: Wire + ?Sized>(&mut self, wire: &mut W, settings: &Settings, now: Instant) -> bool {
+    pub fn after_output<W: Wire + ?Sized>(
+        &mut self,
+        wire: &mut W,
+        settings: &Settings,
+        now: Instant,
+    ) -> bool {
         let pending = self.pending.len();
         let bp = &settings.backpressure;
         let mut resume = false;
@@ -356,7 +381,10 @@ impl Connection {
         if session.state() != State::Open {
             return false;
         }
-        let mut sink = WireSink { wire, pending: &mut self.pending };
+        let mut sink = WireSink {
+            wire,
+            pending: &mut self.pending,
+        };
         let mut out = session.outgoing(&mut sink);
         match msg {
             OutMessage::Text(t) => out.send_text(t),
@@ -374,8 +402,13 @@ impl Connection {
                 false
             }
             Phase::Open(session) if session.state() == State::Open => {
-                let mut sink = WireSink { wire, pending: &mut self.pending };
-                let _ = session.outgoing(&mut sink).close(CloseCode::GOING_AWAY, "server shutting down");
+                let mut sink = WireSink {
+                    wire,
+                    pending: &mut self.pending,
+                };
+                let _ = session
+                    .outgoing(&mut sink)
+                    .close(CloseCode::GOING_AWAY, "server shutting down");
                 true
             }
             _ => false,
@@ -386,8 +419,17 @@ impl Connection {
 
     /// The peer closed its side (`error` `None`: end of stream) or the connection broke.
     /// A session still open is reported closed with 1006.
-    pub fn peer_gone<A: App + ?Sized>(&mut self, error: Option<&std::io::Error>, cx: &mut ShardContext<'_, A>, now: Instant) {
-        let how = if error.is_some() { Release::Reset } else { Release::Close };
+    pub fn peer_gone<A: App + ?Sized>(
+        &mut self,
+        error: Option<&std::io::Error>,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        let how = if error.is_some() {
+            Release::Reset
+        } else {
+            Release::Close
+        };
         match self.phase {
             Phase::Open(_) => {
                 let reason = match error {
@@ -397,7 +439,9 @@ impl Connection {
                 debug!(peer = %self.peer, session = self.id, ?error, "{reason}");
                 self.leave_open(cx, now, Some((CloseCode::ABNORMAL, reason)));
             }
-            Phase::Handshake => debug!(peer = %self.peer, ?error, "connection ended during the handshake"),
+            Phase::Handshake => {
+                debug!(peer = %self.peer, ?error, "connection ended during the handshake")
+            }
             Phase::Finishing { .. } | Phase::Ended(_) => {}
         }
         if !matches!(self.phase, Phase::Ended(_)) {
@@ -406,7 +450,13 @@ impl Connection {
     }
 
     /// Ends the connection now (reset); an open session is reported closed with `code`.
-    pub fn end<A: App + ?Sized>(&mut self, code: CloseCode, reason: &str, cx: &mut ShardContext<'_, A>, now: Instant) {
+    pub fn end<A: App + ?Sized>(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
         self.leave_open(cx, now, Some((code, reason)));
         self.phase = Phase::Ended(Release::Reset);
     }
@@ -423,7 +473,11 @@ impl Connection {
             return;
         }
         if let Some((code, reason)) = report {
-            cx.app.on_close(&mut SessionRef::new(self.id, self.peer, cx.shard, cx.set, None), code, reason);
+            cx.app.on_close(
+                &mut SessionRef::new(self.id, self.peer, cx.shard, cx.set, None),
+                code,
+                reason,
+            );
         }
         cx.counters().sessions.sub(1);
         self.finish(cx.settings, now);
@@ -442,7 +496,9 @@ impl Connection {
             return;
         };
         match session.state() {
-            State::Closed => self.leave_open(cx, now, Some((CloseCode::ABNORMAL, "session closed"))),
+            State::Closed => {
+                self.leave_open(cx, now, Some((CloseCode::ABNORMAL, "session closed")))
+            }
             State::Closing if self.timers.deadline.is_none() => {
                 self.timers.deadline = Some(now + cx.settings.close_timeout);
             }
@@ -452,7 +508,12 @@ impl Connection {
 }
 
 /// Queues an HTTP error answer.
-fn refuse<W: Wire + ?Sized>(wire: &mut W, pending: &mut PendingOutput, peer: SocketAddr, err: &HttpError) {
+fn refuse<W: Wire + ?Sized>(
+    wire: &mut W,
+    pending: &mut PendingOutput,
+    peer: SocketAddr,
+    err: &HttpError,
+) {
     debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
     let mut response = [0u8; 256];
     let n = handshake::write_error_response(err, &mut response);

@@ -16,7 +16,10 @@ impl Connection {
     /// When the next deadline of this connection falls due (`None`: no timer armed; the idle
     /// timer is swept by the shard, see [`Connection::idle_check`]).
     pub fn poll_timeout(&self, settings: &Settings) -> Option<Instant> {
-        let stuck = self.timers.over_hard_since.map(|t| t + settings.backpressure.timeout);
+        let stuck = self
+            .timers
+            .over_hard_since
+            .map(|t| t + settings.backpressure.timeout);
         match (self.timers.deadline, stuck) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -33,11 +36,20 @@ impl Connection {
         cx: &mut ShardContext<'_, A>,
     ) {
         let bp = &cx.settings.backpressure;
-        if self.timers.over_hard_since.is_some_and(|since| now.duration_since(since) >= bp.timeout) {
+        if self
+            .timers
+            .over_hard_since
+            .is_some_and(|since| now.duration_since(since) >= bp.timeout)
+        {
             let (hard, timeout) = (bp.hard_bytes, bp.timeout);
             if let Phase::Open(session) = &mut self.phase {
-                let mut sink = WireSink { wire: &mut *wire, pending: &mut self.pending };
-                let _ = session.outgoing(&mut sink).close(CloseCode::POLICY_VIOLATION, "output not drained");
+                let mut sink = WireSink {
+                    wire: &mut *wire,
+                    pending: &mut self.pending,
+                };
+                let _ = session
+                    .outgoing(&mut sink)
+                    .close(CloseCode::POLICY_VIOLATION, "output not drained");
                 let _ = wire.flush(&mut self.pending);
             }
             info!(
@@ -107,7 +119,10 @@ impl Connection {
     /// Sends the idle ping that [`Connection::idle_check`] asked for.
     pub fn ping_idle<W: Wire + ?Sized>(&mut self, wire: &mut W, now: Instant) {
         if let Phase::Open(session) = &mut self.phase {
-            let mut sink = WireSink { wire, pending: &mut self.pending };
+            let mut sink = WireSink {
+                wire,
+                pending: &mut self.pending,
+            };
             let _ = session.outgoing(&mut sink).ping(b"idle");
             self.timers.ping_sent = Some(now);
         }

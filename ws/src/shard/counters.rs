@@ -18,11 +18,17 @@ pub struct PaddedCounter(AtomicUsize);
 impl PaddedCounter {
     /// Adds `n` (single writer: no read-modify-write needed).
     pub fn add(&self, n: usize) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     /// Subtracts `n` (single writer).
     pub fn sub(&self, n: usize) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
     /// Sets a gauge (single writer).
     pub fn set(&self, n: usize) {
@@ -82,7 +88,16 @@ impl CacheCounters {
             o.small_cached as u64,
         ];
         let a = assembly;
-        let asm = [a.borrowed, a.hits, a.misses, a.grown, a.returned, a.freed, a.cached_buffers as u64, a.cached_bytes as u64];
+        let asm = [
+            a.borrowed,
+            a.hits,
+            a.misses,
+            a.grown,
+            a.returned,
+            a.freed,
+            a.cached_buffers as u64,
+            a.cached_bytes as u64,
+        ];
         for (cell, v) in self.output.iter().zip(out) {
             cell.store(v, Ordering::Relaxed);
         }

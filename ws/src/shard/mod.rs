@@ -27,14 +27,15 @@ mod set;
 mod turn;
 
 pub use counters::{CacheCounters, PaddedCounter, ShardCounters, WorkerStats};
-pub use set::{session_id, shard_of, slot_of, Command, DeliverError, OutMessage, ShardSet, Wake, SLOT_BITS};
+pub use set::{
+    session_id, shard_of, slot_of, Command, DeliverError, OutMessage, ShardSet, Wake, SLOT_BITS,
+};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::debug;
-
 
 use crate::close::CloseCode;
 use crate::connection::{App, Connection, Release, ShardContext, Wire};
@@ -63,7 +64,13 @@ pub trait Transport {
     /// The connection in `slot` is over: let it go as `how` says and give back what it holds
     /// (`pending` included). `None`: it is gone and its slot is free; `Some(io)`: the transport
     /// still waits for it to go (a FIN exchange) and calls [`Shard::forget`] when it has.
-    fn release(&mut self, slot: usize, io: Self::Io, pending: &mut PendingOutput, how: Release) -> Option<Self::Io>;
+    fn release(
+        &mut self,
+        slot: usize,
+        io: Self::Io,
+        pending: &mut PendingOutput,
+        how: Release,
+    ) -> Option<Self::Io>;
     /// Backpressure lifted: read the connection in `slot` again.
     fn resume_reading(&mut self, slot: usize, io: &mut Self::Io);
     /// The server stops: accept no more connections.
@@ -124,7 +131,13 @@ pub struct Shard<T, A> {
 
 impl<T, A: App> Shard<T, A> {
     /// Shard `index` of `set`, serving `app`, with room for `max_connections` (at most 2^20).
-    pub fn new(index: usize, app: A, set: Arc<ShardSet>, max_connections: usize, now: Instant) -> Self {
+    pub fn new(
+        index: usize,
+        app: A,
+        set: Arc<ShardSet>,
+        max_connections: usize,
+        now: Instant,
+    ) -> Self {
         let (settings, epoch) = set.settings();
         let mut shard = Shard {
             index,
@@ -221,7 +234,9 @@ impl<T, A: App> Shard<T, A> {
             }
             None => return Err(io),
         };
-        self.open_at(slot, io, peer, now).map(|()| slot).inspect_err(|_| self.free.push(slot))
+        self.open_at(slot, io, peer, now)
+            .map(|()| slot)
+            .inspect_err(|_| self.free.push(slot))
     }
 
     /// [`Shard::open`] into a slot the transport chose (its own connection index, below
@@ -239,7 +254,12 @@ impl<T, A: App> Shard<T, A> {
         }
         let id = session_id(self.index, self.next_serial, slot);
         self.next_serial += 1;
-        self.slots[slot] = Some(Slot { conn: Connection::new(id, peer, now, &self.settings), io, watched: false, released: false });
+        self.slots[slot] = Some(Slot {
+            conn: Connection::new(id, peer, now, &self.settings),
+            io,
+            watched: false,
+            released: false,
+        });
         self.live += 1;
         self.counters().connections.add(1);
         self.update(slot);
@@ -249,7 +269,13 @@ impl<T, A: App> Shard<T, A> {
     /// Runs the connection in `slot` over received bytes (see [`Connection::receive`]); returns
     /// how many were consumed. Then the transport sends this turn's output and calls
     /// [`Shard::after_output`].
-    pub fn receive<W: Wire + ?Sized>(&mut self, slot: usize, input: &mut [u8], wire: &mut W, now: Instant) -> usize {
+    pub fn receive<W: Wire + ?Sized>(
+        &mut self,
+        slot: usize,
+        input: &mut [u8],
+        wire: &mut W,
+        now: Instant,
+    ) -> usize {
         match self.split(slot) {
             Some((s, mut cx)) => s.conn.receive(input, wire, &mut cx, now),
             None => input.len(),
@@ -262,7 +288,9 @@ impl<T, A: App> Shard<T, A> {
         let Some((s, cx)) = self.split(slot) else {
             return;
         };
-        let resume = s.conn.after_output(&mut x.wire(slot, &mut s.io), cx.settings, now);
+        let resume = s
+            .conn
+            .after_output(&mut x.wire(slot, &mut s.io), cx.settings, now);
         if resume {
             x.resume_reading(slot, &mut s.io);
         }
@@ -271,7 +299,13 @@ impl<T, A: App> Shard<T, A> {
 
     /// The peer closed (`error` `None`) or the connection broke: the session is reported closed
     /// (1006) and the connection released.
-    pub fn peer_gone<X: Transport<Io = T>>(&mut self, slot: usize, error: Option<&std::io::Error>, x: &mut X, now: Instant) {
+    pub fn peer_gone<X: Transport<Io = T>>(
+        &mut self,
+        slot: usize,
+        error: Option<&std::io::Error>,
+        x: &mut X,
+        now: Instant,
+    ) {
         if let Some((s, mut cx)) = self.split(slot) {
             s.conn.peer_gone(error, &mut cx, now);
         }
@@ -279,7 +313,14 @@ impl<T, A: App> Shard<T, A> {
     }
 
     /// Ends the connection in `slot` now (reset), reporting `code` if its session is open.
-    pub fn end<X: Transport<Io = T>>(&mut self, slot: usize, code: CloseCode, reason: &str, x: &mut X, now: Instant) {
+    pub fn end<X: Transport<Io = T>>(
+        &mut self,
+        slot: usize,
+        code: CloseCode,
+        reason: &str,
+        x: &mut X,
+        now: Instant,
+    ) {
         if let Some((s, mut cx)) = self.split(slot) {
             s.conn.end(code, reason, &mut cx, now);
         }
@@ -351,11 +392,24 @@ impl<T, A: App> Shard<T, A> {
     }
 
     fn release<X: Transport<Io = T>>(&mut self, slot: usize, how: Release, x: &mut X) {
-        let Some(Slot { mut conn, io, watched, .. }) = self.slots[slot].take() else {
+        let Some(Slot {
+            mut conn,
+            io,
+            watched,
+            ..
+        }) = self.slots[slot].take()
+        else {
             return;
         };
         match x.release(slot, io, conn.pending_mut(), how) {
-            Some(io) => self.slots[slot] = Some(Slot { conn, io, watched, released: true }),
+            Some(io) => {
+                self.slots[slot] = Some(Slot {
+                    conn,
+                    io,
+                    watched,
+                    released: true,
+                })
+            }
             None => self.slot_freed(slot),
         }
     }
@@ -393,10 +447,15 @@ impl<T, A: App> Shard<T, A> {
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.set.inbox(self.index).is_empty() {
             Some(Duration::ZERO)
-        } else if !self.watched.is_empty() || self.stop_deadline.is_some() || self.set.is_stopping() {
+        } else if !self.watched.is_empty() || self.stop_deadline.is_some() || self.set.is_stopping()
+        {
             Some(self.next_tick.saturating_duration_since(now))
         } else if self.settings.idle_timeout.is_some() && self.counters().sessions.get() > 0 {
-            Some(self.next_idle_sweep.saturating_duration_since(now).max(Duration::from_millis(1)))
+            Some(
+                self.next_idle_sweep
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            )
         } else {
             None
         }

@@ -93,18 +93,26 @@ pub struct ShardSet {
 
 impl fmt::Debug for ShardSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardSet").field("shards", &self.counters.len()).finish_non_exhaustive()
+        f.debug_struct("ShardSet")
+            .field("shards", &self.counters.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl ShardSet {
     /// The shared state of `wakers.len()` shards, each with an inbox of `inbox_capacity`.
-    pub fn new(settings: Settings, wakers: Vec<Option<Box<dyn Wake>>>, inbox_capacity: usize) -> ShardSet {
+    pub fn new(
+        settings: Settings,
+        wakers: Vec<Option<Box<dyn Wake>>>,
+        inbox_capacity: usize,
+    ) -> ShardSet {
         let n = wakers.len();
         ShardSet {
             stopping: AtomicBool::new(false),
             counters: (0..n).map(|_| ShardCounters::default()).collect(),
-            inboxes: (0..n).map(|_| ArrayQueue::new(inbox_capacity.max(1))).collect(),
+            inboxes: (0..n)
+                .map(|_| ArrayQueue::new(inbox_capacity.max(1)))
+                .collect(),
             wakers: wakers.into_boxed_slice(),
             settings: Mutex::new(Arc::new(settings)),
             epoch: AtomicU64::new(0),
@@ -191,7 +199,12 @@ impl ShardSet {
     }
 
     /// Queues `cmd` for shard `shard`; `from` is the calling shard, if any (no wake needed).
-    pub fn push(&self, shard: usize, cmd: Command, from: Option<usize>) -> Result<(), DeliverError> {
+    pub fn push(
+        &self,
+        shard: usize,
+        cmd: Command,
+        from: Option<usize>,
+    ) -> Result<(), DeliverError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(DeliverError::Stopped);
         }
@@ -204,12 +217,21 @@ impl ShardSet {
     }
 
     /// Queues `msg` for session `id`, on whichever shard owns it.
-    pub fn send_to(&self, id: u64, msg: Arc<OutMessage>, from: Option<usize>) -> Result<(), DeliverError> {
+    pub fn send_to(
+        &self,
+        id: u64,
+        msg: Arc<OutMessage>,
+        from: Option<usize>,
+    ) -> Result<(), DeliverError> {
         self.push(shard_of(id), Command::Send(id, msg), from)
     }
 
     /// Queues `msg` for every shard; returns how many shards took it (a full inbox misses it).
-    pub fn broadcast(&self, msg: Arc<OutMessage>, from: Option<usize>) -> Result<usize, DeliverError> {
+    pub fn broadcast(
+        &self,
+        msg: Arc<OutMessage>,
+        from: Option<usize>,
+    ) -> Result<usize, DeliverError> {
         let mut reached = 0;
         let mut last_err = DeliverError::Full;
         for shard in 0..self.inboxes.len() {
@@ -265,9 +287,19 @@ mod tests {
         let set = ShardSet::new(Settings::default(), vec![None, None], 1);
         let msg = Arc::new(OutMessage::Text("x".into()));
         assert_eq!(set.send_to(session_id(1, 0, 0), msg.clone(), None), Ok(()));
-        assert_eq!(set.send_to(session_id(1, 0, 0), msg.clone(), None), Err(DeliverError::Full));
-        assert_eq!(set.send_to(session_id(9, 0, 0), msg.clone(), None), Err(DeliverError::NoSuchSession));
-        assert_eq!(set.broadcast(msg.clone(), None), Ok(1), "shard 0 still has room");
+        assert_eq!(
+            set.send_to(session_id(1, 0, 0), msg.clone(), None),
+            Err(DeliverError::Full)
+        );
+        assert_eq!(
+            set.send_to(session_id(9, 0, 0), msg.clone(), None),
+            Err(DeliverError::NoSuchSession)
+        );
+        assert_eq!(
+            set.broadcast(msg.clone(), None),
+            Ok(1),
+            "shard 0 still has room"
+        );
         set.stop();
         assert_eq!(set.broadcast(msg, None), Err(DeliverError::Stopped));
     }

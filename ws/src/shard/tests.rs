@@ -50,7 +50,10 @@ impl App for EchoApp {
         };
     }
     fn on_close(&self, s: &mut SessionRef<'_>, code: CloseCode, _: &str) {
-        assert!(s.send_text("late").is_err(), "sends are refused after the close");
+        assert!(
+            s.send_text("late").is_err(),
+            "sends are refused after the close"
+        );
         self.0.lock().unwrap().closes.push((s.id(), code.0));
     }
 }
@@ -99,7 +102,13 @@ impl Transport for FakeTransport {
     fn wire<'a>(&'a mut self, _slot: usize, io: &'a mut FakeIo) -> FakeWire<'a> {
         FakeWire(io)
     }
-    fn release(&mut self, slot: usize, io: FakeIo, _pending: &mut PendingOutput, how: Release) -> Option<FakeIo> {
+    fn release(
+        &mut self,
+        slot: usize,
+        io: FakeIo,
+        _pending: &mut PendingOutput,
+        how: Release,
+    ) -> Option<FakeIo> {
         self.released.push((slot, how, io.sent));
         None
     }
@@ -122,7 +131,8 @@ struct Rig {
     now: Instant,
 }
 
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 impl Rig {
@@ -130,12 +140,26 @@ impl Rig {
         let set = Arc::new(ShardSet::new(settings, vec![None], 64));
         let app = EchoApp::default();
         let now = Instant::now();
-        Rig { shard: Shard::new(0, app.clone(), set.clone(), 1024, now), x: FakeTransport { listening: true, ..Default::default() }, app, set, now }
+        Rig {
+            shard: Shard::new(0, app.clone(), set.clone(), 1024, now),
+            x: FakeTransport {
+                listening: true,
+                ..Default::default()
+            },
+            app,
+            set,
+            now,
+        }
     }
 
     fn connect(&mut self) -> usize {
-        let io = FakeIo { room: usize::MAX, ..Default::default() };
-        self.shard.open(io, "127.0.0.1:1".parse().unwrap(), self.now).unwrap()
+        let io = FakeIo {
+            room: usize::MAX,
+            ..Default::default()
+        };
+        self.shard
+            .open(io, "127.0.0.1:1".parse().unwrap(), self.now)
+            .unwrap()
     }
 
     /// Feeds bytes as one read, sends the output, applies the verdicts; returns what stayed unconsumed.
@@ -144,7 +168,9 @@ impl Rig {
         let consumed = {
             let s = self.shard.slot_mut(slot).unwrap();
             let mut io = std::mem::take(&mut s.io);
-            let consumed = self.shard.receive(slot, &mut input, &mut FakeWire(&mut io), self.now);
+            let consumed = self
+                .shard
+                .receive(slot, &mut input, &mut FakeWire(&mut io), self.now);
             let s = self.shard.slot_mut(slot).unwrap();
             FakeWire(&mut io).flush(s.conn.pending_mut()).unwrap();
             s.io = io;
@@ -185,14 +211,25 @@ fn upgrade_echo_and_close_handshake() {
     rest.extend(client_frame(OpCode::Text, b"hello"));
     assert_eq!(rig.read(slot, &rest), 0);
     let out = rig.sent(slot);
-    assert!(out.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        out.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     assert!(out.ends_with(b"\x81\x05hello"));
     assert_eq!(rig.set.session_count(), 1);
 
     rig.read(slot, &client_frame(OpCode::Close, &1000u16.to_be_bytes()));
-    assert_eq!(rig.sent(slot), b"\x88\x02\x03\xe8", "our Close echoes the code");
+    assert_eq!(
+        rig.sent(slot),
+        b"\x88\x02\x03\xe8",
+        "our Close echoes the code"
+    );
     let s = rig.shard.slot(slot).unwrap();
-    assert!(s.io.fin && s.conn.is_finished(), "FIN after the close handshake");
+    assert!(
+        s.io.fin && s.conn.is_finished(),
+        "FIN after the close handshake"
+    );
     assert_eq!(rig.seen().closes, vec![(s.conn.id(), 1000)]);
     assert_eq!(rig.set.session_count(), 0);
     // The peer's FIN: released gracefully, slot freed.
@@ -205,7 +242,11 @@ fn upgrade_echo_and_close_handshake() {
 
 #[test]
 fn handshake_and_close_deadlines() {
-    let settings = Settings { handshake_timeout: Duration::from_secs(2), close_timeout: Duration::from_secs(1), ..Settings::default() };
+    let settings = Settings {
+        handshake_timeout: Duration::from_secs(2),
+        close_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
     let mut rig = Rig::new(settings);
     let idle = rig.connect();
     rig.advance(Duration::from_millis(1900));
@@ -221,7 +262,10 @@ fn handshake_and_close_deadlines() {
     rig.advance(Duration::from_millis(900));
     assert!(rig.seen().closes.is_empty());
     rig.advance(Duration::from_millis(200));
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1006]);
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1006]
+    );
     assert_eq!(rig.x.released.pop().unwrap().1, Release::Reset);
 }
 
@@ -233,10 +277,21 @@ fn a_protocol_error_closes_with_its_code_and_reports_it_once() {
     rig.sent(slot);
     let mut unmasked = vec![0x81, 0x02];
     unmasked.extend_from_slice(b"hi");
-    assert_eq!(rig.read(slot, &unmasked), 0, "everything consumed after the error");
+    assert_eq!(
+        rig.read(slot, &unmasked),
+        0,
+        "everything consumed after the error"
+    );
     let out = rig.sent(slot);
-    assert_eq!((out[0], &out[2..4]), (0x88, &1002u16.to_be_bytes()[..]), "close 1002");
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1002]);
+    assert_eq!(
+        (out[0], &out[2..4]),
+        (0x88, &1002u16.to_be_bytes()[..]),
+        "close 1002"
+    );
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1002]
+    );
     assert!(rig.shard.slot(slot).unwrap().io.fin);
 }
 
@@ -265,14 +320,21 @@ fn idle_sessions_are_pinged_and_dropped_without_an_answer() {
     let counters = rig.set.counters(0).snapshot();
     // Pings: both at 4 s, the lively one again at 9 s (4 s after its pong); the quiet one dropped.
     assert_eq!((counters.idle_pings, counters.idle_drops), (3, 1));
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1006]);
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1006]
+    );
     assert!(rig.shard.slot(lively).is_some() && rig.shard.slot(quiet).is_none());
 }
 
 #[test]
 fn a_peer_that_does_not_read_is_paused_then_closed_with_1008() {
     let settings = Settings {
-        backpressure: crate::Backpressure { soft_bytes: 4096, hard_bytes: 8192, timeout: Duration::from_secs(2) },
+        backpressure: crate::Backpressure {
+            soft_bytes: 4096,
+            hard_bytes: 8192,
+            timeout: Duration::from_secs(2),
+        },
         ..Settings::default()
     };
     let mut rig = Rig::new(settings);
@@ -280,19 +342,29 @@ fn a_peer_that_does_not_read_is_paused_then_closed_with_1008() {
     rig.read(slot, UPGRADE);
     rig.shard.slot_mut(slot).unwrap().io.room = 0; // the peer stops reading
     rig.read(slot, &client_frame(OpCode::Binary, &[7u8; 5000]));
-    assert!(rig.shard.slot(slot).unwrap().conn.read_paused(), "over the soft bound");
+    assert!(
+        rig.shard.slot(slot).unwrap().conn.read_paused(),
+        "over the soft bound"
+    );
     rig.read(slot, &client_frame(OpCode::Binary, &[7u8; 5000]));
     rig.advance(Duration::from_millis(1500));
     assert!(rig.seen().closes.is_empty());
     rig.advance(Duration::from_millis(600));
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1008]);
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1008]
+    );
     assert_eq!(rig.x.released.pop().unwrap().1, Release::Reset);
 }
 
 #[test]
 fn draining_below_the_soft_bound_resumes_reading() {
     let settings = Settings {
-        backpressure: crate::Backpressure { soft_bytes: 4096, hard_bytes: 1 << 20, timeout: Duration::from_secs(2) },
+        backpressure: crate::Backpressure {
+            soft_bytes: 4096,
+            hard_bytes: 1 << 20,
+            timeout: Duration::from_secs(2),
+        },
         ..Settings::default()
     };
     let mut rig = Rig::new(settings);
@@ -322,8 +394,15 @@ fn a_reload_governs_the_next_message() {
     rig.advance(Duration::ZERO);
     rig.sent(slot);
     rig.read(slot, &client_frame(OpCode::Binary, &[1u8; 200]));
-    assert_eq!(rig.sent(slot)[2..4], 1009u16.to_be_bytes(), "closed with 1009 by the new limit");
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1009]);
+    assert_eq!(
+        rig.sent(slot)[2..4],
+        1009u16.to_be_bytes(),
+        "closed with 1009 by the new limit"
+    );
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1009]
+    );
 }
 
 #[test]
@@ -332,24 +411,42 @@ fn sends_by_id_reach_open_sessions_only_and_broadcast_reaches_all() {
     let (a, b, handshaking) = (rig.connect(), rig.connect(), rig.connect());
     rig.read(a, UPGRADE);
     rig.read(b, UPGRADE);
-    let (ida, idb) = (rig.shard.slot(a).unwrap().conn.id(), rig.shard.slot(b).unwrap().conn.id());
+    let (ida, idb) = (
+        rig.shard.slot(a).unwrap().conn.id(),
+        rig.shard.slot(b).unwrap().conn.id(),
+    );
     rig.sent(a);
     rig.sent(b);
     let msg = Arc::new(OutMessage::Text("to-a".into()));
     rig.set.send_to(ida, msg, None).unwrap();
-    rig.set.send_to(ida ^ (1 << SLOT_BITS), Arc::new(OutMessage::Text("stale".into())), None).unwrap();
-    rig.set.broadcast(Arc::new(OutMessage::Binary(vec![1, 2].into())), None).unwrap();
+    rig.set
+        .send_to(
+            ida ^ (1 << SLOT_BITS),
+            Arc::new(OutMessage::Text("stale".into())),
+            None,
+        )
+        .unwrap();
+    rig.set
+        .broadcast(Arc::new(OutMessage::Binary(vec![1, 2].into())), None)
+        .unwrap();
     rig.advance(Duration::ZERO);
     assert_eq!(rig.sent(a), b"\x81\x04to-a\x82\x02\x01\x02");
     assert_eq!(rig.sent(b), b"\x82\x02\x01\x02");
     assert!(rig.sent(handshaking).is_empty());
-    assert_eq!(rig.set.counters(0).snapshot().undelivered, 1, "the stale id");
+    assert_eq!(
+        rig.set.counters(0).snapshot().undelivered,
+        1,
+        "the stale id"
+    );
     let _ = idb;
 }
 
 #[test]
 fn stop_sends_1001_and_finishes_when_every_close_is_done() {
-    let settings = Settings { shutdown_grace: Duration::from_secs(3), ..Settings::default() };
+    let settings = Settings {
+        shutdown_grace: Duration::from_secs(3),
+        ..Settings::default()
+    };
     let mut rig = Rig::new(settings);
     let (open, handshaking) = (rig.connect(), rig.connect());
     rig.read(open, UPGRADE);
@@ -358,12 +455,28 @@ fn stop_sends_1001_and_finishes_when_every_close_is_done() {
     let end = rig.advance(Duration::ZERO);
     assert!(!rig.x.listening && !end.done);
     let out = rig.sent(open);
-    assert_eq!((out[0], &out[2..4]), (0x88, &1001u16.to_be_bytes()[..]), "close 1001");
-    assert!(rig.x.released.iter().any(|r| r.0 == handshaking), "a handshake in progress is dropped");
-    assert!(rig.shard.open(FakeIo::default(), "127.0.0.1:2".parse().unwrap(), rig.now).is_err());
+    assert_eq!(
+        (out[0], &out[2..4]),
+        (0x88, &1001u16.to_be_bytes()[..]),
+        "close 1001"
+    );
+    assert!(
+        rig.x.released.iter().any(|r| r.0 == handshaking),
+        "a handshake in progress is dropped"
+    );
+    assert!(rig
+        .shard
+        .open(FakeIo::default(), "127.0.0.1:2".parse().unwrap(), rig.now)
+        .is_err());
     rig.read(open, &client_frame(OpCode::Close, &1001u16.to_be_bytes()));
-    assert!(rig.advance(Duration::ZERO).done, "every close handshake done");
-    assert_eq!(rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1001]);
+    assert!(
+        rig.advance(Duration::ZERO).done,
+        "every close handshake done"
+    );
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1001]
+    );
     rig.shard.close_all(&mut rig.x, rig.now);
     assert_eq!(rig.shard.live(), 0);
 }

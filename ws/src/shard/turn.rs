@@ -39,8 +39,11 @@ impl<T, A: App> Shard<T, A> {
     }
 
     fn tick<X: Transport<Io = T>>(&mut self, x: &mut X, now: Instant) {
-        self.counters().caches.publish(x.output_cache_stats(), assembly::stats());
-        let mut list = std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
+        self.counters()
+            .caches
+            .publish(x.output_cache_stats(), assembly::stats());
+        let mut list =
+            std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &(slot, id) in &list {
             let keep = {
                 let Some((s, mut cx)) = self.split(slot) else {
@@ -49,8 +52,12 @@ impl<T, A: App> Shard<T, A> {
                 if s.conn.id() != id {
                     continue;
                 }
-                if s.conn.poll_timeout(cx.settings).is_some_and(|due| due <= now) {
-                    s.conn.handle_timeout(now, &mut x.wire(slot, &mut s.io), &mut cx);
+                if s.conn
+                    .poll_timeout(cx.settings)
+                    .is_some_and(|due| due <= now)
+                {
+                    s.conn
+                        .handle_timeout(now, &mut x.wire(slot, &mut s.io), &mut cx);
                 }
                 let keep = s.conn.ended().is_none() && s.conn.has_timer();
                 s.watched = keep;
@@ -68,7 +75,10 @@ impl<T, A: App> Shard<T, A> {
 
     pub(super) fn idle_sweep_period(&self) -> Duration {
         match self.settings.idle_timeout {
-            Some(idle) => IDLE_SWEEP_MAX.min(idle / 4).min(self.settings.pong_timeout / 4).max(TICK),
+            Some(idle) => IDLE_SWEEP_MAX
+                .min(idle / 4)
+                .min(self.settings.pong_timeout / 4)
+                .max(TICK),
             None => IDLE_SWEEP_MAX,
         }
     }
@@ -109,7 +119,9 @@ impl<T, A: App> Shard<T, A> {
                 Command::Send(id, msg) => {
                     let slot = slot_of(id);
                     let live = self.slot(slot).is_some_and(|s| s.conn.id() == id);
-                    let sent = live && self.with_output(slot, x, now, |conn, wire| conn.deliver(&msg, wire)) == Some(true);
+                    let sent = live
+                        && self.with_output(slot, x, now, |conn, wire| conn.deliver(&msg, wire))
+                            == Some(true);
                     if !sent {
                         self.counters().undelivered.add(1);
                     }
@@ -135,11 +147,16 @@ impl<T, A: App> Shard<T, A> {
             if self.slot(slot).is_none() {
                 continue;
             }
-            if self.with_output(slot, x, now, |conn, wire| conn.begin_shutdown(wire)) == Some(true) {
+            if self.with_output(slot, x, now, |conn, wire| conn.begin_shutdown(wire)) == Some(true)
+            {
                 closing += 1;
             }
         }
-        info!(worker = self.index, sessions = closing, "stopping: listener closed, close 1001 sent");
+        info!(
+            worker = self.index,
+            sessions = closing,
+            "stopping: listener closed, close 1001 sent"
+        );
     }
 
     /// Whether every connection has completed its close: nothing is left but the peers' FINs,
@@ -161,7 +178,8 @@ impl<T, A: App> Shard<T, A> {
             if s.conn.is_finished() {
                 s.conn.peer_gone(None, &mut cx, now); // our FIN is out: let it go gracefully
             } else {
-                s.conn.end(CloseCode::ABNORMAL, "server stopped", &mut cx, now);
+                s.conn
+                    .end(CloseCode::ABNORMAL, "server stopped", &mut cx, now);
             }
             self.settle(slot, x);
         }

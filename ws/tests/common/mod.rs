@@ -72,16 +72,18 @@ impl Driver {
         self.buf.extend_from_slice(bytes);
         let events = &mut self.events;
         let echo = self.echo;
-        let result = self.session.receive(&mut self.buf, &mut self.out, |ev, out| {
-            events.push(Ev::from(&ev));
-            if echo {
-                let _ = match ev {
-                    Event::Text(t) => out.send_text(t),
-                    Event::Binary(b) => out.send_binary(b),
-                    _ => Ok(()),
-                };
-            }
-        });
+        let result = self
+            .session
+            .receive(&mut self.buf, &mut self.out, |ev, out| {
+                events.push(Ev::from(&ev));
+                if echo {
+                    let _ = match ev {
+                        Event::Text(t) => out.send_text(t),
+                        Event::Binary(b) => out.send_binary(b),
+                        _ => Ok(()),
+                    };
+                }
+            });
         match result {
             Ok(consumed) => {
                 assert!(consumed <= self.buf.len());
@@ -116,9 +118,13 @@ impl Driver {
 
     /// The close code of the last Close frame sent, if any (`Some(None)`: empty close).
     pub fn sent_close(&self) -> Option<Option<u16>> {
-        self.sent().iter().rev().find(|f| f.opcode == OpCode::Close).map(|f| {
-            (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]))
-        })
+        self.sent()
+            .iter()
+            .rev()
+            .find(|f| f.opcode == OpCode::Close)
+            .map(|f| {
+                (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]))
+            })
     }
 }
 
@@ -130,7 +136,11 @@ pub fn server_frames(mut bytes: &[u8]) -> Vec<Sent> {
         assert_eq!(h.mask, None, "server frames are never masked");
         assert_eq!(h.rsv, 0);
         let len = h.payload_len as usize;
-        frames.push(Sent { opcode: h.opcode, fin: h.fin, payload: bytes[n..n + len].to_vec() });
+        frames.push(Sent {
+            opcode: h.opcode,
+            fin: h.fin,
+            payload: bytes[n..n + len].to_vec(),
+        });
         bytes = &bytes[n + len..];
     }
     frames
