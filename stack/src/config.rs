@@ -13,8 +13,10 @@ pub struct StackConfig {
     /// Default gateway, if peers outside the subnet are to be reached. Default: none.
     pub gateway: Option<Ipv4Addr>,
     /// Most passive connections between SYN and their hand-over to the application (SYN
-    /// received but not yet established, or established but not yet reported). SYNs beyond it
-    /// are dropped, as a kernel drops them on a full queue, and the client retries. Default 1024.
+    /// received but not yet established, or established but not yet reported). A SYN that
+    /// finds it full evicts the oldest half-open connection instead of being refused, so a SYN
+    /// flood shortens half-open lifetimes but never locks clients out (see the `stack` module).
+    /// Default 1024.
     pub backlog: usize,
     /// Most connections (passive and active) at once; sizes the ring slab, the connection
     /// slots and the flow table, all allocated at start. Default 8192.
@@ -33,6 +35,10 @@ pub struct StackConfig {
     /// A handshake that hears nothing from the peer for this long is dropped, so unanswered
     /// SYN-ACKs (a SYN flood, a vanished client) cannot hold the backlog. Default 20 s.
     pub handshake_timeout_ms: u64,
+    /// The handshake timeout of passive connections while more than half the backlog is
+    /// half-open (under a SYN flood): the oldest half-open connections older than this are
+    /// dropped first. At most `handshake_timeout_ms`. Default 1 s.
+    pub handshake_timeout_under_pressure_ms: u64,
 }
 
 impl StackConfig {
@@ -50,6 +56,7 @@ impl StackConfig {
             ack_delay_ms: None,
             ephemeral_ports: (10_000, 65_535),
             handshake_timeout_ms: 20_000,
+            handshake_timeout_under_pressure_ms: 1_000,
         }
     }
 
@@ -69,8 +76,8 @@ impl StackConfig {
         if self.rx_ring < 64 || self.tx_ring < 64 {
             return Err("rings must hold at least 64 bytes".into());
         }
-        if self.handshake_timeout_ms == 0 {
-            return Err("handshake_timeout_ms must be positive".into());
+        if self.handshake_timeout_ms == 0 || self.handshake_timeout_under_pressure_ms == 0 {
+            return Err("handshake timeouts must be positive".into());
         }
         if self.ephemeral_ports.0 == 0 || self.ephemeral_ports.0 > self.ephemeral_ports.1 {
             return Err(format!(

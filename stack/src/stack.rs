@@ -17,6 +17,38 @@
 //! Connections are removed (their slot and rings reused) when they reach CLOSED or TIME-WAIT,
 //! after the last segment they owed (ACK of the peer's FIN, or our RST) went out. Segments of
 //! no connection reach smoltcp with an empty socket set, which answers them with RST.
+//!
+//! # SYN floods
+//!
+//! Every SYN to a listening port costs a socket that holds a backlog place until the handshake
+//! completes or times out. With a fixed backlog (1,024) and timeout (20 s) and SYNs refused on a
+//! full backlog, ~52 spoofed SYNs a second would lock every client out. The defence here is
+//! bounded-cost eviction, not SYN cookies:
+//! - **A full backlog evicts, it never refuses.** Half-open connections sit in a list in order
+//!   of arrival (intrusive, through the slots: no allocation, O(1) insert and removal). A SYN
+//!   that finds `backlog` connections pending (or no free slot) silently drops the oldest
+//!   half-open one and takes its place; a SYN is dropped only when nothing is evictable
+//!   (every slot holds an established connection). A flood therefore only shortens how long a
+//!   half-open connection may wait for its peer's ACK: `backlog / flood rate` (0.4 s at 2,500
+//!   SYNs/s, still 1 ms at a million a second, more than one lcore can take in), while a real
+//!   client answers the SYN-ACK within one round trip. (FreeBSD's syncache, too, drops a full
+//!   bucket's oldest entry for a new SYN.)
+//! - **The handshake timeout adapts.** While more than half the backlog is half-open, entries
+//!   older than `handshake_timeout_under_pressure_ms` (1 s) are dropped, oldest first, at the
+//!   start of each turn (the list is in arrival order, so this is a look at its head); otherwise
+//!   the normal `handshake_timeout_ms` (20 s) applies. Without a flood a slow client keeps its
+//!   20 s; after one, the half-open leftovers go within a second instead of holding slots.
+//! - Dropped half-open connections send nothing (no RST to spoofed sources: no backscatter).
+//!   Counted in [`StackStats::half_open_evicted`] and [`StackStats::handshake_timeouts`].
+//!
+//! Why not SYN cookies: a cookie is the server's initial sequence number, and a connection is
+//! rebuilt from the ACK that carries it. smoltcp chooses the ISN itself (random, no hook) and
+//! has no way to create a socket in ESTABLISHED with given sequence numbers, so cookies would
+//! mean answering SYNs with hand-made SYN-ACKs and forking smoltcp's TCP to adopt them — and
+//! they lose window scaling and SACK unless timestamps carry them. Eviction keeps smoltcp as
+//! it is, costs O(1) per SYN, and holds as long as the flood rate stays below `backlog` per
+//! round trip of the legitimate clients. What it does not do is spare the memory and CPU of
+//! the half-open sockets themselves (one slot and one SYN-ACK per SYN, as without a defence).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -111,8 +143,16 @@ pub struct StackStats {
     pub closed: u64,
     /// Handshakes that never completed (reset, refused, or timed out), since start.
     pub handshakes_failed: u64,
-    /// SYNs dropped because the backlog or the connection slots were full.
+    /// SYNs dropped because no slot could be had: the backlog or the slots were full and no
+    /// half-open connection could be evicted for them.
     pub syn_dropped: u64,
+    /// Half-open connections evicted to make room for a new SYN (backlog or slots full), since
+    /// start. Rising fast: a SYN flood. Also counted in `handshakes_failed`.
+    pub half_open_evicted: u64,
+    /// Handshakes given up after their timeout (the normal one, or the short one while the
+    /// backlog is over half full), passive or active, since start. Also counted in
+    /// `handshakes_failed`.
+    pub handshake_timeouts: u64,
     /// Connection visits (application callbacks and egress), since start.
     pub visits: u64,
     /// Visits because a timer was due, since start.
@@ -137,6 +177,8 @@ struct ConnState {
     phase: Phase,
     /// Until open: when the handshake is given up (µs).
     handshake_deadline: i64,
+    /// When the socket was created (µs): the age the half-open list is ordered by.
+    created_at: i64,
     /// The TCP state at the previous visit, to tell a graceful end from a reset.
     last_state: tcp::State,
     eof_reported: bool,
@@ -156,6 +198,22 @@ struct Slot {
     /// When smoltcp last asked to be polled for this connection (µs); `i64::MAX`: only on
     /// ingress. Heap entries older than this are re-armed, not visited.
     due_at: i64,
+    /// Neighbours in the half-open list (`NIL` at its ends) while the slot holds a `Pending`
+    /// connection.
+    older: u32,
+    newer: u32,
+}
+
+/// No slot: the end of the half-open list.
+const NIL: u32 = u32::MAX;
+
+/// Most half-open connections expired by age in one turn (the rest go in the next turns).
+const MAX_EXPIRED_PER_TURN: usize = 4 * RX_BURST;
+
+/// `Pending` connections in order of arrival: a doubly-linked list through the slots.
+struct HalfOpen {
+    oldest: u32,
+    newest: u32,
 }
 
 /// TSC to smoltcp time, without a division per reading.
@@ -200,6 +258,8 @@ pub struct Stack<Q> {
     /// asking). Touched again as soon as an ARP frame arrives, so the answer is used at once.
     neighbor_waiters: Vec<u32>,
     listen_ports: Vec<u16>,
+    /// Every `Pending` connection, oldest first (its length is `stats.pending`).
+    half_open: HalfOpen,
     config: StackConfig,
     clock: Clock,
     next_port: u16,
@@ -259,6 +319,8 @@ impl<Q: PacketQueue> Stack<Q> {
                 waiting_neighbor: false,
                 armed_at: i64::MAX,
                 due_at: i64::MAX,
+                older: NIL,
+                newer: NIL,
             })
             .collect();
         Ok(Stack {
@@ -273,6 +335,10 @@ impl<Q: PacketQueue> Stack<Q> {
             touched: Vec::with_capacity(config.max_connections),
             neighbor_waiters: Vec::with_capacity(config.max_connections),
             listen_ports: Vec::new(),
+            half_open: HalfOpen {
+                oldest: NIL,
+                newest: NIL,
+            },
             next_port: config.ephemeral_ports.0,
             stats: StackStats::default(),
             clock,
@@ -383,6 +449,7 @@ impl<Q: PacketQueue> Stack<Q> {
     /// packets received (0: the caller may pause).
     pub fn poll(&mut self, handler: &mut impl ConnEvents) -> usize {
         let now = self.clock.now();
+        self.expire_half_open(now.total_micros());
         let mut rx = self.rx.take().expect("rx burst is home between turns");
         let received = self.io.rx_burst(&mut rx);
         if received > 0 {
@@ -425,9 +492,11 @@ impl<Q: PacketQueue> Stack<Q> {
                 target = self.flows.get(key);
                 if target.is_none() && flow.is_syn() && self.listen_ports.contains(&flow.local_port)
                 {
-                    if self.stats.pending >= self.config.backlog {
+                    if (self.stats.pending >= self.config.backlog || self.free_slots.is_empty())
+                        && !self.evict_half_open()
+                    {
                         self.stats.syn_dropped += 1;
-                        return; // like a full kernel queue: drop, the client retries
+                        return; // nothing to evict (e.g. every slot established): the client retries
                     }
                     match self.new_socket(key, Phase::Pending) {
                         Ok(index) => {
@@ -471,7 +540,103 @@ impl<Q: PacketQueue> Stack<Q> {
         socket
             .listen(port)
             .expect("a fresh socket listens on a non-zero port");
+    }
+
+    /// Whether `Pending` connection `index` is still in its handshake (not yet seen established
+    /// by smoltcp, e.g. its ACK arrived earlier in this rx burst).
+    fn is_half_open(&self, index: u32) -> bool {
+        let slot = &self.slots[index as usize];
+        let st = slot.conn.as_ref().expect("listed slots are live");
+        matches!(
+            slot.sockets.get::<tcp::Socket>(st.handle).state(),
+            tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed
+        )
+    }
+
+    /// Append `Pending` connection `index` to the half-open list (the newest).
+    fn link_half_open(&mut self, index: u32) {
+        let newest = self.half_open.newest;
+        let slot = &mut self.slots[index as usize];
+        slot.older = newest;
+        slot.newer = NIL;
+        match newest {
+            NIL => self.half_open.oldest = index,
+            _ => self.slots[newest as usize].newer = index,
+        }
+        self.half_open.newest = index;
         self.stats.pending += 1;
+    }
+
+    /// Take `index` out of the half-open list (established, or dropped).
+    fn unlink_half_open(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        let (older, newer) = (slot.older, slot.newer);
+        slot.older = NIL;
+        slot.newer = NIL;
+        match older {
+            NIL => self.half_open.oldest = newer,
+            _ => self.slots[older as usize].newer = newer,
+        }
+        match newer {
+            NIL => self.half_open.newest = older,
+            _ => self.slots[newer as usize].older = older,
+        }
+        self.stats.pending -= 1;
+    }
+
+    /// Drop `Pending` connection `index` without a word: it was never reported, and its peer
+    /// may be a spoofed address (no RST: no backscatter).
+    fn drop_half_open(&mut self, index: u32) {
+        self.release(index); // unlinks it
+        self.stats.handshakes_failed += 1;
+    }
+
+    /// Make room for a new SYN: drop the oldest half-open connection. False if there is none
+    /// (every `Pending` connection among the oldest `RX_BURST + 1` completed its handshake in
+    /// this burst, or the list is empty).
+    fn evict_half_open(&mut self) -> bool {
+        let mut index = self.half_open.oldest;
+        for _ in 0..=RX_BURST {
+            if index == NIL {
+                return false;
+            }
+            if self.is_half_open(index) {
+                self.drop_half_open(index);
+                self.stats.half_open_evicted += 1;
+                return true;
+            }
+            index = self.slots[index as usize].newer;
+        }
+        false
+    }
+
+    /// Drop half-open connections past their handshake timeout, oldest first: the short one
+    /// while more than half the backlog is half-open, else the normal one. The list is in
+    /// arrival order, so this stops at the first young enough (a look at its head when none).
+    fn expire_half_open(&mut self, now: i64) {
+        let normal = self.config.handshake_timeout_ms as i64 * 1000;
+        let pressed = normal.min(self.config.handshake_timeout_under_pressure_ms as i64 * 1000);
+        for _ in 0..MAX_EXPIRED_PER_TURN {
+            let oldest = self.half_open.oldest;
+            if oldest == NIL {
+                return;
+            }
+            let timeout = if self.stats.pending * 2 > self.config.backlog {
+                pressed
+            } else {
+                normal
+            };
+            let created_at = self.slots[oldest as usize]
+                .conn
+                .as_ref()
+                .unwrap()
+                .created_at;
+            if now - created_at < timeout || !self.is_half_open(oldest) {
+                return;
+            }
+            self.drop_half_open(oldest);
+            self.stats.handshake_timeouts += 1;
+        }
     }
 
     /// A socket with its slot's rings, for flow `key`.
@@ -486,10 +651,11 @@ impl<Q: PacketQueue> Stack<Q> {
         socket.set_ack_delay(self.config.ack_delay_ms.map(Duration::from_millis));
         let slot = &mut self.slots[index as usize];
         let handle = slot.sockets.add(socket); // capacity 1, empty: no allocation
-        let handshake_deadline =
-            self.clock.now().total_micros() + self.config.handshake_timeout_ms as i64 * 1000;
+        let created_at = self.clock.now().total_micros();
+        let handshake_deadline = created_at + self.config.handshake_timeout_ms as i64 * 1000;
         slot.conn = Some(ConnState {
             handshake_deadline,
+            created_at,
             handle,
             key,
             phase,
@@ -499,11 +665,17 @@ impl<Q: PacketQueue> Stack<Q> {
         });
         self.flows.insert(key, index);
         self.stats.sockets += 1;
+        if phase == Phase::Pending {
+            self.link_half_open(index);
+        }
         Ok(index)
     }
 
-    /// Remove slot `index`'s socket and free the slot.
+    /// Remove slot `index`'s socket and free the slot (and take it out of the half-open list).
     fn release(&mut self, index: u32) {
+        if self.slots[index as usize].conn.as_ref().map(|st| st.phase) == Some(Phase::Pending) {
+            self.unlink_half_open(index);
+        }
         let slot = &mut self.slots[index as usize];
         let st = slot.conn.take().expect("released slot is live");
         slot.gen = slot.gen.wrapping_add(1);
@@ -550,22 +722,26 @@ impl<Q: PacketQueue> Stack<Q> {
             index,
             gen: slot.gen,
         };
-        let Some(st) = slot.conn.as_mut() else { return };
-        let socket = slot.sockets.get_mut::<tcp::Socket>(st.handle);
-        let state = socket.state();
-        let mut conn = Conn { id, socket };
-        if !matches!(
-            state,
+        let Some(st) = slot.conn.as_ref() else { return };
+        let established = !matches!(
+            slot.sockets.get::<tcp::Socket>(st.handle).state(),
             tcp::State::Closed
                 | tcp::State::TimeWait
                 | tcp::State::Listen
                 | tcp::State::SynReceived
                 | tcp::State::SynSent
-        ) {
+        );
+        if established && st.phase == Phase::Pending {
+            self.unlink_half_open(index);
+        }
+        let slot = &mut self.slots[index as usize];
+        let st = slot.conn.as_mut().expect("still live");
+        let socket = slot.sockets.get_mut::<tcp::Socket>(st.handle);
+        let mut conn = Conn { id, socket };
+        if established {
             if st.phase != Phase::Open {
-                match st.phase {
-                    Phase::Pending => self.stats.pending -= 1,
-                    _ => self.stats.connecting -= 1,
+                if st.phase == Phase::Connecting {
+                    self.stats.connecting -= 1;
                 }
                 st.phase = Phase::Open;
                 self.stats.open += 1;
@@ -613,9 +789,10 @@ impl<Q: PacketQueue> Stack<Q> {
                 self.stats.closed += 1;
             } else {
                 self.stats.handshakes_failed += 1;
+                self.stats.handshake_timeouts += u64::from(handshake_over);
             }
             match phase {
-                Phase::Pending => self.stats.pending -= 1,
+                Phase::Pending => {} // `release` took it out of the half-open list and count
                 Phase::Connecting => self.stats.connecting -= 1,
                 Phase::Open => self.stats.open -= 1,
             }
