@@ -1,11 +1,14 @@
 //! A chat room: every text message goes to everyone, with a custom handler under middleware.
 //!
 //! ```text
-//! cargo run --example chat -- 127.0.0.1:9002
+//! cargo run --example chat -- 127.0.0.1:9002 127.0.0.1:9003
 //! wscat -c ws://127.0.0.1:9002/chat        (in several terminals)
-//! curl http://127.0.0.1:9002/metrics       (messages, sessions, close codes, latency)
-//! curl http://127.0.0.1:9002/debug/probes  (members, plus the built-in probes)
+//! curl http://127.0.0.1:9003/metrics       (messages, sessions, close codes, latency)
+//! curl http://127.0.0.1:9003/debug/probes  (members, plus the built-in probes)
 //! ```
+//!
+//! The second address (default `127.0.0.1:9003`) is the admin listener, where the control plane
+//! is served: the chat port itself answers `/metrics` and `/debug/probes` with 404.
 //!
 //! Commands: `/nick NAME` renames you, `/msg ID TEXT` whispers to one member (by session id,
 //! whichever worker it is on), `/who` lists the members; anything else is said to the room.
@@ -151,14 +154,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9002".to_string())
         .parse()?;
+    let admin = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "127.0.0.1:9003".to_string())
+        .parse()?;
     let server = chat_server(Config {
         listen,
+        admin_listen: Some(admin),
         num_workers: 2,
         ..Config::default()
     })?;
     server.start()?;
     let addr = server.local_addr().expect("started");
-    println!("chat room on ws://{addr}/chat; metrics at http://{addr}/metrics; Ctrl-C to stop");
+    let admin = server.admin_addr().expect("started");
+    println!("chat room on ws://{addr}/chat; metrics at http://{admin}/metrics; Ctrl-C to stop");
     server.wait()?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! The facade's application, as the session layer sees it: one adapter, used by both data
 //! paths, from the session layer's [`App`] to the user's [`Handler`] and [`HttpHandler`].
 //!
-//! It routes only the configured path to the upgrade, answers the control plane's paths (when
-//! they are served on the WebSocket listener), keeps the session registry, and hands each
-//! callback a [`Ctx`] over the session. Handler panics are caught by the chain's `Recovery`
+//! It routes only the configured path to the upgrade, answers the control plane's paths (only
+//! with `control_on_main`: otherwise they are the `HttpHandler`'s like any other path), keeps
+//! the session registry, and hands each callback a [`Ctx`] over the session. Handler panics are caught by the chain's `Recovery`
 //! layer (the server adds one when the chain has none), the only place they are caught; an HTTP
 //! handler's panic is caught here and answered with 500.
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use hioload_wsproto::{App, CloseCode, HttpRequest, Message, SessionRef, UpgradePolicy};
 use tracing::error;
 
-use crate::control::Control;
+use crate::control::{Control, Listener};
 use crate::handler::{Ctx, Handler};
 use crate::http::{write_response, HttpHandler};
 use crate::registry::SessionInfo;
@@ -36,7 +36,7 @@ pub(crate) struct HandlerApp {
     pub http: Arc<dyn HttpHandler>,
     pub route: PathRoute,
     pub control: Arc<Control>,
-    /// Answer `/metrics` and `/debug/probes` on the WebSocket listener (no admin listener).
+    /// Answer `/metrics` and `/debug/probes` on the WebSocket listener (`control_on_main`).
     pub serve_control: bool,
 }
 
@@ -46,7 +46,7 @@ impl App for HandlerApp {
     }
 
     fn on_http(&self, request: &HttpRequest<'_>, peer: SocketAddr, response: &mut Vec<u8>) {
-        if self.serve_control && self.control.answer(request, response) {
+        if self.serve_control && self.control.answer(request, response, Listener::Main) {
             return;
         }
         if catch_unwind(AssertUnwindSafe(|| {

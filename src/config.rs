@@ -27,10 +27,23 @@ pub enum DataPathConfig {
 pub struct Config {
     /// Address to listen on (default `0.0.0.0:8080`; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Where the control plane (`GET /metrics`, `GET /debug/probes`) is served: `None` (the
-    /// default) on the main listener, for requests that are not upgrades; an address: on a
-    /// separate admin listener there, and not on the main one.
+    /// The admin listener: where the control plane (`GET /metrics`, `GET /debug/probes`) is
+    /// served on its own address, apart from the WebSocket port. `None` (the default): no admin
+    /// listener. The library binds no port it was not asked for: a fixed default port would make
+    /// two servers in one process (or on one machine) collide, so an application picks the
+    /// address (hioload-echo defaults to `127.0.0.1:9464`). Use a loopback or otherwise private
+    /// address: what it serves (the configuration, gauges, application probes) is not meant for
+    /// clients. It serves up to 16 connections at once, each with a 5 s deadline, on threads of
+    /// its own: idle or slow connections never delay another scrape, nor a worker.
     pub admin_listen: Option<SocketAddr>,
+    /// Also answer `GET /metrics` and `GET /debug/probes` on the WebSocket listener, for requests
+    /// that are not upgrades, before the application's [`HttpHandler`](crate::HttpHandler)
+    /// (default `false`: those paths go to the `HttpHandler` like any other, and the control
+    /// plane is only on `admin_listen`, if set). There, the worker that reads the request
+    /// renders the answer: probes registered with
+    /// [`Server::register_probe`](crate::Server::register_probe) are left out (application code
+    /// must not hold a worker), only the built-in ones are served; the admin listener serves all.
+    pub control_on_main: bool,
     /// Request path that is upgraded to WebSocket (default `/ws`); other paths get 404.
     pub path: String,
     /// Worker threads, one event loop each (default 4).
@@ -74,6 +87,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: None,
+            control_on_main: false,
             path: "/ws".to_string(),
             num_workers: 4,
             ring_capacity: 1024,
@@ -276,6 +290,10 @@ impl Config {
         };
         diff("listen", self.listen != new.listen);
         diff("admin_listen", self.admin_listen != new.admin_listen);
+        diff(
+            "control_on_main",
+            self.control_on_main != new.control_on_main,
+        );
         diff("path", self.path != new.path);
         diff("num_workers", self.num_workers != new.num_workers);
         diff("ring_capacity", self.ring_capacity != new.ring_capacity);

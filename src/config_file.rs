@@ -9,7 +9,8 @@
 //! ```toml
 //! log_level = "info"            # read by the application (hioload-echo: reloadable)
 //! listen = "127.0.0.1:8080"     # restart needed
-//! admin_listen = "127.0.0.1:9100"
+//! admin_listen = "127.0.0.1:9100" # the admin listener (/metrics, /debug/probes); "off": none
+//! control_on_main = false       # also serve them on the WebSocket listener; restart needed
 //! path = "/ws"
 //! workers = 4                   # restart needed
 //! io_backend = "auto"           # auto | poll | io-uring; restart needed
@@ -44,7 +45,8 @@ use crate::config::{Config, ConfigError};
 pub struct ConfigFile {
     log_level: Option<String>,
     listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
+    admin_listen: Option<String>,
+    control_on_main: Option<bool>,
     path: Option<String>,
     workers: Option<usize>,
     ring_capacity: Option<usize>,
@@ -198,8 +200,11 @@ impl ConfigFile {
         if let Some(v) = self.listen {
             c.listen = v;
         }
-        if let Some(v) = self.admin_listen {
-            c.admin_listen = Some(v);
+        if let Some(v) = &self.admin_listen {
+            c.admin_listen = parse_admin_listen(v).map_err(|e| invalid("admin_listen", e))?;
+        }
+        if let Some(v) = self.control_on_main {
+            c.control_on_main = v;
         }
         if let Some(v) = &self.path {
             c.path = v.clone();
@@ -285,6 +290,17 @@ impl ConfigFile {
     }
 }
 
+/// An admin address: `IP:PORT`, or `off` (also `none`, or empty) for no admin listener.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is neither IP:PORT nor \"off\""))
+}
+
 /// Parses `65536`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB` (powers of 1024).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -328,6 +344,32 @@ mod tests {
             Config::default().limits.max_frame_size
         );
         assert_eq!(c.backpressure.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn the_control_plane_keys_set_the_admin_address_or_turn_it_off() {
+        let base = Config {
+            admin_listen: Some("127.0.0.1:9464".parse().unwrap()),
+            ..Config::default()
+        };
+        let c = ConfigFile::parse("admin_listen = \"127.0.0.1:9100\"\ncontrol_on_main = true\n")
+            .unwrap()
+            .apply(&base)
+            .unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(c.control_on_main);
+        let c = ConfigFile::parse("admin_listen = \"off\"\n")
+            .unwrap()
+            .apply(&base)
+            .unwrap();
+        assert_eq!(c.admin_listen, None);
+        assert!(!c.control_on_main);
+        let e = ConfigFile::parse("admin_listen = \"localhost\"\n")
+            .unwrap()
+            .apply(&base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin_listen"), "{e}");
     }
 
     #[test]

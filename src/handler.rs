@@ -33,6 +33,9 @@ pub trait Handler: Send + Sync + 'static {
         let _ = workers;
     }
     /// Appends this handler's metrics in the Prometheus text format (served at `/metrics`).
+    /// Called on the thread that renders the answer: an admin connection's, or a worker when
+    /// `/metrics` is served on the WebSocket listener (`Config::control_on_main`): read
+    /// counters, do not wait on anything.
     fn write_metrics(&self, out: &mut String) {
         let _ = out;
     }

@@ -1,8 +1,9 @@
 //! Plain HTTP requests on the WebSocket listener (anything well-formed that is not an upgrade).
 //!
-//! By default they get 404. The hook exists so that the control plane can serve `/metrics` and
-//! `/debug/probes` on the same port: install an [`HttpHandler`] (a closure works) that answers the
-//! paths it knows and delegates the rest to [`NotFound`]. Every answer is followed by closing the
+//! By default they get 404, `/metrics` and `/debug/probes` included: the control plane is served
+//! on the admin listener, and on this port only with `Config::control_on_main` (then it answers
+//! those two paths before the hook). Install an [`HttpHandler`] (a closure works) that answers
+//! the paths it knows and delegates the rest to [`NotFound`]. Every answer is followed by closing the
 //! connection, so responses carry `Connection: close`.
 
 use std::net::SocketAddr;

@@ -122,9 +122,9 @@ impl Server {
         self
     }
 
-    /// Sets the handler of plain HTTP requests (default: [`NotFound`]). The control plane's
-    /// paths (`/metrics`, `/debug/probes`) are answered before it when they are served on the
-    /// main listener (no `admin_listen`).
+    /// Sets the handler of plain HTTP requests on the WebSocket listener (default: [`NotFound`]).
+    /// It gets every path but the upgrade path, `/metrics` and `/debug/probes` included, unless
+    /// [`Config::control_on_main`] is set: then the control plane answers those two first.
     pub fn with_http_handler(mut self, http: impl HttpHandler) -> Server {
         self.http = Arc::new(http);
         self
@@ -136,9 +136,12 @@ impl Server {
         self.control.config()
     }
 
-    /// Adds (or replaces) a debug probe: `probe()` is called for each `GET /debug/probes` and
-    /// its value becomes the member `name` of the JSON answer. It runs on the thread serving
-    /// the request (a worker, or the admin listener): keep it quick.
+    /// Adds (or replaces) a debug probe: `probe()` is called for each `GET /debug/probes` on the
+    /// admin listener ([`Config::admin_listen`]) and for each [`probes_json`](Server::probes_json),
+    /// and its value becomes the member `name` of the JSON answer. It runs on the admin
+    /// connection's own thread (or the caller's), never on a worker: a slow probe delays that
+    /// answer only. `/debug/probes` on the WebSocket listener ([`Config::control_on_main`]) is
+    /// answered by a worker and leaves registered probes out.
     pub fn register_probe<V, F>(&self, name: &str, probe: F)
     where
         V: Into<ProbeValue>,
@@ -170,7 +173,7 @@ impl Server {
                 path: self.cfg.path.clone(),
             },
             control: self.control.clone(),
-            serve_control: self.cfg.admin_listen.is_none(),
+            serve_control: self.cfg.control_on_main,
         });
         let path: Arc<dyn DataPath> = match &self.cfg.data_path {
             DataPathConfig::Kernel => {
@@ -205,7 +208,8 @@ impl Server {
         self.running.get().and_then(|r| r.path.io_backend())
     }
 
-    /// The bound admin address, when `admin_listen` is set and the server runs.
+    /// The bound admin address (with the real port when port 0 was configured), when
+    /// [`Config::admin_listen`] is set and the server runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.running
             .get()
@@ -253,7 +257,8 @@ impl Server {
         self.control.metrics_text()
     }
 
-    /// Everything `/debug/probes` serves, as JSON.
+    /// Everything `/debug/probes` serves on the admin listener (registered probes included), as
+    /// JSON.
     pub fn probes_json(&self) -> String {
         self.control.probes_json()
     }

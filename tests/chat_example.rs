@@ -19,9 +19,11 @@ fn read_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
 fn the_chat_room_broadcasts_whispers_and_refuses_binary() {
     let mut cfg = test_config();
     cfg.num_workers = 3;
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     let server = chat::chat_server(cfg).unwrap();
     server.start().unwrap();
     let addr = server.local_addr().unwrap();
+    let admin = server.admin_addr().unwrap();
 
     // At least six members, and more until they sit on two workers or more (the kernel spreads
     // connections over the workers' listeners by a hash: six may all land on one).
@@ -65,7 +67,7 @@ fn the_chat_room_broadcasts_whispers_and_refuses_binary() {
         .unwrap();
     assert_eq!(read_text(&mut members[5]), "(private) alice: psst");
 
-    let (_, _, body) = http_get(addr, "/debug/probes");
+    let (_, _, body) = http_get(admin, "/debug/probes");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["members"], n);
 
@@ -82,7 +84,7 @@ fn the_chat_room_broadcasts_whispers_and_refuses_binary() {
             assert_eq!(read_text(ws), left);
         }
     }
-    let (_, _, body) = http_get(addr, "/metrics");
+    let (_, _, body) = http_get(admin, "/metrics");
     let samples = parse_prometheus(&body);
     assert_eq!(
         sample(&samples, "hioload_session_close_codes_total{code=\"1003\"}"),

@@ -10,9 +10,12 @@
 //! `config`, and every probe registered with [`crate::Server::register_probe`].
 //!
 //! Both are plain functions of the server's state (`state`), rendered when asked (never on the
-//! message path) from one snapshot the data path gives (`metrics`, `probes`). Where they are served is the transport's business: on the main listener for requests
-//! that are not upgrades (through the data path's HTTP hook), or on a separate admin listener
-//! (`admin_listen`, `control/admin.rs`), which any data path can share as it is.
+//! message path) from one snapshot the data path gives (`metrics`, `probes`). Where they are
+//! served is configuration: on the admin listener (`admin_listen`, `control/admin.rs`: its own
+//! threads, which any data path can share as it is), and, only with `control_on_main`, on the
+//! WebSocket listener for requests that are not upgrades (through the data path's HTTP hook,
+//! answered by a worker: registered probes are left out there, see `probes`). By default the
+//! WebSocket port serves neither path: they go to the application's `HttpHandler`.
 
 pub(crate) mod admin;
 pub mod json;
@@ -22,7 +25,7 @@ pub mod prometheus;
 mod state;
 
 pub use probes::ProbeValue;
-pub(crate) use state::{Control, Runtime};
+pub(crate) use state::{Control, Listener, Runtime};
 
 /// A registered probe.
 type ProbeFn = dyn Fn() -> ProbeValue + Send + Sync;

@@ -1,6 +1,19 @@
 //! `GET /debug/probes`: a JSON object with one member per probe — the built-in
 //! `active_sessions`, `worker_sessions`, `buffer_caches`, `pool`, `uptime_seconds`, `config` —
 //! and every probe an application registers with [`crate::Server::register_probe`].
+//!
+//! What rendering it waits on: the built-in probes read counters the workers publish (atomics
+//! in the shard set, the pools' counters under the pools' cache registry lock, which a worker
+//! takes only when its cache is created or retired) and the configuration in force (a mutex a
+//! reload holds for a moment). Nothing waits for a worker's turn, and nothing here runs on a
+//! worker unless the request came in on the WebSocket listener (`control_on_main`).
+//!
+//! Registered probes are application code, of unknown cost, called on the thread that renders
+//! the answer, outside any lock (the list is cloned first). On the admin listener that is the
+//! connection's own thread: a slow probe delays that answer only, not another scrape (each has
+//! its own thread) and never a worker. On the WebSocket listener the thread is a worker, whose
+//! other sessions would wait: there, registered probes are left out and only the built-in
+//! ones are served.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -77,6 +90,11 @@ impl ProbeValue {
 impl Control {
     /// Every probe, as one JSON object.
     pub fn probes_json(&self) -> String {
+        self.render_probes(true)
+    }
+
+    /// The built-in probes as one JSON object, with the registered ones when `registered`.
+    pub(super) fn render_probes(&self, registered: bool) -> String {
         let mut out = String::with_capacity(2048);
         out.push('{');
         let mut first = true;
@@ -146,11 +164,14 @@ impl Control {
         });
         let cfg = self.config();
         member(&mut out, "config", &|out| config_json(out, &cfg));
-        let probes: Vec<(String, Arc<ProbeFn>)> = self
-            .probes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let probes: Vec<(String, Arc<ProbeFn>)> = if registered {
+            self.probes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        } else {
+            Vec::new()
+        };
         for (name, probe) in probes {
             let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe()))
                 .unwrap_or_else(|_| ProbeValue::Text("probe panicked".into()));
@@ -226,6 +247,7 @@ fn config_json(out: &mut String, c: &Config) {
         Some(a) => json::string(out, &a.to_string()),
         None => out.push_str("null"),
     }
+    let _ = write!(out, ",\"control_on_main\":{}", c.control_on_main);
     out.push_str(",\"path\":");
     json::string(out, &c.path);
     let _ = write!(

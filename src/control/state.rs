@@ -15,6 +15,16 @@ use crate::handler::Handler;
 use crate::http::write_response;
 use crate::registry::Registry;
 
+/// The listener a control-plane request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The WebSocket listener (`control_on_main`): a worker answers, so no application code
+    /// (registered probes) runs.
+    Main,
+    /// The admin listener (`admin_listen`): a thread of its own answers, with every probe.
+    Admin,
+}
+
 /// What exists once the server runs.
 pub(crate) struct Runtime {
     pub path: Arc<dyn DataPath>,
@@ -60,8 +70,9 @@ impl Control {
             .clone()
     }
 
-    /// Answers `/metrics` and `/debug/probes`; `false` for other paths (the caller answers them).
-    pub fn answer(&self, request: &HttpRequest<'_>, response: &mut Vec<u8>) -> bool {
+    /// Answers `/metrics` and `/debug/probes` on the listener `on`; `false` for other paths (the
+    /// caller answers them).
+    pub fn answer(&self, request: &HttpRequest<'_>, response: &mut Vec<u8>, on: Listener) -> bool {
         let path = request.path.split('?').next().unwrap_or("");
         let body = match path {
             "/metrics" | "/debug/probes" if request.method != "GET" && request.method != "HEAD" => {
@@ -78,7 +89,10 @@ impl Control {
                 self.metrics_text(),
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
-            "/debug/probes" => (self.probes_json(), "application/json"),
+            "/debug/probes" => (
+                self.render_probes(on == Listener::Admin),
+                "application/json",
+            ),
             _ => return false,
         };
         write_response(response, 200, "OK", body.1, body.0.as_bytes());

@@ -5,7 +5,7 @@
 //! that says how to get a DPDK build, rather than a generic "unknown flag".
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,20 +22,25 @@ Examples:
 
 Try it:  wscat -c ws://127.0.0.1:8080/ws      (or: websocat ws://127.0.0.1:8080/ws)
 
-Control plane (plain HTTP GET; on the WebSocket address, or only on --admin-addr if given):
-  curl http://127.0.0.1:8080/metrics          Prometheus text: sessions per worker, messages
+Control plane (plain HTTP GET) on the admin listener: 127.0.0.1:9464 (this machine only)
+unless --admin-addr says otherwise; not on the WebSocket port unless --control-on-main:
+  curl http://127.0.0.1:9464/metrics          Prometheus text: sessions per worker, messages
                                               and bytes in/out, close codes, handler latency,
                                               handler panics, buffer pools, idle pings, uptime
-  curl http://127.0.0.1:8080/debug/probes     JSON: active_sessions, worker_sessions, pool,
+  curl http://127.0.0.1:9464/debug/probes     JSON: active_sessions, worker_sessions, pool,
                                               uptime_seconds, config
+The admin listener serves up to 16 connections at once, each with a 5 s deadline. If the
+default port is busy, the server starts without it (with a warning); an address given with
+--admin-addr or admin_listen in the file must be free. --admin-addr off: no admin listener.
 
 Configuration file (--config FILE, TOML, every key optional; values in the file win over
 flags). SIGHUP re-reads it and applies, without dropping a connection: log_level, [limits]
 (max_message_size, max_frame_size, max_headers), [backpressure], handshake_timeout,
-close_timeout, shutdown_grace, idle_timeout, pong_timeout. Changes to listen, admin_listen,
-path, workers, ring_capacity, batch_size, cpu_affinity, io_backend, session_shards, inplace_frame_max and
-max_head_bytes are logged as needing a restart. An invalid file is rejected with an error line
-and the running configuration stays. Example:
+close_timeout, shutdown_grace, idle_timeout, pong_timeout. Changes to listen, admin_listen
+(IP:PORT or \"off\"), control_on_main, path, workers, ring_capacity, batch_size, cpu_affinity,
+io_backend, session_shards, inplace_frame_max and max_head_bytes are logged as needing a
+restart. An invalid file is rejected with an error line and the running configuration stays.
+Example:
   log_level = \"info\"
   idle_timeout = 60
   [limits]
@@ -131,9 +136,17 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     pub idle_timeout: Duration,
 
-    /// Serve /metrics and /debug/probes on this address only (not on --addr).
-    #[arg(long, value_name = "IP:PORT")]
-    pub admin_addr: Option<SocketAddr>,
+    /// Admin listener: serves /metrics and /debug/probes on this address, apart from the
+    /// WebSocket port [default: 127.0.0.1:9464, this machine only; if that port is busy the
+    /// server starts without it]. Keep it private (loopback or an internal network): it shows
+    /// the configuration and gauges. off: no admin listener.
+    #[arg(long, value_name = "IP:PORT|off", value_parser = parse_admin_addr)]
+    pub admin_addr: Option<AdminAddr>,
+
+    /// Also serve /metrics and /debug/probes on --addr, the WebSocket port (off by default:
+    /// there they get 404 like any other path that is not the WebSocket path).
+    #[arg(long)]
+    pub control_on_main: bool,
 
     /// TOML configuration file; re-read on SIGHUP (see below).
     #[arg(long, value_name = "FILE")]
@@ -165,6 +178,21 @@ pub struct Args {
     #[cfg(feature = "dpdk")]
     #[arg(long, value_name = "NAME")]
     pub dpdk_port: Option<String>,
+}
+
+/// The admin listener's address when `--admin-addr` is not given: loopback, so that the control
+/// plane is private to this machine unless asked otherwise (9464: a port commonly used for
+/// Prometheus exporters).
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+
+/// `--admin-addr`: an address, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+/// Parses `--admin-addr` as the config file's `admin_listen`: `IP:PORT` or `off`.
+pub fn parse_admin_addr(s: &str) -> Result<AdminAddr, String> {
+    hioload_ws::config_file::parse_admin_listen(s).map(AdminAddr)
 }
 
 /// The text after the flags: examples, then the DPDK mode (in a DPDK build).
@@ -383,11 +411,23 @@ mod tests {
     }
 
     #[test]
+    fn the_control_plane_is_private_by_default() {
+        let a = Args::try_parse_from(argv("echo")).unwrap();
+        assert_eq!(a.admin_addr, None, "not given: DEFAULT_ADMIN_ADDR, soft");
+        assert!(!a.control_on_main, "not on the WebSocket port");
+        assert!(DEFAULT_ADMIN_ADDR.ip().is_loopback());
+        assert_eq!(DEFAULT_ADMIN_ADDR.to_string(), "127.0.0.1:9464");
+        let a = Args::try_parse_from(argv("echo --admin-addr off")).unwrap();
+        assert_eq!(a.admin_addr, Some(AdminAddr(None)));
+        assert!(Args::try_parse_from(argv("echo --admin-addr nowhere")).is_err());
+    }
+
+    #[test]
     fn every_flag_parses() {
         let a = Args::try_parse_from(argv(
             "echo --addr 127.0.0.1:0 --workers 2 --path / --max-message 1M --max-frame 64K --batch-size 32 \
              --no-affinity --grace-period 1.5 --backpressure-bytes 256K --backpressure-timeout 2 --handshake-timeout 3 \
-             --idle-timeout 0 --admin-addr 127.0.0.1:9100 --config /tmp/x.toml",
+             --idle-timeout 0 --admin-addr 127.0.0.1:9100 --control-on-main --config /tmp/x.toml",
         ))
         .unwrap();
         assert_eq!(a.workers, 2);
@@ -396,7 +436,11 @@ mod tests {
         assert_eq!(a.grace_period, Duration::from_millis(1500));
         assert!(a.no_affinity);
         assert_eq!(a.idle_timeout, Duration::ZERO);
-        assert_eq!(a.admin_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(
+            a.admin_addr,
+            Some(AdminAddr(Some("127.0.0.1:9100".parse().unwrap())))
+        );
+        assert!(a.control_on_main);
         assert_eq!(a.config, Some(PathBuf::from("/tmp/x.toml")));
     }
 }

@@ -119,7 +119,10 @@ fn main() -> ExitCode {
         shutdown_grace: args.grace_period,
         handshake_timeout: args.handshake_timeout,
         idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
-        admin_listen: args.admin_addr,
+        admin_listen: args
+            .admin_addr
+            .map_or(Some(cli::DEFAULT_ADMIN_ADDR), |a| a.0),
+        control_on_main: args.control_on_main,
         ..Config::default()
     };
     cfg.limits.max_message_size = args.max_message;
@@ -137,7 +140,7 @@ fn main() -> ExitCode {
         dpdk.port = args.dpdk_port.clone();
         cfg.data_path = DataPathConfig::Dpdk(dpdk);
     }
-    let base = cfg.clone();
+    let mut base = cfg.clone();
     let mut file_log_level = None;
     if let Some(path) = &args.config {
         match ConfigFile::load_over(path, &base) {
@@ -188,6 +191,21 @@ fn main() -> ExitCode {
         Err(e) => warn!("cannot raise the open-files limit: {e}"),
     }
 
+    // The default admin address is a convenience: if it cannot be bound (say, another
+    // hioload-echo on this machine has it), run without the admin listener rather than not at
+    // all. An address the operator gave must bind.
+    if args.admin_addr.is_none() && cfg.admin_listen == Some(cli::DEFAULT_ADMIN_ADDR) {
+        if let Err(e) = std::net::TcpListener::bind(cli::DEFAULT_ADMIN_ADDR) {
+            warn!(
+                "cannot bind the default admin address {}: {e}; running without the admin \
+                 listener (--admin-addr IP:PORT picks another)",
+                cli::DEFAULT_ADMIN_ADDR
+            );
+            cfg.admin_listen = None;
+            base.admin_listen = None;
+        }
+    }
+
     let server = match Server::new(cfg) {
         Ok(s) => Arc::new(
             s.with_handler(
@@ -228,8 +246,24 @@ fn main() -> ExitCode {
             cfg.path
         );
     }
-    let control = server.admin_addr().unwrap_or(addr);
-    info!("control plane: http://{control}/metrics and http://{control}/debug/probes");
+    match (server.admin_addr(), cfg.control_on_main) {
+        (Some(admin), false) => info!(
+            "control plane: http://{admin}/metrics and http://{admin}/debug/probes \
+             (admin listener; not on the WebSocket port)"
+        ),
+        (Some(admin), true) => info!(
+            "control plane: http://{admin}/metrics and http://{admin}/debug/probes \
+             (admin listener), and on the WebSocket port: http://{addr}/metrics"
+        ),
+        (None, true) => info!(
+            "control plane: http://{addr}/metrics and http://{addr}/debug/probes \
+             (on the WebSocket port, --control-on-main)"
+        ),
+        (None, false) => info!(
+            "control plane: off (no admin listener; --admin-addr IP:PORT or --control-on-main \
+             serves /metrics and /debug/probes)"
+        ),
+    }
 
     let stopper = server.clone();
     let grace = cfg.shutdown_grace;

@@ -20,16 +20,33 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 struct Echo {
     process: EchoProcess,
     addr: SocketAddr,
+    /// The admin listener's address, from the start log.
+    admin: Option<SocketAddr>,
 }
 
 impl Echo {
+    /// With `extra` flags; the admin listener on 127.0.0.1:0 unless they say otherwise (tests
+    /// run at once: the default port would be taken by one of them only).
     fn start(extra: &[&str]) -> Echo {
+        let own_admin = extra.contains(&"--admin-addr");
+        Echo::launch(extra, !own_admin)
+    }
+
+    /// With `extra` flags and, unless they give one, the default admin address.
+    fn start_default_admin(extra: &[&str]) -> Echo {
+        Echo::launch(extra, false)
+    }
+
+    fn launch(extra: &[&str], admin_port_0: bool) -> Echo {
         let mut cmd = Command::new(BIN);
         // The I/O backend under test (scripts/test.sh runs these once per backend).
         let io = std::env::var("HIOLOAD_TEST_IO").unwrap_or_else(|_| "auto".into());
         cmd.args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
-            .args(["--io", &io])
-            .args(extra)
+            .args(["--io", &io]);
+        if admin_port_0 {
+            cmd.args(["--admin-addr", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -37,7 +54,7 @@ impl Echo {
         Echo::spawn(cmd)
     }
 
-    /// Spawns `cmd` (stderr piped) and waits for its start line.
+    /// Spawns `cmd` (stderr piped) and waits for its start line and its control-plane line.
     fn spawn(cmd: Command) -> Echo {
         let mut process = EchoProcess::spawn(cmd);
         let line = process.next_line_with("listening on ws://", Duration::from_secs(20));
@@ -52,7 +69,20 @@ impl Echo {
         }
         let rest = line.split("listening on ws://").nth(1).unwrap();
         let addr = rest.split('/').next().unwrap().parse().unwrap();
-        Echo { process, addr }
+        let line = process.next_line_with("control plane: ", LOG_WAIT);
+        let admin = line.contains("(admin listener").then(|| {
+            line.split("http://")
+                .nth(1)
+                .and_then(|s| s.split('/').next())
+                .unwrap()
+                .parse()
+                .unwrap()
+        });
+        Echo {
+            process,
+            addr,
+            admin,
+        }
     }
 }
 
@@ -191,6 +221,7 @@ fn help_explains_every_flag_with_an_example() {
         "--handshake-timeout",
         "--idle-timeout",
         "--admin-addr",
+        "--control-on-main",
         "--config",
     ] {
         let line = help
@@ -252,7 +283,7 @@ fn out_of_file_descriptors_drops_new_connections_with_a_log_line_and_recovers() 
     let mut cmd = Command::new(BIN);
     let io = std::env::var("HIOLOAD_TEST_IO").unwrap_or_else(|_| "auto".into());
     cmd.args(["--addr", "127.0.0.1:0", "--workers", "1", "--no-affinity"])
-        .args(["--io", &io])
+        .args(["--io", &io, "--admin-addr", "off"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -404,7 +435,7 @@ fn sighup_lowers_the_max_message_size_of_a_running_server_without_dropping_conne
     // The other connection was not dropped.
     bystander.send(Message::text("still open")).unwrap();
     assert_eq!(bystander.read().unwrap(), Message::text("still open"));
-    let (status, body) = http_get(echo.addr, "/debug/probes");
+    let (status, body) = http_get(echo.admin.unwrap(), "/debug/probes");
     assert_eq!(status, 200);
     assert!(body.contains("\"max_message_size\":4096"), "{body}");
 }
@@ -447,16 +478,9 @@ fn sighup_with_an_invalid_file_is_rejected_and_the_old_settings_stay() {
 
 #[test]
 fn metrics_and_probes_are_served_on_the_admin_address() {
-    let mut echo = Echo::start(&["--admin-addr", "127.0.0.1:0"]);
+    let echo = Echo::start(&["--admin-addr", "127.0.0.1:0"]);
     // The admin listener's port is in the start log.
-    let line = echo.next_line_with("control plane: http://", LOG_WAIT);
-    let admin: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = echo.admin.expect("the start log names the admin address");
     assert_ne!(admin, echo.addr);
     let mut ws = client(echo.addr);
     for i in 0..5 {
@@ -482,4 +506,53 @@ fn metrics_and_probes_are_served_on_the_admin_address() {
         404,
         "not on the WebSocket address"
     );
+    assert_eq!(http_get(echo.addr, "/debug/probes").0, 404);
+}
+
+#[test]
+fn by_default_the_admin_listener_is_on_loopback_9464_and_the_websocket_port_serves_no_metrics() {
+    // No --admin-addr: 127.0.0.1:9464, or, when that port is taken on this machine, a warning
+    // and no admin listener (the server runs all the same).
+    let mut echo = Echo::start_default_admin(&[]);
+    match echo.admin {
+        Some(admin) => {
+            assert_eq!(admin, "127.0.0.1:9464".parse().unwrap());
+            assert!(admin.ip().is_loopback());
+            assert_eq!(http_get(admin, "/metrics").0, 200);
+        }
+        None => {
+            let log = echo.log_text();
+            assert!(
+                log.contains("cannot bind the default admin address 127.0.0.1:9464"),
+                "{log}"
+            );
+            assert!(log.contains("control plane: off"), "{log}");
+        }
+    }
+    assert_eq!(http_get(echo.addr, "/metrics").0, 404);
+    assert_eq!(http_get(echo.addr, "/debug/probes").0, 404);
+    let mut ws = client(echo.addr);
+    ws.send(Message::text("still an echo server")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still an echo server"));
+}
+
+#[test]
+fn control_on_main_serves_metrics_and_probes_on_the_websocket_port_too() {
+    let echo = Echo::start(&["--control-on-main"]);
+    let admin = echo.admin.expect("the admin listener stays");
+    let mut ws = client(echo.addr);
+    ws.send(Message::text("m")).unwrap();
+    ws.read().unwrap();
+    for addr in [echo.addr, admin] {
+        let (status, body) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "{addr}");
+        assert!(
+            body.lines().any(|l| l == "hioload_messages_in_total 1"),
+            "{body}"
+        );
+        let (status, body) = http_get(addr, "/debug/probes");
+        assert_eq!(status, 200, "{addr}");
+        assert!(body.contains("\"control_on_main\":true"), "{body}");
+    }
+    assert_eq!(http_get(echo.addr, "/other").0, 404);
 }

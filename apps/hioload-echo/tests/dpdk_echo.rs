@@ -94,6 +94,9 @@ impl DpdkEcho {
                 "100",
                 "--max-connections",
                 "2048",
+                // Tests run at once: each its own admin port.
+                "--admin-addr",
+                "127.0.0.1:0",
             ])
             .args(app_args)
             .env("RUST_LOG", "info")
@@ -193,7 +196,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn text_binary_and_plain_http_over_the_userspace_stack() {
-    let mut echo = DpdkEcho::start(&[]);
+    let mut echo = DpdkEcho::start(&["--control-on-main"]);
     echo.wait_for_line("MAC", Duration::from_secs(1));
     let start_log = echo.log_text();
     for what in [
@@ -217,8 +220,9 @@ fn text_binary_and_plain_http_over_the_userspace_stack() {
         let binary = ws.read().unwrap() == Message::binary(payload);
         ws.send(Message::binary(Vec::new())).unwrap();
         let empty = ws.read().unwrap() == Message::binary(Vec::new());
-        // Requests that are no upgrade go to the control plane and the HTTP hook (404 by
-        // default), on the same userspace port, while the session above is open.
+        // Requests that are no upgrade go to the control plane (--control-on-main) and the
+        // HTTP hook (404 by default), on the same userspace port, while the session above is
+        // open.
         let http = ["/debug/probes", "/metrics", "/nothing-here"].map(|path| {
             let mut s = TcpStream::connect(STACK).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
