@@ -63,8 +63,22 @@ pub struct Config {
     pub session_shards: usize,
     /// Protocol limits (frame and message size, request head size, in-place frame size).
     pub limits: Limits,
-    /// Pending-output bounds per connection (default 1 MiB soft, 4 MiB hard, 10 s).
+    /// Pending-output bounds per connection (default 1 MiB soft, 32 MiB hard, 10 s from the
+    /// soft bound); see [`Backpressure`].
     pub backpressure: Backpressure,
+    /// Most connections the server holds at once, in any phase (default 100,000). More are
+    /// refused (closed as soon as accepted; on DPDK, reset), counted in
+    /// `hioload_connections_refused_total` and logged at a rate limit. At the default, idle
+    /// sessions cost about 40 MB of user space (≈0.4 KiB each) plus the kernel's socket memory.
+    pub max_connections: usize,
+    /// Most bytes all connections together may hold in held input (partial frames and heads),
+    /// message assembly and pending output (default 1 GiB). Over it, each worker closes its
+    /// largest holders (1009 for a message in assembly, 1008 for unread output), counted in
+    /// `hioload_budget_closes_total`.
+    pub memory_budget: usize,
+    /// Time a peer has to complete a message or frame once its first byte arrived, however
+    /// slowly the rest trickles in (default 30 s; then Close 1008).
+    pub message_timeout: Duration,
     /// Time a client has to complete the upgrade request (default 10 s).
     pub handshake_timeout: Duration,
     /// Time a peer has to answer our Close, and to close after the close handshake (default 5 s).
@@ -97,6 +111,9 @@ impl Default for Config {
             session_shards: 16,
             limits: Limits::default(),
             backpressure: Backpressure::default(),
+            max_connections: 100_000,
+            memory_budget: 1 << 30,
+            message_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
@@ -244,11 +261,18 @@ impl Config {
             ("close_timeout", self.close_timeout),
             ("idle_timeout", idle),
             ("pong_timeout", self.pong_timeout),
+            ("message_timeout", self.message_timeout),
         ] {
             check(!value.is_zero() && value <= MAX_TIMEOUT, field, || {
                 format!("must be between 1 ms and 1 h, got {value:?}")
             })?;
         }
+        check(self.max_connections >= 1, "max_connections", || {
+            "must be at least 1".to_string()
+        })?;
+        check(self.memory_budget >= 1 << 20, "memory_budget", || {
+            format!("must be at least 1 MiB, got {}", self.memory_budget)
+        })?;
         let g = self.shutdown_grace;
         check(g <= MAX_TIMEOUT, "shutdown_grace", || {
             format!("must be at most 1 h, got {g:?}")
@@ -277,6 +301,9 @@ impl Config {
             shutdown_grace: self.shutdown_grace,
             idle_timeout: self.idle_timeout,
             pong_timeout: self.pong_timeout,
+            message_timeout: self.message_timeout,
+            max_connections: self.max_connections,
+            memory_budget: self.memory_budget,
         }
     }
 
@@ -329,6 +356,9 @@ impl Config {
         merged.shutdown_grace = new.shutdown_grace;
         merged.idle_timeout = new.idle_timeout;
         merged.pong_timeout = new.pong_timeout;
+        merged.message_timeout = new.message_timeout;
+        merged.max_connections = new.max_connections;
+        merged.memory_budget = new.memory_budget;
         merged
     }
 

@@ -16,6 +16,9 @@
 //! io_backend = "auto"           # auto | poll | io-uring; restart needed
 //! idle_timeout = 60             # seconds; 0 = never ping; reloadable
 //! pong_timeout = 30
+//! message_timeout = 30          # a started message must be complete within this; reloadable
+//! max_connections = 100000      # reloadable
+//! memory_budget = "1GiB"        # held input + assembly + pending output, all connections
 //! handshake_timeout = 10
 //! close_timeout = 5
 //! shutdown_grace = 5
@@ -26,7 +29,7 @@
 //!
 //! [backpressure]                # reloadable
 //! soft_bytes = "1MiB"
-//! hard_bytes = "4MiB"
+//! hard_bytes = "32MiB"
 //! timeout = 10
 //! ```
 
@@ -59,6 +62,9 @@ pub struct ConfigFile {
     shutdown_grace: Option<f64>,
     idle_timeout: Option<f64>,
     pong_timeout: Option<f64>,
+    message_timeout: Option<f64>,
+    max_connections: Option<usize>,
+    memory_budget: Option<Bytes>,
     limits: Option<LimitsFile>,
     backpressure: Option<BackpressureFile>,
 }
@@ -242,6 +248,15 @@ impl ConfigFile {
         }
         if let Some(v) = self.pong_timeout {
             c.pong_timeout = secs("pong_timeout", v)?;
+        }
+        if let Some(v) = self.message_timeout {
+            c.message_timeout = secs("message_timeout", v)?;
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = &self.memory_budget {
+            c.memory_budget = bytes("memory_budget", v)?;
         }
         if let Some(l) = &self.limits {
             if let Some(v) = &l.max_frame_size {

@@ -1,5 +1,5 @@
-//! Output that a peer does not drain: above the hard bound for longer than the timeout, the
-//! session is closed with 1008 and its memory released.
+//! Output that a peer does not drain: above the soft bound for longer than the timeout, or above
+//! the hard bound at all, the session is closed with 1008 and its memory released.
 
 mod common;
 
@@ -28,10 +28,10 @@ impl Handler for Flood {
 }
 
 #[test]
-fn a_peer_stuck_above_the_hard_bound_is_closed_with_1008() {
+fn a_peer_stuck_above_the_soft_bound_is_closed_with_1008_after_the_timeout() {
     let mut cfg = test_config();
     cfg.backpressure.soft_bytes = 256 << 10;
-    cfg.backpressure.hard_bytes = 1 << 20;
+    cfg.backpressure.hard_bytes = 64 << 20;
     cfg.backpressure.timeout = Duration::from_millis(500);
     let rec = std::sync::Arc::new(RecordingEcho::default());
     let server = Server::new(cfg).unwrap().with_handler(Flood(rec.clone()));
@@ -61,4 +61,30 @@ fn a_peer_stuck_above_the_hard_bound_is_closed_with_1008() {
     let mut ws = client(addr, "/ws");
     ws.send(tungstenite::Message::text("fine")).unwrap();
     assert_eq!(ws.read().unwrap(), tungstenite::Message::text("fine"));
+}
+
+#[test]
+fn output_over_the_hard_bound_is_closed_with_1008_without_waiting_for_the_timeout() {
+    let mut cfg = test_config();
+    cfg.backpressure.soft_bytes = 256 << 10;
+    cfg.backpressure.hard_bytes = 1 << 20;
+    cfg.backpressure.timeout = Duration::from_secs(60);
+    let rec = std::sync::Arc::new(RecordingEcho::default());
+    let server = Server::new(cfg).unwrap().with_handler(Flood(rec.clone()));
+    server.start().unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let mut s = raw_ws(addr);
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    use std::io::Write;
+    s.write_all(&frame(true, 0x1, b"flood")).unwrap();
+    // 16 MiB queued against a 1 MiB hard bound: closed at the next tick, not after 60 s.
+    rec.wait_for(Duration::from_secs(5), "on_close 1008", |r| {
+        r.closes.iter().any(|c| c.1 == 1008)
+    });
+    wait_until(Duration::from_secs(5), "session count 0", || {
+        server.session_count() == 0
+    });
 }

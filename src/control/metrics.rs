@@ -38,7 +38,7 @@ impl Control {
             workers.iter().map(|w| w.sessions).sum::<usize>() as f64,
         );
         type Field = fn(&WorkerStats) -> usize;
-        let per_worker: [(&str, &str, &str, Field); 7] = [
+        let per_worker: [(&str, &str, &str, Field); 14] = [
             (
                 "hioload_worker_sessions",
                 "gauge",
@@ -72,8 +72,50 @@ impl Control {
             (
                 "hioload_buffer_waits_total",
                 "counter",
-                "Reads deferred for want of a receive buffer.",
+                "io_uring ring refills deferred for want of a pool buffer (to the next tick).",
                 |w| w.buffer_waits,
+            ),
+            (
+                "hioload_worker_memory_bytes",
+                "gauge",
+                "Bytes held by the worker's connections: held input, message assembly, pending output (the memory budget counts these).",
+                |w| w.memory,
+            ),
+            (
+                "hioload_connections_refused_total",
+                "counter",
+                "Connections refused at max_connections.",
+                |w| w.connections_refused,
+            ),
+            (
+                "hioload_budget_closes_total",
+                "counter",
+                "Connections closed because the server was over its memory budget.",
+                |w| w.budget_closes,
+            ),
+            (
+                "hioload_memory_closes_total",
+                "counter",
+                "Connections closed because memory for their input could not be had.",
+                |w| w.memory_closes,
+            ),
+            (
+                "hioload_message_timeouts_total",
+                "counter",
+                "Sessions closed (1008) for not completing a message within message_timeout.",
+                |w| w.message_timeouts,
+            ),
+            (
+                "hioload_backpressure_closes_total",
+                "counter",
+                "Sessions closed (1008) because their peer did not read its output.",
+                |w| w.backpressure_closes,
+            ),
+            (
+                "hioload_protocol_errors_total",
+                "counter",
+                "Sessions closed for a protocol error of the peer.",
+                |w| w.protocol_errors,
             ),
             (
                 "hioload_ring_buffers",

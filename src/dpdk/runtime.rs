@@ -30,8 +30,8 @@ use hioload_wsproto::shard::Wake;
 use hioload_wsproto::ShardSet;
 use tracing::{error, info, warn};
 
-use super::setup::{lcore_pools, log_lcores, log_placement, open_port, pool_node};
-use super::worker::{held_max, Worker};
+use super::setup::{lcore_pools, log_lcores, log_placement, open_port};
+use super::worker::Worker;
 use super::DpdkConfig;
 use crate::app::HandlerApp;
 use crate::config::{Config, ConfigError, IoBackend};
@@ -199,7 +199,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
     log_lcores(eal, polling, lcores.len(), &open.port_name);
     log_placement(polling, socket, &open.port_name);
     let backing = Arc::new(DpdkBacking::new(NumaAllocator::new(eal)));
-    let pools = lcore_pools(polling, socket, &cfg.pool, &cfg.limits, backing.clone())?;
+    let pools = lcore_pools(polling, socket, &cfg.pool, backing.clone())?;
 
     let profile = PortProfile::of(&open.port).map_err(|e| e.to_string())?;
     let mut stack_config = StackConfig::new(ip, dpdk.prefix_len);
@@ -250,14 +250,6 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
         let _ = ready.send(Ok((pools.clone(), set.clone())));
 
         let reports = eal.run_on(jobs, |lcore, (index, mut stack)| {
-            // The cache is made here, on its lcore, and stays there with the worker.
-            let held_pool = pools
-                .worker_cache(pool_node(lcore, socket))
-                .expect("every polling lcore's socket has a pool");
-            // One slab now, so the first partial frame takes no memory from DPDK's heap.
-            if let Err(e) = held_pool.get(held_max(&cfg.limits), None) {
-                warn!("lcore {}: no buffer pool memory at start: {e}", lcore.id());
-            }
             let mut worker = Worker::new(
                 index,
                 app.clone(),
@@ -265,7 +257,6 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
                 &cfg.limits,
                 &dpdk,
                 listen_port,
-                held_pool,
             );
             lcore_loop(&mut stack, &mut worker, &dpdk);
             let stats = stack.stats();

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use hioload_dpdk::{Eal, Lcore, Mempool, MempoolConfig, Port, PortConfig, PortId, SocketId};
 use tracing::{info, warn};
 
-use super::worker::held_max;
 use crate::pool::{DpdkBacking, PoolConfig, PoolManager};
 
 /// Picks the port: the one named, else the first DPDK knows.
@@ -62,18 +61,8 @@ pub(super) fn lcore_pools(
     polling: &[Lcore],
     port_socket: SocketId,
     config: &PoolConfig,
-    limits: &hioload_wsproto::Limits,
     backing: Arc<DpdkBacking>,
 ) -> Result<PoolManager, String> {
-    let held = held_max(limits);
-    if held > config.max_buffer {
-        return Err(format!(
-            "invalid configuration: pool.max_buffer ({}) must hold what a connection keeps of a \
-             partial frame or request head ({held} bytes: limits.inplace_frame_max + 14 or \
-             limits.max_head_bytes)",
-            config.max_buffer
-        ));
-    }
     let port_node = pool_node_of(port_socket);
     let mut nodes: Vec<(u32, Vec<u32>)> = vec![(port_node, Vec::new())];
     for &lcore in polling {
@@ -90,9 +79,8 @@ pub(super) fn lcore_pools(
     let pools =
         PoolManager::with_nodes(&nodes, config.clone(), backing).map_err(|e| e.to_string())?;
     info!(
-        "buffer pools on NUMA socket(s) {:?} (DPDK memory), {} bytes per held partial frame",
-        pools.nodes(),
-        held
+        "buffer pools on NUMA socket(s) {:?} (DPDK memory)",
+        pools.nodes()
     );
     Ok(pools)
 }

@@ -10,12 +10,10 @@
 //! (`Conn::recv_and_send` lends the ring's readable bytes and the send ring together); it
 //! unmasks in place and hands out whole messages as slices of the ring, and its answers go
 //! straight into the send ring. What it leaves unconsumed (an incomplete frame of at most
-//! `inplace_frame_max` bytes) moves to the connection's small `held` buffer, as the session left
-//! it (partly unmasked: the session relies on finding it unchanged). That buffer comes from the
-//! lcore's pool cache (DPDK memory of the lcore's socket, no lock) when there is something to
-//! hold, and goes back as soon as it is consumed. While bytes are held (and for the request
-//! head), the ring's bytes are copied behind them into the lcore's receive buffer and parsed
-//! there, as the kernel path parses its read buffer. Output the send ring cannot take waits in
+//! `inplace_frame_max` bytes) the connection keeps in its own held input, sized to what is held
+//! (the shared layer's `HeldInput`: no pool buffer that trickling peers could drain). While
+//! bytes are held (and for the request head), the ring's bytes are copied behind them into the
+//! lcore's receive buffer and parsed there, as the kernel path parses its read buffer. Output the send ring cannot take waits in
 //! the connection's pending output; then the connection is not read until it drains.
 
 use std::net::SocketAddr;
@@ -25,31 +23,22 @@ use hioload_stack::{CloseReason, Conn, ConnEvents, ConnId, PacketQueue, SendRing
 use hioload_wsproto::connection::Release;
 use hioload_wsproto::output_cache::{OutputCache, OutputCacheStats};
 use hioload_wsproto::shard::TurnEnd;
-use hioload_wsproto::{App, CloseCode, Limits, PendingOutput, Shard, ShardSet, Transport};
+use hioload_wsproto::{App, Limits, PendingOutput, Shard, ShardSet, Transport};
 use std::sync::Arc;
-use tracing::error;
 
 use super::wire::RingWire;
-use crate::pool::{PoolError, PooledBuf, WorkerCache};
 
 /// A stack connection as the worker keeps it in its shard slot.
 #[derive(Debug)]
 pub(super) struct StackConn {
     /// The stack's id (slot index + generation).
     id: ConnId,
-    /// Unconsumed input (an incomplete frame or request head), as the protocol left it: a
-    /// buffer from the lcore's pool cache, held only while there is something to hold.
-    held: Option<PooledBuf>,
 }
 
 /// The worker's own buffers.
 struct LcoreBuffers {
     /// The receive buffer: held bytes plus one whole receive ring.
     rbuf: Box<[u8]>,
-    /// Where connections' held bytes go: this lcore's pool cache.
-    held_pool: WorkerCache,
-    /// Most bytes a connection holds between reads.
-    held_max: usize,
     /// Storage of pending output.
     cache: OutputCache,
 }
@@ -64,7 +53,7 @@ pub(super) struct Worker<A> {
 }
 
 impl<A: App> Worker<A> {
-    /// The worker of lcore `index`; make it on that lcore (`held_pool` is its cache).
+    /// The worker of lcore `index`; make it on that lcore (its buffers are then local).
     pub fn new(
         index: usize,
         app: A,
@@ -72,16 +61,12 @@ impl<A: App> Worker<A> {
         limits: &Limits,
         dpdk: &super::DpdkConfig,
         listen_port: u16,
-        held_pool: WorkerCache,
     ) -> Self {
         let now = Instant::now();
-        let held_max = held_max(limits);
         Worker {
             shard: Shard::new(index, app, set, dpdk.max_connections, now),
             bufs: LcoreBuffers {
-                rbuf: vec![0u8; dpdk.ring_bytes + held_max].into_boxed_slice(),
-                held_pool,
-                held_max,
+                rbuf: vec![0u8; dpdk.ring_bytes + held_max(limits)].into_boxed_slice(),
                 cache: OutputCache::new(),
             },
             listen_port,
@@ -133,35 +118,29 @@ impl<A: App> Worker<A> {
             let Some(s) = self.shard.slot_mut(slot) else {
                 return;
             };
-            if !s.conn.pending().is_empty() || s.conn.read_paused() || conn.recv_queue() == 0 {
+            if s.conn.ended().is_some()
+                || !s.conn.pending().is_empty()
+                || s.conn.read_paused()
+                || conn.recv_queue() == 0
+            {
                 break;
             }
-            if s.io.held.is_none() && s.conn.parses_frames() {
+            if s.conn.held_len() == 0 && s.conn.parses_frames() {
                 // The common case: parse in the ring. After a wrap, or with a partial frame
                 // held back, the bytes go through the receive buffer below instead.
-                if !self.read_in_ring(slot, conn) {
-                    return;
-                }
+                self.read_in_ring(slot, conn);
                 continue;
             }
-            // The held bytes go first; their buffer goes back to the pool.
+            // The held bytes go first, then what the ring has.
             let bufs = &mut self.bufs;
-            let held = s.io.held.take().map_or(0, |buf| {
-                bufs.rbuf[..buf.len()].copy_from_slice(&buf);
-                buf.len()
-            });
+            let held = s.conn.held_mut().move_to(&mut bufs.rbuf);
             let filled = held + conn.recv_slice(&mut bufs.rbuf[held..]);
-            let consumed = {
-                let mut wire = RingWire {
-                    target: &mut *conn,
-                    cache: &mut bufs.cache,
-                };
-                self.shard
-                    .receive(slot, &mut bufs.rbuf[..filled], &mut wire, now)
+            let mut wire = RingWire {
+                target: &mut *conn,
+                cache: &mut bufs.cache,
             };
-            if !self.keep_rest(slot, conn, consumed, filled) {
-                return;
-            }
+            self.shard
+                .receive(slot, &mut bufs.rbuf[..filled], &mut wire, now);
         }
         if conn.is_eof()
             && self
@@ -181,38 +160,14 @@ impl<A: App> Worker<A> {
         }
     }
 
-    /// Keeps `rbuf[consumed..filled]` in the connection's held buffer; false when the
-    /// connection had to be ended.
-    fn keep_rest(
-        &mut self,
-        slot: usize,
-        conn: &mut Conn<'_>,
-        consumed: usize,
-        filled: usize,
-    ) -> bool {
-        let bufs = &mut self.bufs;
-        let Some(s) = self.shard.slot_mut(slot) else {
-            return false;
-        };
-        let rest = &bufs.rbuf[consumed..filled];
-        match hold(&bufs.held_pool, bufs.held_max, &mut s.io.held, rest) {
-            Ok(()) => true,
-            Err(problem) => {
-                self.end_for(slot, conn, problem);
-                false
-            }
-        }
-    }
-
     /// Runs the session straight over the receive ring's readable bytes, answering into the
-    /// send ring (no copy of ours); what it leaves unconsumed moves to `held`. Returns false
-    /// when the connection had to be ended.
-    fn read_in_ring(&mut self, slot: usize, conn: &mut Conn<'_>) -> bool {
+    /// send ring (no copy of ours); what it leaves unconsumed the connection holds, and the
+    /// ring is emptied of it all.
+    fn read_in_ring(&mut self, slot: usize, conn: &mut Conn<'_>) {
         let now = self.clock;
         let (shard, bufs) = (&mut self.shard, &mut self.bufs);
-        let mut problem = None;
         conn.recv_and_send(|rx, tx: &mut SendRing<'_>| {
-            let consumed = shard.receive(
+            shard.receive(
                 slot,
                 rx,
                 &mut RingWire {
@@ -221,47 +176,8 @@ impl<A: App> Worker<A> {
                 },
                 now,
             );
-            if let Some(s) = shard.slot_mut(slot) {
-                // As the session left it.
-                if let Err(e) = hold(
-                    &bufs.held_pool,
-                    bufs.held_max,
-                    &mut s.io.held,
-                    &rx[consumed..],
-                ) {
-                    problem = Some(e);
-                }
-            }
             rx.len()
         });
-        match problem {
-            Some(problem) => {
-                self.end_for(slot, conn, problem);
-                false
-            }
-            None => true,
-        }
-    }
-
-    /// Ends a connection whose unconsumed input cannot be kept (1011, logged).
-    fn end_for(&mut self, slot: usize, conn: &mut Conn<'_>, problem: Held) {
-        let peer = self.shard.slot(slot).map(|s| s.conn.peer());
-        let reason = match problem {
-            Held::TooLarge(n) => {
-                error!(?peer, "{n} bytes of unconsumed input; closing");
-                "receive buffer overflow"
-            }
-            Held::NoBuffer(e) => {
-                error!(?peer, "no buffer for a partial frame: {e}; closing");
-                "buffer pool exhausted"
-            }
-        };
-        let mut x = ConnTransport {
-            conn,
-            cache: &mut self.bufs.cache,
-        };
-        self.shard
-            .end(slot, CloseCode::INTERNAL_ERROR, reason, &mut x, self.clock);
     }
 }
 
@@ -269,13 +185,15 @@ impl<A: App> ConnEvents for Worker<A> {
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         let id = conn.id();
         let peer = SocketAddr::V4(conn.remote());
-        let io = StackConn { id, held: None };
+        let io = StackConn { id };
         if self
             .shard
             .open_at(id.index(), io, peer, self.clock)
             .is_err()
         {
-            conn.abort(); // stopping (accepted from the backlog after the listener closed)
+            // Stopping (accepted from the backlog after the listener closed), or over the
+            // connection cap (counted and logged by the shard): reset at once.
+            conn.abort();
         }
     }
 
@@ -409,11 +327,10 @@ impl<Q: PacketQueue> Transport for StackTransport<'_, Q> {
 /// then calls `on_close`, which forgets it.
 fn release<T: SendTargetExt>(
     wire: &mut RingWire<'_, T>,
-    mut io: StackConn,
+    io: StackConn,
     pending: &mut PendingOutput,
     how: Release,
 ) -> StackConn {
-    io.held = None; // back to the lcore's pool cache
     match how {
         Release::Close => {
             let _ = hioload_wsproto::Wire::flush(wire, pending);
@@ -442,42 +359,10 @@ impl SendTargetExt for Conn<'_> {
     }
 }
 
-/// Why unconsumed input could not be kept.
-enum Held {
-    /// More than an incomplete in-place frame or request head (the protocol consumes larger
-    /// frames as they arrive): a bug, or a limit changed under us.
-    TooLarge(usize),
-    /// The pool has no buffer left.
-    NoBuffer(PoolError),
-}
-
 /// Most bytes a connection holds back between reads: an incomplete in-place frame (with its
 /// largest header) or an incomplete request head.
 pub(super) fn held_max(limits: &Limits) -> usize {
     (limits.inplace_frame_max + 14).max(limits.max_head_bytes)
-}
-
-/// Puts `bytes` (nothing, or at most `size`) in `held`, taking a buffer of `size` from `pool`
-/// first if it has none. Leaves `held` empty when there is nothing to hold.
-fn hold(
-    pool: &WorkerCache,
-    size: usize,
-    held: &mut Option<PooledBuf>,
-    bytes: &[u8],
-) -> Result<(), Held> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    if bytes.len() > size {
-        return Err(Held::TooLarge(bytes.len()));
-    }
-    let buf = match held {
-        Some(buf) => buf,
-        None => held.insert(pool.get(size, None).map_err(Held::NoBuffer)?),
-    };
-    buf.extend_from_slice(bytes)
-        .expect("held bytes are bounded by held_max, the buffer's size");
-    Ok(())
 }
 
 /// Takes up to `n` bytes from the receive ring (two rounds cover its wrap).

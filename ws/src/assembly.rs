@@ -3,7 +3,7 @@
 //! A message that does not arrive whole in one frame and one read (a fragmented message, or a
 //! frame larger than `Limits::inplace_frame_max` split across reads) is assembled by its
 //! [`Session`](crate::Session). Each session keeps its own small buffer of at most
-//! [`ASSEMBLY_RETAIN`] (64 KiB) bytes, so that an idle connection never pins more than that. A
+//! [`ASSEMBLY_RETAIN`] (4 KiB) bytes, so that an idle connection never pins more than that. A
 //! message that outgrows it borrows a large buffer from this cache, pre-sized from the frame's
 //! declared length when that is known, and gives it back when the message has been delivered (or
 //! when the session is dropped mid-message). In steady state a server
@@ -26,6 +26,7 @@
 //! the calling thread's counters, for a worker to publish as metrics.
 
 use std::cell::RefCell;
+use std::collections::TryReserveError;
 
 use crate::buffer_cache::BufferCache;
 pub use crate::buffer_cache::{CACHE_MAX_BUFFERS, CACHE_MAX_BYTES};
@@ -84,10 +85,13 @@ impl Cache {
 /// An empty buffer of at least `capacity` bytes: from the calling thread's cache if one is large
 /// enough (no allocation), else newly allocated (or a cached one grown). `final_len_known`: the
 /// message will need exactly `capacity` (best fit); otherwise it may grow (largest first).
-fn take(capacity: usize, final_len_known: bool) -> Vec<u8> {
+fn take(capacity: usize, final_len_known: bool) -> Result<Vec<u8>, TryReserveError> {
     CACHE
-        .try_with(|c| c.borrow_mut().buffers.take(capacity, final_len_known))
-        .unwrap_or_else(|_| Vec::with_capacity(capacity))
+        .try_with(|c| c.borrow_mut().buffers.try_take(capacity, final_len_known))
+        .unwrap_or_else(|_| {
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(capacity).map(|()| buf)
+        })
 }
 
 /// Counts the growth of a borrowed buffer.
@@ -111,6 +115,10 @@ pub fn trim() {
     let _ = CACHE.try_with(|c| c.borrow_mut().buffers.trim());
 }
 
+/// Most bytes reserved ahead of the bytes that have arrived, whatever length a frame header
+/// declares (64 KiB).
+pub const RESERVE_STEP: usize = 64 << 10;
+
 /// A session's assembly storage: its own small buffer (at most `ASSEMBLY_RETAIN` bytes, kept
 /// between messages) and, while a larger message is in progress, a buffer borrowed from the cache.
 #[derive(Debug, Default)]
@@ -133,36 +141,54 @@ impl Assembly {
     /// Makes room for a message of `total` bytes (those already assembled included), moving to a
     /// borrowed buffer when the small one would exceed `ASSEMBLY_RETAIN`. `final_len_known`:
     /// `total` is the whole message's length (its last frame's header has been read).
-    pub(crate) fn reserve(&mut self, total: usize, final_len_known: bool) {
+    ///
+    /// A declared length is a promise, not bytes: at most [`RESERVE_STEP`] beyond what has
+    /// arrived is reserved, so a header that announces 16 MiB and sends one byte holds one step,
+    /// not 16 MiB. Every allocation is fallible: an error leaves the storage as it was, and the
+    /// session closes (1011) instead of the process aborting.
+    pub(crate) fn reserve(
+        &mut self,
+        total: usize,
+        final_len_known: bool,
+    ) -> Result<(), TryReserveError> {
+        let len = self.as_slice().len();
+        let (total, final_len_known) = if total > len + RESERVE_STEP {
+            (len + RESERVE_STEP, false)
+        } else {
+            (total, final_len_known)
+        };
         if let Some(large) = &mut self.large {
             if total > large.capacity() {
                 note_growth();
-                large.reserve(total - large.len());
+                // Amortized growth: at least double, never more than asked plus what is there.
+                let want = (total - large.len()).max(large.len().min(RESERVE_STEP));
+                large.try_reserve_exact(want)?;
             }
-            return;
+            return Ok(());
         }
         if total <= self.small.capacity() {
-            return;
+            return Ok(());
         }
         if total <= ASSEMBLY_RETAIN {
             // Grow by doubling, but never past the retained size.
             let target = total.max(2 * self.small.capacity()).min(ASSEMBLY_RETAIN);
-            self.small.reserve_exact(target - self.small.len());
-            return;
+            return self.small.try_reserve_exact(target - self.small.len());
         }
-        let mut large = take(total, final_len_known);
+        let mut large = take(total, final_len_known)?;
         large.extend_from_slice(&self.small);
         self.small.clear();
         self.large = Some(large);
+        Ok(())
     }
 
-    /// Appends a piece of the message.
-    pub(crate) fn extend(&mut self, piece: &[u8]) {
-        self.reserve(self.as_slice().len() + piece.len(), false);
+    /// Appends a piece of the message (fallible, as [`Assembly::reserve`]).
+    pub(crate) fn extend(&mut self, piece: &[u8]) -> Result<(), TryReserveError> {
+        self.reserve(self.as_slice().len() + piece.len(), false)?;
         match &mut self.large {
             Some(large) => large.extend_from_slice(piece),
             None => self.small.extend_from_slice(piece),
         }
+        Ok(())
     }
 
     /// Empties the storage for the next message, giving a borrowed buffer back.

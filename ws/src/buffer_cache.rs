@@ -67,8 +67,24 @@ impl BufferCache {
     /// An empty buffer of at least `capacity` bytes: a cached one if one is large enough (no
     /// allocation), else the largest cached one grown, else a new one. `best_fit`: the user needs
     /// exactly `capacity`, so the smallest large-enough buffer is taken; otherwise the user may
-    /// grow further, so the largest is taken (if it is large enough to start).
+    /// grow further, so the largest is taken (if it is large enough to start). Aborts the process
+    /// if memory runs out; see [`BufferCache::try_take`].
     pub fn take(&mut self, capacity: usize, best_fit: bool) -> Vec<u8> {
+        match self.try_take(capacity, best_fit) {
+            Ok(buf) => buf,
+            Err(_) => std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(capacity).expect("capacity fits a layout"),
+            ),
+        }
+    }
+
+    /// [`BufferCache::take`] that reports a failed allocation instead of aborting (the
+    /// cache is left as it was, minus nothing).
+    pub fn try_take(
+        &mut self,
+        capacity: usize,
+        best_fit: bool,
+    ) -> Result<Vec<u8>, std::collections::TryReserveError> {
         self.stats.borrowed += 1;
         let largest = (0..self.len).max_by_key(|&i| self.free[i].capacity());
         let fit = if best_fit {
@@ -85,18 +101,19 @@ impl BufferCache {
             }
             None => {
                 self.stats.misses += 1;
-                match largest {
-                    Some(i) => {
-                        let mut buf = self.remove(i);
-                        buf.reserve_exact(capacity);
-                        buf
-                    }
-                    None => Vec::with_capacity(capacity),
+                let mut buf = match largest {
+                    Some(i) => self.remove(i),
+                    None => Vec::new(),
+                };
+                if let Err(e) = buf.try_reserve_exact(capacity) {
+                    self.give(buf);
+                    return Err(e);
                 }
+                buf
             }
         };
         self.sync();
-        buf
+        Ok(buf)
     }
 
     /// Takes a buffer back (emptied), or frees it beyond the bounds; the cache keeps the largest.

@@ -8,7 +8,7 @@
 //! * [`frame`]: decode frame headers in place, encode server headers into a small stack buffer.
 //! * [`mask`]: unmask payloads in place, word at a time, keeping the mask phase across pieces.
 //! * [`utf8`]: incremental UTF-8 validation that fails at the first invalid byte.
-//! * [`assembly`]: the per-worker-thread cache of large buffers that messages beyond 64 KiB are
+//! * [`assembly`]: the per-worker-thread cache of large buffers that messages beyond 4 KiB are
 //!   assembled in, so that steady large messages allocate nothing and idle sessions stay small.
 //! * [`session`]: the per-connection frame machine (`Session::receive` → [`Event`]s; outgoing
 //!   frames go to a transport-provided [`FrameSink`]).
@@ -25,7 +25,7 @@
 //!
 //! Zero-copy rules: a message that arrives whole in one frame is unmasked in the caller's buffer and
 //! handed out as a sub-slice of it; only fragmented or split-across-reads messages are assembled in
-//! the session's reusable buffer (or, beyond 64 KiB, a buffer borrowed from the thread's
+//! the session's reusable buffer (or, beyond 4 KiB, a buffer borrowed from the thread's
 //! [`assembly`] cache). See docs/ARCHITECTURE.md.
 //!
 //! ```
@@ -56,6 +56,8 @@ pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod held;
+pub mod log_limit;
 pub mod mask;
 pub mod output_cache;
 pub mod pending;
@@ -69,6 +71,7 @@ pub use config::Limits;
 pub use connection::{App, Connection, Message, SessionRef, Wire};
 pub use frame::{FrameHeader, OpCode};
 pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
+pub use held::HeldInput;
 pub use pending::PendingOutput;
 pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
 pub use settings::{Backpressure, Settings};

@@ -23,7 +23,10 @@ pub const MAX_CONTROL_FRAME: usize = 2 + 4 + 125;
 /// more is assembled in a buffer borrowed from the worker thread's cache ([`crate::assembly`]) and
 /// given back once delivered, so that one 16 MiB message does not pin 16 MiB for the connection's
 /// lifetime, and steady large messages do not allocate.
-pub const ASSEMBLY_RETAIN: usize = 64 << 10;
+pub const ASSEMBLY_RETAIN: usize = 4 << 10;
+
+/// Close reason when memory for a message cannot be had (close code 1011).
+const NO_MEMORY: &str = "out of memory for the message";
 
 /// Where encoded frames go; implemented by each transport.
 pub trait FrameSink {
@@ -328,6 +331,12 @@ impl Session {
         self.tx.state
     }
 
+    /// Whether a data message is in progress: a frame streaming into the assembly buffer, or a
+    /// fragmented message waiting for its last fragment (for the message deadline).
+    pub fn in_message(&self) -> bool {
+        self.rx.stream.is_some() || self.rx.msg.is_some()
+    }
+
     /// The role this session plays.
     pub fn role(&self) -> Role {
         self.tx.role
@@ -446,10 +455,18 @@ impl Session {
                     self.start_message(header.opcode);
                 }
                 if self.tx.state == State::Open {
-                    // The frame's length is known: make room for it at once (check_header bounded
-                    // msg_len by max_message_size) instead of growing while it arrives.
+                    // The frame's length is known: make room for it (check_header bounded msg_len
+                    // by max_message_size; the assembly reserves at most a step ahead of what
+                    // has arrived) instead of growing byte by byte while it arrives.
                     let last = header.fin;
-                    self.rx.assembly.reserve(self.rx.msg_len as usize, last);
+                    if self
+                        .rx
+                        .assembly
+                        .reserve(self.rx.msg_len as usize, last)
+                        .is_err()
+                    {
+                        return Err(self.tx.fail(sink, CloseCode::INTERNAL_ERROR, NO_MEMORY));
+                    }
                 }
                 self.rx.stream = Some(Streaming {
                     fin: header.fin,
@@ -642,7 +659,9 @@ impl Session {
                 }
                 if done > 0 && self.tx.state == State::Open {
                     // Already UTF-8 checked while the frame was partial: append without re-feeding.
-                    self.rx.assembly.extend(&payload[..done]);
+                    if self.rx.assembly.extend(&payload[..done]).is_err() {
+                        return Err(self.tx.fail(sink, CloseCode::INTERNAL_ERROR, NO_MEMORY));
+                    }
                 }
                 self.data_piece(&payload[done..], h.fin, sink, on_event)
             }
@@ -669,7 +688,9 @@ impl Session {
                 .tx
                 .fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
         }
-        self.rx.assembly.extend(piece);
+        if self.rx.assembly.extend(piece).is_err() {
+            return Err(self.tx.fail(sink, CloseCode::INTERNAL_ERROR, NO_MEMORY));
+        }
         if !last {
             return Ok(());
         }

@@ -12,12 +12,15 @@ use crate::config::Limits;
 /// Bounds on what one connection may keep queued for a peer that does not read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backpressure {
-    /// Pending-output bytes above which the connection is not read until it drains (default 1 MiB).
+    /// Pending-output bytes above which the connection is not read until it drains, and its
+    /// backpressure clock runs (default 1 MiB).
     pub soft_bytes: usize,
-    /// Pending-output bytes that, held for longer than `timeout`, close the connection with 1008
-    /// (default 4 MiB).
+    /// Pending-output bytes above which the connection is closed with 1008 at the next tick,
+    /// whatever the clock says (default 32 MiB: twice the largest default message, so that the
+    /// echo of a whole 16 MiB message fits).
     pub hard_bytes: usize,
-    /// How long a connection may stay above `hard_bytes` (default 10 s).
+    /// How long a connection may stay above `soft_bytes` before it is closed with 1008
+    /// (default 10 s).
     pub timeout: Duration,
 }
 
@@ -25,7 +28,7 @@ impl Default for Backpressure {
     fn default() -> Self {
         Backpressure {
             soft_bytes: 1 << 20,
-            hard_bytes: 4 << 20,
+            hard_bytes: 32 << 20,
             timeout: Duration::from_secs(10),
         }
     }
@@ -51,6 +54,17 @@ pub struct Settings {
     /// After that ping, time the peer has to send anything (its pong) before the connection is
     /// dropped and the session reported closed with 1006 (default 30 s).
     pub pong_timeout: Duration,
+    /// Time a peer has to complete a message (or a frame) once its first byte arrived, however
+    /// slowly the rest trickles in; then Close 1008 (default 30 s: a 16 MiB message needs at
+    /// least ~4.5 Mbit/s).
+    pub message_timeout: Duration,
+    /// Most connections the server holds at once, in any phase; more are refused (reset) as
+    /// soon as they are accepted, counted in `connections_refused` (default 100,000).
+    pub max_connections: usize,
+    /// Most bytes all connections together may hold in held input, message assembly and
+    /// pending output; over it, the largest holders are closed (1009 for input, 1008 for
+    /// output), counted in `budget_closes` (default 1 GiB).
+    pub memory_budget: usize,
 }
 
 impl Default for Settings {
@@ -63,6 +77,9 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(60)),
             pong_timeout: Duration::from_secs(30),
+            message_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            memory_budget: 1 << 30,
         }
     }
 }

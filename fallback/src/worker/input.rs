@@ -1,13 +1,12 @@
-//! One read's worth of work, the same on both backends: bytes in a receive buffer go through the
+//! One read's worth of work, the same on both backends: the connection's held bytes (a partial
+//! head or frame from its last read) and the new ones, contiguous in a buffer, go through the
 //! shard (handshake or frames, parsed in place; the application's replies recorded in the turn
-//! output), the turn's output goes to the backend to send, and what the protocol left
-//! unconsumed (a partial head or frame) stays at the start of the buffer, which the connection
-//! keeps until its next read.
+//! output), and the turn's output goes to the backend to send. What the protocol leaves
+//! unconsumed is held again by the connection, in storage of its own (`HeldInput`), so the
+//! buffer read into is free again as soon as the read is processed: no connection keeps a
+//! receive buffer between reads, however slowly its peer sends.
 
 use std::io;
-
-use hioload_wsproto::{App, CloseCode};
-use tracing::error;
 
 use super::{Backend, Worker};
 use crate::pool::{RecvBuffer, RecvBuffers};
@@ -15,42 +14,33 @@ use crate::pool::{RecvBuffer, RecvBuffers};
 /// Reads per connection per turn before others get their turn.
 const READ_ROUNDS: usize = 4;
 
-impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
+impl<A: hioload_wsproto::App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     /// Reads with `recv` system calls until the socket is drained, the read budget is spent, or
-    /// backpressure pauses the connection: the poll backend's way to read, and the io_uring
-    /// backend's when its ring has no buffer left (then into the connection's own buffer).
+    /// backpressure pauses the connection, into the worker's input buffer behind the held
+    /// bytes: the poll backend's way to read, and the io_uring backend's when its ring has no
+    /// buffer left.
     pub(super) fn read_direct(&mut self, slot: usize) {
         for _ in 0..READ_ROUNDS {
             let Some(s) = self.shard.slot_mut(slot) else {
                 return;
             };
-            if s.conn.read_paused() || s.io.starved {
+            if s.conn.read_paused() {
                 return;
             }
-            let mut buf = match s.io.rbuf.take() {
-                Some(buf) => buf,
-                None => match self.io.pool.take() {
-                    Some(buf) => buf,
-                    None => {
-                        // No buffer to be had: stop reading this one, retry at the next tick.
-                        s.io.starved = true;
-                        self.io.starved.push((slot, s.io.serial));
-                        self.shard.counters().buffer_waits.add(1);
-                        return;
-                    }
-                },
-            };
-            let held = s.io.held;
-            let space = buf.as_slice().len() - held;
-            match read_once(&mut s.io.stream, &mut buf.as_mut_slice()[held..]) {
+            let mut input = std::mem::take(&mut self.input);
+            let held = s.conn.held_len();
+            let space = input.len() - held;
+            let read = read_once(&mut s.io.stream, &mut input[held..]);
+            match read {
                 Ok(0) => {
-                    s.io.held = 0;
-                    self.io.give_buf(buf);
+                    self.input = input;
                     self.shard.peer_gone(slot, None, &mut self.io, self.clock);
                     return;
                 }
                 Ok(n) => {
-                    self.process_input(slot, buf, held + n);
+                    s.conn.held_mut().move_to(&mut input[..held]);
+                    self.process_input(slot, &mut input[..held + n]);
+                    self.input = input;
                     // A short read emptied the socket, and anything arriving later (data, FIN,
                     // RST) brings a new edge; unless the FIN or RST is already here: then read
                     // on until the read reports it.
@@ -60,16 +50,11 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if held > 0 {
-                        s.io.rbuf = Some(buf);
-                    } else {
-                        self.io.give_buf(buf);
-                    }
+                    self.input = input;
                     return;
                 }
                 Err(e) => {
-                    s.io.held = 0;
-                    self.io.give_buf(buf);
+                    self.input = input;
                     self.shard
                         .peer_gone(slot, Some(&e), &mut self.io, self.clock);
                     return;
@@ -81,21 +66,34 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
     }
 
-    /// Runs the connection in `slot` over `buf[..filled]`, sends the turn's output, keeps what
-    /// is unconsumed, and applies the shard's verdicts.
-    pub(super) fn process_input(&mut self, slot: usize, mut buf: P::Buf, filled: usize) {
-        let consumed = {
-            let mut sink = self.io.turn.sink(buf.as_slice());
-            self.shard.receive(
-                slot,
-                &mut buf.as_mut_slice()[..filled],
-                &mut sink,
-                self.clock,
-            )
-        };
+    /// Runs the io_uring receive of `n` bytes into `buf` (a provided buffer): in place when
+    /// nothing is held, else behind the held bytes in the worker's input buffer. The buffer is
+    /// given back either way.
+    pub(super) fn on_received(&mut self, slot: usize, mut buf: P::Buf, n: usize) {
+        let held = self.shard.slot(slot).map_or(0, |s| s.conn.held_len());
+        if held == 0 {
+            self.process_input(slot, &mut buf.as_mut_slice()[..n]);
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            if let Some(s) = self.shard.slot_mut(slot) {
+                s.conn.held_mut().move_to(&mut input[..held]);
+            }
+            input[held..held + n].copy_from_slice(&buf.as_slice()[..n]);
+            self.process_input(slot, &mut input[..held + n]);
+            self.input = input;
+        }
+        self.io.give_buf(buf);
+    }
+
+    /// Runs the connection in `slot` over `input` (held bytes first), sends the turn's output
+    /// and applies the shard's verdicts.
+    fn process_input(&mut self, slot: usize, input: &mut [u8]) {
+        {
+            let mut sink = self.io.turn.sink(input);
+            self.shard.receive(slot, input, &mut sink, self.clock);
+        }
         let Some(s) = self.shard.slot_mut(slot) else {
             self.io.turn.clear();
-            self.io.give_buf(buf);
             return;
         };
         let sent = if self.io.turn.is_empty() {
@@ -106,37 +104,15 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                 &mut s.io,
                 &mut self.io.turn,
                 s.conn.pending_mut(),
-                buf.as_slice(),
+                input,
             )
         };
-        let kept = filled - consumed;
-        let buf_len = buf.as_slice().len();
-        if kept == 0 {
-            s.io.held = 0;
-            self.io.give_buf(buf);
-        } else {
-            buf.as_mut_slice().copy_within(consumed..filled, 0);
-            s.io.held = kept;
-            s.io.rbuf = Some(buf);
+        match sent {
+            Err(e) => self
+                .shard
+                .peer_gone(slot, Some(&e), &mut self.io, self.clock),
+            Ok(()) => self.shard.after_output(slot, &mut self.io, self.clock),
         }
-        if let Err(e) = sent {
-            self.shard
-                .peer_gone(slot, Some(&e), &mut self.io, self.clock);
-            return;
-        }
-        if kept == buf_len {
-            // The protocol layer must consume whole frames larger than `inplace_frame_max`.
-            error!(peer = %s.conn.peer(), "receive buffer full of unconsumed input ({kept} bytes); closing");
-            self.shard.end(
-                slot,
-                CloseCode::INTERNAL_ERROR,
-                "receive buffer overflow",
-                &mut self.io,
-                self.clock,
-            );
-            return;
-        }
-        self.shard.after_output(slot, &mut self.io, self.clock);
     }
 }
 

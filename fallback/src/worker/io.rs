@@ -21,21 +21,16 @@ use crate::turn::TurnOutput;
 /// backend's own state of the connection.
 pub(crate) struct Socket<B, C> {
     pub stream: TcpStream,
-    /// Tells this occupant of a slot from earlier ones (in the ready and starved lists, and in
-    /// the tags of io_uring operations).
+    /// Tells this occupant of a slot from earlier ones (in the ready list, and in the tags of
+    /// io_uring operations).
     pub serial: u64,
-    /// Receive buffer, held only while `held > 0`.
-    pub rbuf: Option<B>,
-    /// Unconsumed bytes at the start of `rbuf` (a partial request head or frame).
-    pub held: usize,
     /// The poller reported the peer's FIN or an error: read until the read says so.
     pub hangup: bool,
     /// In the worker's ready list (has input we have not read yet).
     pub queued_ready: bool,
-    /// No receive buffer could be had: not read until the next tick.
-    pub starved: bool,
     /// The backend's state of this connection.
     pub backend: C,
+    _buffers: std::marker::PhantomData<fn() -> B>,
 }
 
 impl<B, C: Default> Socket<B, C> {
@@ -43,12 +38,10 @@ impl<B, C: Default> Socket<B, C> {
         Socket {
             stream,
             serial,
-            rbuf: None,
-            held: 0,
             hangup: false,
             queued_ready: false,
-            starved: false,
             backend: C::default(),
+            _buffers: std::marker::PhantomData,
         }
     }
 }
@@ -67,8 +60,6 @@ pub(crate) struct Io<K, P: RecvBuffers> {
     /// Connections with input left to read (read budget spent, or resumed after backpressure).
     pub ready: Vec<(usize, u64)>,
     pub ready_spare: Vec<(usize, u64)>,
-    /// Connections that found no receive buffer: tried again at the next tick.
-    pub starved: Vec<(usize, u64)>,
     pub next_serial: u64,
 }
 
@@ -114,9 +105,6 @@ impl<K: Backend<P::Buf>, P: RecvBuffers> Transport for Io<K, P> {
         // Closing the socket is the release either way: the kernel sends its FIN after what it
         // holds, or a reset when input is left unread.
         let _ = self.poll.registry().deregister(&mut sock.stream);
-        if let Some(buf) = sock.rbuf.take() {
-            self.give_buf(buf);
-        }
         self.turn.release(pending);
         self.backend.release(slot, sock.stream, sock.backend);
         None

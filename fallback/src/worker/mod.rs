@@ -122,6 +122,9 @@ pub(crate) struct Worker<A, K: Backend<P::Buf>, P: RecvBuffers> {
     events: Option<Events>,
     /// Read once per loop turn: deadlines and idle accounting use it.
     clock: Instant,
+    /// Where direct reads land, behind a connection's held bytes (and where held bytes meet a
+    /// ring buffer's): one receive buffer plus the most a connection can hold.
+    input: Box<[u8]>,
 }
 
 impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
@@ -134,8 +137,14 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
             listener,
         } = seed;
         let now = Instant::now();
+        let shard = Shard::new(index, app, set.clone(), cfg.max_connections, now);
+        let limits = &shard.settings().limits;
+        let held_max = (limits.inplace_frame_max + hioload_wsproto::frame::MAX_HEADER_LEN)
+            .max(limits.max_head_bytes);
+        // Allocated here, on the worker's pinned thread: NUMA-local by first touch.
+        let input = vec![0u8; cfg.receive_buffer_size() + held_max].into_boxed_slice();
         Worker {
-            shard: Shard::new(index, app, set.clone(), cfg.max_connections, now),
+            shard,
             io: Io {
                 index,
                 set,
@@ -148,11 +157,11 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                 backend,
                 ready: Vec::with_capacity(1024),
                 ready_spare: Vec::with_capacity(1024),
-                starved: Vec::with_capacity(64),
                 next_serial: 0,
             },
             events: Some(Events::with_capacity(cfg.batch_size)),
             clock: now,
+            input,
         }
     }
 
@@ -171,7 +180,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
         let now = Instant::now();
         let shard = self.shard.poll_timeout(now);
-        if !io.starved.is_empty() || io.accept.resume_at.is_some() {
+        if io.accept.resume_at.is_some() {
             let tick = hioload_wsproto::shard::TICK;
             return Some(shard.map_or(tick, |t| t.min(tick)));
         }
@@ -219,7 +228,6 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         let end = self.shard.end_turn(&mut self.io, self.clock);
         if end.ticked {
             self.io.backend.tick();
-            self.retry_starved();
         }
         end.done
     }
@@ -247,7 +255,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         let Some(s) = self.shard.slot(slot) else {
             return;
         };
-        if !s.conn.read_paused() && !s.io.starved {
+        if !s.conn.read_paused() {
             self.want_input(slot);
         }
     }
@@ -281,16 +289,6 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
         list.clear();
         self.io.ready_spare = list;
-    }
-
-    /// Connections that found no receive buffer: try them again.
-    fn retry_starved(&mut self) {
-        for (slot, serial) in std::mem::take(&mut self.io.starved) {
-            if let Some(s) = self.shard.slot_mut(slot).filter(|s| s.io.serial == serial) {
-                s.io.starved = false;
-                self.io.queue_ready(slot, &mut s.io);
-            }
-        }
     }
 
     /// At the end: every connection left is released (open sessions reported 1006).

@@ -358,7 +358,7 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         let Some(s) = self.shard.slot_mut(slot) else {
             return;
         };
-        let paused = s.conn.read_paused() || s.io.starved;
+        let paused = s.conn.read_paused();
         if paused && s.io.backend.recv_armed {
             // Backpressure paused it: stop the multishot receive (what already arrived is
             // processed; the connection is re-armed once its output drains).
@@ -370,55 +370,14 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         }
     }
 
-    /// Runs the input path over `n` received bytes at the start of `buf` (a provided buffer).
-    fn on_received(&mut self, slot: usize, mut buf: B, n: usize) {
-        let Some(s) = self.shard.slot_mut(slot) else {
-            self.io.give_buf(buf);
-            return;
-        };
-        let Some(mut held) = s.io.rbuf.take() else {
-            // Nothing held from earlier: parse in place, in the buffer the kernel filled.
-            self.process_input(slot, buf, n);
-            return;
-        };
-        // A partial frame is held in the connection's own buffer: append, as a read into its
-        // tail would have, in as many rounds as the held buffer's room needs.
-        let mut offset = 0;
-        loop {
-            let filled = self.shard.slot(slot).map_or(0, |s| s.io.held);
-            let room = held.as_slice().len() - filled;
-            let take = room.min(n - offset);
-            held.as_mut_slice()[filled..filled + take]
-                .copy_from_slice(&buf.as_slice()[offset..offset + take]);
-            offset += take;
-            self.process_input(slot, held, filled + take);
-            if offset == n {
-                self.io.give_buf(buf);
-                return;
-            }
-            let Some(s) = self.shard.slot_mut(slot) else {
-                self.io.give_buf(buf);
-                return;
-            };
-            match s.io.rbuf.take() {
-                Some(next) => held = next,
-                None => {
-                    // The held bytes are consumed: the rest is parsed where it lies.
-                    buf.as_mut_slice().copy_within(offset..n, 0);
-                    self.process_input(slot, buf, n - offset);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Lends the ring buffers from the pool for the entries whose buffers connections kept.
+    /// Lends the ring buffers from the pool for the entries whose buffers were taken.
     /// When the pool has none to give, the next try waits for the next tick (not every turn).
     fn refill_ring(&mut self) {
         let io = &mut self.io;
         while !io.backend.refill_waits && io.backend.ring.wants_buffers() {
             let Some(buf) = io.pool.take() else {
                 io.backend.refill_waits = true;
+                self.shard.counters().buffer_waits.add(1);
                 break;
             };
             if let Some(buf) = io.backend.ring.give_buffer(buf) {

@@ -38,10 +38,13 @@ pub use wire::{PendingWire, Wire, WireSink};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+use crate::log_limit::{LogCause, LogLimit};
 
 use crate::close::CloseCode;
 use crate::handshake::{self, HttpError, Parsed};
+use crate::held::HeldInput;
 use crate::pending::PendingOutput;
 use crate::session::{Event, Session, State};
 use crate::settings::Settings;
@@ -59,6 +62,8 @@ pub struct ShardContext<'a, A: ?Sized> {
     pub shard: usize,
     /// Scratch space for HTTP answers (reused, so answering allocates nothing in steady state).
     pub http: &'a mut Vec<u8>,
+    /// The shard's rate limits for lines a client can cause.
+    pub log: &'a mut LogLimit,
 }
 
 impl<A: ?Sized> ShardContext<'_, A> {
@@ -104,12 +109,16 @@ pub enum Idle {
 struct Timers {
     /// The phase's deadline: handshake, close handshake, or finishing.
     deadline: Option<Instant>,
-    /// Since when pending output has been above the hard bound.
-    over_hard_since: Option<Instant>,
+    /// Since when pending output has been above the soft bound (set in the past when above the
+    /// hard bound: due at once).
+    over_soft_since: Option<Instant>,
     /// When input last arrived (idle pings).
     last_input: Instant,
     /// When we pinged this idle session, until it sends anything.
     ping_sent: Option<Instant>,
+    /// Since when a message (or a frame) has been in progress: the peer has `message_timeout`
+    /// from its first byte to complete it, however slowly the rest trickles in.
+    message_since: Option<Instant>,
 }
 
 /// One connection's WebSocket lifecycle; see the module documentation.
@@ -121,6 +130,10 @@ pub struct Connection {
     pending: PendingOutput,
     /// Backpressure: pending output went over the soft bound; not read until it drains.
     read_paused: bool,
+    /// Unconsumed input (a partial head or frame), until more arrives.
+    held: HeldInput,
+    /// How far the request head has been searched for its end (incremental head parsing).
+    head_scanned: usize,
     timers: Timers,
 }
 
@@ -133,11 +146,14 @@ impl Connection {
             phase: Phase::Handshake,
             pending: PendingOutput::new(),
             read_paused: false,
+            held: HeldInput::new(),
+            head_scanned: 0,
             timers: Timers {
                 deadline: Some(now + settings.handshake_timeout),
-                over_hard_since: None,
+                over_soft_since: None,
                 last_input: now,
                 ping_sent: None,
+                message_since: None,
             },
         }
     }
@@ -157,6 +173,29 @@ impl Connection {
     /// Output the network has not taken yet, for the transport to send from.
     pub fn pending_mut(&mut self) -> &mut PendingOutput {
         &mut self.pending
+    }
+    /// The input held from earlier reads: the transport moves it in front of newly received
+    /// bytes ([`HeldInput::move_to`]) before the next [`Connection::receive`].
+    pub fn held_mut(&mut self) -> &mut HeldInput {
+        &mut self.held
+    }
+    /// Bytes held from earlier reads.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+    /// Memory this connection holds on the server's side (held input, message assembly,
+    /// pending output), in bytes: what the server's memory budget counts.
+    pub fn memory(&self) -> usize {
+        let assembly = match &self.phase {
+            Phase::Open(session) => session.assembly_capacity(),
+            _ => 0,
+        };
+        self.held.capacity() + assembly + self.pending.len()
+    }
+    /// Whether most of [`Connection::memory`] is pending output (a slow reader) rather than
+    /// input (a message in assembly).
+    pub fn memory_is_output(&self) -> bool {
+        2 * self.pending.len() > self.memory()
     }
     /// Whether backpressure holds reads back (pending output above the soft bound).
     pub fn read_paused(&self) -> bool {
@@ -195,23 +234,71 @@ impl Connection {
     // ---- input -------------------------------------------------------------------------------
 
     /// Runs the connection over received bytes: the request head, frames, or (finishing)
-    /// nothing. Returns how many bytes of `input` were consumed; the transport keeps
-    /// `input[consumed..]` (a partial head or frame, see [`Session::receive`]) and passes it
-    /// again, unchanged, followed by new bytes. Output goes to `wire`.
+    /// nothing. `input` must start with the bytes held from earlier reads (the transport moved
+    /// them there with [`HeldInput::move_to`]); what the protocol leaves unconsumed this time
+    /// (a partial head or frame, see [`Session::receive`]) is held again, in the connection's
+    /// own storage, and the transport may reuse `input`'s buffer at once. A remainder that
+    /// cannot be held (no memory, or larger than a partial in-place frame can be) ends the
+    /// connection (1011, logged). Output goes to `wire`.
     pub fn receive<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         input: &mut [u8],
         wire: &mut W,
         cx: &mut ShardContext<'_, A>,
         now: Instant,
-    ) -> usize {
+    ) {
+        debug_assert!(
+            self.held.is_empty(),
+            "held input goes in front of new input"
+        );
         if !input.is_empty() {
             self.timers.last_input = now;
         }
-        match self.phase {
-            Phase::Handshake => self.handshake(input, wire, cx, now),
-            Phase::Open(_) => self.feed(input, wire, cx, now),
+        let mut delivered = false;
+        let consumed = match self.phase {
+            Phase::Handshake => self.handshake(input, wire, cx, now, &mut delivered),
+            Phase::Open(_) => self.feed(input, wire, cx, now, &mut delivered),
             Phase::Finishing { .. } | Phase::Ended(_) => input.len(),
+        };
+        let rest = &input[consumed..];
+        if !rest.is_empty() && !matches!(self.phase, Phase::Finishing { .. } | Phase::Ended(_)) {
+            self.hold(rest, cx, now);
+        }
+        self.track_message(delivered, now);
+    }
+
+    /// Keeps an unconsumed remainder, or ends the connection if it cannot be kept.
+    fn hold<A: App + ?Sized>(&mut self, rest: &[u8], cx: &mut ShardContext<'_, A>, now: Instant) {
+        let limits = &cx.settings.limits;
+        let most =
+            (limits.inplace_frame_max + crate::frame::MAX_HEADER_LEN).max(limits.max_head_bytes);
+        let problem = if rest.len() > most {
+            // The protocol consumes frames larger than `inplace_frame_max` as they arrive.
+            "receive buffer overflow"
+        } else if self.held.keep(rest).is_err() {
+            "out of memory for held input"
+        } else {
+            return;
+        };
+        cx.counters().memory_closes.add(1);
+        if cx.log.allow(LogCause::Memory, now) {
+            warn!(peer = %self.peer, session = self.id, held = rest.len(),
+                "cannot hold a partial frame or head ({problem}); closing with 1011");
+        }
+        self.end(CloseCode::INTERNAL_ERROR, problem, cx, now);
+    }
+
+    /// Starts or stops the message deadline: armed while a frame or message is in progress,
+    /// restarted when a data message was delivered (the one in progress is a new one).
+    fn track_message(&mut self, delivered: bool, now: Instant) {
+        let in_progress = match &self.phase {
+            Phase::Open(session) => !self.held.is_empty() || session.in_message(),
+            _ => false,
+        };
+        if !in_progress {
+            self.timers.message_since = None;
+        } else if delivered || self.timers.message_since.is_none() {
+            self.timers.message_since = Some(now);
         }
     }
 
@@ -222,11 +309,26 @@ impl Connection {
         wire: &mut W,
         cx: &mut ShardContext<'_, A>,
         now: Instant,
+        delivered: &mut bool,
     ) -> usize {
         let peer = self.peer;
+        // Incremental: a head is parsed once its end is there (or it is over the limit), so a
+        // head that trickles in is searched once, not re-parsed from its start on every read.
+        // (The first read is always parsed: garbage is refused at once.)
+        let from = self.head_scanned.saturating_sub(2);
+        if self.head_scanned > 0
+            && input.len() <= cx.settings.limits.max_head_bytes
+            && !may_end_head(&input[from..])
+        {
+            self.head_scanned = input.len();
+            return 0;
+        }
         let upgraded = match handshake::parse_request(input, &cx.settings.limits) {
             // Heads over `max_head_bytes` are refused (431), so what waits stays bounded.
-            Parsed::Partial => return 0,
+            Parsed::Partial => {
+                self.head_scanned = input.len();
+                return 0;
+            }
             Parsed::Reject(err) => {
                 refuse(wire, &mut self.pending, peer, &err);
                 None
@@ -281,7 +383,7 @@ impl Connection {
             return input.len();
         }
         if input.len() > head_len {
-            head_len + self.feed(&mut input[head_len..], wire, cx, now)
+            head_len + self.feed(&mut input[head_len..], wire, cx, now, delivered)
         } else {
             head_len
         }
@@ -294,6 +396,7 @@ impl Connection {
         wire: &mut W,
         cx: &mut ShardContext<'_, A>,
         now: Instant,
+        delivered: &mut bool,
     ) -> usize {
         let Phase::Open(session) = &mut self.phase else {
             return input.len();
@@ -322,13 +425,17 @@ impl Connection {
                     }
                     Event::Ping(_) | Event::Pong(_) => return,
                 };
+                *delivered = true;
                 app.on_message(&mut SessionRef::new(id, peer, shard, set, Some(out)), msg);
             })
         };
         let consumed = match result {
             Ok(consumed) => consumed,
             Err(err) => {
-                info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                cx.counters().protocol_errors.add(1);
+                if cx.log.allow(LogCause::Protocol, now) {
+                    info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
+                }
                 self.leave_open(cx, now, Some((err.code, err.reason)));
                 input.len()
             }
@@ -342,9 +449,10 @@ impl Connection {
 
     // ---- output, verdicts --------------------------------------------------------------------
 
-    /// After the transport handed output to the network: the backpressure verdicts (pause reads
-    /// above the soft bound, start the clock above the hard bound) and, when finishing with
-    /// nothing left to send, our FIN. Returns whether a paused connection may be read again.
+    /// After the transport handed output to the network: the backpressure verdicts (above the
+    /// soft bound: pause reads and start the clock; above the hard bound: due at the next tick)
+    /// and, when finishing with nothing left to send, our FIN. Returns whether a paused
+    /// connection may be read again.
     pub fn after_output<W: Wire + ?Sized>(
         &mut self,
         wire: &mut W,
@@ -361,9 +469,12 @@ impl Connection {
             resume = true;
         }
         if pending > bp.hard_bytes {
-            self.timers.over_hard_since.get_or_insert(now);
+            let due = now.checked_sub(bp.timeout).unwrap_or(now);
+            self.timers.over_soft_since = Some(due);
+        } else if pending > bp.soft_bytes {
+            self.timers.over_soft_since.get_or_insert(now);
         } else {
-            self.timers.over_hard_since = None;
+            self.timers.over_soft_since = None;
         }
         if let Phase::Finishing { shut } = &mut self.phase {
             if !*shut && pending == 0 && wire.shutdown_write() {
@@ -505,6 +616,19 @@ impl Connection {
             _ => {}
         }
     }
+}
+
+/// Whether `bytes` hold the blank line that ends a request head (`\n\n` or `\n\r\n`, as
+/// httparse accepts both).
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match bytes.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// Queues an HTTP error answer.

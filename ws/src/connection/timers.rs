@@ -1,6 +1,7 @@
 //! A connection's timers: the phase deadline (handshake, close handshake, finishing), the
-//! backpressure clock (output above the hard bound), and the idle timer (quiet sessions get a
-//! ping; no answer within `pong_timeout` ends them). The shard's watch list polls
+//! backpressure clock (output above the soft bound), the message deadline (a message or frame
+//! started must be complete within `message_timeout`, however slowly it trickles), and the idle
+//! timer (quiet sessions get a ping; no answer within `pong_timeout` ends them). The shard's watch list polls
 //! [`Connection::poll_timeout`] at its tick; the idle timer is swept (see `crate::shard`).
 
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use tracing::{debug, info};
 
 use super::{App, Connection, Idle, Phase, Release, ShardContext, Wire, WireSink};
 use crate::close::CloseCode;
+use crate::log_limit::LogCause;
 use crate::session::State;
 use crate::settings::Settings;
 
@@ -18,17 +20,23 @@ impl Connection {
     pub fn poll_timeout(&self, settings: &Settings) -> Option<Instant> {
         let stuck = self
             .timers
-            .over_hard_since
+            .over_soft_since
             .map(|t| t + settings.backpressure.timeout);
-        match (self.timers.deadline, stuck) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let slow = self
+            .timers
+            .message_since
+            .map(|t| t + settings.message_timeout);
+        [self.timers.deadline, stuck, slow]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Acts on the deadlines that have passed at `now`: a peer that did not drain its output
-    /// for the backpressure timeout gets Close 1008 and is reset; a handshake, close handshake or
-    /// finishing that took too long ends (an open session is reported closed with 1006).
+    /// Acts on the deadlines that have passed at `now`: a peer that kept its output above the
+    /// soft bound for the backpressure timeout (or above the hard bound at all) gets Close 1008
+    /// and is reset; so does a peer that did not complete a message within `message_timeout`;
+    /// a handshake, close handshake or finishing that took too long ends (an open session is
+    /// reported closed with 1006).
     pub fn handle_timeout<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         now: Instant,
@@ -38,25 +46,46 @@ impl Connection {
         let bp = &cx.settings.backpressure;
         if self
             .timers
-            .over_hard_since
+            .over_soft_since
             .is_some_and(|since| now.duration_since(since) >= bp.timeout)
         {
-            let (hard, timeout) = (bp.hard_bytes, bp.timeout);
-            if let Phase::Open(session) = &mut self.phase {
-                let mut sink = WireSink {
-                    wire: &mut *wire,
-                    pending: &mut self.pending,
-                };
-                let _ = session
-                    .outgoing(&mut sink)
-                    .close(CloseCode::POLICY_VIOLATION, "output not drained");
-                let _ = wire.flush(&mut self.pending);
+            let (soft, timeout) = (bp.soft_bytes, bp.timeout);
+            cx.counters().backpressure_closes.add(1);
+            if cx.log.allow(LogCause::Time, now) {
+                info!(
+                    peer = %self.peer, session = self.id, pending = self.pending.len(),
+                    "peer does not read: output above {soft} bytes for {timeout:?} (or above the hard bound); closing with 1008"
+                );
             }
-            info!(
-                peer = %self.peer, session = self.id, pending = self.pending.len(),
-                "peer does not read: output above {hard} bytes for {timeout:?}; closing with 1008"
+            self.close_now(
+                CloseCode::POLICY_VIOLATION,
+                "output not drained",
+                wire,
+                cx,
+                now,
             );
-            self.end(CloseCode::POLICY_VIOLATION, "output not drained", cx, now);
+            return;
+        }
+        if self
+            .timers
+            .message_since
+            .is_some_and(|since| now.duration_since(since) >= cx.settings.message_timeout)
+        {
+            cx.counters().message_timeouts.add(1);
+            if cx.log.allow(LogCause::Time, now) {
+                info!(
+                    peer = %self.peer, session = self.id,
+                    "message not completed within {:?}; closing with 1008",
+                    cx.settings.message_timeout
+                );
+            }
+            self.close_now(
+                CloseCode::POLICY_VIOLATION,
+                "message too slow",
+                wire,
+                cx,
+                now,
+            );
             return;
         }
         if !self.timers.deadline.is_some_and(|d| now >= d) {
@@ -79,7 +108,30 @@ impl Connection {
     /// Whether the shard's watch list must keep this connection (a deadline is armed).
     pub fn has_timer(&self) -> bool {
         !matches!(self.phase, Phase::Ended(_))
-            && (self.timers.deadline.is_some() || self.timers.over_hard_since.is_some())
+            && (self.timers.deadline.is_some()
+                || self.timers.over_soft_since.is_some()
+                || self.timers.message_since.is_some())
+    }
+
+    /// Sends Close `code` if the session is open (best effort: what the wire takes now), then
+    /// ends the connection with a reset (the session is reported closed with `code`).
+    pub fn close_now<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        if let Phase::Open(session) = &mut self.phase {
+            let mut sink = WireSink {
+                wire: &mut *wire,
+                pending: &mut self.pending,
+            };
+            let _ = session.outgoing(&mut sink).close(code, reason);
+            let _ = wire.flush(&mut self.pending);
+        }
+        self.end(code, reason, cx, now);
     }
 
     /// The idle timer: a session that sent nothing for `idle` is due a ping; one that sent
@@ -101,8 +153,10 @@ impl Connection {
             if self.timers.last_input > at {
                 self.timers.ping_sent = None;
             } else if now.duration_since(at) >= pong_timeout {
-                info!(peer = %self.peer, session = self.id,
-                    "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                if cx.log.allow(LogCause::Time, now) {
+                    info!(peer = %self.peer, session = self.id,
+                        "no answer to the idle ping within {pong_timeout:?}; dropping the connection");
+                }
                 self.end(CloseCode::ABNORMAL, "no answer to ping", cx, now);
                 return Idle::Dropped;
             } else {

@@ -57,6 +57,20 @@ pub struct ShardCounters {
     pub buffer_waits: PaddedCounter,
     /// Receive buffers lent to the kernel's io_uring ring (gauge; kernel transport).
     pub ring_buffers: PaddedCounter,
+    /// Bytes the shard's connections hold (held input, assembly, pending output; gauge).
+    pub memory: PaddedCounter,
+    /// Connections refused at the connection cap.
+    pub connections_refused: PaddedCounter,
+    /// Connections closed because the server's memory budget was exceeded.
+    pub budget_closes: PaddedCounter,
+    /// Connections closed because memory for their input could not be had.
+    pub memory_closes: PaddedCounter,
+    /// Sessions closed because a message was not completed within `message_timeout`.
+    pub message_timeouts: PaddedCounter,
+    /// Sessions closed because their peer did not read (backpressure timeout, hard bound).
+    pub backpressure_closes: PaddedCounter,
+    /// Sessions closed for a protocol error of the peer.
+    pub protocol_errors: PaddedCounter,
     /// The shard's buffer-cache counters, as of its last tick.
     pub caches: CacheCounters,
 }
@@ -157,6 +171,20 @@ pub struct WorkerStats {
     /// Receive buffers lent to the kernel's io_uring provided-buffer ring, waiting for data
     /// (taken from the buffer pool, so counted there as in use; 0 elsewhere).
     pub ring_buffers: usize,
+    /// Bytes the worker's connections hold: held input, message assembly, pending output.
+    pub memory: usize,
+    /// Connections refused at the connection cap (`max_connections`).
+    pub connections_refused: usize,
+    /// Connections closed because the server's memory budget was exceeded.
+    pub budget_closes: usize,
+    /// Connections closed because memory for their input could not be had.
+    pub memory_closes: usize,
+    /// Sessions closed because a message was not completed within `message_timeout`.
+    pub message_timeouts: usize,
+    /// Sessions closed because their peer did not read (backpressure).
+    pub backpressure_closes: usize,
+    /// Sessions closed for a protocol error of the peer.
+    pub protocol_errors: usize,
     /// The worker's cache of large output buffers, as of its last tick (every 100 ms).
     pub output_cache: OutputCacheStats,
     /// The worker thread's cache of message-assembly buffers, as of its last tick.
@@ -175,6 +203,13 @@ impl ShardCounters {
             idle_drops: self.idle_drops.get(),
             buffer_waits: self.buffer_waits.get(),
             ring_buffers: self.ring_buffers.get(),
+            memory: self.memory.get(),
+            connections_refused: self.connections_refused.get(),
+            budget_closes: self.budget_closes.get(),
+            memory_closes: self.memory_closes.get(),
+            message_timeouts: self.message_timeouts.get(),
+            backpressure_closes: self.backpressure_closes.get(),
+            protocol_errors: self.protocol_errors.get(),
             output_cache,
             assembly_cache,
         }

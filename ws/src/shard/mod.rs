@@ -35,10 +35,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::close::CloseCode;
 use crate::connection::{App, Connection, Release, ShardContext, Wire};
+use crate::log_limit::{LogCause, LogLimit};
 use crate::output_cache::OutputCacheStats;
 use crate::pending::PendingOutput;
 use crate::settings::Settings;
@@ -90,6 +91,8 @@ pub struct Slot<T> {
     watched: bool,
     /// Released, and kept until the transport says it is gone ([`Shard::forget`]).
     released: bool,
+    /// The connection's memory as last counted in the shard's total.
+    charged: usize,
 }
 
 impl<T> Slot<T> {
@@ -127,6 +130,9 @@ pub struct Shard<T, A> {
     next_tick: Instant,
     next_idle_sweep: Instant,
     stop_deadline: Option<Instant>,
+    /// Bytes the connections hold (sum of their `charged`), against the memory budget.
+    memory: usize,
+    log: LogLimit,
 }
 
 impl<T, A: App> Shard<T, A> {
@@ -157,6 +163,8 @@ impl<T, A: App> Shard<T, A> {
             next_tick: now + TICK,
             next_idle_sweep: now,
             stop_deadline: None,
+            memory: 0,
+            log: LogLimit::new(),
         };
         shard.next_idle_sweep = now + shard.idle_sweep_period();
         shard
@@ -224,7 +232,9 @@ impl<T, A: App> Shard<T, A> {
     // ---- connections ---------------------------------------------------------------------------
 
     /// Takes a new connection into a free slot; its handshake deadline starts. Refused (the
-    /// transport state is handed back) while stopping or with every slot taken.
+    /// transport state is handed back, for the transport to close at once) while stopping, with
+    /// every slot taken, or at the server's connection cap (`max_connections`: counted, and
+    /// logged at a rate limit).
     pub fn open(&mut self, io: T, peer: SocketAddr, now: Instant) -> Result<usize, T> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -246,6 +256,14 @@ impl<T, A: App> Shard<T, A> {
         if self.set.is_stopping() || slot >= self.max_connections {
             return Err(io);
         }
+        if self.set.connection_count() >= self.settings.max_connections {
+            self.counters().connections_refused.add(1);
+            if self.log.allow(LogCause::Refused, now) {
+                warn!(%peer, cap = self.settings.max_connections,
+                    "connection refused: the server holds max_connections connections");
+            }
+            return Err(io);
+        }
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, || None);
         }
@@ -259,6 +277,7 @@ impl<T, A: App> Shard<T, A> {
             io,
             watched: false,
             released: false,
+            charged: 0,
         });
         self.live += 1;
         self.counters().connections.add(1);
@@ -266,8 +285,9 @@ impl<T, A: App> Shard<T, A> {
         Ok(())
     }
 
-    /// Runs the connection in `slot` over received bytes (see [`Connection::receive`]); returns
-    /// how many were consumed. Then the transport sends this turn's output and calls
+    /// Runs the connection in `slot` over received bytes (see [`Connection::receive`]: `input`
+    /// starts with the connection's held bytes, and what stays unconsumed is held again by the
+    /// connection). Then the transport sends this turn's output and calls
     /// [`Shard::after_output`].
     pub fn receive<W: Wire + ?Sized>(
         &mut self,
@@ -275,10 +295,9 @@ impl<T, A: App> Shard<T, A> {
         input: &mut [u8],
         wire: &mut W,
         now: Instant,
-    ) -> usize {
-        match self.split(slot) {
-            Some((s, mut cx)) => s.conn.receive(input, wire, &mut cx, now),
-            None => input.len(),
+    ) {
+        if let Some((s, mut cx)) = self.split(slot) {
+            s.conn.receive(input, wire, &mut cx, now);
         }
     }
 
@@ -377,7 +396,19 @@ impl<T, A: App> Shard<T, A> {
         match s.conn.ended() {
             Some(_) if s.released => {}
             Some(how) => self.release(slot, how, x),
-            None => self.update(slot),
+            None => {
+                self.update(slot);
+                self.charge(slot);
+            }
+        }
+    }
+
+    /// Counts the connection's memory anew in the shard's total.
+    fn charge(&mut self, slot: usize) {
+        if let Some(s) = self.slots[slot].as_mut() {
+            let now = s.conn.memory();
+            self.memory = self.memory - s.charged + now;
+            s.charged = now;
         }
     }
 
@@ -396,11 +427,13 @@ impl<T, A: App> Shard<T, A> {
             mut conn,
             io,
             watched,
+            charged,
             ..
         }) = self.slots[slot].take()
         else {
             return;
         };
+        self.memory -= charged;
         match x.release(slot, io, conn.pending_mut(), how) {
             Some(io) => {
                 self.slots[slot] = Some(Slot {
@@ -408,6 +441,7 @@ impl<T, A: App> Shard<T, A> {
                     io,
                     watched,
                     released: true,
+                    charged: 0,
                 })
             }
             None => self.slot_freed(slot),
@@ -415,7 +449,8 @@ impl<T, A: App> Shard<T, A> {
     }
 
     fn free_slot(&mut self, slot: usize) {
-        if self.slots[slot].take().is_some() {
+        if let Some(s) = self.slots[slot].take() {
+            self.memory -= s.charged;
             self.slot_freed(slot);
         }
     }
@@ -435,6 +470,7 @@ impl<T, A: App> Shard<T, A> {
             set: &self.set,
             shard: self.index,
             http: &mut self.http,
+            log: &mut self.log,
         };
         Some((s, cx))
     }

@@ -139,6 +139,18 @@ impl ShardSet {
         self.counters.iter().map(ShardCounters::snapshot).collect()
     }
 
+    /// Connections in any phase, summed over the shards (the connection cap counts these).
+    pub fn connection_count(&self) -> usize {
+        (0..self.len())
+            .map(|i| self.counters(i).connections.get())
+            .sum()
+    }
+
+    /// Bytes held by every shard's connections, as of each shard's last tick.
+    pub fn memory(&self) -> usize {
+        (0..self.len()).map(|i| self.counters(i).memory.get()).sum()
+    }
+
     /// Open sessions across all shards.
     pub fn session_count(&self) -> usize {
         self.counters.iter().map(|c| c.sessions.get()).sum()

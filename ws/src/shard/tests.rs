@@ -162,22 +162,22 @@ impl Rig {
             .unwrap()
     }
 
-    /// Feeds bytes as one read, sends the output, applies the verdicts; returns what stayed unconsumed.
+    /// Feeds bytes as one read (after what the connection holds, as a transport does), sends
+    /// the output, applies the verdicts; returns how many bytes the connection holds now.
     fn read(&mut self, slot: usize, bytes: &[u8]) -> usize {
-        let mut input = bytes.to_vec();
-        let consumed = {
-            let s = self.shard.slot_mut(slot).unwrap();
-            let mut io = std::mem::take(&mut s.io);
-            let consumed = self
-                .shard
-                .receive(slot, &mut input, &mut FakeWire(&mut io), self.now);
-            let s = self.shard.slot_mut(slot).unwrap();
+        let s = self.shard.slot_mut(slot).unwrap();
+        let mut input = vec![0u8; s.conn.held_len() + bytes.len()];
+        let held = s.conn.held_mut().move_to(&mut input);
+        input[held..].copy_from_slice(bytes);
+        let mut io = std::mem::take(&mut s.io);
+        self.shard
+            .receive(slot, &mut input, &mut FakeWire(&mut io), self.now);
+        if let Some(s) = self.shard.slot_mut(slot) {
             FakeWire(&mut io).flush(s.conn.pending_mut()).unwrap();
             s.io = io;
-            consumed
-        };
+        }
         self.shard.after_output(slot, &mut self.x, self.now);
-        input.len() - consumed
+        self.shard.slot(slot).map_or(0, |s| s.conn.held_len())
     }
 
     fn sent(&mut self, slot: usize) -> Vec<u8> {
@@ -207,7 +207,7 @@ fn upgrade_echo_and_close_handshake() {
     let slot = rig.connect();
     // A head split over two reads: nothing consumed until it is whole.
     assert_eq!(rig.read(slot, &UPGRADE[..20]), 20);
-    let mut rest = UPGRADE.to_vec();
+    let mut rest = UPGRADE[20..].to_vec();
     rest.extend(client_frame(OpCode::Text, b"hello"));
     assert_eq!(rig.read(slot, &rest), 0);
     let out = rig.sent(slot);
@@ -329,10 +329,11 @@ fn idle_sessions_are_pinged_and_dropped_without_an_answer() {
 
 #[test]
 fn a_peer_that_does_not_read_is_paused_then_closed_with_1008() {
+    // The clock runs from the soft bound.
     let settings = Settings {
         backpressure: crate::Backpressure {
             soft_bytes: 4096,
-            hard_bytes: 8192,
+            hard_bytes: 1 << 20,
             timeout: Duration::from_secs(2),
         },
         ..Settings::default()
@@ -355,6 +356,168 @@ fn a_peer_that_does_not_read_is_paused_then_closed_with_1008() {
         vec![1008]
     );
     assert_eq!(rig.x.released.pop().unwrap().1, Release::Reset);
+}
+
+#[test]
+fn output_over_the_hard_bound_is_closed_at_the_next_tick() {
+    let settings = Settings {
+        backpressure: crate::Backpressure {
+            soft_bytes: 4096,
+            hard_bytes: 8192,
+            timeout: Duration::from_secs(60),
+        },
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(settings);
+    let slot = rig.connect();
+    rig.read(slot, UPGRADE);
+    rig.shard.slot_mut(slot).unwrap().io.room = 0;
+    rig.read(slot, &client_frame(OpCode::Binary, &[7u8; 10_000]));
+    assert!(rig.seen().closes.is_empty());
+    rig.advance(super::TICK);
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1008]
+    );
+    assert_eq!(rig.set.counters(0).snapshot().backpressure_closes, 1);
+}
+
+#[test]
+fn a_message_that_trickles_is_closed_at_its_deadline() {
+    let settings = Settings {
+        message_timeout: Duration::from_secs(5),
+        idle_timeout: None,
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(settings);
+    let slot = rig.connect();
+    rig.read(slot, UPGRADE);
+    // A 1000-byte binary frame, one byte per second: the idle timer would never fire.
+    let frame = client_frame(OpCode::Binary, &[1u8; 1000]);
+    for byte in frame.iter().take(5) {
+        rig.read(slot, std::slice::from_ref(byte));
+        rig.advance(Duration::from_millis(900));
+    }
+    assert!(
+        rig.seen().closes.is_empty(),
+        "open 4.5 s after the first byte"
+    );
+    rig.read(slot, &frame[5..6]);
+    rig.advance(Duration::from_millis(600));
+    assert_eq!(
+        rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1008]
+    );
+    assert_eq!(rig.set.counters(0).snapshot().message_timeouts, 1);
+}
+
+#[test]
+fn steady_messages_never_meet_the_message_deadline() {
+    let settings = Settings {
+        message_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(settings);
+    let slot = rig.connect();
+    rig.read(slot, UPGRADE);
+    // Every read ends inside a frame, but every read also completes a message.
+    let frame = client_frame(OpCode::Binary, &[1u8; 100]);
+    let mut stream = Vec::new();
+    for _ in 0..40 {
+        stream.extend_from_slice(&frame);
+    }
+    for chunk in stream.chunks(150) {
+        rig.read(slot, chunk);
+        rig.advance(Duration::from_millis(200));
+    }
+    assert!(rig.seen().closes.is_empty(), "{:?}", rig.seen().closes);
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_and_counted() {
+    let settings = Settings {
+        max_connections: 2,
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(settings);
+    let a = rig.connect();
+    let _b = rig.connect();
+    let io = FakeIo::default();
+    assert!(rig
+        .shard
+        .open(io, "127.0.0.1:2".parse().unwrap(), rig.now)
+        .is_err());
+    assert_eq!(rig.set.counters(0).snapshot().connections_refused, 1);
+    rig.shard
+        .end(a, CloseCode::ABNORMAL, "test", &mut rig.x, rig.now);
+    assert!(rig
+        .shard
+        .open(FakeIo::default(), "127.0.0.1:3".parse().unwrap(), rig.now)
+        .is_ok());
+}
+
+#[test]
+fn over_the_memory_budget_the_largest_holder_is_closed_with_1009() {
+    let settings = Settings {
+        memory_budget: 256 << 10,
+        idle_timeout: None,
+        ..Settings::default()
+    };
+    let mut rig = Rig::new(settings);
+    let small = rig.connect();
+    let large = rig.connect();
+    rig.read(small, UPGRADE);
+    rig.read(large, UPGRADE);
+    // Both start a fragmented message; the large one sends 300 KiB of it.
+    let mut first = Vec::new();
+    encode_client_frame(
+        OpCode::Binary,
+        false,
+        &[1u8; 1000],
+        [1, 2, 3, 4],
+        &mut first,
+    );
+    rig.read(small, &first);
+    let mut big = Vec::new();
+    encode_client_frame(
+        OpCode::Binary,
+        false,
+        &[1u8; 300 << 10],
+        [1, 2, 3, 4],
+        &mut big,
+    );
+    for chunk in big.chunks(32 << 10) {
+        rig.read(large, chunk);
+    }
+    assert!(rig.seen().closes.is_empty());
+    rig.advance(super::TICK);
+    let seen = rig.seen().closes.clone();
+    let large_id = rig.shard.slot(large).map(|s| s.conn.id());
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].1, 1009);
+    assert!(large_id.is_none(), "the largest holder is gone");
+    assert!(rig.shard.slot(small).is_some(), "the small one lives");
+    assert_eq!(rig.set.counters(0).snapshot().budget_closes, 1);
+}
+
+#[test]
+fn a_frame_header_declaring_16_mib_holds_only_what_arrived() {
+    let mut rig = Rig::new(Settings::default());
+    let slot = rig.connect();
+    rig.read(slot, UPGRADE);
+    // Header of a 16 MiB - 1 masked binary frame, then 100 bytes of it.
+    let len: u64 = (16 << 20) - 1;
+    let mut head = vec![0x82, 0xff];
+    head.extend_from_slice(&len.to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    head.extend_from_slice(&[0u8; 100]);
+    rig.read(slot, &head);
+    rig.advance(super::TICK);
+    let memory = rig.set.counters(0).snapshot().memory;
+    assert!(
+        memory <= crate::assembly::RESERVE_STEP + (64 << 10),
+        "holds {memory} bytes for 100 received"
+    );
 }
 
 #[test]

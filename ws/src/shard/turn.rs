@@ -4,12 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{slot_of, Command, Shard, Transport, TurnEnd, IDLE_SWEEP_MAX, INBOX_BATCH, TICK};
 use crate::assembly;
 use crate::close::CloseCode;
 use crate::connection::{App, Idle};
+use crate::log_limit::LogCause;
+
+/// Most connections one shard closes per tick to get back under the memory budget.
+const BUDGET_CLOSES_PER_TICK: usize = 64;
 
 impl<T, A: App> Shard<T, A> {
     /// The rest of a loop turn, after the transport's I/O: stop, the inbox, deadlines (every
@@ -42,6 +46,10 @@ impl<T, A: App> Shard<T, A> {
         self.counters()
             .caches
             .publish(x.output_cache_stats(), assembly::stats());
+        self.counters().memory.set(self.memory);
+        if self.set.memory() > self.settings.memory_budget {
+            self.enforce_budget(x, now);
+        }
         let mut list =
             std::mem::replace(&mut self.watched, std::mem::take(&mut self.watched_spare));
         for &(slot, id) in &list {
@@ -71,6 +79,45 @@ impl<T, A: App> Shard<T, A> {
         }
         list.clear();
         self.watched_spare = list;
+    }
+
+    /// The server holds more than its memory budget: closes this shard's largest holders until
+    /// the shard is back under its share of the budget (the other shards do the same at their
+    /// ticks), at most [`BUDGET_CLOSES_PER_TICK`] per tick. A holder of input (a message in
+    /// assembly) gets 1009, a holder of output (a slow reader) 1008.
+    fn enforce_budget<X: Transport<Io = T>>(&mut self, x: &mut X, now: Instant) {
+        let share = self.settings.memory_budget / self.set.len().max(1);
+        for _ in 0..BUDGET_CLOSES_PER_TICK {
+            if self.memory <= share {
+                break;
+            }
+            let largest = (0..self.slots.len())
+                .filter_map(|i| Some((i, self.slot(i)?)))
+                .filter(|(_, s)| !s.released && s.conn.ended().is_none())
+                .max_by_key(|(_, s)| s.charged)
+                .map(|(i, s)| (i, s.charged));
+            let Some((slot, held)) = largest.filter(|&(_, held)| held > 0) else {
+                break;
+            };
+            let Some((s, mut cx)) = self.split(slot) else {
+                break;
+            };
+            let (code, reason) = if s.conn.memory_is_output() {
+                (CloseCode::POLICY_VIOLATION, "output over the memory budget")
+            } else {
+                (CloseCode::MESSAGE_TOO_BIG, "message over the memory budget")
+            };
+            cx.set.counters(cx.shard).budget_closes.add(1);
+            if cx.log.allow(LogCause::Memory, now) {
+                warn!(peer = %s.conn.peer(), session = s.conn.id(), held,
+                    budget = cx.settings.memory_budget,
+                    "server over its memory budget: closing the largest holder with {}", code.0);
+            }
+            s.conn
+                .close_now(code, reason, &mut x.wire(slot, &mut s.io), &mut cx, now);
+            self.settle(slot, x);
+        }
+        self.counters().memory.set(self.memory);
     }
 
     pub(super) fn idle_sweep_period(&self) -> Duration {
