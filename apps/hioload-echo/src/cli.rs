@@ -118,14 +118,31 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub grace_period: Duration,
 
-    /// Pending output per connection above which it is not read until the peer catches up.
-    /// A connection stuck above 4x this for --backpressure-timeout is closed with 1008.
+    /// Pending output per connection above which it is not read until the peer catches up;
+    /// a connection that stays above it for --backpressure-timeout is closed with 1008, and one
+    /// that goes above 32 MiB (or 4x this, if larger) is closed at once.
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub backpressure_bytes: usize,
 
-    /// Seconds a connection may stay above 4x --backpressure-bytes before it is closed (1008).
+    /// Seconds a connection may stay above --backpressure-bytes before it is closed (1008).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub backpressure_timeout: Duration,
+
+    /// Most connections held at once, in any phase; more are closed as soon as they are
+    /// accepted (counted in hioload_connections_refused_total, logged at most 10 lines/s).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most bytes all connections together may hold in partial frames and heads, messages
+    /// being assembled and unsent output; over it the largest holders are closed (1009 for
+    /// input, 1008 for output; hioload_budget_closes_total).
+    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub memory_budget: usize,
+
+    /// Seconds a client has to complete a message (or frame) once its first byte arrived,
+    /// however slowly the rest trickles in; then Close 1008.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub message_timeout: Duration,
 
     /// Seconds a client has to send a complete upgrade request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -168,11 +185,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle_sleep_us: u64,
 
-    /// DPDK mode: most TCP connections at once per lcore (each holds two 16 KiB rings in
-    /// hugepages).
+    /// DPDK mode: TCP connection slots per lcore in the userspace stack (each holds two 16 KiB
+    /// rings in hugepages, reserved at start); --max-connections still caps the whole server.
     #[cfg(feature = "dpdk")]
     #[arg(long, value_name = "N", default_value_t = 8192)]
-    pub max_connections: usize,
+    pub stack_connections: usize,
 
     /// DPDK mode: the port to serve on, by DPDK name (net_tap0, 0000:01:00.0); default: the first.
     #[cfg(feature = "dpdk")]

@@ -27,13 +27,29 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
 /// Sends every message back as it came.
-struct Echo;
+/// Echoes every message; reports the log lines the non-blocking log writer dropped.
+struct Echo {
+    log_drops: tracing_appender::non_blocking::ErrorCounter,
+}
 
 impl Handler for Echo {
     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let _ = ctx.send(msg);
     }
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "# HELP hioload_log_lines_dropped_total Log lines dropped because stderr did not keep up.\n\
+             # TYPE hioload_log_lines_dropped_total counter\n\
+             hioload_log_lines_dropped_total {}\n",
+            self.log_drops.dropped_lines()
+        );
+    }
 }
+
+/// Lines the log writer may queue for a slow stderr before it drops (and counts) them.
+const LOG_QUEUE_LINES: usize = 2048;
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
@@ -128,15 +144,21 @@ fn main() -> ExitCode {
     cfg.limits.max_message_size = args.max_message;
     cfg.limits.max_frame_size = args.max_frame;
     cfg.backpressure.soft_bytes = args.backpressure_bytes;
-    cfg.backpressure.hard_bytes = args.backpressure_bytes.saturating_mul(4);
+    cfg.backpressure.hard_bytes = args
+        .backpressure_bytes
+        .saturating_mul(4)
+        .max(cfg.backpressure.hard_bytes);
     cfg.backpressure.timeout = args.backpressure_timeout;
+    cfg.max_connections = args.max_connections;
+    cfg.memory_budget = args.memory_budget;
+    cfg.message_timeout = args.message_timeout;
     #[cfg(feature = "dpdk")]
     if !split.eal.is_empty() {
         let mut dpdk = hioload_ws::DpdkConfig::new(split.eal.clone());
         dpdk.prefix_len = args.netmask;
         dpdk.gateway = args.gateway;
         dpdk.idle_sleep = std::time::Duration::from_micros(args.idle_sleep_us);
-        dpdk.max_connections = args.max_connections;
+        dpdk.max_connections = args.stack_connections;
         dpdk.port = args.dpdk_port.clone();
         cfg.data_path = DataPathConfig::Dpdk(dpdk);
     }
@@ -166,13 +188,21 @@ fn main() -> ExitCode {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let (filter, log_handle) = reload::Layer::new(filter);
+    // Log lines go through a bounded queue to a writer thread: a stalled stderr (a pipe whose
+    // reader stopped) drops and counts lines instead of blocking the workers that log.
+    let (log_writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("hioload-log")
+        .finish(std::io::stderr());
+    let log_drops = log_writer.error_counter();
     tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 // A closed stderr (the reader went away) must not panic the signal thread.
                 .log_internal_errors(false)
-                .with_writer(std::io::stderr)
+                .with_writer(log_writer)
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .init();
@@ -209,7 +239,8 @@ fn main() -> ExitCode {
     let server = match Server::new(cfg) {
         Ok(s) => Arc::new(
             s.with_handler(
-                Echo.with(Metrics::new())
+                Echo { log_drops }
+                    .with(Metrics::new())
                     .with(Recovery::new())
                     .with(Logging::new()),
             ),

@@ -556,3 +556,87 @@ fn control_on_main_serves_metrics_and_probes_on_the_websocket_port_too() {
     }
     assert_eq!(http_get(echo.addr, "/other").0, 404);
 }
+
+/// A stalled log sink (stderr is a pipe nobody reads) never stalls service: log lines are
+/// dropped and counted, and fresh clients are served within a second.
+#[test]
+fn a_stalled_log_pipe_drops_lines_and_never_stalls_the_workers() {
+    use std::io::BufRead;
+    let io = std::env::var("HIOLOAD_TEST_IO").unwrap_or_else(|_| "auto".into());
+    let mut child = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--workers", "2", "--no-affinity"])
+        .args(["--io", &io, "--admin-addr", "127.0.0.1:0"])
+        // Debug: a line or more per connection.
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let kill = scopeguard(pid);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut admin) = (None, None);
+    let mut line = String::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while (addr.is_none() || admin.is_none()) && Instant::now() < until {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on ws://").nth(1) {
+            addr = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+        if line.contains("control plane: ") {
+            admin = line
+                .split("http://")
+                .nth(1)
+                .and_then(|s| s.split('/').next())
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+        }
+    }
+    let (addr, admin): (SocketAddr, SocketAddr) = (addr.unwrap(), admin.unwrap());
+    // From here on nobody reads stderr: the pipe (64 KiB) fills up.
+
+    // 3,000 bad requests: each gets a 400 and a debug line or two, more than the pipe and the
+    // log queue (2,048 lines) hold.
+    for _ in 0..3_000 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    // Service goes on: a fresh client's echo within a second.
+    let started = Instant::now();
+    let mut ws = client(addr);
+    ws.send(Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still here"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "echo took {took:?}");
+    let (status, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let dropped: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("hioload_log_lines_dropped_total "))
+        .expect("the log-drop counter is exported")
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "lines were dropped, not waited for");
+    drop(kill);
+    let _ = child.wait();
+}
+
+/// Kills `pid` (SIGKILL) when dropped, so that a failed assertion leaves no process behind.
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: plain kill(2) on a child we spawned.
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+    Kill(pid)
+}

@@ -92,7 +92,7 @@ impl DpdkEcho {
                 "24",
                 "--idle-sleep-us",
                 "100",
-                "--max-connections",
+                "--stack-connections",
                 "2048",
                 // Tests run at once: each its own admin port.
                 "--admin-addr",
@@ -439,7 +439,7 @@ fn help_explains_the_eal_half_and_ours() {
         "--netmask <PREFIX|MASK>",
         "--gateway <IPV4>",
         "--idle-sleep-us <N>",
-        "--max-connections <N>",
+        "--stack-connections <N>",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
