@@ -67,8 +67,15 @@ pub(crate) struct UringConn {
 pub(crate) struct UringBackend<B: RecvBuffer> {
     ring: Uring<B>,
     ring_sends: Vec<RingSend>,
-    /// The bytes of this turn's ring sends, back to back; cleared once their completions are
-    /// taken. Fixed capacity: a turn that does not fit is sent directly.
+    /// `ring_sends[..sends_queued]` are in the submission queue (or submitted).
+    sends_queued: usize,
+    /// Of those, how many have completed (or failed to queue). The arena and the list are
+    /// cleared only when every one has: a submission cut short, or a completion that comes a
+    /// turn late, leaves the kernel bytes it has not read yet.
+    sends_done: usize,
+    /// The bytes of the ring sends, back to back; cleared once all their completions are
+    /// taken. Fixed capacity (never reallocated under the kernel): a turn that does not fit is
+    /// sent directly.
     send_arena: Vec<u8>,
     /// The pool had no buffer for the ring; tried again at the next tick.
     refill_waits: bool,
@@ -82,6 +89,8 @@ impl<B: RecvBuffer> UringBackend<B> {
         Ok(UringBackend {
             ring: Uring::new(buffers, epoll_fd, take)?,
             ring_sends: Vec::with_capacity(1024),
+            sends_queued: 0,
+            sends_done: 0,
             send_arena: Vec::with_capacity(SEND_ARENA),
             refill_waits: false,
             closing: Vec::with_capacity(64),
@@ -231,14 +240,17 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
     /// Queues this loop turn's ring sends, each a range of the send arena, which nothing touches
     /// until their completions are taken (first thing after the wait).
     fn queue_ring_sends(&mut self) {
-        for index in 0..self.io.backend.ring_sends.len() {
+        let from = self.io.backend.sends_queued;
+        self.io.backend.sends_queued = self.io.backend.ring_sends.len();
+        for index in from..self.io.backend.ring_sends.len() {
             let send = self.io.backend.ring_sends[index];
             let Some(s) = self
                 .shard
                 .slot(send.slot)
                 .filter(|s| s.io.serial == send.serial)
             else {
-                continue; // gone since: nothing to send
+                self.io.backend.sends_done += 1; // gone since: nothing to send
+                continue;
             };
             let fd = s.io.stream.as_raw_fd();
             let backend = &mut self.io.backend;
@@ -247,6 +259,7 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             // turn's sends are taken: a MSG_DONTWAIT send completes within the submission.
             let queued = unsafe { backend.ring.send(fd, bytes, index as u32) };
             if let Err(e) = queued {
+                self.io.backend.sends_done += 1;
                 error!(worker = self.io.index, "cannot queue a send: {e}");
                 self.shard
                     .peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
@@ -254,17 +267,23 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         }
     }
 
-    /// The completions of this loop turn's ring sends (all of them: each completes within the
-    /// submission); then the arena is free for the next turn.
+    /// The completions of ring sends (normally all of this turn's: each completes within the
+    /// submission); once every queued send has completed, the arena is free again.
     fn on_sends(&mut self, completions: &[Completion]) {
         for completion in completions {
             if let Op::Send { index } = completion.op {
                 let send = self.io.backend.ring_sends[index as usize];
+                self.io.backend.sends_done += 1;
                 self.on_sent(send, completion.result);
             }
         }
-        self.io.backend.ring_sends.clear();
-        self.io.backend.send_arena.clear();
+        let backend = &mut self.io.backend;
+        if backend.sends_done == backend.ring_sends.len() {
+            backend.ring_sends.clear();
+            backend.send_arena.clear();
+            backend.sends_queued = 0;
+            backend.sends_done = 0;
+        }
     }
 
     /// One ring send completed with `result` (bytes sent, or a negated errno).
