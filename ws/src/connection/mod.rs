@@ -598,6 +598,8 @@ impl Connection {
     fn finish(&mut self, settings: &Settings, now: Instant) {
         self.phase = Phase::Finishing { shut: false };
         self.timers.deadline = Some(now + settings.close_timeout);
+        self.timers.message_since = None;
+        self.held.clear();
     }
 
     /// After anything that may have closed the session: a closed session leaves Open; one that

@@ -79,7 +79,7 @@ impl Connection {
                     cx.settings.message_timeout
                 );
             }
-            self.close_now(
+            self.close_and_finish(
                 CloseCode::POLICY_VIOLATION,
                 "message too slow",
                 wire,
@@ -111,6 +111,28 @@ impl Connection {
             && (self.timers.deadline.is_some()
                 || self.timers.over_soft_since.is_some()
                 || self.timers.message_since.is_some())
+    }
+
+    /// Sends Close `code` if the session is open, reports the close with `code`, and finishes
+    /// gracefully: what is pending goes out, then our FIN; input is discarded until the peer
+    /// closes, within `close_timeout`. For peers that still read (so that they see the code).
+    pub fn close_and_finish<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        if let Phase::Open(session) = &mut self.phase {
+            let mut sink = WireSink {
+                wire: &mut *wire,
+                pending: &mut self.pending,
+            };
+            let _ = session.outgoing(&mut sink).close(code, reason);
+            let _ = wire.flush(&mut self.pending);
+        }
+        self.leave_open(cx, now, Some((code, reason)));
     }
 
     /// Sends Close `code` if the session is open (best effort: what the wire takes now), then

@@ -492,10 +492,19 @@ fn over_the_memory_budget_the_largest_holder_is_closed_with_1009() {
     assert!(rig.seen().closes.is_empty());
     rig.advance(super::TICK);
     let seen = rig.seen().closes.clone();
-    let large_id = rig.shard.slot(large).map(|s| s.conn.id());
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].1, 1009);
-    assert!(large_id.is_none(), "the largest holder is gone");
+    let large_conn = &rig.shard.slot(large).unwrap().conn;
+    assert!(
+        !large_conn.has_session() && large_conn.memory() < 1024,
+        "the largest holder finishes, its message dropped"
+    );
+    let sent = rig.sent(large);
+    assert!(
+        sent.ends_with(b"\x03\xf1message over the memory budget"),
+        "it is told why (1009): {:?}",
+        String::from_utf8_lossy(&sent[sent.len().saturating_sub(40)..])
+    );
     assert!(rig.shard.slot(small).is_some(), "the small one lives");
     assert_eq!(rig.set.counters(0).snapshot().budget_closes, 1);
 }

@@ -64,8 +64,14 @@ impl<T, A: App> Shard<T, A> {
                     .poll_timeout(cx.settings)
                     .is_some_and(|due| due <= now)
                 {
-                    s.conn
-                        .handle_timeout(now, &mut x.wire(slot, &mut s.io), &mut cx);
+                    let mut wire = x.wire(slot, &mut s.io);
+                    s.conn.handle_timeout(now, &mut wire, &mut cx);
+                    // A graceful close (finishing) sends its FIN once nothing is pending.
+                    let resume = s.conn.after_output(&mut wire, cx.settings, now);
+                    drop(wire);
+                    if resume {
+                        x.resume_reading(slot, &mut s.io);
+                    }
                 }
                 let keep = s.conn.ended().is_none() && s.conn.has_timer();
                 s.watched = keep;
@@ -113,8 +119,17 @@ impl<T, A: App> Shard<T, A> {
                     budget = cx.settings.memory_budget,
                     "server over its memory budget: closing the largest holder with {}", code.0);
             }
-            s.conn
-                .close_now(code, reason, &mut x.wire(slot, &mut s.io), &mut cx, now);
+            let mut wire = x.wire(slot, &mut s.io);
+            if s.conn.memory_is_output() {
+                // Its peer does not read: reset, and the output goes with it.
+                s.conn.close_now(code, reason, &mut wire, &mut cx, now);
+            } else {
+                // A sender: it sees the code; the message it was assembling goes now.
+                s.conn
+                    .close_and_finish(code, reason, &mut wire, &mut cx, now);
+                s.conn.after_output(&mut wire, cx.settings, now);
+            }
+            drop(wire);
             self.settle(slot, x);
         }
         self.counters().memory.set(self.memory);
