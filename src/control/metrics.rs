@@ -38,7 +38,7 @@ impl Control {
             workers.iter().map(|w| w.sessions).sum::<usize>() as f64,
         );
         type Field = fn(&WorkerStats) -> usize;
-        let per_worker: [(&str, &str, &str, Field); 14] = [
+        let per_worker: [(&str, &str, &str, Field); 17] = [
             (
                 "hioload_worker_sessions",
                 "gauge",
@@ -116,6 +116,24 @@ impl Control {
                 "counter",
                 "Sessions closed for a protocol error of the peer.",
                 |w| w.protocol_errors,
+            ),
+            (
+                "hioload_tcp_half_open_evicted_total",
+                "counter",
+                "DPDK stack: half-open connections evicted to admit new SYNs (SYN-flood defence).",
+                |w| w.tcp_half_open_evicted,
+            ),
+            (
+                "hioload_tcp_handshake_timeouts_total",
+                "counter",
+                "DPDK stack: TCP handshakes given up on.",
+                |w| w.tcp_handshake_timeouts,
+            ),
+            (
+                "hioload_tcp_syn_dropped_total",
+                "counter",
+                "DPDK stack: SYNs dropped for want of room.",
+                |w| w.tcp_syn_dropped,
             ),
             (
                 "hioload_ring_buffers",

@@ -298,6 +298,9 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
         worker.begin_turn(Instant::now());
         let received = stack.poll(worker);
         let end = worker.end_turn(stack, Instant::now());
+        if end.ticked {
+            worker.publish_stack_stats(&stack.stats());
+        }
         if end.done {
             break;
         }

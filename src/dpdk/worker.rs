@@ -105,6 +105,16 @@ impl<A: App> Worker<A> {
         self.shard.is_stopping()
     }
 
+    /// Publishes the stack's SYN-flood counters beside the shard's (at the tick).
+    pub fn publish_stack_stats(&self, stats: &hioload_stack::StackStats) {
+        let c = self.shard.counters();
+        c.tcp_half_open_evicted
+            .set(stats.half_open_evicted as usize);
+        c.tcp_handshake_timeouts
+            .set(stats.handshake_timeouts as usize);
+        c.tcp_syn_dropped.set(stats.syn_dropped as usize);
+    }
+
     /// Connections the worker still tracks.
     pub fn connections(&self) -> usize {
         self.shard.live()

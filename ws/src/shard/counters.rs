@@ -71,6 +71,13 @@ pub struct ShardCounters {
     pub backpressure_closes: PaddedCounter,
     /// Sessions closed for a protocol error of the peer.
     pub protocol_errors: PaddedCounter,
+    /// Half-open TCP connections the transport evicted to admit new SYNs (a SYN flood
+    /// defence; DPDK stack only, the kernel path leaves SYN floods to the kernel).
+    pub tcp_half_open_evicted: PaddedCounter,
+    /// TCP handshakes the transport gave up on (DPDK stack only).
+    pub tcp_handshake_timeouts: PaddedCounter,
+    /// SYNs the transport dropped for want of room (DPDK stack only).
+    pub tcp_syn_dropped: PaddedCounter,
     /// The shard's buffer-cache counters, as of its last tick.
     pub caches: CacheCounters,
 }
@@ -185,6 +192,12 @@ pub struct WorkerStats {
     pub backpressure_closes: usize,
     /// Sessions closed for a protocol error of the peer.
     pub protocol_errors: usize,
+    /// Half-open TCP connections evicted to admit new SYNs (DPDK stack; 0 on the kernel path).
+    pub tcp_half_open_evicted: usize,
+    /// TCP handshakes given up on (DPDK stack; 0 on the kernel path).
+    pub tcp_handshake_timeouts: usize,
+    /// SYNs dropped for want of room (DPDK stack; 0 on the kernel path).
+    pub tcp_syn_dropped: usize,
     /// The worker's cache of large output buffers, as of its last tick (every 100 ms).
     pub output_cache: OutputCacheStats,
     /// The worker thread's cache of message-assembly buffers, as of its last tick.
@@ -210,6 +223,9 @@ impl ShardCounters {
             message_timeouts: self.message_timeouts.get(),
             backpressure_closes: self.backpressure_closes.get(),
             protocol_errors: self.protocol_errors.get(),
+            tcp_half_open_evicted: self.tcp_half_open_evicted.get(),
+            tcp_handshake_timeouts: self.tcp_handshake_timeouts.get(),
+            tcp_syn_dropped: self.tcp_syn_dropped.get(),
             output_cache,
             assembly_cache,
         }
