@@ -28,6 +28,11 @@ pub trait RecvBuffers {
     fn take(&mut self) -> Option<Self::Buf>;
     /// Takes a buffer back.
     fn give(&mut self, buf: Self::Buf);
+    /// Periodic housekeeping, at the worker's tick (every 100 ms): e.g. giving memory that
+    /// stayed free back to the system.
+    fn maintain(&mut self, now: std::time::Instant) {
+        let _ = now;
+    }
 }
 
 /// A fixed-size receive buffer taken from a [`BufPool`].

@@ -164,7 +164,7 @@ impl Control {
 /// each node took from the system.
 fn pool_metrics(out: &mut String, pools: &PoolStats) {
     type Field = fn(&ClassStats) -> u64;
-    let per_class: [(&str, &str, &str, Field); 5] = [
+    let per_class: [(&str, &str, &str, Field); 6] = [
         (
             "hioload_pool_buffers_in_use",
             "gauge",
@@ -194,6 +194,12 @@ fn pool_metrics(out: &mut String, pools: &PoolStats) {
             "counter",
             "Pool gets that found the class at its limit.",
             |c| c.exhausted,
+        ),
+        (
+            "hioload_pool_trimmed_bytes_total",
+            "counter",
+            "Bytes of pool buffers that stayed free given back to the system (the buffers stay).",
+            |c| c.trimmed_bytes,
         ),
     ];
     for (name, kind, help, field) in per_class {

@@ -51,7 +51,11 @@ impl KernelPath {
             let cache = worker_pools
                 .worker_cache(node)
                 .expect("the node has a pool: it was taken from the pool's own list");
-            PoolBuffers { cache, size }
+            PoolBuffers {
+                cache,
+                size,
+                pools: worker_pools.clone(),
+            }
         };
         let transport = KernelTransport::start(transport_cfg, app, buffers)?;
         debug!(addr = %transport.local_addr(), workers = cfg.num_workers, path = %cfg.path, "server started");
@@ -128,6 +132,9 @@ fn placement(cfg: &Config, topology: &Topology) -> (Vec<Option<usize>>, Vec<u32>
 pub(crate) struct PoolBuffers {
     cache: WorkerCache,
     size: usize,
+    /// To give memory that stayed free back to the system (whichever worker's tick comes
+    /// first after each trim period does it).
+    pools: PoolManager,
 }
 
 /// A pool buffer lent as a receive buffer: its whole capacity is readable.
@@ -159,5 +166,14 @@ impl RecvBuffers for PoolBuffers {
     }
     fn give(&mut self, buf: PoolRecvBuf) {
         drop(buf); // back to the cache it came from
+    }
+    fn maintain(&mut self, now: std::time::Instant) {
+        let given = self.pools.trim_if_due(now);
+        if given > 0 {
+            debug!(
+                bytes = given,
+                "buffer pool memory that stayed free given back"
+            );
+        }
     }
 }

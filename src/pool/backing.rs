@@ -81,6 +81,15 @@ impl std::fmt::Debug for Region {
 pub trait Backing: Send + Sync + 'static {
     /// Allocates `len` bytes (a multiple of 2 KiB) on NUMA node `node` (OS index).
     fn allocate(&self, node: u32, len: usize) -> io::Result<Region>;
+
+    /// Gives the physical pages of a free block (`len` bytes at `ptr`, inside a region this
+    /// backing allocated) back to the system, keeping the addresses: a later write faults
+    /// fresh zeroed pages in (on the same node). Returns the bytes given back; 0 when the
+    /// backing cannot (DPDK hugepages are pinned) or the block holds no whole page.
+    fn discard(&self, ptr: NonNull<u8>, len: usize) -> usize {
+        let _ = (ptr, len);
+        0
+    }
 }
 
 /// Anonymous memory bound to its node with hwloc (`hwloc_set_area_membind`, non-strict BIND; on
@@ -128,6 +137,26 @@ impl Backing for SystemBacking {
         // SAFETY: a fresh zero-filled, page-aligned mapping of `len` bytes, owned by `mapping`
         // (unmapped when it drops).
         Ok(unsafe { Region::new(ptr, len, bound, mapping) })
+    }
+
+    #[cfg(unix)]
+    fn discard(&self, ptr: NonNull<u8>, len: usize) -> usize {
+        const PAGE: usize = 4096;
+        let start = (ptr.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (ptr.as_ptr() as usize + len) & !(PAGE - 1);
+        if end <= start {
+            return 0;
+        }
+        // SAFETY: [start, end) lies inside a free block of a mapping this backing made (the
+        // caller owns the block); MADV_DONTNEED on private anonymous memory only drops its
+        // pages, the mapping (and its NUMA policy) stays.
+        let ret =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        if ret == 0 {
+            end - start
+        } else {
+            0
+        }
     }
 }
 

@@ -1,8 +1,11 @@
 //! NUMA-aware buffer pools.
 //!
 //! One pool per NUMA node, each split into power-of-two size classes (2 KiB to 16 MiB by
-//! default). Memory is taken from the system in slabs bound to the node ([`SystemBacking`]) and
-//! never given back while the [`PoolManager`] lives, so steady state allocates nothing.
+//! default). Memory is taken from the system in slabs bound to the node ([`SystemBacking`]);
+//! slabs stay while the [`PoolManager`] lives, so steady state allocates nothing, but the pages
+//! of buffers that stayed free for a whole [`TRIM_PERIOD`] go back to the system
+//! ([`PoolManager::trim`], with hysteresis and a reserve), so a burst's memory does not stay
+//! resident after it.
 //!
 //! The hot path is a worker's [`WorkerCache`]: a per-thread free list per class, refilled from
 //! and spilled to the node's lock-free shared queue in batches. [`PoolManager::get`] serves
@@ -56,7 +59,14 @@ pub(crate) struct Pools {
     pu_nodes: Vec<(u32, usize)>,
     /// Counters of the live worker caches.
     caches: Mutex<Vec<Arc<PoolCacheCounters>>>,
+    /// The clock [`PoolManager::trim_if_due`] measures from, and its last trim on it.
+    trim_epoch: std::sync::OnceLock<std::time::Instant>,
+    last_trim_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How often memory that stayed free is given back ([`PoolManager::trim_if_due`]): a buffer's
+/// pages return after 10 to 20 s free.
+pub const TRIM_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PoolManager {
     /// Pools for every node of `topology`, with memory from a [`SystemBacking`] (bound to its
@@ -107,6 +117,8 @@ impl PoolManager {
             backing,
             pu_nodes,
             caches: Mutex::new(Vec::new()),
+            trim_epoch: std::sync::OnceLock::new(),
+            last_trim_ms: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(PoolManager {
             shared: Arc::new(shared),
@@ -146,6 +158,40 @@ impl PoolManager {
     /// Buffers in use, hits, misses, per node and size class.
     pub fn stats(&self) -> PoolStats {
         stats::snapshot(&self.shared)
+    }
+
+    /// Gives the pages of buffers that stayed free since the last call back to the system
+    /// (all but a reserve per class; see `NodePool::trim`), on every node; returns the bytes
+    /// given back. Call it periodically (the kernel path's workers do, every
+    /// [`TRIM_PERIOD`]), so that memory a burst took returns after the burst, while a steady
+    /// load keeps its buffers. No-op on DPDK memory (hugepages are pinned).
+    pub fn trim(&self) -> usize {
+        let keep_min = 16;
+        self.shared
+            .nodes
+            .iter()
+            .map(|node| node.trim(&*self.shared.backing, keep_min))
+            .sum()
+    }
+
+    /// [`PoolManager::trim`], if [`TRIM_PERIOD`] has passed since the last trim by any caller
+    /// (two relaxed loads otherwise): for every worker's tick to call.
+    pub fn trim_if_due(&self, now: std::time::Instant) -> usize {
+        let epoch = *self.shared.trim_epoch.get_or_init(|| now);
+        let at = now.saturating_duration_since(epoch).as_millis() as u64;
+        let last = self.shared.last_trim_ms.load(Relaxed);
+        if at < last + TRIM_PERIOD.as_millis() as u64 {
+            return 0;
+        }
+        if self
+            .shared
+            .last_trim_ms
+            .compare_exchange(last, at, Relaxed, Relaxed)
+            .is_err()
+        {
+            return 0; // another worker trims now
+        }
+        self.trim()
     }
 
     /// Gives every slab back to the backing, when every buffer is back in the pools (worker

@@ -37,6 +37,10 @@ pub(crate) struct ClassPool {
     /// Blocks carved so far (only grows, under the node's growth lock).
     pub allocated: AtomicUsize,
     pub counters: SharedCounters,
+    /// Free blocks in the queue at the last trim (see [`NodePool::trim`]).
+    free_at_last_trim: AtomicUsize,
+    /// Bytes given back to the system by trims (their blocks stay usable).
+    pub trimmed_bytes: AtomicU64,
 }
 
 struct Growth {
@@ -86,6 +90,8 @@ impl NodePool {
                     free: ArrayQueue::new(config.class_limit(size)),
                     allocated: AtomicUsize::new(0),
                     counters: SharedCounters::default(),
+                    free_at_last_trim: AtomicUsize::new(0),
+                    trimmed_bytes: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -187,6 +193,33 @@ impl NodePool {
         growth.reserved = 0;
         growth.bound = 0;
         true
+    }
+
+    /// Gives the memory of idle free blocks back to the system, with hysteresis: of the blocks
+    /// free now that were free at the last trim too (at least that many stayed free for a
+    /// whole period), all but a reserve of a quarter of the class (at least `keep_min` blocks)
+    /// have their pages discarded ([`Backing::discard`]). The blocks stay in the pool; using
+    /// one again faults fresh pages in. Returns the bytes given back.
+    pub fn trim(&self, backing: &dyn Backing, keep_min: usize) -> usize {
+        let mut given = 0;
+        for pool in &self.classes {
+            let free = pool.free.len();
+            let stayed_free = free.min(pool.free_at_last_trim.swap(free, Relaxed));
+            let keep = (pool.allocated.load(Relaxed) / 4).max(keep_min);
+            let mut bytes = 0;
+            for _ in 0..stayed_free.saturating_sub(keep) {
+                let Some(block) = pool.free.pop() else {
+                    break;
+                };
+                bytes += backing.discard(block.0, pool.size);
+                if pool.free.push(block).is_err() {
+                    unreachable!("buffer pool free queue overflow");
+                }
+            }
+            pool.trimmed_bytes.fetch_add(bytes as u64, Relaxed);
+            given += bytes;
+        }
+        given
     }
 
     /// (reserved bytes, bytes bound to the node).

@@ -28,6 +28,9 @@ pub struct ClassStats {
     /// Gets that found this node's class at its limit (they may then have been served by
     /// another node).
     pub exhausted: u64,
+    /// Bytes of free buffers given back to the system by trims ([`super::PoolManager::trim`]);
+    /// the buffers stay in the pool.
+    pub trimmed_bytes: u64,
 }
 
 /// One NUMA node's pool.
@@ -131,6 +134,7 @@ pub(crate) fn snapshot(shared: &Pools) -> PoolStats {
                         hits,
                         misses,
                         exhausted: c.exhausted.load(Relaxed),
+                        trimmed_bytes: pool.trimmed_bytes.load(Relaxed),
                     }
                 })
                 .collect();

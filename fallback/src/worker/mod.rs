@@ -228,6 +228,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         let end = self.shard.end_turn(&mut self.io, self.clock);
         if end.ticked {
             self.io.backend.tick();
+            self.io.pool.maintain(self.clock);
         }
         end.done
     }
