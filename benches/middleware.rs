@@ -13,7 +13,7 @@ use std::time::Instant;
 use hioload_ws::handler::OutMessage;
 use hioload_ws::{
     CloseCode, Ctx, DeliverError, Handler, HandlerExt, Logging, Message, Metrics, Recovery,
-    SendError, SessionOps, State,
+    SendError, SendStatus, SessionOps, State,
 };
 
 const ROUNDS: u32 = 5_000_000;
@@ -21,6 +21,7 @@ const ROUNDS: u32 = 5_000_000;
 /// A session that accepts every send and keeps nothing.
 struct Discard {
     sent: usize,
+    data: Option<hioload_ws::handler::SessionState>,
 }
 
 impl SessionOps for Discard {
@@ -36,13 +37,19 @@ impl SessionOps for Discard {
     fn state(&self) -> State {
         State::Open
     }
-    fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+    fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         self.sent += text.len();
-        Ok(())
+        Ok(SendStatus::Queued)
     }
-    fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+    fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         self.sent += data.len();
-        Ok(())
+        Ok(SendStatus::Queued)
+    }
+    fn buffered_amount(&self) -> usize {
+        0
+    }
+    fn state_slot(&mut self) -> &mut Option<hioload_ws::handler::SessionState> {
+        &mut self.data
     }
     fn ping(&mut self, _: &[u8]) -> Result<(), SendError> {
         Ok(())
@@ -68,7 +75,10 @@ impl Handler for Echo {
 
 fn per_message(label: &str, handler: &dyn Handler) {
     handler.on_start(1);
-    let mut session = Discard { sent: 0 };
+    let mut session = Discard {
+        sent: 0,
+        data: None,
+    };
     let payload = [b'x'; 20];
     let mut run = |rounds: u32| {
         for _ in 0..rounds {

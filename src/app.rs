@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use hioload_wsproto::{App, CloseCode, HttpRequest, Message, SessionRef, UpgradePolicy};
+use hioload_wsproto::handshake::UpgradeRequest;
+use hioload_wsproto::{
+    App, CloseCode, HttpRequest, Message, SessionRef, Upgrade, UpgradeCtx, UpgradePolicy,
+};
 use tracing::error;
 
 use crate::control::{Control, Listener};
@@ -64,6 +67,14 @@ impl App for HandlerApp {
                 b"internal error\n",
             );
         }
+    }
+
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        self.handler.on_upgrade(request, ctx)
+    }
+
+    fn on_drain(&self, session: &mut SessionRef<'_>) {
+        self.handler.on_drain(&mut Ctx::new(session));
     }
 
     fn on_open(&self, session: &mut SessionRef<'_>) {

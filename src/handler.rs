@@ -1,18 +1,39 @@
 //! The application's side: a [`Handler`] reacts to session events through a [`Ctx`].
 //!
 //! One handler value serves every worker and every session (it is shared as `Arc<dyn Handler>`,
-//! hence `Send + Sync`), so per-session state lives in the application's own maps keyed by
-//! [`Ctx::session_id`]. Callbacks run on the worker thread that owns the session, in the middle of
-//! its loop turn: they must not block. Sends made in a callback leave with that turn's single
-//! vectored write. Being a trait object, a handler can be wrapped by another (middleware).
+//! hence `Send + Sync`). State of one session lives in the session ([`Ctx::user_data`], set at the
+//! upgrade or any time after; the worker owns it: no lock, no map), state of one worker in a
+//! [`crate::PerWorker`] handler. Callbacks run on the worker thread that owns the session, in the
+//! middle of its loop turn: they must not block. Sends made in a callback leave with that turn's
+//! single vectored write. Being a trait object, a handler can be wrapped by another (middleware).
+//!
+//! Order, per connection, on one thread: [`Handler::on_upgrade`] (once; a deferred decision is
+//! completed from any thread), then if accepted [`Handler::on_open`], any number of
+//! [`Handler::on_message`] and [`Handler::on_drain`], and [`Handler::on_close`] exactly once.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use hioload_wsproto::{CloseCode, DeliverError, Message, OutMessage, SendError, State};
+pub use hioload_wsproto::handshake::UpgradeRequest;
+pub use hioload_wsproto::{
+    Accept, CloseCode, DeliverError, Message, OutMessage, PendingUpgrade, Rejection, SendError,
+    SendStatus, SessionState, State, Upgrade, UpgradeCtx, UpgradeError,
+};
 
 /// Reacts to the events of every session.
 pub trait Handler: Send + Sync + 'static {
+    /// Decides on an upgrade request that passed the server's checks (valid, on the configured
+    /// path, allowed Origin), before the 101: see the request (path, [`UpgradeRequest::query`],
+    /// [`UpgradeRequest::headers`], offered subprotocols) and the peer ([`UpgradeCtx::peer_addr`]),
+    /// then accept (`Upgrade::Accept(Accept::new().protocol("chat").user_data(user))`), refuse
+    /// (`Upgrade::Reject(Rejection::new(401, "token required"))`), or defer: keep
+    /// `ctx.defer()`, return [`Upgrade::Deferred`], and complete it from any thread within the
+    /// handshake deadline. Runs on the worker thread: do not block. Default: accept.
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        let _ = (request, ctx);
+        Upgrade::accept()
+    }
     /// The handshake completed; the session is open.
     fn on_open(&self, ctx: &mut Ctx<'_>) {
         let _ = ctx;
@@ -26,6 +47,11 @@ pub trait Handler: Send + Sync + 'static {
     /// refused from here on.
     fn on_close(&self, ctx: &mut Ctx<'_>, code: CloseCode, reason: &str) {
         let _ = (ctx, code, reason);
+    }
+    /// The session's buffered output went over the soft bound (a send returned
+    /// [`SendStatus::Backpressure`]) and is back under it: produce again. Once per episode.
+    fn on_drain(&self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
     }
     /// Called once by [`crate::Server::start`], before any session, with the number of workers
     /// (middleware size their per-worker counters here).
@@ -47,6 +73,12 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 impl<H: Handler + ?Sized> Handler for std::sync::Arc<H> {
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        (**self).on_upgrade(request, ctx)
+    }
+    fn on_drain(&self, ctx: &mut Ctx<'_>) {
+        (**self).on_drain(ctx)
+    }
     fn on_open(&self, ctx: &mut Ctx<'_>) {
         (**self).on_open(ctx)
     }
@@ -79,9 +111,13 @@ pub trait SessionOps {
     /// Protocol state.
     fn state(&self) -> State;
     /// Sends a text message.
-    fn send_text(&mut self, text: &str) -> Result<(), SendError>;
+    fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError>;
     /// Sends a binary message.
-    fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError>;
+    fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError>;
+    /// Output queued for the session and not yet taken by the network, in bytes.
+    fn buffered_amount(&self) -> usize;
+    /// The session's application state slot.
+    fn state_slot(&mut self) -> &mut Option<SessionState>;
     /// Sends a ping.
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError>;
     /// Starts the close handshake.
@@ -106,11 +142,17 @@ impl SessionOps for hioload_wsproto::SessionRef<'_> {
     fn state(&self) -> State {
         hioload_wsproto::SessionRef::state(self)
     }
-    fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+    fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         hioload_wsproto::SessionRef::send_text(self, text)
     }
-    fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+    fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         hioload_wsproto::SessionRef::send_binary(self, data)
+    }
+    fn buffered_amount(&self) -> usize {
+        hioload_wsproto::SessionRef::buffered_amount(self)
+    }
+    fn state_slot(&mut self) -> &mut Option<SessionState> {
+        hioload_wsproto::SessionRef::state_slot(self)
     }
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
         hioload_wsproto::SessionRef::ping(self, payload)
@@ -156,16 +198,46 @@ impl<'a> Ctx<'a> {
     pub fn state(&self) -> State {
         self.ops.state()
     }
-    /// Sends a text message.
-    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+    /// Sends a text message. `Ok(SendStatus::Queued)`: queued; `Ok(SendStatus::Backpressure)`:
+    /// queued, but the session's buffered output is over the soft bound (the peer is slow):
+    /// stop producing for it until [`Handler::on_drain`]. `Err(SendError::OverHardBound)`:
+    /// refused, not queued (the session is closed with 1008 at the next tick);
+    /// `Err(SendError::Closed)`: the session is closing.
+    pub fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         self.ops.send_text(text)
     }
-    /// Sends a binary message.
-    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+    /// Sends a binary message (results as [`Ctx::send_text`]).
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         self.ops.send_binary(data)
     }
+    /// Output queued for this session and not yet taken by the network, in bytes (the
+    /// backpressure bounds apply to it).
+    pub fn buffered_amount(&self) -> usize {
+        self.ops.buffered_amount()
+    }
+    /// The session's user data, if it is a `T` (set by [`Accept::user_data`] at the upgrade or
+    /// by [`Ctx::set_user_data`]). Owned by the session's worker: no lock, no map; dropped after
+    /// `on_close` (which still sees it).
+    pub fn user_data<T: Any>(&mut self) -> Option<&mut T> {
+        self.ops.state_slot().as_mut()?.downcast_mut::<T>()
+    }
+    /// Sets (replaces) the session's user data.
+    pub fn set_user_data<T: Any + Send>(&mut self, data: T) {
+        *self.ops.state_slot() = Some(Box::new(data));
+    }
+    /// Takes the session's user data out, if it is a `T`.
+    pub fn take_user_data<T: Any>(&mut self) -> Option<T> {
+        let slot = self.ops.state_slot();
+        match slot.take()?.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                *slot = Some(other);
+                None
+            }
+        }
+    }
     /// Sends `msg` as it came: text as text, binary as binary.
-    pub fn send(&mut self, msg: Message<'_>) -> Result<(), SendError> {
+    pub fn send(&mut self, msg: Message<'_>) -> Result<SendStatus, SendError> {
         match msg {
             Message::Text(t) => self.send_text(t),
             Message::Binary(b) => self.send_binary(b),

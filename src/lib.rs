@@ -33,6 +33,7 @@ pub mod handler;
 pub mod http;
 mod kernel;
 pub mod middleware;
+mod per_worker;
 pub mod pinning;
 pub mod pool;
 mod registry;
@@ -44,10 +45,14 @@ pub use config_file::{ConfigFile, ConfigFileError};
 pub use control::ProbeValue;
 #[cfg(feature = "dpdk")]
 pub use dpdk::DpdkConfig;
-pub use handler::{CloseCode, Ctx, DeliverError, Handler, Message, SendError, SessionOps, State};
+pub use handler::{
+    Accept, CloseCode, Ctx, DeliverError, Handler, Message, PendingUpgrade, Rejection, SendError,
+    SendStatus, SessionOps, State, Upgrade, UpgradeCtx, UpgradeError, UpgradeRequest,
+};
 pub use hioload_wsproto::WorkerStats;
 pub use http::{HttpHandler, HttpRequest, NotFound};
 pub use middleware::{HandlerExt, Logging, Metrics, Middleware, Recovery};
+pub use per_worker::{PerWorker, WorkerHandler};
 pub use registry::SessionInfo;
 pub use server::{Error, Reloaded, Server};
 

@@ -22,7 +22,8 @@ use std::time::Instant;
 use super::Middleware;
 use crate::control::prometheus;
 use crate::handler::{
-    CloseCode, Ctx, DeliverError, Handler, Message, OutMessage, SendError, SessionOps, State,
+    CloseCode, Ctx, DeliverError, Handler, Message, OutMessage, SendError, SendStatus, SessionOps,
+    SessionState, State,
 };
 
 /// Upper bounds of the latency buckets, in nanoseconds (`+Inf` is implied).
@@ -174,7 +175,11 @@ struct CountingOps<'a, 'b> {
 }
 
 impl CountingOps<'_, '_> {
-    fn count(&self, result: Result<(), SendError>, len: usize) -> Result<(), SendError> {
+    fn count(
+        &self,
+        result: Result<SendStatus, SendError>,
+        len: usize,
+    ) -> Result<SendStatus, SendError> {
         if result.is_ok() {
             add(&self.block.messages_out, 1);
             add(&self.block.bytes_out, len as u64);
@@ -196,13 +201,19 @@ impl SessionOps for CountingOps<'_, '_> {
     fn state(&self) -> State {
         self.inner.state()
     }
-    fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+    fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         let r = self.inner.send_text(text);
         self.count(r, text.len())
     }
-    fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+    fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         let r = self.inner.send_binary(data);
         self.count(r, data.len())
+    }
+    fn buffered_amount(&self) -> usize {
+        self.inner.buffered_amount()
+    }
+    fn state_slot(&mut self) -> &mut Option<SessionState> {
+        self.inner.state_slot()
     }
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
         self.inner.ping(payload)

@@ -20,10 +20,23 @@ pub use logging::Logging;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use recovery::Recovery;
 
-use crate::handler::{CloseCode, Ctx, Handler, Message};
+use crate::handler::{CloseCode, Ctx, Handler, Message, Upgrade, UpgradeCtx, UpgradeRequest};
 
 /// One layer around a handler. Every method has a pass-through default.
 pub trait Middleware: Send + Sync + 'static {
+    /// See [`Handler::on_upgrade`]; call `next.on_upgrade(request, ctx)` to go on.
+    fn on_upgrade(
+        &self,
+        request: &UpgradeRequest<'_>,
+        ctx: &mut UpgradeCtx<'_>,
+        next: &dyn Handler,
+    ) -> Upgrade {
+        next.on_upgrade(request, ctx)
+    }
+    /// See [`Handler::on_drain`]; call `next.on_drain(ctx)` to go on.
+    fn on_drain(&self, ctx: &mut Ctx<'_>, next: &dyn Handler) {
+        next.on_drain(ctx)
+    }
     /// See [`Handler::on_open`]; call `next.on_open(ctx)` to go on.
     fn on_open(&self, ctx: &mut Ctx<'_>, next: &dyn Handler) {
         next.on_open(ctx)
@@ -68,6 +81,12 @@ impl<M, H> Layer<M, H> {
 }
 
 impl<M: Middleware, H: Handler> Handler for Layer<M, H> {
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        self.middleware.on_upgrade(request, ctx, &self.inner)
+    }
+    fn on_drain(&self, ctx: &mut Ctx<'_>) {
+        self.middleware.on_drain(ctx, &self.inner)
+    }
     fn on_open(&self, ctx: &mut Ctx<'_>) {
         self.middleware.on_open(ctx, &self.inner)
     }

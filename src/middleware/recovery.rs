@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::error;
 
 use super::Middleware;
-use crate::handler::{CloseCode, Ctx, Handler, Message};
+use crate::handler::{
+    CloseCode, Ctx, Handler, Message, Rejection, Upgrade, UpgradeCtx, UpgradeRequest,
+};
 
 /// Catches handler panics: closes the session with 1011, logs and counts.
 #[derive(Debug, Default)]
@@ -50,6 +52,24 @@ impl Recovery {
 }
 
 impl Middleware for Recovery {
+    fn on_upgrade(
+        &self,
+        request: &UpgradeRequest<'_>,
+        ctx: &mut UpgradeCtx<'_>,
+        next: &dyn Handler,
+    ) -> Upgrade {
+        match catch_unwind(AssertUnwindSafe(|| next.on_upgrade(request, &mut *ctx))) {
+            Ok(decision) => decision,
+            Err(_) => {
+                self.panics.fetch_add(1, Ordering::Relaxed);
+                error!(peer = %ctx.peer_addr(), path = request.path, "handler panicked in on_upgrade; answering 500");
+                Upgrade::Reject(Rejection::new(500, "internal error\n"))
+            }
+        }
+    }
+    fn on_drain(&self, ctx: &mut Ctx<'_>, next: &dyn Handler) {
+        self.guard(ctx, "on_drain", |ctx| next.on_drain(ctx))
+    }
     fn on_open(&self, ctx: &mut Ctx<'_>, next: &dyn Handler) {
         self.guard(ctx, "on_open", |ctx| next.on_open(ctx))
     }

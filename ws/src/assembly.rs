@@ -142,9 +142,9 @@ impl Assembly {
     /// borrowed buffer when the small one would exceed `ASSEMBLY_RETAIN`. `final_len_known`:
     /// `total` is the whole message's length (its last frame's header has been read).
     ///
-    /// A declared length is a promise, not bytes: at most [`RESERVE_STEP`] beyond what has
-    /// arrived is reserved, so a header that announces 16 MiB and sends one byte holds one step,
-    /// not 16 MiB. Every allocation is fallible: an error leaves the storage as it was, and the
+    /// A declared length is a promise, not bytes: at most [`RESERVE_STEP`] (or an eighth of
+    /// what has arrived, if more: growth stays geometric) beyond what has arrived is reserved,
+    /// so a header that announces 16 MiB and sends one byte holds one step, not 16 MiB. Every allocation is fallible: an error leaves the storage as it was, and the
     /// session closes (1011) instead of the process aborting.
     pub(crate) fn reserve(
         &mut self,
@@ -160,8 +160,11 @@ impl Assembly {
         if let Some(large) = &mut self.large {
             if total > large.capacity() {
                 note_growth();
-                // Amortized growth: at least double, never more than asked plus what is there.
-                let want = (total - large.len()).max(large.len().min(RESERVE_STEP));
+                // Geometric growth (by an eighth, at least a step), so that a message that
+                // grows piece by piece is copied a bounded number of times, while the room
+                // ahead of the bytes stays within an eighth of them plus a step.
+                let len = large.len();
+                let want = (total - len).max(RESERVE_STEP.max(len / 8));
                 large.try_reserve_exact(want)?;
             }
             return Ok(());
@@ -184,10 +187,14 @@ impl Assembly {
     /// Appends a piece of the message (fallible, as [`Assembly::reserve`]).
     pub(crate) fn extend(&mut self, piece: &[u8]) -> Result<(), TryReserveError> {
         self.reserve(self.as_slice().len() + piece.len(), false)?;
-        match &mut self.large {
-            Some(large) => large.extend_from_slice(piece),
-            None => self.small.extend_from_slice(piece),
-        }
+        // `reserve` stops a step ahead; a piece larger than that still needs its room, and
+        // `extend_from_slice` must never be the one to allocate (it cannot fail gracefully).
+        let buf = match &mut self.large {
+            Some(large) => large,
+            None => &mut self.small,
+        };
+        buf.try_reserve_exact(piece.len())?;
+        buf.extend_from_slice(piece);
         Ok(())
     }
 

@@ -50,6 +50,53 @@ pub struct UpgradeRequest<'a> {
     pub extensions: Option<&'a str>,
     /// Length of the request head in bytes; bytes after it already belong to the WebSocket stream.
     pub head_len: usize,
+    /// The whole request head (request line and headers), for [`UpgradeRequest::headers`].
+    pub head: &'a [u8],
+}
+
+impl<'a> UpgradeRequest<'a> {
+    /// The path without its query string (`/ws` of `/ws?token=x`).
+    pub fn path_only(&self) -> &'a str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+    /// The query string, without `?` (`token=x` of `/ws?token=x`), if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.path.split_once('?').map(|(_, q)| q)
+    }
+    /// The value of query parameter `name` (raw, not percent-decoded), if present.
+    pub fn query_param(&self, name: &str) -> Option<&'a str> {
+        self.query()?
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+    /// Every header, in order, as (name, value) with the value trimmed; values that are not
+    /// UTF-8 are skipped. Walks the head (already validated): no allocation.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let head = self.head;
+        head.split(|&b| b == b'\n')
+            .skip(1) // the request line
+            .filter_map(|line| {
+                let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+                let (name, value) = line.split_once(':')?;
+                Some((name.trim(), value.trim()))
+            })
+    }
+    /// The first header called `name` (ASCII case-insensitive), if any.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`), in its order.
+    pub fn offered_protocols(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.protocols
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
 }
 
 /// A well-formed HTTP request that is not an upgrade.
@@ -122,6 +169,9 @@ impl HttpError {
     pub fn status_text(&self) -> &'static str {
         match self.status {
             400 => "Bad Request",
+            401 => "Unauthorized",
+            409 => "Conflict",
+            429 => "Too Many Requests",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
@@ -254,6 +304,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         protocols,
         extensions,
         head_len,
+        head: &buf[..head_len],
     })
 }
 
@@ -290,24 +341,56 @@ pub fn respond(
     policy: &dyn UpgradePolicy,
     out: &mut [u8],
 ) -> (usize, Result<(), HttpError>) {
-    let refuse = |err: HttpError, out: &mut [u8]| (write_error_response(&err, out), Err(err));
+    match negotiate(req, policy) {
+        Ok(n) => write_accept(&accept_key(req.key), n.protocol, n.extensions, out),
+        Err(err) => (write_error_response(&err, out), Err(err)),
+    }
+}
+
+/// What the policy agreed to for an upgrade: the subprotocol and the extensions answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated<'a> {
+    /// The subprotocol picked among the offered ones, if any.
+    pub protocol: Option<&'a str>,
+    /// The `Sec-WebSocket-Extensions` answer, if any.
+    pub extensions: Option<&'static str>,
+}
+
+/// Applies `policy` to a parsed upgrade: routing (404), Origin (403), then the subprotocol and
+/// extensions it picks.
+pub fn negotiate<'a>(
+    req: &UpgradeRequest<'a>,
+    policy: &dyn UpgradePolicy,
+) -> Result<Negotiated<'a>, HttpError> {
     if !policy.route(req.path) {
-        return refuse(HttpError::NOT_FOUND, out);
+        return Err(HttpError::NOT_FOUND);
     }
     if !policy.check_origin(req.origin) {
-        return refuse(HttpError::FORBIDDEN_ORIGIN, out);
+        return Err(HttpError::FORBIDDEN_ORIGIN);
     }
-    let offered = req.protocols.unwrap_or("");
-    let mut tokens = offered.split(',').map(str::trim).filter(|t| !t.is_empty());
+    let mut tokens = req.offered_protocols();
     let protocol = policy.select_protocol(&mut tokens);
     let extensions = policy.negotiate_extensions(req.extensions);
-    let accept = accept_key(req.key);
+    Ok(Negotiated {
+        protocol,
+        extensions,
+    })
+}
 
+/// Writes the `101 Switching Protocols` answer for `accept` (see [`accept_key`]) with an optional
+/// subprotocol and extensions into `out`; a response that does not fit becomes a 500.
+pub fn write_accept(
+    accept: &[u8; 28],
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+    out: &mut [u8],
+) -> (usize, Result<(), HttpError>) {
+    let refuse = |err: HttpError, out: &mut [u8]| (write_error_response(&err, out), Err(err));
     let total = out.len();
     let mut w = &mut *out;
     let written = (|| -> std::io::Result<()> {
         w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")?;
-        w.write_all(&accept)?;
+        w.write_all(accept)?;
         w.write_all(b"\r\n")?;
         if let Some(p) = protocol {
             write!(w, "Sec-WebSocket-Protocol: {p}\r\n")?;
@@ -360,6 +443,22 @@ pub fn write_error_response(err: &HttpError, out: &mut [u8]) -> usize {
     write(out, err.reason)
         .or_else(|| write(out, ""))
         .unwrap_or(0)
+}
+
+/// Appends a complete HTTP/1.1 response (`Connection: close`, `Content-Length`) with `status`,
+/// the extra `headers` and `body` to `out` (an application's refusal of an upgrade). Header
+/// names and values with CR or LF are dropped (no response splitting).
+pub fn write_response(status: u16, headers: &[(String, String)], body: &[u8], out: &mut Vec<u8>) {
+    let reason = HttpError { status, reason: "" }.status_text();
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
+        if clean(name) && clean(value) && !name.is_empty() {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

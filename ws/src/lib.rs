@@ -68,7 +68,10 @@ pub mod utf8;
 
 pub use close::CloseCode;
 pub use config::Limits;
-pub use connection::{App, Connection, Message, SessionRef, Wire};
+pub use connection::{
+    Accept, App, Connection, Message, PendingUpgrade, Rejection, SendStatus, SessionRef,
+    SessionState, Upgrade, UpgradeCtx, UpgradeError, Wire,
+};
 pub use frame::{FrameHeader, OpCode};
 pub use handshake::{HttpError, HttpRequest, Parsed, UpgradePolicy, UpgradeRequest};
 pub use held::HeldInput;

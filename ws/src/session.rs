@@ -32,6 +32,10 @@ const NO_MEMORY: &str = "out of memory for the message";
 pub trait FrameSink {
     /// Queues one whole frame: `header` then `payload`, in order after every earlier frame.
     fn send_frame(&mut self, header: &[u8], payload: &[u8]);
+    /// Bytes queued and not yet handed to the network (0 if the sink does not know).
+    fn buffered(&self) -> usize {
+        0
+    }
 }
 
 impl FrameSink for Vec<u8> {
@@ -88,6 +92,9 @@ pub enum SendError {
     ControlTooLong,
     /// This close code may not be sent on the wire.
     InvalidCloseCode,
+    /// The session's buffered output is over the hard bound: the message was not queued (the
+    /// connection is closed with 1008 at the next tick).
+    OverHardBound,
 }
 
 /// Which end of the connection a session plays.
@@ -159,6 +166,13 @@ type Step = Result<(), ProtocolError>;
 pub struct Outgoing<'s, S: FrameSink + ?Sized> {
     tx: &'s mut Tx,
     sink: &'s mut S,
+}
+
+impl<S: FrameSink + ?Sized> Outgoing<'_, S> {
+    /// Bytes queued on this session's connection and not yet handed to the network.
+    pub fn buffered(&self) -> usize {
+        self.sink.buffered()
+    }
 }
 
 impl Tx {

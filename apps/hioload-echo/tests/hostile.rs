@@ -294,8 +294,9 @@ fn under_a_1_gib_address_space_limit_50_announced_16_mib_frames_do_not_kill_the_
         mib(size)
     );
     assert!(
-        memory <= arrived + (ATTACKERS as u64) * ((64 << 10) + (4 << 10) + 512),
-        "{:.2} MiB held for {:.2} MiB arrived: more than one 64 KiB reserve step ahead",
+        // One reserve step (or an eighth of the bytes, if more) ahead of what arrived.
+        memory <= arrived + arrived / 8 + (ATTACKERS as u64) * ((64 << 10) + (4 << 10) + 512),
+        "{:.2} MiB held for {:.2} MiB arrived: more than one reserve step ahead",
         mib(memory),
         mib(arrived)
     );

@@ -320,6 +320,9 @@ impl Wire for TurnSink<'_> {
     fn shutdown_write(&mut self) -> bool {
         false
     }
+    fn queued(&self) -> usize {
+        self.out.len()
+    }
 }
 
 #[cfg(test)]

@@ -156,4 +156,7 @@ impl<B: RecvBuffer, K: Backend<B>> Wire for KernelWire<'_, B, K> {
         let _ = self.sock.stream.shutdown(Shutdown::Write);
         true
     }
+    fn queued(&self) -> usize {
+        self.turn.len()
+    }
 }

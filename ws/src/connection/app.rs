@@ -7,12 +7,15 @@
 //! call (or ring operation) of its own. The same calls, in the same order, happen on every data
 //! path: that is the point of having one layer.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::upgrade::{SessionState, Upgrade, UpgradeCtx};
 use crate::close::CloseCode;
-use crate::handshake::{HttpRequest, UpgradePolicy};
+use crate::handshake::{HttpRequest, UpgradePolicy, UpgradeRequest};
 use crate::session::{FrameSink, Outgoing, SendError, State};
+use crate::settings::Settings;
 use crate::shard::{DeliverError, OutMessage, ShardSet};
 
 /// A whole message, borrowed from the receive buffer or the assembly buffer (no copy).
@@ -52,9 +55,25 @@ impl<'a> Message<'a> {
 /// What the session layer calls. Callbacks run on the shard's thread in the middle of its loop
 /// turn: they must not block. A panic in a callback is the application's to catch (the facade
 /// wraps every handler in its recovery layer); the session layer does not catch it.
+///
+/// Order per connection: `on_upgrade` (once, for a valid request the policy accepted), then, if
+/// accepted, `on_open`, any number of `on_message` and `on_drain`, and `on_close` exactly once.
 pub trait App {
     /// Routing, Origin check and negotiation for upgrade requests.
     fn upgrade_policy(&self) -> &dyn UpgradePolicy;
+    /// The application's decision on an upgrade the policy accepted: accept (with a
+    /// subprotocol the client offered and the session's initial state), refuse with an HTTP
+    /// response, or defer ([`UpgradeCtx::defer`], then return [`Upgrade::Deferred`]). Default:
+    /// accept.
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        let _ = (request, ctx);
+        Upgrade::accept()
+    }
+    /// A session whose buffered output went over the soft bound is back under it: it may send
+    /// again. Called once per such episode.
+    fn on_drain(&self, session: &mut SessionRef<'_>) {
+        let _ = session;
+    }
     /// Answers a well-formed HTTP request that is not an upgrade: writes a complete HTTP/1.1
     /// response (with `Connection: close`) into `response`. The connection is closed after it.
     fn on_http(&self, request: &HttpRequest<'_>, peer: SocketAddr, response: &mut Vec<u8>);
@@ -73,6 +92,12 @@ impl<A: App + ?Sized> App for Arc<A> {
     fn upgrade_policy(&self) -> &dyn UpgradePolicy {
         (**self).upgrade_policy()
     }
+    fn on_upgrade(&self, request: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        (**self).on_upgrade(request, ctx)
+    }
+    fn on_drain(&self, session: &mut SessionRef<'_>) {
+        (**self).on_drain(session)
+    }
     fn on_http(&self, request: &HttpRequest<'_>, peer: SocketAddr, response: &mut Vec<u8>) {
         (**self).on_http(request, peer, response)
     }
@@ -87,14 +112,43 @@ impl<A: App + ?Sized> App for Arc<A> {
     }
 }
 
+/// The backpressure bounds a session's sends are judged by.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Bounds {
+    soft: usize,
+    hard: usize,
+}
+
+impl Bounds {
+    pub(crate) fn of(settings: &Settings) -> Bounds {
+        Bounds {
+            soft: settings.backpressure.soft_bytes,
+            hard: settings.backpressure.hard_bytes,
+        }
+    }
+}
+
+/// What became of a message sent from a callback.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Queued; the session's buffered output is under the soft bound.
+    Queued,
+    /// Queued, but the buffered output is now over the soft bound: stop producing for this
+    /// session until [`App::on_drain`].
+    Backpressure,
+}
+
 /// One session, lent to the application for one callback.
 pub struct SessionRef<'a> {
     id: u64,
     peer: SocketAddr,
     shard: usize,
-    set: &'a ShardSet,
+    set: &'a Arc<ShardSet>,
     /// `None` once the session has ended: every send is refused.
     out: Option<&'a mut (dyn Sender + 'a)>,
+    /// The application's state of this session.
+    user: &'a mut Option<SessionState>,
+    bounds: Bounds,
 }
 
 impl<'a> SessionRef<'a> {
@@ -102,8 +156,10 @@ impl<'a> SessionRef<'a> {
         id: u64,
         peer: SocketAddr,
         shard: usize,
-        set: &'a ShardSet,
+        set: &'a Arc<ShardSet>,
         out: Option<&'a mut (dyn Sender + 'a)>,
+        user: &'a mut Option<SessionState>,
+        bounds: Bounds,
     ) -> Self {
         SessionRef {
             id,
@@ -111,6 +167,8 @@ impl<'a> SessionRef<'a> {
             shard,
             set,
             out,
+            user,
+            bounds,
         }
     }
     /// Server-unique session id (the shard index is in the top 16 bits).
@@ -129,13 +187,49 @@ impl<'a> SessionRef<'a> {
     pub fn state(&self) -> State {
         self.out.as_ref().map_or(State::Closed, |o| o.state())
     }
-    /// Sends a text message.
-    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
-        self.sender()?.send_text(text)
+    /// The session's user data, if it is a `T` (set at upgrade or with
+    /// [`SessionRef::set_user_data`]). Owned by the worker: no lock.
+    pub fn user_data<T: Any>(&mut self) -> Option<&mut T> {
+        self.user.as_mut()?.downcast_mut::<T>()
     }
-    /// Sends a binary message.
-    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.sender()?.send_binary(data)
+    /// Replaces the session's user data (dropped after `on_close`).
+    pub fn set_user_data<T: Any + Send>(&mut self, data: T) {
+        *self.user = Some(Box::new(data));
+    }
+    /// The session's application state slot itself (for code that cannot be generic, such as
+    /// an object-safe wrapper).
+    pub fn state_slot(&mut self) -> &mut Option<SessionState> {
+        self.user
+    }
+    /// Takes the session's user data out, if it is a `T`.
+    pub fn take_user_data<T: Any>(&mut self) -> Option<T> {
+        match self.user.take()?.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                *self.user = Some(other);
+                None
+            }
+        }
+    }
+    /// Output queued for this session and not yet taken by the network, in bytes.
+    pub fn buffered_amount(&self) -> usize {
+        self.out.as_ref().map_or(0, |o| o.buffered())
+    }
+    /// Sends a text message; see [`SendStatus`] and [`SendError`].
+    pub fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
+        let bounds = self.bounds;
+        let out = self.sender()?;
+        admit(out, bounds)?;
+        out.send_text(text)?;
+        Ok(status(out, bounds))
+    }
+    /// Sends a binary message; see [`SendStatus`] and [`SendError`].
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
+        let bounds = self.bounds;
+        let out = self.sender()?;
+        admit(out, bounds)?;
+        out.send_binary(data)?;
+        Ok(status(out, bounds))
     }
     /// Sends a ping (payload at most 125 bytes).
     pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
@@ -161,6 +255,23 @@ impl<'a> SessionRef<'a> {
     }
 }
 
+/// A data message is refused while the session's buffered output is over the hard bound.
+fn admit(out: &mut dyn Sender, bounds: Bounds) -> Result<(), SendError> {
+    if out.buffered() > bounds.hard {
+        Err(SendError::OverHardBound)
+    } else {
+        Ok(())
+    }
+}
+
+fn status(out: &mut dyn Sender, bounds: Bounds) -> SendStatus {
+    if out.buffered() > bounds.soft {
+        SendStatus::Backpressure
+    } else {
+        SendStatus::Queued
+    }
+}
+
 /// Object-safe view of a session's `Outgoing`, so that [`SessionRef`] has one lifetime and no
 /// sink type.
 pub(crate) trait Sender {
@@ -169,6 +280,7 @@ pub(crate) trait Sender {
     fn ping(&mut self, payload: &[u8]) -> Result<(), SendError>;
     fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError>;
     fn state(&self) -> State;
+    fn buffered(&self) -> usize;
 }
 
 impl<S: FrameSink + ?Sized> Sender for Outgoing<'_, S> {
@@ -186,5 +298,8 @@ impl<S: FrameSink + ?Sized> Sender for Outgoing<'_, S> {
     }
     fn state(&self) -> State {
         Outgoing::state(self)
+    }
+    fn buffered(&self) -> usize {
+        Outgoing::buffered(self)
     }
 }

@@ -29,21 +29,30 @@
 //! [`Connection::handle_timeout`] acts on it, in the style of quinn-proto and smoltcp.
 
 mod app;
+mod ending;
+mod opening;
 mod timers;
+mod upgrade;
 mod wire;
 
-pub use app::{App, Message, SessionRef};
+pub use app::{App, Message, SendStatus, SessionRef};
+pub use upgrade::{
+    Accept, PendingUpgrade, Rejection, SessionState, Upgrade, UpgradeCtx, UpgradeError,
+};
 pub use wire::{PendingWire, Wire, WireSink};
 
+use app::Bounds;
+use upgrade::Awaiting;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::log_limit::{LogCause, LogLimit};
 
 use crate::close::CloseCode;
-use crate::handshake::{self, HttpError, Parsed};
 use crate::held::HeldInput;
 use crate::pending::PendingOutput;
 use crate::session::{Event, Session, State};
@@ -57,7 +66,7 @@ pub struct ShardContext<'a, A: ?Sized> {
     /// The shard's settings in force.
     pub settings: &'a Settings,
     /// What the shards share (sends by id from callbacks, counters).
-    pub set: &'a ShardSet,
+    pub set: &'a Arc<ShardSet>,
     /// The shard's index.
     pub shard: usize,
     /// Scratch space for HTTP answers (reused, so answering allocates nothing in steady state).
@@ -132,6 +141,10 @@ pub struct Connection {
     read_paused: bool,
     /// Unconsumed input (a partial head or frame), until more arrives.
     held: HeldInput,
+    /// The application deferred its decision on the upgrade: what the 101 needs meanwhile.
+    awaiting: Option<Awaiting>,
+    /// The application's state of this session (`None` unless it set one).
+    user: Option<SessionState>,
     /// How far the request head has been searched for its end (incremental head parsing).
     head_scanned: usize,
     timers: Timers,
@@ -147,6 +160,8 @@ impl Connection {
             pending: PendingOutput::new(),
             read_paused: false,
             held: HeldInput::new(),
+            awaiting: None,
+            user: None,
             head_scanned: 0,
             timers: Timers {
                 deadline: Some(now + settings.handshake_timeout),
@@ -302,93 +317,6 @@ impl Connection {
         }
     }
 
-    /// Parses the request head; opens the session after a 101.
-    fn handshake<W: Wire + ?Sized, A: App + ?Sized>(
-        &mut self,
-        input: &mut [u8],
-        wire: &mut W,
-        cx: &mut ShardContext<'_, A>,
-        now: Instant,
-        delivered: &mut bool,
-    ) -> usize {
-        let peer = self.peer;
-        // Incremental: a head is parsed once its end is there (or it is over the limit), so a
-        // head that trickles in is searched once, not re-parsed from its start on every read.
-        // (The first read is always parsed: garbage is refused at once.)
-        let from = self.head_scanned.saturating_sub(2);
-        if self.head_scanned > 0
-            && input.len() <= cx.settings.limits.max_head_bytes
-            && !may_end_head(&input[from..])
-        {
-            self.head_scanned = input.len();
-            return 0;
-        }
-        let upgraded = match handshake::parse_request(input, &cx.settings.limits) {
-            // Heads over `max_head_bytes` are refused (431), so what waits stays bounded.
-            Parsed::Partial => {
-                self.head_scanned = input.len();
-                return 0;
-            }
-            Parsed::Reject(err) => {
-                refuse(wire, &mut self.pending, peer, &err);
-                None
-            }
-            Parsed::Http(req) => {
-                cx.http.clear();
-                cx.app.on_http(&req, peer, cx.http);
-                debug!(%peer, method = req.method, path = req.path, "plain HTTP request answered");
-                wire.queue_bytes(&mut self.pending, cx.http);
-                None
-            }
-            Parsed::Upgrade(req) => {
-                let mut response = [0u8; 512];
-                let (n, decision) =
-                    handshake::respond(&req, cx.app.upgrade_policy(), &mut response);
-                wire.queue_bytes(&mut self.pending, &response[..n]);
-                match decision {
-                    Ok(()) => Some(req.head_len),
-                    Err(err) => {
-                        debug!(%peer, path = req.path, status = err.status, "upgrade refused: {}", err.reason);
-                        None
-                    }
-                }
-            }
-        };
-        let Some(head_len) = upgraded else {
-            // Answered: the peer has the close timeout to read the answer and close.
-            self.finish(cx.settings, now);
-            return input.len();
-        };
-
-        // The session starts; bytes after the head are already frames.
-        self.phase = Phase::Open(Session::new(cx.settings.limits.clone()));
-        self.timers.deadline = None;
-        cx.counters().sessions.add(1);
-        if let Phase::Open(session) = &mut self.phase {
-            let mut sink = WireSink {
-                wire: &mut *wire,
-                pending: &mut self.pending,
-            };
-            let mut out = session.outgoing(&mut sink);
-            cx.app.on_open(&mut SessionRef::new(
-                self.id,
-                peer,
-                cx.shard,
-                cx.set,
-                Some(&mut out),
-            ));
-        }
-        self.settle(cx, now);
-        if !self.parses_frames() {
-            return input.len();
-        }
-        if input.len() > head_len {
-            head_len + self.feed(&mut input[head_len..], wire, cx, now, delivered)
-        } else {
-            head_len
-        }
-    }
-
     /// Runs the session over `input`; returns how much it consumed (all of it once closed).
     fn feed<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
@@ -402,6 +330,8 @@ impl Connection {
             return input.len();
         };
         let (id, peer, shard, set, app) = (self.id, self.peer, cx.shard, cx.set, cx.app);
+        let bounds = Bounds::of(cx.settings);
+        let user = &mut self.user;
         // Set once the application has seen the peer's Close.
         let mut close_reported = false;
         let result = {
@@ -416,7 +346,7 @@ impl Connection {
                     Event::Close(code, reason) => {
                         let code = code.unwrap_or(CloseCode::NO_STATUS);
                         app.on_close(
-                            &mut SessionRef::new(id, peer, shard, set, Some(out)),
+                            &mut SessionRef::new(id, peer, shard, set, Some(out), user, bounds),
                             code,
                             reason,
                         );
@@ -426,7 +356,10 @@ impl Connection {
                     Event::Ping(_) | Event::Pong(_) => return,
                 };
                 *delivered = true;
-                app.on_message(&mut SessionRef::new(id, peer, shard, set, Some(out)), msg);
+                app.on_message(
+                    &mut SessionRef::new(id, peer, shard, set, Some(out), user, bounds),
+                    msg,
+                );
             })
         };
         let consumed = match result {
@@ -484,6 +417,35 @@ impl Connection {
         resume
     }
 
+    /// Backpressure lifted (pending output back under the soft bound): tells the application
+    /// ([`App::on_drain`]), which may send again.
+    pub fn drained<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+    ) {
+        let Phase::Open(session) = &mut self.phase else {
+            return;
+        };
+        if session.state() != State::Open {
+            return;
+        }
+        let mut sink = WireSink {
+            wire,
+            pending: &mut self.pending,
+        };
+        let mut out = session.outgoing(&mut sink);
+        cx.app.on_drain(&mut SessionRef::new(
+            self.id,
+            self.peer,
+            cx.shard,
+            cx.set,
+            Some(&mut out),
+            &mut self.user,
+            Bounds::of(cx.settings),
+        ));
+    }
+
     /// Queues `msg` (sent by id or broadcast from elsewhere) if the session is open.
     pub fn deliver<W: Wire + ?Sized>(&mut self, msg: &OutMessage, wire: &mut W) -> bool {
         let Phase::Open(session) = &mut self.phase else {
@@ -525,123 +487,4 @@ impl Connection {
             _ => false,
         }
     }
-
-    // ---- endings ----------------------------------------------------------------------------
-
-    /// The peer closed its side (`error` `None`: end of stream) or the connection broke.
-    /// A session still open is reported closed with 1006.
-    pub fn peer_gone<A: App + ?Sized>(
-        &mut self,
-        error: Option<&std::io::Error>,
-        cx: &mut ShardContext<'_, A>,
-        now: Instant,
-    ) {
-        let how = if error.is_some() {
-            Release::Reset
-        } else {
-            Release::Close
-        };
-        match self.phase {
-            Phase::Open(_) => {
-                let reason = match error {
-                    Some(_) => "connection reset",
-                    None => "connection closed without a close frame",
-                };
-                debug!(peer = %self.peer, session = self.id, ?error, "{reason}");
-                self.leave_open(cx, now, Some((CloseCode::ABNORMAL, reason)));
-            }
-            Phase::Handshake => {
-                debug!(peer = %self.peer, ?error, "connection ended during the handshake")
-            }
-            Phase::Finishing { .. } | Phase::Ended(_) => {}
-        }
-        if !matches!(self.phase, Phase::Ended(_)) {
-            self.phase = Phase::Ended(how);
-        }
-    }
-
-    /// Ends the connection now (reset); an open session is reported closed with `code`.
-    pub fn end<A: App + ?Sized>(
-        &mut self,
-        code: CloseCode,
-        reason: &str,
-        cx: &mut ShardContext<'_, A>,
-        now: Instant,
-    ) {
-        self.leave_open(cx, now, Some((code, reason)));
-        self.phase = Phase::Ended(Release::Reset);
-    }
-
-    /// Leaves the Open phase (once): reports the close to the application unless it saw the
-    /// peer's Close already (`report` `None`), and starts finishing.
-    fn leave_open<A: App + ?Sized>(
-        &mut self,
-        cx: &mut ShardContext<'_, A>,
-        now: Instant,
-        report: Option<(CloseCode, &str)>,
-    ) {
-        if !matches!(self.phase, Phase::Open(_)) {
-            return;
-        }
-        if let Some((code, reason)) = report {
-            cx.app.on_close(
-                &mut SessionRef::new(self.id, self.peer, cx.shard, cx.set, None),
-                code,
-                reason,
-            );
-        }
-        cx.counters().sessions.sub(1);
-        self.finish(cx.settings, now);
-    }
-
-    /// Starts finishing: flush, FIN, discard input until the peer closes (close timeout).
-    fn finish(&mut self, settings: &Settings, now: Instant) {
-        self.phase = Phase::Finishing { shut: false };
-        self.timers.deadline = Some(now + settings.close_timeout);
-        self.timers.message_since = None;
-        self.held.clear();
-    }
-
-    /// After anything that may have closed the session: a closed session leaves Open; one that
-    /// sent its Close gets the close timeout.
-    pub fn settle<A: App + ?Sized>(&mut self, cx: &mut ShardContext<'_, A>, now: Instant) {
-        let Phase::Open(session) = &self.phase else {
-            return;
-        };
-        match session.state() {
-            State::Closed => {
-                self.leave_open(cx, now, Some((CloseCode::ABNORMAL, "session closed")))
-            }
-            State::Closing if self.timers.deadline.is_none() => {
-                self.timers.deadline = Some(now + cx.settings.close_timeout);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Whether `bytes` hold the blank line that ends a request head (`\n\n` or `\n\r\n`, as
-/// httparse accepts both).
-fn may_end_head(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'\n'
-            && match bytes.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
-    })
-}
-
-/// Queues an HTTP error answer.
-fn refuse<W: Wire + ?Sized>(
-    wire: &mut W,
-    pending: &mut PendingOutput,
-    peer: SocketAddr,
-    err: &HttpError,
-) {
-    debug!(%peer, status = err.status, "handshake rejected: {}", err.reason);
-    let mut response = [0u8; 256];
-    let n = handshake::write_error_response(err, &mut response);
-    wire.queue_bytes(pending, &response[..n]);
 }

@@ -27,6 +27,11 @@ pub trait Wire {
     /// Shuts the write side down (FIN after what is queued). `false`: not possible yet (bytes
     /// still in flight inside the transport); the session layer asks again after the next output.
     fn shutdown_write(&mut self) -> bool;
+    /// Bytes this wire holds for the connection beyond `pending` (a transport's turn output
+    /// not yet written); 0 by default.
+    fn queued(&self) -> usize {
+        0
+    }
 }
 
 /// A [`Wire`] and a connection's pending output, as the [`FrameSink`] a `Session` writes to.
@@ -40,6 +45,9 @@ pub struct WireSink<'a, W: Wire + ?Sized> {
 impl<W: Wire + ?Sized> FrameSink for WireSink<'_, W> {
     fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
         self.wire.queue_frame(self.pending, header, payload);
+    }
+    fn buffered(&self) -> usize {
+        self.pending.len() + self.wire.queued()
     }
 }
 

@@ -24,6 +24,7 @@
 
 mod counters;
 mod set;
+mod slots;
 mod turn;
 
 pub use counters::{CacheCounters, PaddedCounter, ShardCounters, WorkerStats};
@@ -304,14 +305,41 @@ impl<T, A: App> Shard<T, A> {
     /// After the transport sent (or queued) the connection's output: backpressure verdicts, our
     /// FIN, timers; a connection that ended is released.
     pub fn after_output<X: Transport<Io = T>>(&mut self, slot: usize, x: &mut X, now: Instant) {
-        let Some((s, cx)) = self.split(slot) else {
+        let Some((s, mut cx)) = self.split(slot) else {
             return;
         };
         let resume = s
             .conn
             .after_output(&mut x.wire(slot, &mut s.io), cx.settings, now);
         if resume {
-            x.resume_reading(slot, &mut s.io);
+            resume_session(s, &mut cx, x, slot, now);
+        }
+        self.settle(slot, x);
+    }
+
+    /// The application's deferred decision on the upgrade of the connection in `slot`: the 101
+    /// (and the session's start) or the refusal goes out.
+    fn complete_upgrade<X: Transport<Io = T>>(
+        &mut self,
+        slot: usize,
+        decision: crate::connection::Upgrade,
+        x: &mut X,
+        now: Instant,
+    ) {
+        let Some((s, mut cx)) = self.split(slot) else {
+            return;
+        };
+        let mut wire = x.wire(slot, &mut s.io);
+        s.conn.complete_upgrade(decision, &mut wire, &mut cx, now);
+        match wire.flush(s.conn.pending_mut()) {
+            Err(e) => {
+                drop(wire);
+                s.conn.peer_gone(Some(&e), &mut cx, now);
+            }
+            Ok(()) => {
+                s.conn.after_output(&mut wire, cx.settings, now);
+                drop(wire);
+            }
         }
         self.settle(slot, x);
     }
@@ -379,100 +407,12 @@ impl<T, A: App> Shard<T, A> {
                 let resume = s.conn.after_output(&mut wire, cx.settings, now);
                 drop(wire);
                 if resume {
-                    x.resume_reading(slot, &mut s.io);
+                    resume_session(s, &mut cx, x, slot, now);
                 }
             }
         }
         self.settle(slot, x);
         Some(result)
-    }
-
-    /// After anything happened to a connection: release it if it ended, else keep it in the
-    /// watch list while it has a timer.
-    fn settle<X: Transport<Io = T>>(&mut self, slot: usize, x: &mut X) {
-        let Some(s) = self.slot(slot) else {
-            return;
-        };
-        match s.conn.ended() {
-            Some(_) if s.released => {}
-            Some(how) => self.release(slot, how, x),
-            None => {
-                self.update(slot);
-                self.charge(slot);
-            }
-        }
-    }
-
-    /// Counts the connection's memory anew in the shard's total.
-    fn charge(&mut self, slot: usize) {
-        if let Some(s) = self.slots[slot].as_mut() {
-            let now = s.conn.memory();
-            self.memory = self.memory - s.charged + now;
-            s.charged = now;
-        }
-    }
-
-    /// Puts a connection with a timer in the watch list.
-    fn update(&mut self, slot: usize) {
-        if let Some(s) = self.slots[slot].as_mut() {
-            if !s.watched && s.conn.has_timer() {
-                s.watched = true;
-                self.watched.push((slot, s.conn.id()));
-            }
-        }
-    }
-
-    fn release<X: Transport<Io = T>>(&mut self, slot: usize, how: Release, x: &mut X) {
-        let Some(Slot {
-            mut conn,
-            io,
-            watched,
-            charged,
-            ..
-        }) = self.slots[slot].take()
-        else {
-            return;
-        };
-        self.memory -= charged;
-        match x.release(slot, io, conn.pending_mut(), how) {
-            Some(io) => {
-                self.slots[slot] = Some(Slot {
-                    conn,
-                    io,
-                    watched,
-                    released: true,
-                    charged: 0,
-                })
-            }
-            None => self.slot_freed(slot),
-        }
-    }
-
-    fn free_slot(&mut self, slot: usize) {
-        if let Some(s) = self.slots[slot].take() {
-            self.memory -= s.charged;
-            self.slot_freed(slot);
-        }
-    }
-
-    fn slot_freed(&mut self, slot: usize) {
-        self.free.push(slot);
-        self.live -= 1;
-        self.counters().connections.sub(1);
-    }
-
-    /// A slot and the context its connection runs in.
-    fn split(&mut self, slot: usize) -> Option<(&mut Slot<T>, ShardContext<'_, A>)> {
-        let s = self.slots.get_mut(slot)?.as_mut()?;
-        let cx = ShardContext {
-            app: &self.app,
-            settings: &self.settings,
-            set: &self.set,
-            shard: self.index,
-            http: &mut self.http,
-            log: &mut self.log,
-        };
-        Some((s, cx))
     }
 
     // ---- the end of a loop turn ---------------------------------------------------------------
@@ -483,7 +423,10 @@ impl<T, A: App> Shard<T, A> {
     pub fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.set.inbox(self.index).is_empty() {
             Some(Duration::ZERO)
-        } else if !self.watched.is_empty() || self.stop_deadline.is_some() || self.set.is_stopping()
+        } else if !self.watched.is_empty()
+            || self.stop_deadline.is_some()
+            || self.set.is_stopping()
+            || self.counters().memory.get() != self.memory
         {
             Some(self.next_tick.saturating_duration_since(now))
         } else if self.settings.idle_timeout.is_some() && self.counters().sessions.get() > 0 {
@@ -495,6 +438,23 @@ impl<T, A: App> Shard<T, A> {
         } else {
             None
         }
+    }
+}
+
+/// Backpressure lifted on the connection in `slot`: the transport reads it again, and the
+/// application hears of it ([`App::on_drain`]) and may send again.
+fn resume_session<T, A: App, X: Transport<Io = T>>(
+    s: &mut Slot<T>,
+    cx: &mut ShardContext<'_, A>,
+    x: &mut X,
+    slot: usize,
+    now: Instant,
+) {
+    x.resume_reading(slot, &mut s.io);
+    let mut wire = x.wire(slot, &mut s.io);
+    s.conn.drained(&mut wire, cx);
+    if wire.flush(s.conn.pending_mut()).is_ok() {
+        s.conn.after_output(&mut wire, cx.settings, now);
     }
 }
 

@@ -49,6 +49,8 @@ pub enum Command {
     Send(u64, Arc<OutMessage>),
     /// Send to every open session of the shard.
     Broadcast(Arc<OutMessage>),
+    /// The application's deferred decision on the upgrade of connection `id`.
+    Upgrade(u64, Box<crate::connection::Upgrade>),
 }
 
 /// Why a message could not be queued for a session.

@@ -70,7 +70,7 @@ impl<T, A: App> Shard<T, A> {
                     let resume = s.conn.after_output(&mut wire, cx.settings, now);
                     drop(wire);
                     if resume {
-                        x.resume_reading(slot, &mut s.io);
+                        super::resume_session(s, &mut cx, x, slot, now);
                     }
                 }
                 let keep = s.conn.ended().is_none() && s.conn.has_timer();
@@ -186,6 +186,12 @@ impl<T, A: App> Shard<T, A> {
                             == Some(true);
                     if !sent {
                         self.counters().undelivered.add(1);
+                    }
+                }
+                Command::Upgrade(id, decision) => {
+                    let slot = slot_of(id);
+                    if self.slot(slot).is_some_and(|s| s.conn.id() == id) {
+                        self.complete_upgrade(slot, *decision, x, now);
                     }
                 }
                 Command::Broadcast(msg) => {
