@@ -122,7 +122,11 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn ws(addr: SocketAddr) -> WebSocket<TcpStream> {
-    tungstenite::client::client(format!("ws://{addr}/ws"), connect(addr))
+    ws_at(addr, "/ws")
+}
+
+fn ws_at(addr: SocketAddr, target: &str) -> WebSocket<TcpStream> {
+    tungstenite::client::client(format!("ws://{addr}{target}"), connect(addr))
         .expect("handshake")
         .0
 }
@@ -560,6 +564,171 @@ fn partial_frames_hold_only_what_arrived(t: &Target) {
     });
 }
 
+// ---- the application's API (issue 18) ---------------------------------------------------------
+
+/// Sends an upgrade request for `target` (with extra header lines) and reads the whole answer
+/// head (and, for a refusal, its body: the server closes after it).
+fn upgrade_answer(addr: SocketAddr, target: &str, extra: &str) -> (TcpStream, String) {
+    let mut s = connect(addr);
+    let req = upgrade_request(target, "13", KEY).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        retry(|| s.read_exact(&mut byte)).unwrap();
+        head.push(byte[0]);
+    }
+    let mut text = String::from_utf8(head).unwrap();
+    if !text.starts_with("HTTP/1.1 101") {
+        let mut body = String::new();
+        let _ = retry(|| s.read_to_string(&mut body));
+        text.push_str(&body);
+    }
+    (s, text)
+}
+
+/// An upgrade the hook refuses gets exactly the status, headers and body it wrote.
+fn a_refused_upgrade_gets_the_hooks_status_headers_and_body(t: &Target) {
+    let opened = t.rec.record.lock().unwrap().opened;
+    let (_, answer) = t.client(|addr| upgrade_answer(addr, "/ws?reject", ""));
+    assert!(
+        answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\nWWW-Authenticate: Token\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nContent-Length: 15\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntoken required\n"), "{answer}");
+    assert_eq!(
+        t.rec.record.lock().unwrap().opened,
+        opened,
+        "no session opened"
+    );
+}
+
+/// User data attached by the hook is seen by every callback of that session, and only of that
+/// session; the hook's subprotocol is answered.
+fn user_data_from_the_upgrade_belongs_to_its_session(t: &Target) {
+    let from = t.closes_so_far();
+    let (alice, bob, protocol) = t.client(|addr| {
+        let (s, answer) = upgrade_answer(
+            addr,
+            "/ws?user=alice",
+            "Sec-WebSocket-Protocol: x, chat\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        let protocol = answer.contains("\r\nSec-WebSocket-Protocol: chat\r\n");
+        let mut alice =
+            tungstenite::WebSocket::from_raw_socket(s, tungstenite::protocol::Role::Client, None);
+        let mut bob = ws_at(addr, "/ws?user=bob");
+        alice.send(WsMessage::text("whoami")).unwrap();
+        bob.send(WsMessage::text("whoami")).unwrap();
+        let names = (read(&mut alice).unwrap(), read(&mut bob).unwrap());
+        alice.close(None).unwrap();
+        bob.close(None).unwrap();
+        while read(&mut alice).is_ok() {}
+        while read(&mut bob).is_ok() {}
+        (names.0, names.1, protocol)
+    });
+    assert_eq!(
+        (alice, bob),
+        (WsMessage::text("alice"), WsMessage::text("bob"))
+    );
+    assert!(protocol, "the subprotocol the hook chose is answered");
+    t.closes_since(from, "two closes", |c| c.len() >= 2);
+    let users: Vec<Option<String>> = t.rec.record.lock().unwrap().close_users[from..].to_vec();
+    assert!(
+        users.contains(&Some("alice".into())) && users.contains(&Some("bob".into())),
+        "on_close sees each session's own data: {users:?}"
+    );
+}
+
+/// A deferred upgrade completed from another thread: the 101 comes then, with the user data
+/// the decision carried; a deferred refusal gets its status.
+fn a_deferred_upgrade_is_completed_from_another_thread(t: &Target) {
+    let (took, name, refused) = t.client(|addr| {
+        let start = Instant::now();
+        let mut carol = ws_at(addr, "/ws?defer=200&user=carol");
+        let took = start.elapsed();
+        carol.send(WsMessage::text("whoami")).unwrap();
+        let name = read(&mut carol).unwrap();
+        let (_, refused) = upgrade_answer(addr, "/ws?defer=50&deny", "");
+        (took, name, refused)
+    });
+    assert!(
+        took >= Duration::from_millis(190),
+        "the 101 waited for the decision: {took:?}"
+    );
+    assert_eq!(name, WsMessage::text("carol"));
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden\r\n") && refused.ends_with("not today\n"),
+        "{refused}"
+    );
+}
+
+/// A deferred upgrade whose client left before the decision: the decision is refused
+/// (`UpgradeError::Gone`), nothing opens, the server goes on.
+fn a_deferred_upgrade_whose_client_left_is_refused(t: &Target) {
+    let before = t.rec.record.lock().unwrap().deferred.len();
+    let opened = t.rec.record.lock().unwrap().opened;
+    t.client(|addr| {
+        let mut s = connect(addr);
+        s.write_all(upgrade_request("/ws?defer=500", "13", KEY).as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s); // gone before the decision
+    });
+    t.rec
+        .wait_for(Duration::from_secs(5), "the deferred decision", |r| {
+            r.deferred.len() > before
+        });
+    let r = t.rec.record.lock().unwrap();
+    assert_eq!(r.deferred[before], Err(hioload_ws::UpgradeError::Gone));
+    assert_eq!(r.opened, opened, "nothing opened");
+}
+
+/// Backpressure the handler sees: sends report `Backpressure` past the soft bound, the
+/// buffered amount is there, and `on_drain` comes once the client has read.
+fn backpressure_is_visible_to_the_handler(t: &Target) {
+    t.reload(|c| c.backpressure.soft_bytes = 64 << 10);
+    let drains = t.rec.record.lock().unwrap().drains;
+    let got_drained = t.client(|addr| {
+        let mut s = raw_ws(addr);
+        socket2::SockRef::from(&s)
+            .set_recv_buffer_size(16 << 10)
+            .unwrap();
+        s.write_all(&frame(true, 0x1, b"flood-until-backpressure"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the server fills its buffers
+                                                        // Now read everything: the output drains, and the handler's "drained" follows.
+        loop {
+            let (_, opcode, payload) = read_frame(&mut s);
+            if opcode == 0x1 {
+                return payload == b"drained";
+            }
+        }
+    });
+    let r = t.rec.record.lock().unwrap();
+    let (queued, backpressure) = r.flood.expect("the flood ran");
+    assert!(
+        backpressure,
+        "a send reported backpressure after {queued} queued"
+    );
+    assert!(
+        queued >= 3,
+        "the first sends were queued under the bound: {queued}"
+    );
+    assert!(r.drains > drains, "on_drain came");
+    drop(r);
+    assert!(
+        got_drained,
+        "the handler's send from on_drain reached the client"
+    );
+    t.restore();
+}
+
 // ---- the kernel path: a server per scenario ---------------------------------------------------
 
 macro_rules! kernel_tests {
@@ -583,6 +752,11 @@ mod kernel {
         connections_over_the_cap_are_refused,
         a_message_that_trickles_is_closed_with_1008,
         partial_frames_hold_only_what_arrived,
+        a_refused_upgrade_gets_the_hooks_status_headers_and_body,
+        user_data_from_the_upgrade_belongs_to_its_session,
+        a_deferred_upgrade_is_completed_from_another_thread,
+        a_deferred_upgrade_whose_client_left_is_refused,
+        backpressure_is_visible_to_the_handler,
         stop_closes_every_session_with_1001,
     );
     use super::Target;
@@ -603,5 +777,10 @@ fn dpdk_path_passes_every_scenario() {
     connections_over_the_cap_are_refused(&t);
     a_message_that_trickles_is_closed_with_1008(&t);
     partial_frames_hold_only_what_arrived(&t);
+    a_refused_upgrade_gets_the_hooks_status_headers_and_body(&t);
+    user_data_from_the_upgrade_belongs_to_its_session(&t);
+    a_deferred_upgrade_is_completed_from_another_thread(&t);
+    a_deferred_upgrade_whose_client_left_is_refused(&t);
+    backpressure_is_visible_to_the_handler(&t);
     stop_closes_every_session_with_1001(&t);
 }

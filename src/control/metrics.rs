@@ -206,7 +206,7 @@ fn pool_metrics(out: &mut String, pools: &PoolStats) {
         prometheus::header(out, name, kind, help);
         for node in &pools.nodes {
             let node_label = node.node.to_string();
-            for class in node.classes.iter().filter(|c| c.allocated > 0) {
+            for class in &node.classes {
                 let size = class.size.to_string();
                 prometheus::sample(
                     out,

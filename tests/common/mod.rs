@@ -8,7 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use hioload_ws::{CloseCode, Config, Ctx, Handler, Message, Server};
+use hioload_ws::{
+    Accept, CloseCode, Config, Ctx, Handler, Message, Rejection, SendStatus, Server, Upgrade,
+    UpgradeCtx, UpgradeError, UpgradeRequest,
+};
 use tungstenite::WebSocket;
 
 #[cfg(feature = "dpdk")]
@@ -39,15 +42,36 @@ pub fn test_io_backend() -> hioload_ws::IoBackend {
 pub struct Record {
     pub opened: usize,
     pub closes: Vec<(u64, u16, String)>,
+    /// The user name in each closed session's user data (`None`: it had none).
+    pub close_users: Vec<Option<String>>,
+    /// What completing each deferred upgrade returned.
+    pub deferred: Vec<Result<(), UpgradeError>>,
+    /// `on_drain` calls.
+    pub drains: usize,
+    /// Statuses of the `flood-until-backpressure` sends: how many were `Queued`, then whether
+    /// the last was `Backpressure`.
+    pub flood: Option<(usize, bool)>,
+    /// The session that asked for the flood.
+    pub flood_session: Option<u64>,
 }
 
+/// A session's user data in the tests: the name given at the upgrade (`?user=NAME`).
+pub struct User(pub String);
+
 /// Echoes every message; `close-me <code>` makes the server close with that code, `panic` panics,
-/// `flood` is answered with 64 binary messages of 64 KiB (4 MiB) in one turn. Records opens and
-/// closes.
+/// `flood` is answered with 64 binary messages of 64 KiB (4 MiB) in one turn,
+/// `flood-until-backpressure` with 16 KiB messages until a send reports backpressure (then
+/// `drained` when `on_drain` comes), `whoami` with the session's user name. Upgrades: `?reject`
+/// is refused with 401, a `WWW-Authenticate` header and a body; `?user=NAME` is accepted with
+/// `User(NAME)` as user data (and the subprotocol `chat` when offered); `?defer=MS` is decided
+/// `MS` ms later from another thread (accepted, or with `&deny` refused with 403). Records opens,
+/// closes (with the user), deferred completions, drains.
 #[derive(Default)]
 pub struct RecordingEcho {
     pub record: Mutex<Record>,
     pub changed: Condvar,
+    /// Itself, for the threads that complete deferred upgrades (set by `start_echo`).
+    pub me: std::sync::OnceLock<std::sync::Weak<RecordingEcho>>,
 }
 
 impl RecordingEcho {
@@ -79,7 +103,62 @@ impl RecordingEcho {
     }
 }
 
+impl RecordingEcho {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn self_arc(&self) -> Option<Arc<RecordingEcho>> {
+        self.me.get()?.upgrade()
+    }
+}
+
 impl Handler for RecordingEcho {
+    fn on_upgrade(&self, req: &UpgradeRequest<'_>, ctx: &mut UpgradeCtx<'_>) -> Upgrade {
+        if req.query_param("reject").is_some() {
+            return Upgrade::Reject(
+                Rejection::new(401, "token required\n").header("WWW-Authenticate", "Token"),
+            );
+        }
+        let mut accept = Accept::new();
+        if let Some(user) = req.query_param("user") {
+            accept = accept.user_data(User(user.to_string()));
+        }
+        if req.offered_protocols().any(|p| p == "chat") {
+            accept = accept.protocol("chat");
+        }
+        if let Some(ms) = req.query_param("defer") {
+            let ms: u64 = ms.parse().unwrap();
+            let deny = req.query_param("deny").is_some();
+            let pending = ctx.defer();
+            let rec = self.self_arc();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                let result = if deny {
+                    pending.reject(Rejection::new(403, "not today\n"))
+                } else {
+                    pending.accept(accept)
+                };
+                if let Some(rec) = rec {
+                    rec.record().deferred.push(result);
+                    rec.changed.notify_all();
+                }
+            });
+            return Upgrade::Deferred;
+        }
+        Upgrade::Accept(accept)
+    }
+    fn on_drain(&self, ctx: &mut Ctx<'_>) {
+        let mut rec = self.record();
+        rec.drains += 1;
+        // Only the session that asked for the flood hears of it (other tests echo large
+        // messages and expect nothing else).
+        let flooding = rec.flood_session == Some(ctx.session_id());
+        drop(rec);
+        self.changed.notify_all();
+        if flooding {
+            let _ = ctx.send_text("drained");
+        }
+    }
     fn on_open(&self, _ctx: &mut Ctx<'_>) {
         self.record.lock().unwrap_or_else(|e| e.into_inner()).opened += 1;
         self.changed.notify_all();
@@ -93,6 +172,35 @@ impl Handler for RecordingEcho {
             }
             if t == "panic" {
                 panic!("handler panic requested by the test");
+            }
+            if t == "whoami" {
+                let name = ctx
+                    .user_data::<User>()
+                    .map_or("nobody".to_string(), |u| u.0.clone());
+                ctx.send_text(&name).unwrap();
+                return;
+            }
+            if t == "flood-until-backpressure" {
+                let chunk = vec![0x5au8; 16 << 10];
+                let mut queued = 0;
+                let mut backpressure = false;
+                for _ in 0..4096 {
+                    match ctx.send_binary(&chunk) {
+                        Ok(SendStatus::Queued) => queued += 1,
+                        Ok(SendStatus::Backpressure) => {
+                            backpressure = true;
+                            break;
+                        }
+                        Err(e) => panic!("a send was refused: {e:?}"),
+                    }
+                }
+                assert!(ctx.buffered_amount() > 0, "output is buffered");
+                let mut rec = self.record();
+                rec.flood = Some((queued, backpressure));
+                rec.flood_session = Some(ctx.session_id());
+                drop(rec);
+                self.changed.notify_all();
+                return;
             }
             if t == "flood" {
                 let chunk = vec![0x5au8; 64 << 10];
@@ -109,11 +217,12 @@ impl Handler for RecordingEcho {
             ctx.send_text("too late").is_err(),
             "sends are refused after the close"
         );
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closes
+        let user = ctx.user_data::<User>().map(|u| u.0.clone());
+        let mut rec = self.record();
+        rec.closes
             .push((ctx.session_id(), code.0, reason.to_string()));
+        rec.close_users.push(user);
+        drop(rec);
         self.changed.notify_all();
     }
 }
@@ -146,6 +255,7 @@ impl Handler for Router {
 /// Starts a server with a recording echo handler.
 pub fn start_echo(cfg: Config) -> (Server, Arc<RecordingEcho>) {
     let rec = Arc::new(RecordingEcho::default());
+    let _ = rec.me.set(Arc::downgrade(&rec));
     let server = Server::new(cfg).unwrap().with_shared_handler(rec.clone());
     server.start().unwrap();
     (server, rec)

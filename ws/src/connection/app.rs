@@ -112,6 +112,23 @@ impl<A: App + ?Sized> App for Arc<A> {
     }
 }
 
+/// What a connection keeps for the application: its user data, and whether a send reported
+/// backpressure (then `on_drain` is due when the output is back under the soft bound).
+#[derive(Default)]
+pub(crate) struct SessionData {
+    pub user: Option<SessionState>,
+    pub drain_wanted: bool,
+}
+
+impl std::fmt::Debug for SessionData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionData")
+            .field("user", &self.user.is_some())
+            .field("drain_wanted", &self.drain_wanted)
+            .finish()
+    }
+}
+
 /// The backpressure bounds a session's sends are judged by.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Bounds {
@@ -146,8 +163,8 @@ pub struct SessionRef<'a> {
     set: &'a Arc<ShardSet>,
     /// `None` once the session has ended: every send is refused.
     out: Option<&'a mut (dyn Sender + 'a)>,
-    /// The application's state of this session.
-    user: &'a mut Option<SessionState>,
+    /// The application's state of this session, and whether it was told of backpressure.
+    data: &'a mut SessionData,
     bounds: Bounds,
 }
 
@@ -158,7 +175,7 @@ impl<'a> SessionRef<'a> {
         shard: usize,
         set: &'a Arc<ShardSet>,
         out: Option<&'a mut (dyn Sender + 'a)>,
-        user: &'a mut Option<SessionState>,
+        data: &'a mut SessionData,
         bounds: Bounds,
     ) -> Self {
         SessionRef {
@@ -167,7 +184,7 @@ impl<'a> SessionRef<'a> {
             shard,
             set,
             out,
-            user,
+            data,
             bounds,
         }
     }
@@ -190,23 +207,23 @@ impl<'a> SessionRef<'a> {
     /// The session's user data, if it is a `T` (set at upgrade or with
     /// [`SessionRef::set_user_data`]). Owned by the worker: no lock.
     pub fn user_data<T: Any>(&mut self) -> Option<&mut T> {
-        self.user.as_mut()?.downcast_mut::<T>()
+        self.data.user.as_mut()?.downcast_mut::<T>()
     }
     /// Replaces the session's user data (dropped after `on_close`).
     pub fn set_user_data<T: Any + Send>(&mut self, data: T) {
-        *self.user = Some(Box::new(data));
+        self.data.user = Some(Box::new(data));
     }
     /// The session's application state slot itself (for code that cannot be generic, such as
     /// an object-safe wrapper).
     pub fn state_slot(&mut self) -> &mut Option<SessionState> {
-        self.user
+        &mut self.data.user
     }
     /// Takes the session's user data out, if it is a `T`.
     pub fn take_user_data<T: Any>(&mut self) -> Option<T> {
-        match self.user.take()?.downcast::<T>() {
+        match self.data.user.take()?.downcast::<T>() {
             Ok(t) => Some(*t),
             Err(other) => {
-                *self.user = Some(other);
+                self.data.user = Some(other);
                 None
             }
         }
@@ -218,18 +235,18 @@ impl<'a> SessionRef<'a> {
     /// Sends a text message; see [`SendStatus`] and [`SendError`].
     pub fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         let bounds = self.bounds;
-        let out = self.sender()?;
+        let out = self.out.as_deref_mut().ok_or(SendError::Closed)?;
         admit(out, bounds)?;
         out.send_text(text)?;
-        Ok(status(out, bounds))
+        Ok(status(out, bounds, &mut self.data.drain_wanted))
     }
     /// Sends a binary message; see [`SendStatus`] and [`SendError`].
     pub fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         let bounds = self.bounds;
-        let out = self.sender()?;
+        let out = self.out.as_deref_mut().ok_or(SendError::Closed)?;
         admit(out, bounds)?;
         out.send_binary(data)?;
-        Ok(status(out, bounds))
+        Ok(status(out, bounds, &mut self.data.drain_wanted))
     }
     /// Sends a ping (payload at most 125 bytes).
     pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
@@ -264,8 +281,11 @@ fn admit(out: &mut dyn Sender, bounds: Bounds) -> Result<(), SendError> {
     }
 }
 
-fn status(out: &mut dyn Sender, bounds: Bounds) -> SendStatus {
+/// The status of a queued send; backpressure reported makes `on_drain` due once the output is
+/// back under the soft bound.
+fn status(out: &mut dyn Sender, bounds: Bounds, drain_wanted: &mut bool) -> SendStatus {
     if out.buffered() > bounds.soft {
+        *drain_wanted = true;
         SendStatus::Backpressure
     } else {
         SendStatus::Queued

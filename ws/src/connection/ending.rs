@@ -76,7 +76,7 @@ impl Connection {
                     cx.shard,
                     cx.set,
                     None,
-                    &mut self.user,
+                    &mut self.data,
                     Bounds::of(cx.settings),
                 ),
                 code,
@@ -84,7 +84,7 @@ impl Connection {
             );
         }
         // After on_close, the session's state goes.
-        self.user = None;
+        self.data = Default::default();
         cx.counters().sessions.sub(1);
         self.finish(cx.settings, now);
     }

@@ -41,7 +41,7 @@ pub use upgrade::{
 };
 pub use wire::{PendingWire, Wire, WireSink};
 
-use app::Bounds;
+use app::{Bounds, SessionData};
 use upgrade::Awaiting;
 
 use std::net::SocketAddr;
@@ -144,7 +144,7 @@ pub struct Connection {
     /// The application deferred its decision on the upgrade: what the 101 needs meanwhile.
     awaiting: Option<Awaiting>,
     /// The application's state of this session (`None` unless it set one).
-    user: Option<SessionState>,
+    data: SessionData,
     /// How far the request head has been searched for its end (incremental head parsing).
     head_scanned: usize,
     timers: Timers,
@@ -161,7 +161,7 @@ impl Connection {
             read_paused: false,
             held: HeldInput::new(),
             awaiting: None,
-            user: None,
+            data: SessionData::default(),
             head_scanned: 0,
             timers: Timers {
                 deadline: Some(now + settings.handshake_timeout),
@@ -331,7 +331,7 @@ impl Connection {
         };
         let (id, peer, shard, set, app) = (self.id, self.peer, cx.shard, cx.set, cx.app);
         let bounds = Bounds::of(cx.settings);
-        let user = &mut self.user;
+        let data = &mut self.data;
         // Set once the application has seen the peer's Close.
         let mut close_reported = false;
         let result = {
@@ -346,7 +346,7 @@ impl Connection {
                     Event::Close(code, reason) => {
                         let code = code.unwrap_or(CloseCode::NO_STATUS);
                         app.on_close(
-                            &mut SessionRef::new(id, peer, shard, set, Some(out), user, bounds),
+                            &mut SessionRef::new(id, peer, shard, set, Some(out), data, bounds),
                             code,
                             reason,
                         );
@@ -357,7 +357,7 @@ impl Connection {
                 };
                 *delivered = true;
                 app.on_message(
-                    &mut SessionRef::new(id, peer, shard, set, Some(out), user, bounds),
+                    &mut SessionRef::new(id, peer, shard, set, Some(out), data, bounds),
                     msg,
                 );
             })
@@ -417,8 +417,20 @@ impl Connection {
         resume
     }
 
-    /// Backpressure lifted (pending output back under the soft bound): tells the application
-    /// ([`App::on_drain`]), which may send again.
+    /// Whether `on_drain` is due: a send reported backpressure, and the pending output is back
+    /// under the soft bound (then the flag is cleared: once per episode).
+    pub fn drain_due(&mut self, settings: &Settings) -> bool {
+        let due = self.data.drain_wanted
+            && self.pending.len() <= settings.backpressure.soft_bytes
+            && self.has_session();
+        if due {
+            self.data.drain_wanted = false;
+        }
+        due
+    }
+
+    /// Backpressure lifted (output back under the soft bound after a send reported
+    /// backpressure): tells the application ([`App::on_drain`]), which may send again.
     pub fn drained<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         wire: &mut W,
@@ -441,7 +453,7 @@ impl Connection {
             cx.shard,
             cx.set,
             Some(&mut out),
-            &mut self.user,
+            &mut self.data,
             Bounds::of(cx.settings),
         ));
     }

@@ -228,7 +228,7 @@ impl Connection {
     ) {
         self.phase = Phase::Open(Session::new(cx.settings.limits.clone()));
         self.timers.deadline = None;
-        self.user = state;
+        self.data.user = state;
         cx.counters().sessions.add(1);
         if let Phase::Open(session) = &mut self.phase {
             let mut sink = WireSink {
@@ -242,7 +242,7 @@ impl Connection {
                 cx.shard,
                 cx.set,
                 Some(&mut out),
-                &mut self.user,
+                &mut self.data,
                 Bounds::of(cx.settings),
             ));
         }

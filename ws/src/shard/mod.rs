@@ -311,9 +311,7 @@ impl<T, A: App> Shard<T, A> {
         let resume = s
             .conn
             .after_output(&mut x.wire(slot, &mut s.io), cx.settings, now);
-        if resume {
-            resume_session(s, &mut cx, x, slot, now);
-        }
+        after_verdicts(s, &mut cx, x, slot, now, resume);
         self.settle(slot, x);
     }
 
@@ -406,9 +404,7 @@ impl<T, A: App> Shard<T, A> {
                 s.conn.settle(&mut cx, now);
                 let resume = s.conn.after_output(&mut wire, cx.settings, now);
                 drop(wire);
-                if resume {
-                    resume_session(s, &mut cx, x, slot, now);
-                }
+                after_verdicts(s, &mut cx, x, slot, now, resume);
             }
         }
         self.settle(slot, x);
@@ -441,20 +437,26 @@ impl<T, A: App> Shard<T, A> {
     }
 }
 
-/// Backpressure lifted on the connection in `slot`: the transport reads it again, and the
-/// application hears of it ([`App::on_drain`]) and may send again.
-fn resume_session<T, A: App, X: Transport<Io = T>>(
+/// After the backpressure verdicts of the connection in `slot`: a paused reader is read again
+/// (`resume`), and an application that was told of backpressure hears that the output is back
+/// under the soft bound ([`App::on_drain`]) and may send again.
+fn after_verdicts<T, A: App, X: Transport<Io = T>>(
     s: &mut Slot<T>,
     cx: &mut ShardContext<'_, A>,
     x: &mut X,
     slot: usize,
     now: Instant,
+    resume: bool,
 ) {
-    x.resume_reading(slot, &mut s.io);
-    let mut wire = x.wire(slot, &mut s.io);
-    s.conn.drained(&mut wire, cx);
-    if wire.flush(s.conn.pending_mut()).is_ok() {
-        s.conn.after_output(&mut wire, cx.settings, now);
+    if resume {
+        x.resume_reading(slot, &mut s.io);
+    }
+    if s.conn.drain_due(cx.settings) {
+        let mut wire = x.wire(slot, &mut s.io);
+        s.conn.drained(&mut wire, cx);
+        if wire.flush(s.conn.pending_mut()).is_ok() {
+            s.conn.after_output(&mut wire, cx.settings, now);
+        }
     }
 }
 

@@ -69,9 +69,7 @@ impl<T, A: App> Shard<T, A> {
                     // A graceful close (finishing) sends its FIN once nothing is pending.
                     let resume = s.conn.after_output(&mut wire, cx.settings, now);
                     drop(wire);
-                    if resume {
-                        super::resume_session(s, &mut cx, x, slot, now);
-                    }
+                    super::after_verdicts(s, &mut cx, x, slot, now, resume);
                 }
                 let keep = s.conn.ended().is_none() && s.conn.has_timer();
                 s.watched = keep;
