@@ -13,9 +13,11 @@
 //! Commands: `/nick NAME` renames you, `/msg ID TEXT` whispers to one member (by session id,
 //! whichever worker it is on), `/who` lists the members; anything else is said to the room.
 //!
-//! The handler keeps the members' names in its own map keyed by session id (callbacks of one
-//! handler run on every worker). Messages to the room go through `Ctx::broadcast`: one copy
-//! of the text, queued on every worker's inbox, sent by each worker to its own sessions. The
+//! Each member's name lives in its session (`Ctx::user_data`: owned by the session's worker, no
+//! lock), so a message to the room takes no lock at all. The room's directory (names by id, for
+//! `/who` and the `members` probe) is shared by the workers, and touched only when someone joins,
+//! leaves or renames, or asks `/who`. Messages to the room go through `Ctx::broadcast`: one
+//! copy of the text, queued on every worker's inbox, sent by each worker to its own sessions. The
 //! stack around it: `TextOnly` (this example's own middleware: a binary message closes the
 //! session with 1003), then the built-in `Metrics`, `Recovery` and `Logging`.
 
@@ -27,35 +29,41 @@ use hioload_ws::{
     Server,
 };
 
-/// The room: member names by session id.
+/// A member, kept in its session's user data.
+struct Member {
+    name: String,
+}
+
+/// The room's directory: member names by session id (joins, leaves, renames and `/who` only).
 #[derive(Default)]
 pub struct ChatRoom {
-    names: Mutex<HashMap<u64, String>>,
+    directory: Mutex<HashMap<u64, String>>,
 }
 
 impl ChatRoom {
-    fn name_of(&self, id: u64) -> String {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("guest-{id:x}"))
+    fn directory(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.directory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Members, sorted by id.
+    /// Members now.
     pub fn members(&self) -> usize {
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.directory().len()
     }
+}
+
+/// The name in the session's user data.
+fn name_of(ctx: &mut Ctx<'_>) -> String {
+    let id = ctx.session_id();
+    ctx.user_data::<Member>()
+        .map_or_else(|| format!("guest-{id:x}"), |m| m.name.clone())
 }
 
 impl Handler for ChatRoom {
     fn on_open(&self, ctx: &mut Ctx<'_>) {
         let id = ctx.session_id();
         let name = format!("guest-{id:x}");
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, name.clone());
+        ctx.set_user_data(Member { name: name.clone() });
+        self.directory().insert(id, name.clone());
         let _ = ctx.send_text(&format!(
             "welcome {name} (your id is {id}); /nick, /msg, /who"
         ));
@@ -68,19 +76,17 @@ impl Handler for ChatRoom {
         };
         let id = ctx.session_id();
         if let Some(nick) = text.strip_prefix("/nick ") {
-            let nick = nick.trim();
-            let old = self.name_of(id);
-            self.names
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, nick.to_string());
+            let nick = nick.trim().to_string();
+            let old = name_of(ctx);
+            ctx.set_user_data(Member { name: nick.clone() });
+            self.directory().insert(id, nick.clone());
             let _ = ctx.broadcast(Message::Text(&format!("* {old} is now {nick}")));
         } else if let Some(rest) = text.strip_prefix("/msg ") {
             let Some((to, body)) = rest.split_once(' ') else {
                 let _ = ctx.send_text("usage: /msg ID TEXT");
                 return;
             };
-            let line = format!("(private) {}: {body}", self.name_of(id));
+            let line = format!("(private) {}: {body}", name_of(ctx));
             match to.parse() {
                 Ok(to) => {
                     if let Err(e) = ctx.send_to(to, Message::Text(&line)) {
@@ -92,22 +98,23 @@ impl Handler for ChatRoom {
                 }
             }
         } else if text == "/who" {
-            let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-            let mut list: Vec<_> = names.iter().map(|(id, n)| format!("{n} ({id})")).collect();
+            let mut list: Vec<_> = self
+                .directory()
+                .iter()
+                .map(|(id, n)| format!("{n} ({id})"))
+                .collect();
             list.sort();
             let _ = ctx.send_text(&format!("members: {}", list.join(", ")));
         } else {
-            let _ = ctx.broadcast(Message::Text(&format!("{}: {text}", self.name_of(id))));
+            // The room's hot path: the name from the session, one broadcast, no lock.
+            let line = format!("{}: {text}", name_of(ctx));
+            let _ = ctx.broadcast(Message::Text(&line));
         }
     }
 
     fn on_close(&self, ctx: &mut Ctx<'_>, _code: CloseCode, _reason: &str) {
-        let id = ctx.session_id();
-        let name = self.name_of(id);
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let name = name_of(ctx);
+        self.directory().remove(&ctx.session_id());
         // This session can no longer send, but the others can be told.
         let _ = ctx.broadcast(Message::Text(&format!("* {name} left")));
     }
