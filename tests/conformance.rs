@@ -638,6 +638,11 @@ fn user_data_from_the_upgrade_belongs_to_its_session(t: &Target) {
     );
     assert!(protocol, "the subprotocol the hook chose is answered");
     t.closes_since(from, "two closes", |c| c.len() >= 2);
+    let opened: Vec<Option<String>> = t.rec.record.lock().unwrap().opened_users.clone();
+    assert!(
+        opened.contains(&Some("alice".into())) && opened.contains(&Some("bob".into())),
+        "on_open sees each session's own data: {opened:?}"
+    );
     let users: Vec<Option<String>> = t.rec.record.lock().unwrap().close_users[from..].to_vec();
     assert!(
         users.contains(&Some("alice".into())) && users.contains(&Some("bob".into())),

@@ -41,6 +41,8 @@ pub fn test_io_backend() -> hioload_ws::IoBackend {
 #[derive(Default)]
 pub struct Record {
     pub opened: usize,
+    /// The user name in each opened session's user data, as `on_open` saw it.
+    pub opened_users: Vec<Option<String>>,
     pub closes: Vec<(u64, u16, String)>,
     /// The user name in each closed session's user data (`None`: it had none).
     pub close_users: Vec<Option<String>>,
@@ -159,8 +161,12 @@ impl Handler for RecordingEcho {
             let _ = ctx.send_text("drained");
         }
     }
-    fn on_open(&self, _ctx: &mut Ctx<'_>) {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).opened += 1;
+    fn on_open(&self, ctx: &mut Ctx<'_>) {
+        let user = ctx.user_data::<User>().map(|u| u.0.clone());
+        let mut rec = self.record();
+        rec.opened += 1;
+        rec.opened_users.push(user);
+        drop(rec);
         self.changed.notify_all();
     }
     fn on_message(&self, ctx: &mut Ctx<'_>, msg: Message<'_>) {

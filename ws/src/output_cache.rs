@@ -72,6 +72,14 @@ pub struct OutputCache {
     small_freed: u64,
 }
 
+/// `capacity` rounded up to the next of eight steps per power of two (at most 12.5 % more), so
+/// that outputs of nearly the same size (a large reply whose first part the kernel took, turn
+/// after turn) ask for the same buffer, and find it in the cache.
+fn size_class(capacity: usize) -> usize {
+    let step = (capacity.next_power_of_two() / 8).max(1);
+    capacity.div_ceil(step) * step
+}
+
 impl OutputCache {
     /// An empty cache (allocates only its list of small buffers).
     pub fn new() -> Self {
@@ -86,7 +94,7 @@ impl OutputCache {
     /// allocation), else the largest cached one grown, else a new one.
     pub fn take(&mut self, capacity: usize) -> Vec<u8> {
         if capacity > SMALL_BUFFER {
-            return self.large.take(capacity, true);
+            return self.large.take(size_class(capacity), true);
         }
         self.small_borrowed += 1;
         self.small.pop().unwrap_or_else(|| {
