@@ -12,6 +12,8 @@
 //! - `worker`: one lcore's shard of connections over its stack, as a stack `Handler`;
 //! - `wire`: a connection's output into its send ring, and what does not fit (backpressure).
 
+mod hint;
+mod link;
 mod runtime;
 mod setup;
 mod wire;

@@ -30,6 +30,7 @@ use hioload_wsproto::shard::Wake;
 use hioload_wsproto::ShardSet;
 use tracing::{error, info, warn};
 
+use super::link::LinkWatch;
 use super::setup::{lcore_pools, log_lcores, log_placement, open_port};
 use super::worker::Worker;
 use super::DpdkConfig;
@@ -163,8 +164,12 @@ fn serve(setup: Setup, ready: SyncSender<Ready>) {
     let (eal, rest) = match Eal::init(&argv) {
         Ok(v) => v,
         Err(e) => {
+            let hint =
+                super::hint::eal_hint(&setup.dpdk.eal_args, &super::hint::HugepageState::read())
+                    .map(|h| format!("; likely cause: {h}"))
+                    .unwrap_or_default();
             let _ = ready.send(Err(format!(
-                "DPDK EAL initialisation failed: {e} (EAL arguments: {})",
+                "DPDK EAL initialisation failed: {e} (EAL arguments: {}){hint}",
                 setup.dpdk.eal_args.join(" ")
             )));
             return;
@@ -215,6 +220,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
     handler.on_start(queues);
     {
         let steering = Steering::new(queues, 1024, open.rss);
+        let (port_id, port_name) = (open.port.id(), open.port_name.clone());
         let mut jobs = Vec::with_capacity(queues);
         for (index, queue) in open.port.queues().into_iter().enumerate().take(queues) {
             let lcore = lcores[index];
@@ -258,7 +264,12 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
                 &dpdk,
                 listen_port,
             );
-            lcore_loop(&mut stack, &mut worker, &dpdk);
+            // The first lcore also watches the port's link.
+            let mut watch = (index == 0).then(|| {
+                let up = port_id.link().ok().map(|l| l.up);
+                LinkWatch::new(port_id, port_name.clone(), up, Instant::now())
+            });
+            lcore_loop(&mut stack, &mut worker, &dpdk, watch.as_mut());
             let stats = stack.stats();
             info!(
                 accepted = stats.accepted,
@@ -293,6 +304,7 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
     stack: &mut Stack<Q>,
     worker: &mut Worker<A>,
     dpdk: &DpdkConfig,
+    mut link: Option<&mut LinkWatch>,
 ) {
     loop {
         worker.begin_turn(Instant::now());
@@ -300,6 +312,9 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
         let end = worker.end_turn(stack, Instant::now());
         if end.ticked {
             worker.publish_stack_stats(&stack.stats());
+            if let Some(link) = link.as_deref_mut() {
+                link.check(Instant::now());
+            }
         }
         if end.done {
             break;
