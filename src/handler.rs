@@ -201,7 +201,8 @@ impl<'a> Ctx<'a> {
     /// Sends a text message. `Ok(SendStatus::Queued)`: queued; `Ok(SendStatus::Backpressure)`:
     /// queued, but the session's buffered output is over the soft bound (the peer is slow):
     /// stop producing for it until [`Handler::on_drain`]. `Err(SendError::OverHardBound)`:
-    /// refused, not queued (the session is closed with 1008 at the next tick);
+    /// refused, not queued: an earlier send took the output over the hard bound (the session
+    /// is closed with 1008 at the next tick unless it drains first);
     /// `Err(SendError::Closed)`: the session is closing.
     pub fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         self.ops.send_text(text)

@@ -92,8 +92,8 @@ pub enum SendError {
     ControlTooLong,
     /// This close code may not be sent on the wire.
     InvalidCloseCode,
-    /// The session's buffered output is over the hard bound: the message was not queued (the
-    /// connection is closed with 1008 at the next tick).
+    /// The session's buffered output went over the hard bound (with an earlier send): the
+    /// message was not queued (the connection is closed with 1008 at the next tick).
     OverHardBound,
 }
 

@@ -118,6 +118,9 @@ impl<A: App + ?Sized> App for Arc<A> {
 pub(crate) struct SessionData {
     pub user: Option<SessionState>,
     pub drain_wanted: bool,
+    /// The buffered output went over the hard bound: data messages are refused until the
+    /// output is back under it.
+    pub over_hard: bool,
 }
 
 impl std::fmt::Debug for SessionData {
@@ -125,6 +128,7 @@ impl std::fmt::Debug for SessionData {
         f.debug_struct("SessionData")
             .field("user", &self.user.is_some())
             .field("drain_wanted", &self.drain_wanted)
+            .field("over_hard", &self.over_hard)
             .finish()
     }
 }
@@ -236,17 +240,21 @@ impl<'a> SessionRef<'a> {
     pub fn send_text(&mut self, text: &str) -> Result<SendStatus, SendError> {
         let bounds = self.bounds;
         let out = self.out.as_deref_mut().ok_or(SendError::Closed)?;
-        admit(out, bounds)?;
+        if self.data.over_hard {
+            return Err(SendError::OverHardBound);
+        }
         out.send_text(text)?;
-        Ok(status(out, bounds, &mut self.data.drain_wanted))
+        Ok(status(out, bounds, self.data))
     }
     /// Sends a binary message; see [`SendStatus`] and [`SendError`].
     pub fn send_binary(&mut self, data: &[u8]) -> Result<SendStatus, SendError> {
         let bounds = self.bounds;
         let out = self.out.as_deref_mut().ok_or(SendError::Closed)?;
-        admit(out, bounds)?;
+        if self.data.over_hard {
+            return Err(SendError::OverHardBound);
+        }
         out.send_binary(data)?;
-        Ok(status(out, bounds, &mut self.data.drain_wanted))
+        Ok(status(out, bounds, self.data))
     }
     /// Sends a ping (payload at most 125 bytes).
     pub fn ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
@@ -272,24 +280,17 @@ impl<'a> SessionRef<'a> {
     }
 }
 
-/// A data message is refused while the session's buffered output is over the hard bound.
-fn admit(out: &mut dyn Sender, bounds: Bounds) -> Result<(), SendError> {
-    if out.buffered() > bounds.hard {
-        Err(SendError::OverHardBound)
-    } else {
-        Ok(())
+/// The status of a queued send (the buffered output is read once per send): backpressure
+/// reported makes `on_drain` due once the output is back under the soft bound; over the hard
+/// bound, the next sends are refused (until the output drains: see `Connection::after_output`).
+fn status(out: &mut dyn Sender, bounds: Bounds, data: &mut SessionData) -> SendStatus {
+    let buffered = out.buffered();
+    if buffered <= bounds.soft {
+        return SendStatus::Queued;
     }
-}
-
-/// The status of a queued send; backpressure reported makes `on_drain` due once the output is
-/// back under the soft bound.
-fn status(out: &mut dyn Sender, bounds: Bounds, drain_wanted: &mut bool) -> SendStatus {
-    if out.buffered() > bounds.soft {
-        *drain_wanted = true;
-        SendStatus::Backpressure
-    } else {
-        SendStatus::Queued
-    }
+    data.drain_wanted = true;
+    data.over_hard = buffered > bounds.hard;
+    SendStatus::Backpressure
 }
 
 /// Object-safe view of a session's `Outgoing`, so that [`SessionRef`] has one lifetime and no

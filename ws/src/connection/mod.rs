@@ -142,7 +142,7 @@ pub struct Connection {
     /// Unconsumed input (a partial head or frame), until more arrives.
     held: HeldInput,
     /// The application deferred its decision on the upgrade: what the 101 needs meanwhile.
-    awaiting: Option<Awaiting>,
+    awaiting: Option<Box<Awaiting>>,
     /// The application's state of this session (`None` unless it set one).
     data: SessionData,
     /// How far the request head has been searched for its end (incremental head parsing).
@@ -401,6 +401,7 @@ impl Connection {
             self.read_paused = false;
             resume = true;
         }
+        self.data.over_hard = pending > bp.hard_bytes;
         if pending > bp.hard_bytes {
             let due = now.checked_sub(bp.timeout).unwrap_or(now);
             self.timers.over_soft_since = Some(due);

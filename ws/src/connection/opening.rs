@@ -129,13 +129,13 @@ impl Connection {
             }
             Upgrade::Deferred => match ucx.deferred {
                 Some(status) => {
-                    self.awaiting = Some(Awaiting {
+                    self.awaiting = Some(Box::new(Awaiting {
                         accept,
                         protocol: negotiated.protocol.map(str::to_string),
                         extensions: negotiated.extensions,
                         offered: req.protocols.unwrap_or("").to_string(),
                         status,
-                    });
+                    }));
                     Opening::Deferred(req.head_len)
                 }
                 None => {

@@ -124,14 +124,7 @@ impl Connection {
         cx: &mut ShardContext<'_, A>,
         now: Instant,
     ) {
-        if let Phase::Open(session) = &mut self.phase {
-            let mut sink = WireSink {
-                wire: &mut *wire,
-                pending: &mut self.pending,
-            };
-            let _ = session.outgoing(&mut sink).close(code, reason);
-            let _ = wire.flush(&mut self.pending);
-        }
+        self.send_close(code, reason, wire);
         self.leave_open(cx, now, Some((code, reason)));
     }
 
@@ -145,6 +138,12 @@ impl Connection {
         cx: &mut ShardContext<'_, A>,
         now: Instant,
     ) {
+        self.send_close(code, reason, wire);
+        self.end(code, reason, cx, now);
+    }
+
+    /// Queues Close `code` if the session is open and hands the wire what it takes now.
+    fn send_close<W: Wire + ?Sized>(&mut self, code: CloseCode, reason: &str, wire: &mut W) {
         if let Phase::Open(session) = &mut self.phase {
             let mut sink = WireSink {
                 wire: &mut *wire,
@@ -153,7 +152,6 @@ impl Connection {
             let _ = session.outgoing(&mut sink).close(code, reason);
             let _ = wire.flush(&mut self.pending);
         }
-        self.end(code, reason, cx, now);
     }
 
     /// The idle timer: a session that sent nothing for `idle` is due a ping; one that sent

@@ -175,3 +175,12 @@ fn a_frame_header_declaring_16_mib_holds_only_what_arrived() {
         "holds {memory} bytes for 100 received"
     );
 }
+
+#[test]
+fn a_connection_stays_small() {
+    // Idle connections are what a server holds most of: keep the lifecycle machine compact
+    // (a deferred upgrade's data is boxed, the session's user data too).
+    let size = std::mem::size_of::<Connection>();
+    eprintln!("Connection: {size} bytes");
+    assert!(size <= 448, "Connection is {size} bytes");
+}
