@@ -443,20 +443,36 @@ impl Connection {
         if session.state() != State::Open {
             return;
         }
+        self.lend(wire, cx, |app, session| app.on_drain(session));
+    }
+
+    /// Lends the open session to one application callback (`f`), its sends going to `wire`.
+    fn lend<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        f: impl FnOnce(&A, &mut SessionRef<'_>),
+    ) {
+        let Phase::Open(session) = &mut self.phase else {
+            return;
+        };
         let mut sink = WireSink {
             wire,
             pending: &mut self.pending,
         };
         let mut out = session.outgoing(&mut sink);
-        cx.app.on_drain(&mut SessionRef::new(
-            self.id,
-            self.peer,
-            cx.shard,
-            cx.set,
-            Some(&mut out),
-            &mut self.data,
-            Bounds::of(cx.settings),
-        ));
+        f(
+            cx.app,
+            &mut SessionRef::new(
+                self.id,
+                self.peer,
+                cx.shard,
+                cx.set,
+                Some(&mut out),
+                &mut self.data,
+                Bounds::of(cx.settings),
+            ),
+        );
     }
 
     /// Queues `msg` (sent by id or broadcast from elsewhere) if the session is open.

@@ -7,9 +7,8 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::app::Bounds;
 use super::upgrade::{Accept, Awaiting, Rejection, Upgrade, UpgradeCtx};
-use super::{App, Connection, Phase, SessionRef, ShardContext, Wire, WireSink};
+use super::{App, Connection, Phase, ShardContext, Wire};
 use crate::handshake::{self, HttpError, Parsed, UpgradeRequest};
 use crate::pending::PendingOutput;
 use crate::session::Session;
@@ -230,22 +229,7 @@ impl Connection {
         self.timers.deadline = None;
         self.data.user = state;
         cx.counters().sessions.add(1);
-        if let Phase::Open(session) = &mut self.phase {
-            let mut sink = WireSink {
-                wire: &mut *wire,
-                pending: &mut self.pending,
-            };
-            let mut out = session.outgoing(&mut sink);
-            cx.app.on_open(&mut SessionRef::new(
-                self.id,
-                self.peer,
-                cx.shard,
-                cx.set,
-                Some(&mut out),
-                &mut self.data,
-                Bounds::of(cx.settings),
-            ));
-        }
+        self.lend(wire, cx, |app, session| app.on_open(session));
         self.settle(cx, now);
     }
 }
