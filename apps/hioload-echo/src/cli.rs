@@ -36,7 +36,8 @@ default port is busy, the server starts without it (with a warning); an address 
 Configuration file (--config FILE, TOML, every key optional; values in the file win over
 flags). SIGHUP re-reads it and applies, without dropping a connection: log_level, [limits]
 (max_message_size, max_frame_size, max_headers), [backpressure], handshake_timeout,
-close_timeout, shutdown_grace, idle_timeout, pong_timeout. Changes to listen, admin_listen
+close_timeout, shutdown_grace, idle_timeout, pong_timeout, message_timeout, max_connections,
+memory_budget. Changes to listen, admin_listen
 (IP:PORT or \"off\"), control_on_main, path, workers, ring_capacity, batch_size, cpu_affinity,
 io_backend, session_shards, inplace_frame_max and max_head_bytes are logged as needing a
 restart. An invalid file is rejected with an error line and the running configuration stays.
