@@ -171,6 +171,60 @@ fn close_code_of(s: &mut TcpStream) -> u16 {
 
 // ---- the scenarios ---------------------------------------------------------------------------
 
+/// Large messages (64 KiB to 16 MiB, the default `max_message_size`) come back whole and in
+/// order: single frames read straight into the message buffer, text checked across reads,
+/// fragments with a ping between them, small messages pipelined around a large one; a large text
+/// whose last bytes are not UTF-8 is closed with 1007.
+fn large_messages_come_back_whole(t: &Target) {
+    t.client(|addr| {
+        let pattern = |n: usize, seed: u8| -> Vec<u8> {
+            (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        };
+        let mut c = ws(addr);
+        c.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        for (n, seed) in [(64 << 10, 1u8), ((1 << 20) + 3, 2), (16 << 20, 3)] {
+            let data = pattern(n, seed);
+            c.send(WsMessage::binary(data.clone())).unwrap();
+            assert_eq!(read(&mut c).unwrap(), WsMessage::binary(data), "{n} bytes");
+        }
+        // Multibyte characters cut by every read boundary.
+        let text = "é€𝄞a".repeat(100_000);
+        c.send(WsMessage::text(text.clone())).unwrap();
+        assert_eq!(read(&mut c).unwrap(), WsMessage::text(text));
+        // Pipelined: small, large, small; back in that order.
+        let big = pattern(3 << 20, 4);
+        c.write(WsMessage::text("before")).unwrap();
+        c.write(WsMessage::binary(big.clone())).unwrap();
+        c.write(WsMessage::text("after")).unwrap();
+        c.flush().unwrap();
+        assert_eq!(read(&mut c).unwrap(), WsMessage::text("before"));
+        assert_eq!(read(&mut c).unwrap(), WsMessage::binary(big));
+        assert_eq!(read(&mut c).unwrap(), WsMessage::text("after"));
+        c.close(None).unwrap();
+        while read(&mut c).is_ok() {}
+
+        // Fragments of a large message, a ping between them.
+        let mut s = raw_ws(addr);
+        let whole = pattern((400 << 10) + 1, 5);
+        let (a, rest) = whole.split_at(100 << 10);
+        let (b, last) = rest.split_at(300 << 10);
+        let mut out = common::frame(false, 0x2, a);
+        out.extend(common::frame(true, 0x9, b"between"));
+        out.extend(common::frame(false, 0x0, b));
+        out.extend(common::frame(true, 0x0, last));
+        s.write_all(&out).unwrap();
+        assert_eq!(common::read_frame(&mut s), (true, 0xA, b"between".to_vec()));
+        assert_eq!(common::read_frame(&mut s), (true, 0x2, whole));
+        // A large text that ends in bytes that are not UTF-8.
+        let mut bad = "é".repeat(300_000).into_bytes();
+        bad.extend_from_slice(&[0xff, 0xfe]);
+        s.write_all(&common::frame(true, 0x1, &bad)).unwrap();
+        assert_eq!(close_code_of(&mut s), 1007);
+    });
+}
+
 /// A message limit lowered by a reload governs the next message (closed with 1009).
 fn reload_governs_the_next_message(t: &Target) {
     let from = t.closes_so_far();
@@ -767,6 +821,7 @@ mod kernel {
         a_deferred_upgrade_is_completed_from_another_thread,
         a_deferred_upgrade_whose_client_left_is_refused,
         backpressure_is_visible_to_the_handler,
+        large_messages_come_back_whole,
         stop_closes_every_session_with_1001,
     );
     use super::Target;
@@ -792,5 +847,6 @@ fn dpdk_path_passes_every_scenario() {
     a_deferred_upgrade_is_completed_from_another_thread(&t);
     a_deferred_upgrade_whose_client_left_is_refused(&t);
     backpressure_is_visible_to_the_handler(&t);
+    large_messages_come_back_whole(&t);
     stop_closes_every_session_with_1001(&t);
 }

@@ -242,14 +242,19 @@ fn buffer_cache_counters_are_published_and_move_after_large_echoes() {
     }
 
     // 2 MiB messages arrive over many reads (assembled in a buffer borrowed from the worker's
-    // assembly cache) and their echoes exceed the turn's own staging (staged in a buffer
-    // borrowed from the worker's output cache).
+    // assembly cache; their echoes go out from that buffer); a "flood" answers with 4 MiB in
+    // one turn, more than the turn's own staging (staged in a buffer borrowed from the worker's
+    // output cache).
     let echoes = 4;
     let mut ws = client(addr, "/ws");
     for i in 0..echoes {
         let payload: Vec<u8> = (0..2u32 << 20).map(|b| (b % 251) as u8 ^ i).collect();
         ws.send(WsMessage::binary(payload.clone())).unwrap();
         assert!(ws.read().unwrap().into_data() == payload, "echo {i}");
+        ws.send(WsMessage::text("flood")).unwrap();
+        for _ in 0..64 {
+            assert_eq!(ws.read().unwrap().into_data().len(), 64 << 10, "flood {i}");
+        }
     }
     ws.close(None).unwrap();
     while ws.read().is_ok() {}

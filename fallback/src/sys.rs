@@ -69,6 +69,40 @@ pub fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize>
     }
 }
 
+/// Reads what is there without waiting into memory not yet initialized (a message buffer's
+/// spare capacity); returns how many of its first bytes were written.
+pub fn recv_uninit(stream: &TcpStream, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call;
+        // the kernel only writes it (uninitialized memory is never read).
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        for b in buf.iter_mut() {
+            b.write(0);
+        }
+        // SAFETY: every byte was just initialized.
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
+        recv_nonblocking(stream, buf)
+    }
+}
+
 /// Clears `O_NONBLOCK` on a socket whose reads go through io_uring: the ring then waits for
 /// input itself, whatever the kernel's treatment of non-blocking files in a ring.
 #[cfg(target_os = "linux")]

@@ -193,6 +193,18 @@ impl<B: RecvBuffer> Uring<B> {
         Ok(())
     }
 
+    /// Queues a single-shot poll of `fd` for input, completing as the receive of `(slot, tag)`
+    /// would (result: the poll mask; no buffer): for a connection that reads the rest of a
+    /// large frame itself, straight into the message buffer. Cancelled as a receive is.
+    pub fn poll_readable(&mut self, fd: RawFd, slot: usize, tag: u32) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(Op::Recv { slot, tag }.user_data());
+        self.push(&entry)?;
+        self.recvs_in_flight += 1;
+        Ok(())
+    }
+
     /// Queues a send of `bytes` on `fd` that never waits for room (`MSG_DONTWAIT`): it completes
     /// within the submission that carries it, in full, in part or with `EAGAIN`.
     ///

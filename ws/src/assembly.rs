@@ -105,6 +105,12 @@ fn give(buf: Vec<u8>) {
     let _ = CACHE.try_with(|c| c.borrow_mut().buffers.give(buf));
 }
 
+/// Gives a message buffer that left its session (an echo's unsent end adopted by the pending
+/// output) back to the calling thread's cache.
+pub(crate) fn give_back(buf: Vec<u8>) {
+    give(buf);
+}
+
 /// The calling thread's cache counters.
 pub fn stats() -> AssemblyStats {
     CACHE.try_with(|c| c.borrow().stats()).unwrap_or_default()
@@ -121,10 +127,15 @@ pub const RESERVE_STEP: usize = 64 << 10;
 
 /// A session's assembly storage: its own small buffer (at most `ASSEMBLY_RETAIN` bytes, kept
 /// between messages) and, while a larger message is in progress, a buffer borrowed from the cache.
+///
+/// A large message just delivered may be *retained*: its buffer is kept, unchanged, until the
+/// transport has sent the turn's output (so that a reply that is the message itself, an echo, is
+/// written from it instead of being copied), while the next message assembles in other storage.
 #[derive(Debug, Default)]
 pub(crate) struct Assembly {
     small: Vec<u8>,
     large: Option<Vec<u8>>,
+    retained: Option<Vec<u8>>,
 }
 
 impl Assembly {
@@ -133,9 +144,85 @@ impl Assembly {
         self.large.as_deref().unwrap_or(&self.small)
     }
 
-    /// Capacity held (small buffer plus a borrowed one).
+    /// Capacity held (small buffer plus the borrowed and retained ones).
     pub(crate) fn capacity(&self) -> usize {
-        self.small.capacity() + self.large.as_ref().map_or(0, Vec::capacity)
+        self.small.capacity()
+            + self.large.as_ref().map_or(0, Vec::capacity)
+            + self.retained.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Whether the message in progress is in a borrowed buffer.
+    pub(crate) fn is_large(&self) -> bool {
+        self.large.is_some()
+    }
+
+    /// Whether the message assembled now can be retained once delivered (it is in a borrowed
+    /// buffer and no earlier message is retained).
+    pub(crate) fn can_retain(&self) -> bool {
+        self.large.is_some() && self.retained.is_none()
+    }
+
+    /// The retained message (empty if none).
+    pub(crate) fn retained(&self) -> &[u8] {
+        self.retained.as_deref().unwrap_or(&[])
+    }
+
+    /// Takes the retained message's buffer out (see [`crate::PendingOutput::adopt`]).
+    pub(crate) fn take_retained(&mut self) -> Option<Vec<u8>> {
+        self.retained.take()
+    }
+
+    /// Gives the retained message's buffer back to the cache.
+    pub(crate) fn release_retained(&mut self) {
+        if let Some(buf) = self.retained.take() {
+            give(buf);
+        }
+    }
+
+    /// Empties the storage for the next message after a delivery, retaining the delivered
+    /// message's buffer if asked (and [`Assembly::can_retain`] allowed it; see the type's
+    /// documentation).
+    pub(crate) fn finish_delivered(&mut self, retain: bool) {
+        if retain && self.can_retain() {
+            self.small.clear();
+            self.retained = self.large.take();
+        } else {
+            self.clear();
+        }
+    }
+
+    /// Room to read up to `want` more bytes of the message straight into its borrowed buffer
+    /// (reserved as [`Assembly::reserve`] does, so at most a step ahead of the bytes arrived);
+    /// `None` if it cannot be had. `final_len`: the message's whole length is known and is
+    /// what has arrived plus `want`.
+    pub(crate) fn room(
+        &mut self,
+        want: usize,
+        final_len: bool,
+    ) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
+        let len = self.as_slice().len();
+        self.reserve(len + want, final_len).ok()?;
+        let large = self.large.as_mut()?;
+        let spare = large.spare_capacity_mut();
+        let n = spare.len().min(want);
+        Some(&mut spare[..n])
+    }
+
+    /// Marks `n` bytes of the room last given by [`Assembly::room`] as part of the message,
+    /// and returns them.
+    ///
+    /// # Safety
+    /// Those `n` bytes must have been written (initialized), and `n` must not exceed the room.
+    pub(crate) unsafe fn filled(&mut self, n: usize) -> &mut [u8] {
+        let large = self
+            .large
+            .as_mut()
+            .expect("room() moved the message to a borrowed buffer");
+        let len = large.len();
+        assert!(n <= large.capacity() - len, "filled beyond the room");
+        // SAFETY: the caller wrote the first `n` bytes of the spare capacity (checked in bounds).
+        unsafe { large.set_len(len + n) };
+        &mut large[len..]
     }
 
     /// Makes room for a message of `total` bytes (those already assembled included), moving to a
@@ -198,7 +285,8 @@ impl Assembly {
         Ok(())
     }
 
-    /// Empties the storage for the next message, giving a borrowed buffer back.
+    /// Empties the storage for the next message, giving a borrowed buffer back (a retained one
+    /// stays until released).
     pub(crate) fn clear(&mut self) {
         self.small.clear();
         if let Some(large) = self.large.take() {
@@ -212,5 +300,6 @@ impl Drop for Assembly {
         if let Some(large) = self.large.take() {
             give(large);
         }
+        self.release_retained();
     }
 }

@@ -23,6 +23,9 @@ pub const KEEP_CAPACITY: usize = 64 << 10;
 pub struct PendingOutput {
     data: Vec<u8>,
     head: usize,
+    /// `data` is an adopted message buffer ([`PendingOutput::adopt`]): it goes back to the
+    /// message-assembly cache, not the output cache.
+    adopted: bool,
 }
 
 impl std::fmt::Debug for PendingOutput {
@@ -84,7 +87,31 @@ impl PendingOutput {
     /// Drops everything pending (the connection is gone), giving the storage back to `cache`.
     pub fn release(&mut self, cache: &mut OutputCache) {
         self.head = 0;
-        cache.give(std::mem::take(&mut self.data));
+        let data = std::mem::take(&mut self.data);
+        self.give_storage(data, Some(cache));
+    }
+
+    /// Takes `buf` as the pending output, from byte `head` on: the unsent end of a message the
+    /// session delivered and the application sent back (an echo), kept without a copy. Nothing
+    /// may be pending; the storage held until now goes back to `cache`. Once drained, `buf` goes
+    /// back to the message-assembly cache it came from.
+    pub fn adopt(&mut self, buf: Vec<u8>, head: usize, cache: &mut OutputCache) {
+        assert!(self.is_empty(), "adopted behind pending output");
+        assert!(head <= buf.len(), "adopted from beyond the message");
+        let old = std::mem::replace(&mut self.data, buf);
+        self.give_storage(old, Some(cache));
+        self.head = head;
+        self.adopted = true;
+    }
+
+    /// Gives storage that is no longer `self.data` back where it came from (freed or kept
+    /// without a cache, as [`PendingOutput::consume`] says).
+    fn give_storage(&mut self, storage: Vec<u8>, cache: Option<&mut OutputCache>) {
+        if std::mem::take(&mut self.adopted) {
+            crate::assembly::give_back(storage);
+        } else if let Some(cache) = cache {
+            cache.give(storage);
+        }
     }
 
     fn push_with(&mut self, bytes: &[u8], cache: Option<&mut OutputCache>) {
@@ -122,7 +149,8 @@ impl PendingOutput {
         let mut grown = cache.take(total.max(2 * self.data.capacity()));
         grown.extend_from_slice(self.unsent());
         self.head = 0;
-        cache.give(std::mem::replace(&mut self.data, grown));
+        let old = std::mem::replace(&mut self.data, grown);
+        self.give_storage(old, Some(cache));
     }
 
     fn consume_with(&mut self, n: usize, cache: Option<&mut OutputCache>) {
@@ -130,6 +158,11 @@ impl PendingOutput {
         self.head += n;
         if self.head == self.data.len() {
             self.head = 0;
+            if self.adopted {
+                let data = std::mem::take(&mut self.data);
+                self.give_storage(data, None);
+                return;
+            }
             match cache {
                 Some(cache) => cache.give(std::mem::take(&mut self.data)),
                 None if self.data.capacity() > KEEP_CAPACITY => self.data = Vec::new(),

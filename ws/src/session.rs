@@ -32,6 +32,21 @@ const NO_MEMORY: &str = "out of memory for the message";
 pub trait FrameSink {
     /// Queues one whole frame: `header` then `payload`, in order after every earlier frame.
     fn send_frame(&mut self, header: &[u8], payload: &[u8]);
+    /// Queues one whole frame whose `payload` lies inside `message`, a message the session has
+    /// just delivered and *retains* (see [`Session::retained_message`]): its bytes stay valid and
+    /// unchanged until the transport releases them, so a transport that sends its output before
+    /// feeding more input may record the payload as a range of `message` instead of copying it.
+    /// By default, the same as [`FrameSink::send_frame`].
+    fn send_message_frame(&mut self, header: &[u8], payload: &[u8], message: &[u8]) {
+        let _ = message;
+        self.send_frame(header, payload);
+    }
+    /// Whether this sink records payloads passed to [`FrameSink::send_message_frame`] as ranges
+    /// of the message, which the session must then retain until the transport releases it
+    /// ([`Session::release_retained`]). `false` by default: nothing is retained.
+    fn keeps_message_ranges(&self) -> bool {
+        false
+    }
     /// Bytes queued and not yet handed to the network (0 if the sink does not know).
     fn buffered(&self) -> usize {
         0
@@ -154,6 +169,8 @@ struct Rx {
     utf8: Utf8Validator,
     /// A large frame being streamed.
     stream: Option<Streaming>,
+    /// The last data message delivered was assembled in a borrowed buffer.
+    last_large: bool,
     /// Payload bytes of the partial frame left at the start of the next input that were already
     /// unmasked in place and UTF-8 checked (text fails fast, before the frame is whole).
     inplace_done: usize,
@@ -161,11 +178,29 @@ struct Rx {
 
 type Step = Result<(), ProtocolError>;
 
+/// Whether `inner` lies entirely inside `outer` (the same memory, not equal bytes).
+fn within(inner: &[u8], outer: &[u8]) -> bool {
+    let (start, end) = (
+        outer.as_ptr() as usize,
+        outer.as_ptr() as usize + outer.len(),
+    );
+    let at = inner.as_ptr() as usize;
+    at >= start && at + inner.len() <= end
+}
+
+/// Frames with at least this much payload still to come may be read straight into the message
+/// buffer ([`Session::bulk_room`]): below, one copy from a receive buffer costs less than the
+/// extra read it would take.
+pub const BULK_MIN: usize = 16 << 10;
+
 /// Sends frames on behalf of a session; borrowed from [`Session::outgoing`] or handed to the
 /// `receive` callback.
 pub struct Outgoing<'s, S: FrameSink + ?Sized> {
     tx: &'s mut Tx,
     sink: &'s mut S,
+    /// The retained message just delivered (empty if none): payloads inside it are handed to
+    /// the sink as such ([`FrameSink::send_message_frame`]).
+    message: &'s [u8],
 }
 
 impl<S: FrameSink + ?Sized> Outgoing<'_, S> {
@@ -195,12 +230,28 @@ impl Tx {
         fin: bool,
         payload: &[u8],
     ) {
+        self.send_in(sink, opcode, fin, payload, &[]);
+    }
+
+    /// [`Tx::send`], telling the sink when `payload` lies inside the retained `message`.
+    fn send_in<S: FrameSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+        message: &[u8],
+    ) {
         let mut head = [0u8; MAX_HEADER_LEN];
         let mut header = FrameHeader::server(opcode, fin, payload.len());
         match self.role {
             Role::Server => {
                 let n = header.encode(&mut head);
-                sink.send_frame(&head[..n], payload);
+                if !payload.is_empty() && within(payload, message) {
+                    sink.send_message_frame(&head[..n], payload, message);
+                } else {
+                    sink.send_frame(&head[..n], payload);
+                }
             }
             Role::Client => {
                 let key = self.next_mask();
@@ -277,7 +328,8 @@ impl<'s, S: FrameSink + ?Sized> Outgoing<'s, S> {
         if opcode.is_control() && (payload.len() > 125 || !fin) {
             return Err(SendError::ControlTooLong);
         }
-        self.tx.send(self.sink, opcode, fin, payload);
+        self.tx
+            .send_in(self.sink, opcode, fin, payload, self.message);
         Ok(())
     }
     /// Sends a ping (payload ≤ 125 bytes).
@@ -393,6 +445,8 @@ impl Session {
         S: FrameSink + ?Sized,
         F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
     {
+        // An earlier turn's retained message: its output has been sent.
+        self.rx.assembly.release_retained();
         let mut pos = 0;
         let inplace_max = self.limits.inplace_frame_max.max(MAX_CONTROL_FRAME);
         while self.tx.state != State::Closed {
@@ -501,6 +555,7 @@ impl Session {
         Outgoing {
             tx: &mut self.tx,
             sink,
+            message: &[],
         }
     }
 
@@ -618,6 +673,7 @@ impl Session {
                     &mut Outgoing {
                         tx: &mut self.tx,
                         sink,
+                        message: &[],
                     },
                 );
                 Ok(())
@@ -628,6 +684,7 @@ impl Session {
                     &mut Outgoing {
                         tx: &mut self.tx,
                         sink,
+                        message: &[],
                     },
                 );
                 Ok(())
@@ -651,11 +708,13 @@ impl Session {
                 } else {
                     Event::Binary(payload)
                 };
+                self.rx.last_large = false;
                 on_event(
                     event,
                     &mut Outgoing {
                         tx: &mut self.tx,
                         sink,
+                        message: &[],
                     },
                 );
                 Ok(())
@@ -708,13 +767,22 @@ impl Session {
         if !last {
             return Ok(());
         }
-        self.rx.msg = None;
+        self.deliver(sink, on_event)
+    }
+
+    /// Delivers the message assembled, then readies the storage for the next one; a message in
+    /// a borrowed buffer is retained if the sink keeps ranges of it (see
+    /// [`Session::retained_message`]).
+    fn deliver<S, F>(&mut self, sink: &mut S, on_event: &mut F) -> Step
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        let kind = self.rx.msg.take().expect("a delivery ends a message");
+        let bytes = self.rx.assembly.as_slice();
         let event = match kind {
-            MsgKind::Binary => Event::Binary(self.rx.assembly.as_slice()),
-            MsgKind::Text => match (
-                self.rx.utf8.finish(),
-                std::str::from_utf8(self.rx.assembly.as_slice()),
-            ) {
+            MsgKind::Binary => Event::Binary(bytes),
+            MsgKind::Text => match (self.rx.utf8.finish(), std::str::from_utf8(bytes)) {
                 (Ok(()), Ok(text)) => Event::Text(text),
                 _ => {
                     return Err(self.tx.fail(
@@ -725,15 +793,112 @@ impl Session {
                 }
             },
         };
+        self.rx.last_large = self.rx.assembly.is_large();
+        let retain = sink.keeps_message_ranges() && self.rx.assembly.can_retain();
+        let message = if retain { bytes } else { &[] };
         on_event(
             event,
             &mut Outgoing {
                 tx: &mut self.tx,
                 sink,
+                message,
             },
         );
-        self.rx.assembly.clear();
+        self.rx.assembly.finish_delivered(retain);
         Ok(())
+    }
+
+    /// Whether a large frame is streaming: [`Session::bulk_room`] would give room. Large: at
+    /// least [`BULK_MIN`] bytes still to come, or a message already in a borrowed buffer (its
+    /// tail is read straight in too).
+    pub fn streams_large_frame(&self) -> bool {
+        self.tx.state == State::Open
+            && self
+                .rx
+                .stream
+                .is_some_and(|s| s.remaining >= BULK_MIN as u64 || self.rx.assembly.is_large())
+    }
+
+    /// Whether large messages are coming: one streams now, or the last one delivered was
+    /// assembled in a borrowed buffer (a peer that sends one large message usually sends more).
+    pub fn expects_large(&self) -> bool {
+        self.streams_large_frame() || (self.tx.state == State::Open && self.rx.last_large)
+    }
+
+    /// Room to read the payload of the frame being streamed straight into the message buffer,
+    /// when it is large ([`Session::streams_large_frame`]): a transport that reads into it
+    /// (at most the room's length, which never goes past the frame) then calls
+    /// [`Session::receive_bulk`]. `None`: read into a receive buffer and call
+    /// [`Session::receive`] as usual. Reserving follows the same bounds as assembly does (at most
+    /// a step ahead of the bytes arrived; no memory, no room).
+    pub fn bulk_room(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
+        if !self.streams_large_frame() {
+            return None;
+        }
+        let stream = self.rx.stream?;
+        // An earlier turn's retained message: its output has been sent.
+        self.rx.assembly.release_retained();
+        let want = usize::try_from(stream.remaining).unwrap_or(usize::MAX);
+        self.rx.assembly.room(want, stream.fin)
+    }
+
+    /// Takes `n` payload bytes a transport read into the room [`Session::bulk_room`] gave:
+    /// unmasks them in place, checks text, and delivers the message if they end it, as
+    /// [`Session::receive`] would have.
+    ///
+    /// # Safety
+    /// The first `n` bytes of that room must have been written, and no other call on this
+    /// session came between `bulk_room` and this one.
+    pub unsafe fn receive_bulk<S, F>(
+        &mut self,
+        n: usize,
+        sink: &mut S,
+        mut on_event: F,
+    ) -> Result<(), ProtocolError>
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        let mut stream = self
+            .rx
+            .stream
+            .expect("bulk bytes belong to a streamed frame");
+        assert!(n as u64 <= stream.remaining, "bulk bytes beyond the frame");
+        // SAFETY: the caller wrote `n` bytes of the room, which `filled` bounds-checks.
+        let piece = unsafe { self.rx.assembly.filled(n) };
+        if let Some(key) = stream.mask {
+            stream.phase = apply_mask(piece, key, stream.phase);
+        }
+        stream.remaining -= n as u64;
+        let frame_done = stream.remaining == 0;
+        self.rx.stream = if frame_done { None } else { Some(stream) };
+        if self.rx.msg == Some(MsgKind::Text) && self.rx.utf8.feed(piece).is_err() {
+            return Err(self
+                .tx
+                .fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
+        }
+        if frame_done && stream.fin {
+            self.deliver(sink, &mut on_event)?;
+        }
+        Ok(())
+    }
+
+    /// The large message delivered last, kept unchanged until [`Session::release_retained`]
+    /// (empty if none): the turn's output may name ranges of it
+    /// ([`FrameSink::send_message_frame`]).
+    pub fn retained_message(&self) -> &[u8] {
+        self.rx.assembly.retained()
+    }
+
+    /// Takes the retained message's buffer out, for the pending output to adopt the unsent end
+    /// of an echo ([`crate::PendingOutput::adopt`]).
+    pub fn take_retained(&mut self) -> Option<Vec<u8>> {
+        self.rx.assembly.take_retained()
+    }
+
+    /// Gives the retained message's buffer back (once the turn's output has been sent).
+    pub fn release_retained(&mut self) {
+        self.rx.assembly.release_retained();
     }
 
     /// The peer's Close: validate it, answer it (unless we started the close), report it.
@@ -781,6 +946,7 @@ impl Session {
             &mut Outgoing {
                 tx: &mut self.tx,
                 sink,
+                message: &[],
             },
         );
         Ok(())

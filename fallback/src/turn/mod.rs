@@ -36,6 +36,8 @@ enum Seg {
     Input { start: usize, len: usize },
     /// A range of the staging area.
     Staged { start: usize, len: usize },
+    /// A range of the session's retained message (an assembled message sent back as is).
+    Message { start: usize, len: usize },
 }
 
 /// A worker's reusable per-turn output: staging bytes plus the ordered pieces to send, and the
@@ -48,6 +50,12 @@ pub struct TurnOutput {
     large: Option<Vec<u8>>,
     segs: Vec<Seg>,
     bytes: usize,
+    /// Address of the retained message this turn's `Seg::Message` ranges belong to (0: none).
+    message_base: usize,
+    /// Set by the last flush or staging when what it left unsent was exactly the end of the
+    /// retained message from this offset on (the turn's last piece): not copied into the
+    /// pending output, which adopts the message's buffer instead ([`TurnOutput::take_adoption`]).
+    adopt_from: Option<usize>,
     cache: OutputCache,
 }
 
@@ -59,6 +67,8 @@ impl TurnOutput {
             large: None,
             segs: Vec::with_capacity(MAX_SEGS),
             bytes: 0,
+            message_base: 0,
+            adopt_from: None,
             cache: OutputCache::new(),
         }
     }
@@ -148,19 +158,20 @@ impl TurnOutput {
         }
     }
 
-    fn piece<'a>(&'a self, seg: Seg, input: &'a [u8]) -> &'a [u8] {
-        piece(self.staged(), seg, input)
+    fn piece<'a>(&'a self, seg: Seg, from: Sources<'a>) -> &'a [u8] {
+        piece(self.staged(), seg, from)
     }
 
-    /// Sends `pending` followed by this turn's pieces (taken from `input` and staging) with as few
-    /// vectored sends as the kernel allows, stopping at `WouldBlock`; appends what was not sent to
-    /// `pending` and clears this turn. Returns the bytes sent. `input` must be the buffer given to
-    /// [`TurnOutput::sink`], unchanged since.
+    /// Sends `pending` followed by this turn's pieces (taken from `from` and staging) with as
+    /// few vectored sends as the kernel allows, stopping at `WouldBlock`; appends what was not
+    /// sent to `pending` and clears this turn. Returns the bytes sent. `from.input` must be the
+    /// buffer given to [`TurnOutput::sink`], and `from.message` the session's retained message,
+    /// both unchanged since.
     pub fn flush(
         &mut self,
         stream: &TcpStream,
         pending: &mut PendingOutput,
-        input: &[u8],
+        from: Sources<'_>,
     ) -> io::Result<usize> {
         let total = pending.len() + self.bytes;
         let mut sent = 0;
@@ -170,7 +181,7 @@ impl TurnOutput {
             let mut n_iov = 0;
             let mut skip = sent;
             let pieces = std::iter::once(pending.unsent())
-                .chain(self.segs.iter().map(|&s| self.piece(s, input)));
+                .chain(self.segs.iter().map(|&s| self.piece(s, from)));
             for piece in pieces {
                 if skip >= piece.len() {
                     skip -= piece.len();
@@ -192,7 +203,7 @@ impl TurnOutput {
             }
         }
         if result.is_ok() {
-            self.keep_unsent(pending, input, sent);
+            self.keep_unsent(pending, from, sent);
         }
         self.clear();
         result.map(|()| sent)
@@ -200,18 +211,18 @@ impl TurnOutput {
 
     /// Appends this turn's output to `pending` without sending anything (the io_uring backend
     /// sends `pending` with the loop turn's submission) and clears the turn.
-    pub fn stage_into(&mut self, pending: &mut PendingOutput, input: &[u8]) {
-        self.keep_unsent(pending, input, 0);
+    pub fn stage_into(&mut self, pending: &mut PendingOutput, from: Sources<'_>) {
+        self.keep_unsent(pending, from, 0);
         self.clear();
     }
 
     /// Appends this turn's bytes to `dst` (the io_uring backend's send arena) and clears the
     /// turn. The caller checked that `dst` has room: nothing here allocates.
-    pub fn move_into(&mut self, dst: &mut Vec<u8>, input: &[u8]) {
+    pub fn move_into(&mut self, dst: &mut Vec<u8>, from: Sources<'_>) {
         debug_assert!(dst.capacity() - dst.len() >= self.bytes);
         let staged = self.large.as_ref().unwrap_or(&self.staging);
         for &seg in &self.segs {
-            dst.extend_from_slice(piece(staged, seg, input));
+            dst.extend_from_slice(piece(staged, seg, from));
         }
         self.clear();
     }
@@ -224,16 +235,32 @@ impl TurnOutput {
         self.stage(pending.unsent());
         let old = pending.len();
         pending.consume_cached(old, &mut self.cache);
-        self.keep_unsent(pending, &[], 0);
+        self.keep_unsent(pending, Sources::NONE, 0);
         self.clear();
     }
 
-    /// After `sent` bytes of `pending` + this turn went out: keeps the rest in `pending`, in order.
-    fn keep_unsent(&mut self, pending: &mut PendingOutput, input: &[u8], sent: usize) {
+    /// Where the pending output should adopt the retained message after the last flush or
+    /// staging (the offset of its first unsent byte), if it should; the caller then hands the
+    /// message's buffer to [`PendingOutput::adopt`], before anything else is queued.
+    pub fn take_adoption(&mut self) -> Option<usize> {
+        self.adopt_from.take()
+    }
+
+    /// After `sent` bytes of `pending` + this turn went out: keeps the rest in `pending`, in
+    /// order; or, when the rest is only the end of the retained message, leaves it for the
+    /// pending output to adopt ([`TurnOutput::take_adoption`]).
+    fn keep_unsent(&mut self, pending: &mut PendingOutput, from: Sources<'_>, sent: usize) {
         let total = pending.len() + self.bytes;
         let from_pending = sent.min(pending.len());
         let mut skip = sent - from_pending;
         pending.consume_cached(from_pending, &mut self.cache);
+        if let Some(&Seg::Message { start, len }) = self.segs.last() {
+            let before = total - len;
+            if sent >= before && sent < total {
+                self.adopt_from = Some(start + (sent - before));
+                return;
+            }
+        }
         if sent < total && self.bytes > 0 {
             // Room for this whole turn, not just its unsent part: the size asked for does not
             // depend on how much the kernel took, so a cached buffer fits every such turn.
@@ -242,7 +269,7 @@ impl TurnOutput {
         }
         let staged = self.large.as_ref().unwrap_or(&self.staging);
         for &seg in &self.segs {
-            let piece = piece(staged, seg, input);
+            let piece = piece(staged, seg, from);
             if skip >= piece.len() {
                 skip -= piece.len();
                 continue;
@@ -257,17 +284,38 @@ impl TurnOutput {
         self.segs.clear();
         self.staging.clear();
         self.bytes = 0;
+        self.message_base = 0;
         if let Some(large) = self.large.take() {
             self.cache.give(large);
         }
     }
 }
 
-/// The bytes of `seg`: a range of `input` or of `staged`.
-fn piece<'a>(staged: &'a [u8], seg: Seg, input: &'a [u8]) -> &'a [u8] {
+/// What a turn's ranges point into besides its staging: the receive buffer the sink was made
+/// for, and the session's retained message (each empty if none).
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Sources<'a> {
+    /// The buffer given to [`TurnOutput::sink`].
+    pub input: &'a [u8],
+    /// The connection's retained message
+    /// ([`Connection::output_parts`](hioload_wsproto::Connection::output_parts)).
+    pub message: &'a [u8],
+}
+
+impl Sources<'_> {
+    /// Neither (output staged outside a read).
+    pub const NONE: Sources<'static> = Sources {
+        input: &[],
+        message: &[],
+    };
+}
+
+/// The bytes of `seg`: a range of `from` or of `staged`.
+fn piece<'a>(staged: &'a [u8], seg: Seg, from: Sources<'a>) -> &'a [u8] {
     match seg {
-        Seg::Input { start, len } => &input[start..start + len],
+        Seg::Input { start, len } => &from.input[start..start + len],
         Seg::Staged { start, len } => &staged[start..start + len],
+        Seg::Message { start, len } => &from.message[start..start + len],
     }
 }
 
@@ -287,7 +335,33 @@ impl TurnSink<'_> {
     }
 }
 
+impl TurnSink<'_> {
+    /// Records `payload`, which lies inside the retained `message`, as a range of it (after
+    /// `header`); copies it if it is small or this turn already names another message.
+    fn message_frame(&mut self, header: &[u8], payload: &[u8], message: &[u8]) {
+        let base = message.as_ptr() as usize;
+        let out = &mut *self.out;
+        let same = out.message_base == 0 || out.message_base == base;
+        if payload.len() < ZERO_COPY_MIN || !same || out.segs.len() >= MAX_SEGS - 1 {
+            return FrameSink::send_frame(self, header, payload);
+        }
+        out.stage(header);
+        out.message_base = base;
+        out.segs.push(Seg::Message {
+            start: payload.as_ptr() as usize - base,
+            len: payload.len(),
+        });
+        out.bytes += payload.len();
+    }
+}
+
 impl FrameSink for TurnSink<'_> {
+    fn send_message_frame(&mut self, header: &[u8], payload: &[u8], message: &[u8]) {
+        self.message_frame(header, payload, message);
+    }
+    fn keeps_message_ranges(&self) -> bool {
+        true
+    }
     fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
         self.out.stage(header);
         if payload.len() >= ZERO_COPY_MIN && self.out.segs.len() < MAX_SEGS - 1 {
@@ -310,6 +384,18 @@ impl FrameSink for TurnSink<'_> {
 impl Wire for TurnSink<'_> {
     fn queue_frame(&mut self, _pending: &mut PendingOutput, header: &[u8], payload: &[u8]) {
         FrameSink::send_frame(self, header, payload);
+    }
+    fn queue_message_frame(
+        &mut self,
+        _pending: &mut PendingOutput,
+        header: &[u8],
+        payload: &[u8],
+        message: &[u8],
+    ) {
+        self.message_frame(header, payload, message);
+    }
+    fn keeps_message_ranges(&self) -> bool {
+        true
     }
     fn queue_bytes(&mut self, _pending: &mut PendingOutput, bytes: &[u8]) {
         self.out.stage(bytes);

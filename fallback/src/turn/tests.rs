@@ -39,7 +39,9 @@ fn pieces_go_out_in_order_with_large_payloads_from_the_input() {
     ]
     .concat();
     assert_eq!(turn.len(), expect.len());
-    let sent = turn.flush(&server, &mut pending, &input).unwrap();
+    let sent = turn
+        .flush(&server, &mut pending, input_only(&input))
+        .unwrap();
     assert_eq!(sent, expect.len());
     assert!(pending.is_empty() && turn.is_empty());
     let mut got = vec![0u8; expect.len()];
@@ -57,7 +59,9 @@ fn what_the_kernel_does_not_take_is_kept_in_order() {
     let mut turn = TurnOutput::new();
     let mut pending = PendingOutput::new();
     turn.sink(&input).send_frame(b"HEAD", &input);
-    let sent = turn.flush(&server, &mut pending, &input).unwrap();
+    let sent = turn
+        .flush(&server, &mut pending, input_only(&input))
+        .unwrap();
     assert!(
         sent < input.len(),
         "a 4 MiB write into a small socket buffer is partial"
@@ -70,7 +74,7 @@ fn what_the_kernel_does_not_take_is_kept_in_order() {
         got
     });
     while !pending.is_empty() {
-        turn.flush(&server, &mut pending, &[]).unwrap();
+        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     drop(server);
@@ -103,11 +107,11 @@ fn large_turns_borrow_from_the_cache_and_give_back() {
     let mut counts = Vec::new();
     for _ in 0..2 {
         turn.sink(&[]).send_frame(b"HEAD", &payload);
-        turn.flush(&server, &mut pending, &[]).unwrap();
+        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
         // The staging went back to the cache; the connection holds its buffer until drained.
         assert!(turn.staging.capacity() <= STAGING_SMALL && turn.large.is_none());
         while !pending.is_empty() {
-            turn.flush(&server, &mut pending, &[]).unwrap();
+            turn.flush(&server, &mut pending, Sources::NONE).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(
@@ -140,7 +144,7 @@ fn a_short_ring_sends_rest_goes_before_the_output_queued_behind_it() {
     let mut pending = PendingOutput::new();
     // Output that waited behind a ring send.
     turn.sink(&[]).send_frame(b"H2", b"later");
-    turn.stage_into(&mut pending, &[]);
+    turn.stage_into(&mut pending, Sources::NONE);
     assert_eq!(pending.unsent(), b"H2later");
     // The ring send took only part of its bytes: the rest goes in front.
     turn.requeue_front(&mut pending, b"H1-rest");
@@ -154,7 +158,7 @@ fn a_short_ring_sends_rest_goes_before_the_output_queued_behind_it() {
         sink.send_frame(b"A", &input[..2048]);
         sink.send_frame(b"B", b"small");
     }
-    turn.move_into(&mut arena, &input);
+    turn.move_into(&mut arena, input_only(&input));
     let expect = [&b"A"[..], &input[..2048], b"Bsmall"].concat();
     assert_eq!(arena, expect);
     assert!(turn.is_empty());
@@ -173,7 +177,7 @@ fn a_reset_peer_is_an_error_not_a_signal() {
     let mut err = None;
     for _ in 0..3 {
         turn.push_bytes(&[1u8; 1000]);
-        if let Err(e) = turn.flush(&server, &mut pending, &[]) {
+        if let Err(e) = turn.flush(&server, &mut pending, Sources::NONE) {
             err = Some(e);
             break;
         }
@@ -186,4 +190,12 @@ fn a_reset_peer_is_an_error_not_a_signal() {
         ),
         "{err}"
     );
+}
+
+/// Sources with only a receive buffer.
+fn input_only(input: &[u8]) -> Sources<'_> {
+    Sources {
+        input,
+        message: &[],
+    }
 }

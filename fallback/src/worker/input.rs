@@ -10,6 +10,7 @@ use std::io;
 
 use super::{Backend, Worker};
 use crate::pool::{RecvBuffer, RecvBuffers};
+use crate::turn::Sources;
 
 /// Reads per connection per turn before others get their turn.
 const READ_ROUNDS: usize = 4;
@@ -21,16 +22,46 @@ impl<A: hioload_wsproto::App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P
     /// buffer left.
     pub(super) fn read_direct(&mut self, slot: usize) {
         for _ in 0..READ_ROUNDS {
+            match self.shard.slot(slot) {
+                Some(s) if !s.conn.read_paused() => {}
+                _ => return,
+            }
+            if let Some((read, room)) = self.read_bulk(slot) {
+                match read {
+                    Ok(0) => {
+                        self.shard.peer_gone(slot, None, &mut self.io, self.clock);
+                        return;
+                    }
+                    Ok(n) => {
+                        // A short read emptied the socket (as below).
+                        let hangup = self.shard.slot(slot).map_or(true, |s| s.io.hangup);
+                        if cfg!(target_os = "linux") && n < room && !hangup {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        self.shard
+                            .peer_gone(slot, Some(&e), &mut self.io, self.clock);
+                        return;
+                    }
+                }
+            }
             let Some(s) = self.shard.slot_mut(slot) else {
                 return;
             };
-            if s.conn.read_paused() {
-                return;
-            }
             let mut input = std::mem::take(&mut self.input);
             let held = s.conn.held_len();
-            let space = input.len() - held;
-            let read = read_once(&mut s.io.stream, &mut input[held..]);
+            // A peer that sends large messages: read the next frame's header alone, so that
+            // its payload goes straight into the message buffer (above) instead of through
+            // this buffer; one more small read per message, one copy less.
+            let space = if s.conn.expects_large() {
+                hioload_wsproto::frame::MAX_HEADER_LEN
+            } else {
+                input.len() - held
+            };
+            let read = read_once(&mut s.io.stream, &mut input[held..held + space]);
             match read {
                 Ok(0) => {
                     self.input = input;
@@ -92,6 +123,43 @@ impl<A: hioload_wsproto::App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P
             let mut sink = self.io.turn.sink(input);
             self.shard.receive(slot, input, &mut sink, self.clock);
         }
+        self.send_output(slot, input);
+    }
+
+    /// Reads straight into the message buffer of the connection in `slot` while it streams a
+    /// large frame ([`Connection::bulk_room`](hioload_wsproto::Connection::bulk_room)): the
+    /// payload is copied once, by the kernel, instead of once more from a receive buffer.
+    /// `None`: the connection is not streaming a large frame (read as usual); else what the read
+    /// gave (bytes processed, the end of the stream, or an error) and the room it had.
+    fn read_bulk(&mut self, slot: usize) -> Option<(io::Result<usize>, usize)> {
+        let s = self.shard.slot_mut(slot)?;
+        let room = s.conn.bulk_room()?;
+        let room_len = room.len();
+        let read = loop {
+            match crate::sys::recv_uninit(&s.io.stream, room) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        if let Ok(n) = read {
+            if n > 0 {
+                {
+                    let mut sink = self.io.turn.sink(&[]);
+                    // SAFETY: `recv_uninit` wrote `n` bytes of the room, and nothing touched the
+                    // connection since `bulk_room` gave it.
+                    unsafe { self.shard.receive_bulk(slot, n, &mut sink, self.clock) };
+                }
+                self.send_output(slot, &[]);
+            }
+        }
+        Some((read, room_len))
+    }
+
+    /// Sends the turn's output of the connection in `slot` (its ranges point into `input` and
+    /// the session's retained message), lets the pending output adopt the message's buffer if
+    /// its unsent end is all that is left, else gives the retained message back; then applies
+    /// the shard's verdicts.
+    fn send_output(&mut self, slot: usize, input: &[u8]) {
         let Some(s) = self.shard.slot_mut(slot) else {
             self.io.turn.clear();
             return;
@@ -99,14 +167,20 @@ impl<A: hioload_wsproto::App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P
         let sent = if self.io.turn.is_empty() {
             Ok(())
         } else {
+            let (pending, message) = s.conn.output_parts();
             self.io.backend.send_turn(
                 slot,
                 &mut s.io,
                 &mut self.io.turn,
-                s.conn.pending_mut(),
-                input,
+                pending,
+                Sources { input, message },
             )
         };
+        if let Some(head) = self.io.turn.take_adoption() {
+            // The unsent end of an echo: the pending output keeps the message's own buffer.
+            s.conn.adopt_retained(head, self.io.turn.cache());
+        }
+        s.conn.release_retained();
         match sent {
             Err(e) => self
                 .shard

@@ -15,7 +15,7 @@ use mio::Poll;
 use super::accept::AcceptState;
 use super::Backend;
 use crate::pool::{RecvBuffer, RecvBuffers};
-use crate::turn::TurnOutput;
+use crate::turn::{Sources, TurnOutput};
 
 /// One accepted connection as the transport sees it; `B` is the receive buffer type, `C` the
 /// backend's own state of the connection.
@@ -143,10 +143,12 @@ impl<B: RecvBuffer, K: Backend<B>> Wire for KernelWire<'_, B, K> {
     fn flush(&mut self, pending: &mut PendingOutput) -> io::Result<()> {
         if K::send_in_flight(&self.sock.backend) {
             // Earlier output is still in the backend's hands: this waits behind it.
-            self.turn.stage_into(pending, &[]);
+            self.turn.stage_into(pending, Sources::NONE);
             Ok(())
         } else {
-            self.turn.flush(&self.sock.stream, pending, &[]).map(|_| ())
+            self.turn
+                .flush(&self.sock.stream, pending, Sources::NONE)
+                .map(|_| ())
         }
     }
     fn shutdown_write(&mut self) -> bool {

@@ -53,28 +53,46 @@ pub(crate) trait Backend<B: RecvBuffer>: Sized {
     const INTEREST: Interest;
     /// Prepares an accepted socket.
     fn prepare(stream: &TcpStream) -> std::io::Result<()>;
-    /// The connection in `slot` may be read. `true`: the worker reads it now with `recv`
-    /// (readiness); `false`: the backend brings its input itself (an armed receive).
+    /// The connection in `slot` may be read; `bulk`: it streams large messages
+    /// ([`Connection::expects_large`](hioload_wsproto::Connection::expects_large)), which the
+    /// worker reads straight into the message buffer when it can. `true`: the worker reads it
+    /// now with `recv` (readiness, or large messages); `false`: the backend brings its input
+    /// itself (an armed receive).
     fn want_input(
         &mut self,
         slot: usize,
         sock: &mut Socket<B, Self::Conn>,
+        bulk: bool,
     ) -> std::io::Result<bool>;
+    /// After the worker read the connection in `slot` directly because `want_input` said so:
+    /// a backend that brings input itself arms what tells it of the next input (unless reads
+    /// are paused or the connection waits in the ready list). `large`: the connection streams
+    /// large messages ([`Connection::expects_large`](hioload_wsproto::Connection::expects_large)).
+    /// Nothing by default.
+    fn after_direct_read(
+        &mut self,
+        slot: usize,
+        sock: &mut Socket<B, Self::Conn>,
+        large: bool,
+    ) -> std::io::Result<()> {
+        let _ = (slot, sock, large);
+        Ok(())
+    }
     /// Takes a receive buffer back before the pool does (the io_uring ring refills from it);
     /// returns it when the backend does not want it.
     fn take_back(&mut self, buf: B) -> Option<B>;
     /// Whether earlier output of this connection is still in the backend's hands (later output
     /// waits behind it, and our FIN too).
     fn send_in_flight(conn: &Self::Conn) -> bool;
-    /// The end of a read: sends the turn's output (`input` is the receive buffer its payload
-    /// ranges point into), or queues it for the backend to send.
+    /// The end of a read: sends the turn's output (`from`: the receive buffer and the retained
+    /// message its payload ranges point into), or queues it for the backend to send.
     fn send_turn(
         &mut self,
         slot: usize,
         sock: &mut Socket<B, Self::Conn>,
         turn: &mut TurnOutput,
         pending: &mut PendingOutput,
-        input: &[u8],
+        from: crate::turn::Sources<'_>,
     ) -> std::io::Result<()>;
     /// The connection in `slot` is released: stop what is in flight for it and close `stream`
     /// (not before anything queued that names its descriptor has reached the kernel).
@@ -261,17 +279,30 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
     }
 
-    /// Reads the connection now (readiness) or lets the backend bring its input (io_uring).
+    /// Reads the connection now (readiness, or a large frame read straight into its message
+    /// buffer) or lets the backend bring its input (io_uring).
     fn want_input(&mut self, slot: usize) {
         let Some(s) = self.shard.slot_mut(slot) else {
             return;
         };
-        match self.io.backend.want_input(slot, &mut s.io) {
-            Ok(true) => self.read_direct(slot),
-            Ok(false) => {}
-            Err(e) => self
-                .shard
-                .peer_gone(slot, Some(&e), &mut self.io, self.clock),
+        let large = s.conn.expects_large();
+        let result = match self.io.backend.want_input(slot, &mut s.io, large) {
+            Ok(true) => {
+                self.read_direct(slot);
+                match self.shard.slot_mut(slot) {
+                    Some(s) if !s.conn.read_paused() => {
+                        let large = s.conn.expects_large();
+                        self.io.backend.after_direct_read(slot, &mut s.io, large)
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.shard
+                .peer_gone(slot, Some(&e), &mut self.io, self.clock);
         }
     }
 

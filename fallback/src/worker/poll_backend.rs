@@ -12,7 +12,7 @@ use tracing::error;
 
 use super::{Backend, Socket, Worker};
 use crate::pool::{RecvBuffer, RecvBuffers};
-use crate::turn::TurnOutput;
+use crate::turn::{Sources, TurnOutput};
 
 /// The readiness backend: it keeps no state of its own.
 #[derive(Debug, Default)]
@@ -26,7 +26,12 @@ impl<B: RecvBuffer> Backend<B> for PollBackend {
         Ok(())
     }
 
-    fn want_input(&mut self, _slot: usize, _sock: &mut Socket<B, ()>) -> io::Result<bool> {
+    fn want_input(
+        &mut self,
+        _slot: usize,
+        _sock: &mut Socket<B, ()>,
+        _bulk: bool,
+    ) -> io::Result<bool> {
         Ok(true)
     }
 
@@ -44,9 +49,9 @@ impl<B: RecvBuffer> Backend<B> for PollBackend {
         sock: &mut Socket<B, ()>,
         turn: &mut TurnOutput,
         pending: &mut PendingOutput,
-        input: &[u8],
+        from: Sources<'_>,
     ) -> io::Result<()> {
-        turn.flush(&sock.stream, pending, input).map(|_| ())
+        turn.flush(&sock.stream, pending, from).map(|_| ())
     }
 
     fn release(&mut self, _slot: usize, stream: TcpStream, _conn: ()) {

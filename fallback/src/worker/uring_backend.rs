@@ -33,7 +33,7 @@ use tracing::{debug, error};
 use super::{Backend, Socket, Worker};
 use crate::pool::{RecvBuffer, RecvBuffers};
 use crate::sys;
-use crate::turn::TurnOutput;
+use crate::turn::{Sources, TurnOutput};
 use crate::uring::{Completion, Op, Uring};
 
 /// Turns up to this size are sent through the ring (one copy, no system call); larger ones go
@@ -58,6 +58,13 @@ struct RingSend {
 pub(crate) struct UringConn {
     /// A receive is in flight (tagged with the low bits of the socket's serial).
     recv_armed: bool,
+    /// That "receive" is a poll for input (a large frame is read directly), not a multishot
+    /// receive: its completion brings no bytes.
+    polling: bool,
+    /// Its cancellation is queued.
+    cancelled: bool,
+    /// The last completion was that poll's: the input is read directly (once more at least).
+    polled: bool,
     tag: u32,
     /// A ring send of earlier output is queued or in flight; later output waits behind it.
     send_queued: bool,
@@ -98,6 +105,25 @@ impl<B: RecvBuffer> UringBackend<B> {
     }
 }
 
+impl<B: RecvBuffer> UringBackend<B> {
+    /// Arms the multishot receive of the connection in `slot`, or (`poll`) a poll for input.
+    fn arm(&mut self, slot: usize, sock: &mut Socket<B, UringConn>, poll: bool) -> io::Result<()> {
+        let conn = &mut sock.backend;
+        conn.tag = sock.serial as u32;
+        let fd = sock.stream.as_raw_fd();
+        if poll {
+            self.ring.poll_readable(fd, slot, conn.tag)?;
+        } else {
+            self.ring.recv(fd, slot, conn.tag)?;
+        }
+        conn.recv_armed = true;
+        conn.polling = poll;
+        conn.cancelled = false;
+        conn.polled = false;
+        Ok(())
+    }
+}
+
 impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
     type Conn = UringConn;
     // Reads are completions: the poll only tells when a full socket drains (and about errors,
@@ -109,14 +135,43 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
         sys::set_blocking(stream)
     }
 
-    fn want_input(&mut self, slot: usize, sock: &mut Socket<B, UringConn>) -> io::Result<bool> {
+    fn want_input(
+        &mut self,
+        slot: usize,
+        sock: &mut Socket<B, UringConn>,
+        bulk: bool,
+    ) -> io::Result<bool> {
         let conn = &mut sock.backend;
-        if !conn.recv_armed {
-            conn.tag = sock.serial as u32;
-            self.ring.recv(sock.stream.as_raw_fd(), slot, conn.tag)?;
-            conn.recv_armed = true;
+        if conn.recv_armed {
+            if bulk && !conn.polling && !conn.cancelled {
+                // A large frame streams in: stop the multishot receive (what it already brought
+                // is processed first) and read the rest straight into the message buffer once
+                // it has ended (no other read may run beside an armed receive: order).
+                self.ring.cancel_recv(slot, conn.tag)?;
+                conn.cancelled = true;
+            }
+            return Ok(false);
         }
+        if bulk || conn.polled {
+            return Ok(true);
+        }
+        self.arm(slot, sock, false)?;
         Ok(false)
+    }
+
+    fn after_direct_read(
+        &mut self,
+        slot: usize,
+        sock: &mut Socket<B, UringConn>,
+        large: bool,
+    ) -> io::Result<()> {
+        if sock.backend.recv_armed || sock.queued_ready {
+            return Ok(());
+        }
+        // Large messages (in one now, or the last one was): a poll tells when more arrives, to
+        // be read directly again. A multishot receive would take it all into provided buffers
+        // at once, before the next frame's header could say it is large, and copy each.
+        self.arm(slot, sock, large)
     }
 
     fn take_back(&mut self, buf: B) -> Option<B> {
@@ -133,11 +188,11 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
         sock: &mut Socket<B, UringConn>,
         turn: &mut TurnOutput,
         pending: &mut PendingOutput,
-        input: &[u8],
+        from: Sources<'_>,
     ) -> io::Result<()> {
         if sock.backend.send_queued {
             // A ring send of earlier output is queued: this waits behind it, in order.
-            turn.stage_into(pending, input);
+            turn.stage_into(pending, from);
             return Ok(());
         }
         if pending.is_empty()
@@ -147,7 +202,7 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
             // A small turn is copied into the arena and goes out with the loop turn's
             // submission, beside every other connection's (no send system call).
             let start = self.send_arena.len();
-            turn.move_into(&mut self.send_arena, input);
+            turn.move_into(&mut self.send_arena, from);
             sock.backend.send_queued = true;
             self.ring_sends.push(RingSend {
                 slot,
@@ -157,7 +212,7 @@ impl<B: RecvBuffer> Backend<B> for UringBackend<B> {
             });
             return Ok(());
         }
-        turn.flush(&sock.stream, pending, input).map(|_| ())
+        turn.flush(&sock.stream, pending, from).map(|_| ())
     }
 
     fn release(&mut self, slot: usize, stream: TcpStream, conn: UringConn) {
@@ -314,7 +369,10 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             io.turn.requeue_front(s.conn.pending_mut(), rest);
         } else if !s.conn.pending().is_empty() {
             // Output that waited behind this send.
-            if let Err(e) = io.turn.flush(&s.io.stream, s.conn.pending_mut(), &[]) {
+            if let Err(e) = io
+                .turn
+                .flush(&s.io.stream, s.conn.pending_mut(), Sources::NONE)
+            {
                 self.shard
                     .peer_gone(send.slot, Some(&e), &mut self.io, self.clock);
                 return;
@@ -341,7 +399,11 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
             return;
         };
         s.io.backend.recv_armed = completion.more;
+        let polled = s.io.backend.polling;
+        s.io.backend.polled = polled;
         match completion.result {
+            // Input is there for a connection reading a large frame directly: below.
+            n if n > 0 && polled => {}
             n if n > 0 => {
                 let buf = buf.expect("a receive that brought bytes names its buffer");
                 self.on_received(slot, buf, n as usize);
@@ -381,8 +443,11 @@ impl<A: App, B: RecvBuffer, P: RecvBuffers<Buf = B>> Worker<A, UringBackend<B>, 
         if paused && s.io.backend.recv_armed {
             // Backpressure paused it: stop the multishot receive (what already arrived is
             // processed; the connection is re-armed once its output drains).
-            if let Err(e) = self.io.backend.ring.cancel_recv(slot, s.io.backend.tag) {
-                error!(worker = self.io.index, "cannot cancel a receive: {e}");
+            if !s.io.backend.cancelled {
+                if let Err(e) = self.io.backend.ring.cancel_recv(slot, s.io.backend.tag) {
+                    error!(worker = self.io.index, "cannot cancel a receive: {e}");
+                }
+                s.io.backend.cancelled = true;
             }
         } else if !paused {
             self.want_input(slot);

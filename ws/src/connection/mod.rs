@@ -55,7 +55,7 @@ use crate::log_limit::{LogCause, LogLimit};
 use crate::close::CloseCode;
 use crate::held::HeldInput;
 use crate::pending::PendingOutput;
-use crate::session::{Event, Session, State};
+use crate::session::{Event, Outgoing, Session, State};
 use crate::settings::Settings;
 use crate::shard::{OutMessage, ShardCounters, ShardSet};
 
@@ -79,6 +79,13 @@ impl<A: ?Sized> ShardContext<'_, A> {
     fn counters(&self) -> &ShardCounters {
         self.set.counters(self.shard)
     }
+}
+
+/// Where the bytes of one input step are: a buffer the transport read into, or `n` bytes it
+/// read straight into the session's message buffer ([`Connection::bulk_room`]).
+pub(crate) enum Source<'a> {
+    Bytes(&'a mut [u8]),
+    Bulk(usize),
 }
 
 /// Where a connection is in its life (see the module documentation).
@@ -227,6 +234,59 @@ impl Connection {
             _ => None,
         }
     }
+    /// Room to read the frame being streamed straight into the message buffer (see
+    /// [`Session::bulk_room`]); `None` while input is held or no large frame is streaming.
+    pub fn bulk_room(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
+        if !self.held.is_empty() {
+            return None;
+        }
+        match &mut self.phase {
+            Phase::Open(session) => session.bulk_room(),
+            _ => None,
+        }
+    }
+    /// Whether the connection streams a large frame that the transport may read straight into
+    /// the message buffer ([`Connection::bulk_room`]).
+    pub fn streams_large_frame(&self) -> bool {
+        self.held.is_empty() && matches!(&self.phase, Phase::Open(s) if s.streams_large_frame())
+    }
+    /// Whether the connection's input is large messages: one streams now, or the last one
+    /// delivered was large ([`Session::expects_large`]); a transport may then read it straight
+    /// into the message buffer rather than through receive buffers.
+    pub fn expects_large(&self) -> bool {
+        self.held.is_empty() && matches!(&self.phase, Phase::Open(s) if s.expects_large())
+    }
+    /// The pending output and the session's retained message (empty if none), for a transport
+    /// whose turn output names ranges of that message ([`Wire::keeps_message_ranges`]).
+    pub fn output_parts(&mut self) -> (&mut PendingOutput, &[u8]) {
+        let message = match &self.phase {
+            Phase::Open(session) => session.retained_message(),
+            _ => &[],
+        };
+        (&mut self.pending, message)
+    }
+    /// Gives the retained message back once the turn's output has been sent.
+    pub fn release_retained(&mut self) {
+        if let Phase::Open(session) = &mut self.phase {
+            session.release_retained();
+        }
+    }
+    /// The pending output adopts the retained message's buffer from byte `head` on (the
+    /// unsent end of an echo; see [`PendingOutput::adopt`]). `false`: nothing retained.
+    pub fn adopt_retained(
+        &mut self,
+        head: usize,
+        cache: &mut crate::output_cache::OutputCache,
+    ) -> bool {
+        let Phase::Open(session) = &mut self.phase else {
+            return false;
+        };
+        let Some(buf) = session.take_retained() else {
+            return false;
+        };
+        self.pending.adopt(buf, head, cache);
+        true
+    }
     /// Whether the session still parses input (open and not closed by a protocol error).
     pub fn parses_frames(&self) -> bool {
         matches!(&self.phase, Phase::Open(s) if s.state() != State::Closed)
@@ -272,13 +332,32 @@ impl Connection {
         let mut delivered = false;
         let consumed = match self.phase {
             Phase::Handshake => self.handshake(input, wire, cx, now, &mut delivered),
-            Phase::Open(_) => self.feed(input, wire, cx, now, &mut delivered),
+            Phase::Open(_) => self.feed(Source::Bytes(input), wire, cx, now, &mut delivered),
             Phase::Finishing { .. } | Phase::Ended(_) => input.len(),
         };
         let rest = &input[consumed..];
         if !rest.is_empty() && !matches!(self.phase, Phase::Finishing { .. } | Phase::Ended(_)) {
             self.hold(rest, cx, now);
         }
+        self.track_message(delivered, now);
+    }
+
+    /// Takes `n` bytes a transport read into the room [`Connection::bulk_room`] gave, as
+    /// [`Connection::receive`] takes received bytes.
+    ///
+    /// # Safety
+    /// The first `n` bytes of that room must have been written, and nothing else may have been
+    /// done with this connection since `bulk_room`.
+    pub unsafe fn receive_bulk<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        n: usize,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        self.timers.last_input = now;
+        let mut delivered = false;
+        self.feed(Source::Bulk(n), wire, cx, now, &mut delivered);
         self.track_message(delivered, now);
     }
 
@@ -320,14 +399,18 @@ impl Connection {
     /// Runs the session over `input`; returns how much it consumed (all of it once closed).
     fn feed<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
-        input: &mut [u8],
+        input: Source<'_>,
         wire: &mut W,
         cx: &mut ShardContext<'_, A>,
         now: Instant,
         delivered: &mut bool,
     ) -> usize {
+        let all = match &input {
+            Source::Bytes(bytes) => bytes.len(),
+            Source::Bulk(n) => *n,
+        };
         let Phase::Open(session) = &mut self.phase else {
-            return input.len();
+            return all;
         };
         let (id, peer, shard, set, app) = (self.id, self.peer, cx.shard, cx.set, cx.app);
         let bounds = Bounds::of(cx.settings);
@@ -339,7 +422,7 @@ impl Connection {
                 wire,
                 pending: &mut self.pending,
             };
-            session.receive(input, &mut sink, |event, out| {
+            let on_event = |event: Event<'_>, out: &mut Outgoing<'_, WireSink<'_, W>>| {
                 let msg = match event {
                     Event::Text(t) => Message::Text(t),
                     Event::Binary(b) => Message::Binary(b),
@@ -360,8 +443,17 @@ impl Connection {
                     &mut SessionRef::new(id, peer, shard, set, Some(out), data, bounds),
                     msg,
                 );
-            })
+            };
+            match input {
+                Source::Bytes(bytes) => session.receive(bytes, &mut sink, on_event),
+                // SAFETY: the caller of `receive_bulk` wrote `n` bytes of the room, and nothing
+                // touched the session since it was given.
+                Source::Bulk(n) => {
+                    unsafe { session.receive_bulk(n, &mut sink, on_event) }.map(|()| n)
+                }
+            }
         };
+
         let consumed = match result {
             Ok(consumed) => consumed,
             Err(err) => {
@@ -370,7 +462,7 @@ impl Connection {
                     info!(%peer, session = id, code = err.code.0, "protocol error: {}; closing", err.reason);
                 }
                 self.leave_open(cx, now, Some((err.code, err.reason)));
-                input.len()
+                all
             }
         };
         if close_reported {

@@ -83,7 +83,14 @@ impl Connection {
         }
         // Bytes after the head are already frames.
         if input.len() > head_len {
-            head_len + self.feed(&mut input[head_len..], wire, cx, now, delivered)
+            head_len
+                + self.feed(
+                    super::Source::Bytes(&mut input[head_len..]),
+                    wire,
+                    cx,
+                    now,
+                    delivered,
+                )
         } else {
             head_len
         }

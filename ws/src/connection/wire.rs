@@ -19,6 +19,26 @@ pub trait Wire {
     /// Queues one frame, `header` then `payload`, after everything queued before (in `pending`
     /// or in the transport's current turn).
     fn queue_frame(&mut self, pending: &mut PendingOutput, header: &[u8], payload: &[u8]);
+    /// Queues one frame whose payload lies inside `message`, the session's retained message
+    /// ([`crate::Session::retained_message`]). A wire that answers `true` to
+    /// [`Wire::keeps_message_ranges`] may record the payload as a range of it; by default, the
+    /// same as [`Wire::queue_frame`].
+    fn queue_message_frame(
+        &mut self,
+        pending: &mut PendingOutput,
+        header: &[u8],
+        payload: &[u8],
+        message: &[u8],
+    ) {
+        let _ = message;
+        self.queue_frame(pending, header, payload);
+    }
+    /// Whether this wire records payloads as ranges of the retained message, and so needs it kept
+    /// until the transport has sent the turn (which then releases it). `false` by default:
+    /// nothing is retained.
+    fn keeps_message_ranges(&self) -> bool {
+        false
+    }
     /// Queues raw bytes (an HTTP answer) the same way.
     fn queue_bytes(&mut self, pending: &mut PendingOutput, bytes: &[u8]);
     /// Hands the network what is queued, as much as it takes now; the rest stays in `pending`.
@@ -45,6 +65,13 @@ pub struct WireSink<'a, W: Wire + ?Sized> {
 impl<W: Wire + ?Sized> FrameSink for WireSink<'_, W> {
     fn send_frame(&mut self, header: &[u8], payload: &[u8]) {
         self.wire.queue_frame(self.pending, header, payload);
+    }
+    fn send_message_frame(&mut self, header: &[u8], payload: &[u8], message: &[u8]) {
+        self.wire
+            .queue_message_frame(self.pending, header, payload, message);
+    }
+    fn keeps_message_ranges(&self) -> bool {
+        self.wire.keeps_message_ranges()
     }
     fn buffered(&self) -> usize {
         self.pending.len() + self.wire.queued()

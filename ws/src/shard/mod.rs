@@ -302,6 +302,27 @@ impl<T, A: App> Shard<T, A> {
         }
     }
 
+    /// Takes `n` bytes the transport read straight into the room
+    /// [`Connection::bulk_room`] gave for the connection in `slot` (see
+    /// [`Connection::receive_bulk`]); then, as after [`Shard::receive`], the transport sends the
+    /// turn's output and calls [`Shard::after_output`].
+    ///
+    /// # Safety
+    /// As [`Connection::receive_bulk`]: those `n` bytes were written, and nothing else was done
+    /// with the connection since `bulk_room`.
+    pub unsafe fn receive_bulk<W: Wire + ?Sized>(
+        &mut self,
+        slot: usize,
+        n: usize,
+        wire: &mut W,
+        now: Instant,
+    ) {
+        if let Some((s, mut cx)) = self.split(slot) {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { s.conn.receive_bulk(n, wire, &mut cx, now) };
+        }
+    }
+
     /// After the transport sent (or queued) the connection's output: backpressure verdicts, our
     /// FIN, timers; a connection that ended is released.
     pub fn after_output<X: Transport<Io = T>>(&mut self, slot: usize, x: &mut X, now: Instant) {
