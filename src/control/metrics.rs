@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text format, rendered from one snapshot of the data path's
 //! counters ([`crate::data_path::PathStats`]): per-worker families, both buffer caches of every
-//! worker, the buffer pools per node and size class, uptime and reloads, and whatever the
-//! handler chain writes ([`crate::Handler::write_metrics`]). Every family is a row of a table
+//! worker, the buffer pools per node and size class, uptime and reloads, on the DPDK path the
+//! lcores' busy time (`crate::dpdk`'s `busy` module), and whatever the handler chain writes ([`crate::Handler::write_metrics`]). Every family is a row of a table
 //! (name, type, help, the field it reads).
 
 use crate::pool::{ClassStats, PoolStats};
@@ -152,6 +152,11 @@ impl Control {
                     field(w) as f64,
                 );
             }
+        }
+        // The DPDK lcores' busy time (the DPDK path is the one without a kernel I/O backend).
+        #[cfg(feature = "dpdk")]
+        if rt.path.io_backend().is_none() {
+            crate::dpdk::write_busy_metrics(&mut out);
         }
         buffer_cache_metrics(&mut out, workers);
         pool_metrics(&mut out, &stats.pools);

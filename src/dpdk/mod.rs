@@ -10,8 +10,10 @@
 //! - `runtime`: the EAL thread (EAL, port, mempool, stacks, the stop) and the lcore loop;
 //! - `setup`: opening and logging the port, the lcores' placement and buffer pools;
 //! - `worker`: one lcore's shard of connections over its stack, as a stack `Handler`;
-//! - `wire`: a connection's output into its send ring, and what does not fit (backpressure).
+//! - `wire`: a connection's output into its send ring, and what does not fit (backpressure);
+//! - `busy`: the lcores' busy time (TSC cycles of loop turns that did work), for `/metrics`.
 
+mod busy;
 mod hint;
 mod link;
 mod runtime;
@@ -22,7 +24,16 @@ mod worker;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+pub(crate) use busy::write_metrics as write_busy_metrics;
 pub(crate) use runtime::DpdkPath;
+
+/// Why `rte_eal_init` with these EAL arguments (without the program name) likely failed, and
+/// the fix, read from this machine's state (not root, no hugepages reserved, no hugetlbfs
+/// mounted); `None` when nothing looks missing. What hioload-echo adds to an EAL error, for
+/// other DPDK programs of this workspace (hioload-bench) to say the same.
+pub fn eal_failure_hint(eal_args: &[String]) -> Option<String> {
+    hint::eal_hint(eal_args, &hint::HugepageState::read())
+}
 
 /// The DPDK layer this path runs on (EAL, NUMA memory), for tools and tests that need it with
 /// the facade (e.g. to check where [`DpdkBacking`](crate::pool::DpdkBacking) memory lies).

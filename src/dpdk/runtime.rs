@@ -13,6 +13,9 @@
 //! 3. the shard's end of turn: inbox, deadlines (every 100 ms), idle sweep, stop;
 //! 4. after a turn that received nothing, sleep `idle_sleep` (if set).
 //!
+//! Each turn is timed with the TSC (`busy`): the cycles of turns that received or sent packets
+//! are the lcore's busy time, exported in `/metrics`.
+//!
 //! When every session of an lcore has finished (or the grace period ends), the remaining ones are
 //! reset and the FINs and RSTs leave; once every lcore has returned, the pools' slabs, stacks,
 //! port, mempool and EAL are released in that order.
@@ -30,6 +33,7 @@ use hioload_wsproto::shard::Wake;
 use hioload_wsproto::ShardSet;
 use tracing::{error, info, warn};
 
+use super::busy::{self, TurnMeter};
 use super::link::LinkWatch;
 use super::setup::{lcore_pools, log_lcores, log_placement, open_port};
 use super::worker::Worker;
@@ -253,6 +257,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
             }
             jobs.push((lcore, (index, stack)));
         }
+        busy::start(queues);
         let _ = ready.send(Ok((pools.clone(), set.clone())));
 
         let reports = eal.run_on(jobs, |lcore, (index, mut stack)| {
@@ -269,7 +274,8 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
                 let up = port_id.link().ok().map(|l| l.up);
                 LinkWatch::new(port_id, port_name.clone(), up, Instant::now())
             });
-            lcore_loop(&mut stack, &mut worker, &dpdk, watch.as_mut());
+            let mut meter = TurnMeter::new(index, lcore.id());
+            lcore_loop(&mut stack, &mut worker, &dpdk, watch.as_mut(), &mut meter);
             let stats = stack.stats();
             info!(
                 accepted = stats.accepted,
@@ -305,11 +311,15 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
     worker: &mut Worker<A>,
     dpdk: &DpdkConfig,
     mut link: Option<&mut LinkWatch>,
+    meter: &mut TurnMeter,
 ) {
     loop {
+        meter.begin();
+        let sent_before = stack.stats().io.tx_packets;
         worker.begin_turn(Instant::now());
         let received = stack.poll(worker);
         let end = worker.end_turn(stack, Instant::now());
+        meter.end(received > 0 || stack.stats().io.tx_packets != sent_before);
         if end.ticked {
             worker.publish_stack_stats(&stack.stats());
             if let Some(link) = link.as_deref_mut() {
