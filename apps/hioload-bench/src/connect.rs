@@ -84,11 +84,7 @@ impl Target {
 /// Sends the upgrade request and checks the `101` answer, including `Sec-WebSocket-Accept`.
 fn upgrade(stream: &mut TcpStream, addr: &SocketAddr, path: &str, index: usize) -> io::Result<()> {
     let key = request_key(index);
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes())?;
+    stream.write_all(upgrade_request(path, &addr.to_string(), &key).as_bytes())?;
 
     let mut buf = [0u8; 4096];
     let mut len = 0;
@@ -100,55 +96,78 @@ fn upgrade(stream: &mut TcpStream, addr: &SocketAddr, path: &str, index: usize) 
             )));
         }
         len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf[..len]) {
-            Ok(httparse::Status::Partial) if len == buf.len() => {
-                return Err(handshake_error("upgrade response head larger than 4 KiB".into()))
-            }
-            Ok(httparse::Status::Partial) => continue,
-            Err(e) => {
+        match check_upgrade_response(&buf[..len], &key) {
+            Ok(None) if len == buf.len() => {
                 return Err(handshake_error(format!(
-                    "malformed upgrade response ({e}); not a WebSocket server? (--raw is for raw TCP echo servers)"
+                    "upgrade response head larger than {} bytes",
+                    buf.len()
                 )))
             }
-            Ok(httparse::Status::Complete(head_len)) => {
-                if response.code != Some(101) {
-                    let head = String::from_utf8_lossy(&buf[..head_len]);
-                    let status = head.lines().next().unwrap_or("");
-                    return Err(handshake_error(format!("upgrade refused: {status}")));
-                }
-                let header = |name: &str| {
-                    response
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                };
-                let expected = wire::accept_key(&key);
-                match header("Sec-WebSocket-Accept") {
-                    Some(got) if got.trim() == expected => {}
-                    got => {
-                        return Err(handshake_error(format!("Sec-WebSocket-Accept is {got:?}, expected {expected:?}")))
-                    }
-                }
-                if !header("Upgrade").is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket")) {
-                    return Err(handshake_error("101 response without `Upgrade: websocket`".into()));
-                }
-                if head_len != len {
-                    return Err(handshake_error(format!(
-                        "{} unsolicited bytes after the 101 response",
-                        len - head_len
-                    )));
-                }
-                return Ok(());
+            Ok(None) => continue,
+            Ok(Some(head_len)) if head_len != len => {
+                return Err(handshake_error(format!(
+                    "{} unsolicited bytes after the 101 response",
+                    len - head_len
+                )))
             }
+            Ok(Some(_)) => return Ok(()),
+            Err(e) => return Err(handshake_error(e)),
         }
     }
 }
 
+/// The HTTP/1.1 upgrade request for `path` on `host` with `Sec-WebSocket-Key: key`.
+pub fn upgrade_request(path: &str, host: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Checks the start of an upgrade response to a request with `key`: `Ok(None)` while the head
+/// is incomplete, `Ok(Some(head length))` for a valid `101` (with the right
+/// `Sec-WebSocket-Accept` and `Upgrade: websocket`), else what is wrong.
+pub fn check_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "malformed upgrade response ({e}); not a WebSocket server? (--raw is for raw TCP echo servers)"
+            ))
+        }
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+    };
+    if response.code != Some(101) {
+        let head = String::from_utf8_lossy(&buf[..head_len]);
+        let status = head.lines().next().unwrap_or("");
+        return Err(format!("upgrade refused: {status}"));
+    }
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let expected = wire::accept_key(key);
+    match header("Sec-WebSocket-Accept") {
+        Some(got) if got.trim() == expected => {}
+        got => {
+            return Err(format!(
+                "Sec-WebSocket-Accept is {got:?}, expected {expected:?}"
+            ))
+        }
+    }
+    if !header("Upgrade").is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket")) {
+        return Err("101 response without `Upgrade: websocket`".into());
+    }
+    Ok(Some(head_len))
+}
+
 /// A distinct, valid `Sec-WebSocket-Key` (base64 of 16 bytes) per connection.
-fn request_key(index: usize) -> String {
+pub fn request_key(index: usize) -> String {
     use base64::Engine;
     let mut raw = [0u8; 16];
     raw[..8].copy_from_slice(&(index as u64).to_le_bytes());
@@ -233,6 +252,32 @@ mod tests {
                 .len(),
             16
         );
+    }
+
+    #[test]
+    fn upgrade_responses_are_checked() {
+        let key = request_key(7);
+        let accept = wire::accept_key(&key);
+        let ok = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        assert_eq!(
+            check_upgrade_response(ok.as_bytes(), &key),
+            Ok(Some(ok.len()))
+        );
+        assert_eq!(check_upgrade_response(&ok.as_bytes()[..40], &key), Ok(None));
+        let wrong_key = check_upgrade_response(ok.as_bytes(), &request_key(8)).unwrap_err();
+        assert!(wrong_key.contains("Sec-WebSocket-Accept"), "{wrong_key}");
+        let refused = check_upgrade_response(b"HTTP/1.1 404 Not Found\r\n\r\n", &key);
+        assert_eq!(
+            refused,
+            Err("upgrade refused: HTTP/1.1 404 Not Found".into())
+        );
+        assert!(check_upgrade_response(b"SSH-2.0-x\r\n\r\n", &key).is_err());
+        let request = upgrade_request("/ws", "198.18.0.2:8080", &key);
+        assert!(request.starts_with("GET /ws HTTP/1.1\r\nHost: 198.18.0.2:8080\r\n"));
+        assert!(request.ends_with("\r\n\r\n") && request.contains(&key));
     }
 
     #[test]

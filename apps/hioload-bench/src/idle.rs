@@ -73,11 +73,9 @@ pub fn run(
 /// Ends every connection in an orderly way (close frame or FIN), waiting up to two seconds in all
 /// for the server's side of it, so that servers log no resets.
 fn close_all(streams: &mut [std::net::TcpStream], framing: Framing) {
-    let k = pattern::MASK_KEY;
-    let close = [0x88, 0x82, k[0], k[1], k[2], k[3], 0x03 ^ k[0], 0xe8 ^ k[1]];
     for stream in streams.iter_mut() {
         let _ = match framing {
-            Framing::WebSocket(_) => stream.write_all(&close),
+            Framing::WebSocket(_) => stream.write_all(&pattern::CLOSE_FRAME),
             Framing::Raw => stream.shutdown(std::net::Shutdown::Write),
         };
     }

@@ -16,7 +16,6 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::pattern::{self, Framing, Pattern};
-use crate::wire;
 
 /// Run phases, switched by the main thread, read by every load thread once per poll.
 pub const WARMUP: u8 = 0;
@@ -75,10 +74,14 @@ impl ThreadStats {
     }
 
     fn fail(&mut self, conn: &Conn, why: String) {
+        self.fail_connection(conn.index, why);
+    }
+
+    /// Counts connection number `index` as failed, and keeps `why` if it is one of the first.
+    pub fn fail_connection(&mut self, index: usize, why: String) {
         self.errors += 1;
         if self.error_texts.len() < ERRORS_KEPT {
-            self.error_texts
-                .push(format!("connection {}: {why}", conn.index));
+            self.error_texts.push(format!("connection {index}: {why}"));
         }
     }
 }
@@ -215,11 +218,8 @@ fn close_if_drained(conn: &mut Conn, pattern: &Pattern) {
     conn.closing = true;
     match pattern.framing {
         Framing::WebSocket(_) => {
-            // 0x88: FIN + close; 0x82: masked, 2 bytes of payload (1000 = 0x03e8, masked).
-            let k = pattern::MASK_KEY;
-            let frame = [0x88, 0x82, k[0], k[1], k[2], k[3], 0x03 ^ k[0], 0xe8 ^ k[1]];
             // A fresh, drained socket takes 8 bytes; if not, the drain deadline ends it.
-            let _ = conn.stream.write(&frame);
+            let _ = conn.stream.write(&pattern::CLOSE_FRAME);
         }
         Framing::Raw => {
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
@@ -322,61 +322,5 @@ fn flush(conn: &mut Conn, pattern: &Pattern) -> io::Result<()> {
 
 /// Compares received bytes with the expected echoes at the connection's position.
 fn verify(conn: &mut Conn, pattern: &Pattern, data: &[u8]) -> Result<(), String> {
-    let echo_len = pattern.echo_len as u64;
-    let expected_total = conn.issued * echo_len;
-    let excess = (conn.received + data.len() as u64).saturating_sub(expected_total);
-    let (data, excess) = (&data[..data.len() - excess as usize], excess);
-    verify_expected(conn, pattern, data)?;
-    if excess > 0 {
-        return Err(format!(
-            "{excess} bytes more than the echoes of the {} messages sent",
-            conn.issued
-        ));
-    }
-    Ok(())
-}
-
-/// Compares bytes that are all within the echoes still expected.
-fn verify_expected(conn: &mut Conn, pattern: &Pattern, mut data: &[u8]) -> Result<(), String> {
-    let echo_len = pattern.echo_len as u64;
-    let ring = pattern.echo.len() as u64;
-    while !data.is_empty() {
-        let pos = ((conn.start as u64 * echo_len) + conn.received) % ring;
-        let take = data.len().min((ring - pos) as usize);
-        let expected = &pattern.echo[pos as usize..pos as usize + take];
-        if expected != &data[..take] {
-            let at = expected
-                .iter()
-                .zip(data)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
-            let stream_offset = conn.received + at as u64;
-            let message = stream_offset / echo_len;
-            let offset = (stream_offset % echo_len) as usize;
-            let header = match pattern.framing {
-                Framing::WebSocket(_) => wire::header_len(pattern.size, false),
-                Framing::Raw => 0,
-            };
-            let what = if offset < header {
-                let got_start = at - offset.min(at);
-                format!(
-                    "header mismatch, got {}",
-                    wire::describe_header(&data[got_start..take.min(got_start + 14)])
-                )
-            } else {
-                format!(
-                    "payload byte {} is 0x{:02x}, expected 0x{:02x}",
-                    offset - header,
-                    data[at],
-                    expected[at]
-                )
-            };
-            return Err(format!(
-                "echo of message {message} wrong at byte {offset}: {what}"
-            ));
-        }
-        conn.received += take as u64;
-        data = &data[take..];
-    }
-    Ok(())
+    pattern.verify(conn.start, conn.issued, &mut conn.received, data)
 }

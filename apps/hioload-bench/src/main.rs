@@ -7,12 +7,17 @@
 //!
 //! Its own ceiling is what it reaches against `raw-tcp-echo` (apps/bench-peers) with `--raw`: the
 //! same bytes over TCP with nothing behind them; scripts/bench.sh prints that row in every table.
+//!
+//! DPDK mode (feature `dpdk`; EAL arguments, then `--`, then ours, as hioload-echo takes them):
+//! the clients run on our userspace stack instead of kernel sockets, and the server's cost per
+//! echo is its lcores' busy time, read from its admin listener (`--admin-addr`).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -20,21 +25,38 @@ use hioload_bench::connect::{self, Target};
 use hioload_bench::load::ThreadStats;
 use hioload_bench::pattern::{Framing, Pattern};
 use hioload_bench::report::LoadReport;
+use hioload_bench::window::{self, Measured, WindowSpec};
 use hioload_bench::wire::DataKind;
-use hioload_bench::{idle, load, perfstat, procfs};
+use hioload_bench::{admin, idle, load};
+
+/// DPDK mode, in `--help` of a build that has it.
+#[cfg(feature = "dpdk")]
+const DPDK_HELP: &str = "
+DPDK mode (this build has it):
+  hioload-bench [EAL options] -- [options]
+EAL options come first and go to DPDK as they are; ours follow `--`. The clients then run on
+our userspace TCP stack (one lcore: give one with -l), not on kernel sockets. --addr is the
+server stack's IPv4 address and port; --local-ip is ours (more addresses follow it, one per
+50,000 connections, or --source-addrs); --admin-addr reads the server's busy time per echo
+(its lcores' loop turns that did work) from its /metrics. --threads and --idle-connections do
+not apply. Needs root and hugepages (echo 1024 > /proc/sys/vm/nr_hugepages).
+Example, against hioload-echo over net_memif (the server creates the socket: start it first):
+  hioload-echo -l 1 --no-pci --in-memory --file-prefix=srv \\
+      --vdev=net_memif0,role=server,socket=/tmp/m/memif.sock,socket-abstract=no \\
+      -- --addr 198.18.0.2:8080 --admin-addr 127.0.0.1:9464
+  hioload-bench -l 0 --no-pci --in-memory --file-prefix=cli \\
+      --vdev=net_memif0,role=client,socket=/tmp/m/memif.sock,socket-abstract=no \\
+      -- --addr 198.18.0.2:8080 --admin-addr 127.0.0.1:9464 -c 100 -s 20
+scripts/bench-dpdk.sh runs both, pinned, beside the kernel path.";
+#[cfg(not(feature = "dpdk"))]
+const DPDK_HELP: &str = "
+DPDK mode (EAL options, `--`, then ours) needs a build with it:
+  cargo build --release -p hioload-bench --features dpdk";
 
 /// WebSocket echo load generator: C connections × S-byte messages, P in flight per connection,
 /// every echo verified byte for byte.
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    after_help = "\
-Examples:
-  hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 --server-pid $(pidof hioload-echo)
-  hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 -p 16 --json
-  hioload-bench --addr 127.0.0.1:9003 --raw -c 100 -s 20      # ceiling: raw-tcp-echo peer
-  hioload-bench --addr 127.0.0.1:9000 --idle-connections 10000 --server-pid PID"
-)]
+#[command(version, after_help = after_help())]
 struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:9000")]
@@ -84,9 +106,75 @@ struct Args {
     /// Idle mode: seconds to wait before reading the server's RSS again.
     #[arg(long, default_value_t = 1.0)]
     settle: f64,
+    /// The server's admin listener (hioload-echo --admin-addr): with a DPDK server, read its
+    /// lcores' busy time from /metrics before and after the window, and report it per echo.
+    #[arg(long, value_name = "IP:PORT")]
+    admin_addr: Option<SocketAddr>,
     /// Print one line of JSON instead of text.
     #[arg(long)]
     json: bool,
+
+    /// DPDK mode: our stack's (first) IPv4 address, in the server's subnet.
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "IPV4", default_value = "198.18.0.1")]
+    local_ip: std::net::Ipv4Addr,
+    /// DPDK mode: prefix length of the subnet we share with the server.
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "PREFIX", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=32))]
+    netmask: u8,
+    /// DPDK mode: connections opened per second (steady rate; at most 512 handshakes at once).
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "N", default_value_t = 20_000.0)]
+    connect_rate: f64,
+    /// DPDK mode: seconds the setup (every connection open and upgraded) may take
+    /// [default: 10 + 2 × connections / --connect-rate].
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "SECS")]
+    setup_timeout: Option<f64>,
+    /// DPDK mode: receive and send ring bytes per connection [default: sized for -p × -s,
+    /// 4 KiB to 256 KiB].
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    ring_bytes: Option<usize>,
+    /// DPDK mode: the port, by DPDK name (net_memif0, 0000:01:00.0); default: the first.
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "NAME")]
+    dpdk_port: Option<String>,
+}
+
+fn after_help() -> String {
+    format!(
+        "\
+Examples:
+  hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 --server-pid $(pidof hioload-echo)
+  hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 -p 16 --json
+  hioload-bench --addr 127.0.0.1:9003 --raw -c 100 -s 20      # ceiling: raw-tcp-echo peer
+  hioload-bench --addr 127.0.0.1:9000 --idle-connections 10000 --server-pid PID
+{DPDK_HELP}"
+    )
+}
+
+/// The command line split at `--`: EAL arguments before it (DPDK mode), ours after it (program
+/// name first); without `--`, everything is ours (kernel mode).
+fn split_eal(argv: Vec<OsString>) -> (Option<Vec<String>>, Vec<OsString>) {
+    let mut it = argv.into_iter();
+    let program = it.next().unwrap_or_else(|| OsString::from("hioload-bench"));
+    let rest: Vec<OsString> = it.collect();
+    let mut ours = vec![program];
+    match rest.iter().position(|a| a == "--") {
+        Some(pos) => {
+            let eal = rest[..pos]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            ours.extend(rest[pos + 1..].iter().cloned());
+            (Some(eal), ours)
+        }
+        None => {
+            ours.extend(rest);
+            (None, ours)
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -115,8 +203,9 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
+    let (eal, ours) = split_eal(std::env::args_os().collect());
+    let args = Args::parse_from(ours);
+    match run(&args, eal) {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("hioload-bench: {msg}");
@@ -125,7 +214,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<ExitCode, String> {
+fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
     let framing = match (args.raw, args.text) {
         (true, _) => Framing::Raw,
         (false, true) => Framing::WebSocket(DataKind::Text),
@@ -150,44 +239,108 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             args.threads
         ));
     }
-    let target = Target {
-        addr: args.addr,
-        path: args.path.clone(),
-        framing,
-        sources: Target::sources_for(&args.addr, connections, args.source_addrs)?,
-    };
-    connect::raise_fd_limit(connections as u64 + 64)?;
-
-    if let Some(count) = args.idle_connections {
-        let pid = args.server_pid.expect("clap requires --server-pid");
-        idle::run(
-            &target,
-            count,
-            args.size,
-            pid,
-            seconds("settle", args.settle)?,
-            args.json,
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
     let duration = seconds("duration", args.duration)?;
     let warmup = seconds("warmup", args.warmup)?;
     if duration.is_zero() {
         return Err("--duration must be > 0".into());
     }
-    let ring = Pattern::ring_messages(args.pipeline, args.size);
-    let ring_bytes = ring as u64 * (2 * args.size as u64 + 64) * 3;
-    if ring_bytes > 2 << 30 {
-        return Err(format!(
-            "--pipeline {} × --size {} needs {} MiB of message rings; too much",
-            args.pipeline,
-            args.size,
-            ring_bytes >> 20
-        ));
+    if let Some(addr) = args.admin_addr {
+        // Fail now, not after the setup and warm-up.
+        admin::read_busy(addr)?;
     }
-    let pattern = Arc::new(Pattern::new(framing, args.size, ring));
+    let spec = WindowSpec {
+        warmup,
+        duration,
+        server_pid: args.server_pid,
+        syscalls: args.syscalls,
+        admin: args.admin_addr,
+    };
 
+    let pattern = || -> Result<Arc<Pattern>, String> {
+        let ring = Pattern::ring_messages(args.pipeline, args.size);
+        let ring_bytes = ring as u64 * (2 * args.size as u64 + 64) * 3;
+        if ring_bytes > 2 << 30 {
+            return Err(format!(
+                "--pipeline {} × --size {} needs {} MiB of message rings; too much",
+                args.pipeline,
+                args.size,
+                ring_bytes >> 20
+            ));
+        }
+        Ok(Arc::new(Pattern::new(framing, args.size, ring)))
+    };
+
+    let (client_path, stats, measured, client_busy) = match eal {
+        Some(eal) => {
+            let (stats, measured, busy) = run_dpdk(args, eal, &*pattern()?, &spec)?;
+            ("dpdk", stats, measured, Some(busy))
+        }
+        None => {
+            let target = Target {
+                addr: args.addr,
+                path: args.path.clone(),
+                framing,
+                sources: Target::sources_for(&args.addr, connections, args.source_addrs)?,
+            };
+            connect::raise_fd_limit(connections as u64 + 64)?;
+            if let Some(count) = args.idle_connections {
+                let pid = args.server_pid.expect("clap requires --server-pid");
+                idle::run(
+                    &target,
+                    count,
+                    args.size,
+                    pid,
+                    seconds("settle", args.settle)?,
+                    args.json,
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (stats, measured) = run_kernel(args, &target, pattern()?, &spec)?;
+            ("kernel", stats, measured, None)
+        }
+    };
+
+    let report = LoadReport {
+        client_path,
+        addr: args.addr.to_string(),
+        framing: match framing {
+            Framing::Raw => "raw",
+            Framing::WebSocket(DataKind::Binary) => "websocket",
+            Framing::WebSocket(DataKind::Text) => "websocket-text",
+        },
+        connections,
+        size: args.size,
+        pipeline: args.pipeline,
+        warmup,
+        window: measured.window,
+        stats,
+        server_cpu: measured.server_cpu,
+        client_cpu: measured.client_cpu,
+        syscalls: measured.syscalls,
+        server_busy: measured.server_busy,
+        client_busy,
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.stats.errors > 0 || report.stats.messages == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Kernel mode: connections opened one by one, then `--threads` epoll loops under load while
+/// this thread times the window.
+fn run_kernel(
+    args: &Args,
+    target: &Target,
+    pattern: Arc<Pattern>,
+    spec: &WindowSpec,
+) -> Result<(ThreadStats, Measured), String> {
+    let connections = args.connections;
     let mut per_thread: Vec<Vec<(usize, std::net::TcpStream)>> =
         (0..args.threads).map(|_| Vec::new()).collect();
     for i in 0..connections {
@@ -209,27 +362,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .expect("spawn load thread")
         })
         .collect();
-
-    let server_cpu = |pid: u32| {
-        procfs::process_cpu(pid)
-            .map_err(|e| format!("reading the CPU time of server pid {pid}: {e}"))
-    };
-    std::thread::sleep(warmup);
-    let server_start = args.server_pid.map(server_cpu).transpose()?;
-    let client_start = procfs::own_cpu();
-    let counter = match (args.syscalls, args.server_pid) {
-        (true, Some(pid)) => Some(perfstat::SyscallCounter::start(pid)?),
-        _ => None,
-    };
-    let start = Instant::now();
-    phase.store(load::MEASURE, Ordering::Relaxed);
-    std::thread::sleep(duration);
-    phase.store(load::DONE, Ordering::Relaxed);
-    let window = start.elapsed();
-    let client_cpu = procfs::own_cpu().since(client_start);
-    let server_end = args.server_pid.map(server_cpu).transpose()?;
-    let syscalls = counter.map(|c| c.stop()).transpose()?;
-
+    let measured = window::measure(spec, &phase);
     let mut stats = ThreadStats::new();
     for t in threads {
         let s = t
@@ -238,38 +371,101 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             .map_err(|e| format!("load thread: {e}"))?;
         stats.merge(s);
     }
-    let report = LoadReport {
-        addr: args.addr.to_string(),
-        framing: match framing {
-            Framing::Raw => "raw",
-            Framing::WebSocket(DataKind::Binary) => "websocket",
-            Framing::WebSocket(DataKind::Text) => "websocket-text",
-        },
-        connections,
-        size: args.size,
-        pipeline: args.pipeline,
-        warmup,
-        window,
-        stats,
-        server_cpu: server_start.zip(server_end).map(|(a, b)| b.since(a)),
-        client_cpu,
-        syscalls,
+    Ok((stats, measured?))
+}
+
+/// DPDK mode: the scenario on our stack (`hioload_bench::dpdk`).
+#[cfg(feature = "dpdk")]
+fn run_dpdk(
+    args: &Args,
+    eal_args: Vec<String>,
+    pattern: &Pattern,
+    spec: &WindowSpec,
+) -> Result<(ThreadStats, Measured, Duration), String> {
+    use hioload_bench::dpdk::{self, client::ClientConfig, DpdkOptions};
+    let server = match args.addr {
+        SocketAddr::V4(a) if !a.ip().is_loopback() && !a.ip().is_unspecified() => a,
+        other => {
+            return Err(format!(
+                "in DPDK mode --addr is the server stack's IPv4 address and port (e.g. \
+                 198.18.0.2:8080), not {other}"
+            ))
+        }
     };
-    if args.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.text());
+    if args.threads != 1 {
+        return Err(
+            "--threads does not apply in DPDK mode (one lcore runs every connection)".into(),
+        );
     }
-    Ok(if report.stats.errors > 0 || report.stats.messages == 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    if args.idle_connections.is_some() {
+        return Err("--idle-connections is not available in DPDK mode".into());
+    }
+    if !(args.connect_rate > 0.0 && args.connect_rate.is_finite()) {
+        return Err(format!(
+            "--connect-rate must be > 0, not {}",
+            args.connect_rate
+        ));
+    }
+    let setup_timeout = match args.setup_timeout {
+        Some(v) => seconds("setup-timeout", v)?,
+        None => Duration::from_secs_f64(10.0 + 2.0 * args.connections as f64 / args.connect_rate),
+    };
+    let opts = DpdkOptions {
+        eal_args,
+        port: args.dpdk_port.clone(),
+        local_ip: args.local_ip,
+        prefix_len: args.netmask,
+        sources: args.source_addrs,
+        ring_bytes: args.ring_bytes.unwrap_or(0),
+        client: ClientConfig {
+            server,
+            path: args.path.clone(),
+            connections: args.connections,
+            pipeline: args.pipeline,
+            connect_rate: args.connect_rate,
+            setup_timeout,
+        },
+    };
+    let (outcome, measured) = dpdk::run(&opts, pattern, spec)?;
+    Ok((outcome.stats, measured, outcome.busy))
+}
+
+/// A build without DPDK refuses EAL arguments, saying how to get a DPDK build.
+#[cfg(not(feature = "dpdk"))]
+fn run_dpdk(
+    _args: &Args,
+    eal_args: Vec<String>,
+    _pattern: &Pattern,
+    _spec: &WindowSpec,
+) -> Result<(ThreadStats, Measured, Duration), String> {
+    Err(format!(
+        "DPDK EAL arguments given ({}), but this build of hioload-bench has no DPDK mode; build it \
+         with: cargo build --release -p hioload-bench --features dpdk (needs libdpdk-dev >= 22.11, \
+         libclang-dev, pkg-config). Without `--` and EAL arguments it runs on kernel sockets.",
+        eal_args.join(" ")
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eal_arguments_come_before_the_separator() {
+        let argv = |s: &str| s.split_whitespace().map(OsString::from).collect::<Vec<_>>();
+        let (eal, ours) = split_eal(argv("hioload-bench -l 0 --vdev=net_memif0 -- -c 5"));
+        assert_eq!(
+            eal,
+            Some(vec!["-l".into(), "0".into(), "--vdev=net_memif0".into()])
+        );
+        assert_eq!(ours, argv("hioload-bench -c 5"));
+        let (eal, ours) = split_eal(argv("hioload-bench -c 5 --json"));
+        assert_eq!(eal, None);
+        assert_eq!(ours, argv("hioload-bench -c 5 --json"));
+        // Our flags parse after the separator.
+        let args = Args::try_parse_from(argv("hioload-bench -c 7 -s 1K -p 2")).unwrap();
+        assert_eq!((args.connections, args.size, args.pipeline), (7, 1024, 2));
+    }
 
     #[test]
     fn sizes_parse() {

@@ -23,6 +23,19 @@ pub enum Framing {
 /// a load generator talking to its own server needs only that frames are masked.
 pub const MASK_KEY: [u8; 4] = [0x5a, 0xc3, 0x1e, 0x97];
 
+/// The client's close frame (masked, code 1000): 0x88 FIN + close, 0x82 masked with 2 bytes of
+/// payload, the key, then 1000 = 0x03e8 masked.
+pub const CLOSE_FRAME: [u8; 8] = [
+    0x88,
+    0x82,
+    MASK_KEY[0],
+    MASK_KEY[1],
+    MASK_KEY[2],
+    MASK_KEY[3],
+    0x03 ^ MASK_KEY[0],
+    0xe8 ^ MASK_KEY[1],
+];
+
 /// Send and expected-echo rings.
 pub struct Pattern {
     pub framing: Framing,
@@ -77,6 +90,78 @@ impl Pattern {
         }
     }
 
+    /// Checks `data`, the next bytes a connection received, against the echoes it still awaits:
+    /// the connection starts at ring message `start`, has issued `issued` messages and had
+    /// `*received` bytes verified so far (advanced here by the bytes that matched). The error
+    /// says which message and byte was wrong, or that more came back than was sent.
+    pub fn verify(
+        &self,
+        start: usize,
+        issued: u64,
+        received: &mut u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let expected_total = issued * self.echo_len as u64;
+        let excess = (*received + data.len() as u64).saturating_sub(expected_total);
+        self.verify_expected(start, received, &data[..data.len() - excess as usize])?;
+        if excess > 0 {
+            return Err(format!(
+                "{excess} bytes more than the echoes of the {issued} messages sent"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Compares bytes that are all within the echoes still expected.
+    fn verify_expected(
+        &self,
+        start: usize,
+        received: &mut u64,
+        mut data: &[u8],
+    ) -> Result<(), String> {
+        let echo_len = self.echo_len as u64;
+        let ring = self.echo.len() as u64;
+        while !data.is_empty() {
+            let pos = ((start as u64 * echo_len) + *received) % ring;
+            let take = data.len().min((ring - pos) as usize);
+            let expected = &self.echo[pos as usize..pos as usize + take];
+            if expected != &data[..take] {
+                let at = expected
+                    .iter()
+                    .zip(data)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                let stream_offset = *received + at as u64;
+                let message = stream_offset / echo_len;
+                let offset = (stream_offset % echo_len) as usize;
+                let header = match self.framing {
+                    Framing::WebSocket(_) => wire::header_len(self.size, false),
+                    Framing::Raw => 0,
+                };
+                let what = if offset < header {
+                    let got_start = at - offset.min(at);
+                    format!(
+                        "header mismatch, got {}",
+                        wire::describe_header(&data[got_start..take.min(got_start + 14)])
+                    )
+                } else {
+                    format!(
+                        "payload byte {} is 0x{:02x}, expected 0x{:02x}",
+                        offset - header,
+                        data[at],
+                        expected[at]
+                    )
+                };
+                return Err(format!(
+                    "echo of message {message} wrong at byte {offset}: {what}"
+                ));
+            }
+            *received += take as u64;
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
     /// Ring size for `pipeline` messages in flight: at least that many, and enough distinct
     /// messages to catch a reordered echo, without making large rings for large messages.
     pub fn ring_messages(pipeline: usize, size: usize) -> usize {
@@ -116,6 +201,36 @@ mod tests {
             .map(|(i, b)| b ^ MASK_KEY[i % 4])
             .collect();
         assert_eq!(unmasked, &p.echo[2..22]);
+    }
+
+    #[test]
+    fn verify_catches_a_wrong_byte_and_excess() {
+        let p = Pattern::new(Framing::WebSocket(DataKind::Binary), 20, 8);
+        // Connection starting at message 3, two messages issued: their echoes pass in pieces.
+        let echoes = &p.echo[3 * p.echo_len..5 * p.echo_len];
+        let mut received = 0;
+        p.verify(3, 2, &mut received, &echoes[..7]).unwrap();
+        p.verify(3, 2, &mut received, &echoes[7..]).unwrap();
+        assert_eq!(received, 2 * p.echo_len as u64);
+        // One flipped payload byte of the second message.
+        let mut bad = echoes.to_vec();
+        bad[p.echo_len + 2 + 5] ^= 1;
+        let mut received = 0;
+        let e = p.verify(3, 2, &mut received, &bad).unwrap_err();
+        assert!(
+            e.contains("message 1 wrong at byte 7") && e.contains("payload byte 5"),
+            "{e}"
+        );
+        // More than was sent.
+        let mut received = 0;
+        let e = p.verify(3, 1, &mut received, echoes).unwrap_err();
+        assert!(
+            e.contains("22 bytes more than the echoes of the 1 messages"),
+            "{e}"
+        );
+        // The close frame is a masked close with code 1000.
+        let unmasked = [CLOSE_FRAME[6] ^ MASK_KEY[0], CLOSE_FRAME[7] ^ MASK_KEY[1]];
+        assert_eq!(u16::from_be_bytes(unmasked), 1000);
     }
 
     #[test]

@@ -4,12 +4,15 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::admin::BusyTime;
 use crate::load::ThreadStats;
 use crate::perfstat::SyscallRates;
 use crate::procfs::CpuTime;
 
 /// Everything one load run measured.
 pub struct LoadReport {
+    /// The load generator's network path: "kernel" (sockets) or "dpdk" (our stack).
+    pub client_path: &'static str,
     pub addr: String,
     /// "websocket", "websocket-text" or "raw".
     pub framing: &'static str,
@@ -26,6 +29,12 @@ pub struct LoadReport {
     pub client_cpu: CpuTime,
     /// The server's syscall rates over the window (`--syscalls`).
     pub syscalls: Option<SyscallRates>,
+    /// The DPDK server's busy time over the window (`--admin-addr`): its lcores' loop turns
+    /// that received or sent packets.
+    pub server_busy: Option<BusyTime>,
+    /// The DPDK load generator's own busy time over the window (its lcore's turns that did
+    /// work; near the window: the load generator is the limit).
+    pub client_busy: Option<Duration>,
 }
 
 impl LoadReport {
@@ -107,6 +116,25 @@ impl LoadReport {
                 us(cpu.system)
             );
         }
+        if let Some(busy) = self.server_busy {
+            let us = |d| self.per_msg_us(d).map_or("-".into(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                s,
+                "  server busy {} µs per echo, {:.1} % of the window on {} lcore(s) (TSC time of \
+                 its loop turns that received or sent packets)",
+                us(busy.busy),
+                self.cpu_percent(busy.busy),
+                busy.lcores
+            );
+            if self.server_cpu.is_some() {
+                let _ = writeln!(
+                    s,
+                    "  server turns {} µs per echo (all loop turns, idle sleeps left out: compare \
+                     with server CPU)",
+                    us(busy.turns)
+                );
+            }
+        }
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let parts: Vec<String> = by_name.iter().map(|(n, v)| format!("{n} {v:.2}")).collect();
             let _ = writeln!(
@@ -122,6 +150,15 @@ impl LoadReport {
             self.per_msg_us(self.client_cpu.total())
                 .map_or("-".into(), |v| format!("{v:.2}"))
         );
+        if let Some(busy) = self.client_busy {
+            let _ = writeln!(
+                s,
+                "  client busy {:.1} % of the window, {} µs per echo (its lcore's turns that did work)",
+                self.cpu_percent(busy),
+                self.per_msg_us(busy)
+                    .map_or("-".into(), |v| format!("{v:.2}"))
+            );
+        }
         s
     }
 
@@ -130,8 +167,9 @@ impl LoadReport {
         let mut s = String::from("{");
         let _ = write!(
             s,
-            "\"addr\":\"{}\",\"framing\":\"{}\",\"connections\":{},\"size\":{},\"pipeline\":{},\
+            "\"client_path\":\"{}\",\"addr\":\"{}\",\"framing\":\"{}\",\"connections\":{},\"size\":{},\"pipeline\":{},\
              \"warmup_s\":{:.3},\"window_s\":{:.3},\"messages\":{},\"msgs_per_s\":{:.1},\"mib_per_s\":{:.3},",
+            self.client_path,
             self.addr,
             self.framing,
             self.connections,
@@ -171,6 +209,18 @@ impl LoadReport {
             opt(self.server_cpu.and_then(|c| self.per_msg_us(c.system))),
             self.cpu_percent(self.client_cpu.total()),
             opt(self.per_msg_us(self.client_cpu.total()))
+        );
+        let busy = self.server_busy;
+        let _ = write!(
+            s,
+            ",\"server_busy_us_per_msg\":{},\"server_busy_percent\":{},\"server_turn_us_per_msg\":{},\
+             \"server_lcores\":{},\"client_busy_us_per_msg\":{},\"client_busy_percent\":{}",
+            opt(busy.and_then(|b| self.per_msg_us(b.busy))),
+            opt(busy.map(|b| self.cpu_percent(b.busy))),
+            opt(busy.and_then(|b| self.per_msg_us(b.turns))),
+            busy.map_or("null".into(), |b| b.lcores.to_string()),
+            opt(self.client_busy.and_then(|b| self.per_msg_us(b))),
+            opt(self.client_busy.map(|b| self.cpu_percent(b))),
         );
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let _ = write!(
@@ -215,6 +265,7 @@ mod tests {
         stats.error_texts.push("connection 1: \"bad\"".into());
         stats.errors = 1;
         let r = LoadReport {
+            client_path: "kernel",
             addr: "127.0.0.1:1".into(),
             framing: "websocket",
             connections: 10,
@@ -235,6 +286,12 @@ mod tests {
                 total: 1000.0,
                 by_name: vec![("read", 500.0)],
             }),
+            server_busy: Some(BusyTime {
+                busy: Duration::from_millis(4),
+                turns: Duration::from_millis(9),
+                lcores: 1,
+            }),
+            client_busy: Some(Duration::from_millis(1000)),
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
@@ -250,6 +307,19 @@ mod tests {
             j.contains("\"server_syscalls_per_msg\":2.000,\"server_syscalls\":{\"read\":1.000}}"),
             "{j}"
         );
-        assert!(r.text().contains("500 msgs/s"));
+        assert!(
+            j.contains("\"server_busy_us_per_msg\":4.000,\"server_busy_percent\":0.200,\"server_turn_us_per_msg\":9.000,\"server_lcores\":1"),
+            "{j}"
+        );
+        assert!(
+            j.contains("\"client_busy_us_per_msg\":1000.000,\"client_busy_percent\":50.000"),
+            "{j}"
+        );
+        let text = r.text();
+        assert!(text.contains("500 msgs/s"));
+        assert!(
+            text.contains("server busy 4.00 µs per echo, 0.2 % of the window on 1 lcore(s)"),
+            "{text}"
+        );
     }
 }
