@@ -5,14 +5,16 @@
 #
 # Each server is pinned to one core (taskset -c $BENCH_SERVER_CPU, default 0) and the load generator,
 # hioload-bench, to another ($BENCH_CLIENT_CPU, default 1). Scenarios (connections × payload, P in
-# flight): 100×20 B, 10×1 KiB, 200×16 KiB, 500×16 KiB with P=1, and 100×20 B with P=16. For each it
+# flight): 100×20 B, 10×1 KiB, 200×16 KiB, 500×16 KiB with P=1, 100×20 B with P=16, and large
+# messages: 10×64 KiB with P=4, 4×1 MiB with P=2, 2×16 MiB with P=1. For each it
 # prints echoes per second and the server's CPU time per echo (from /proc/PID/stat over the measured
 # window: the figure to trust on a noisy machine), with hioload-echo's ratios to each peer; then the
 # server RSS per idle connection at $BENCH_IDLE connections. The markdown report also goes to
 # target/bench/bench-<date>.md.
 #
 # Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload hioload-poll tungstenite fastws raw"]
-#                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16"] [--idle N] [--syscalls] [--no-build]
+#                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"]
+#                         [--idle N] [--syscalls] [--no-build]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf),
 #                   counted in one extra round of their own (tracing costs the traced server CPU).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
@@ -35,7 +37,7 @@ server_cpu=${BENCH_SERVER_CPU:-0}
 client_cpu=${BENCH_CLIENT_CPU:-1}
 port_base=${BENCH_PORT_BASE:-19100}
 servers="hioload hioload-poll tungstenite fastws raw"
-scenarios="100x20 10x1K 200x16K 500x16K 100x20p16"
+scenarios="100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"
 rounds=${BENCH_ROUNDS:-1}
 build=1
 syscalls=()

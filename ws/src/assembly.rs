@@ -151,11 +151,6 @@ impl Assembly {
             + self.retained.as_ref().map_or(0, Vec::capacity)
     }
 
-    /// Whether the message in progress is in a borrowed buffer.
-    pub(crate) fn is_large(&self) -> bool {
-        self.large.is_some()
-    }
-
     /// Whether the message assembled now can be retained once delivered (it is in a borrowed
     /// buffer and no earlier message is retained).
     pub(crate) fn can_retain(&self) -> bool {

@@ -169,7 +169,7 @@ struct Rx {
     utf8: Utf8Validator,
     /// A large frame being streamed.
     stream: Option<Streaming>,
-    /// The last data message delivered was assembled in a borrowed buffer.
+    /// The last data message delivered was at least [`LARGE_MESSAGE`] bytes.
     last_large: bool,
     /// Payload bytes of the partial frame left at the start of the next input that were already
     /// unmasked in place and UTF-8 checked (text fails fast, before the frame is whole).
@@ -192,6 +192,12 @@ fn within(inner: &[u8], outer: &[u8]) -> bool {
 /// buffer ([`Session::bulk_room`]): below, one copy from a receive buffer costs less than the
 /// extra read it would take.
 pub const BULK_MIN: usize = 16 << 10;
+
+/// A message at least this long marks its peer as one that sends large messages: the rest of such
+/// a message is read straight into its buffer however little is left, and the peer's next header
+/// is read alone ([`Session::expects_large`]). Below it, the copy of a message from a receive
+/// buffer costs less than the extra read.
+pub const LARGE_MESSAGE: usize = 64 << 10;
 
 /// Sends frames on behalf of a session; borrowed from [`Session::outgoing`] or handed to the
 /// `receive` callback.
@@ -708,7 +714,7 @@ impl Session {
                 } else {
                     Event::Binary(payload)
                 };
-                self.rx.last_large = false;
+                self.rx.last_large = payload.len() >= LARGE_MESSAGE;
                 on_event(
                     event,
                     &mut Outgoing {
@@ -793,7 +799,7 @@ impl Session {
                 }
             },
         };
-        self.rx.last_large = self.rx.assembly.is_large();
+        self.rx.last_large = self.rx.msg_len >= LARGE_MESSAGE as u64;
         let retain = sink.keeps_message_ranges() && self.rx.assembly.can_retain();
         let message = if retain { bytes } else { &[] };
         on_event(
@@ -809,18 +815,17 @@ impl Session {
     }
 
     /// Whether a large frame is streaming: [`Session::bulk_room`] would give room. Large: at
-    /// least [`BULK_MIN`] bytes still to come, or a message already in a borrowed buffer (its
-    /// tail is read straight in too).
+    /// least [`BULK_MIN`] bytes still to come, or part of a message of at least
+    /// [`LARGE_MESSAGE`] bytes (its tail is read straight in too).
     pub fn streams_large_frame(&self) -> bool {
         self.tx.state == State::Open
-            && self
-                .rx
-                .stream
-                .is_some_and(|s| s.remaining >= BULK_MIN as u64 || self.rx.assembly.is_large())
+            && self.rx.stream.is_some_and(|s| {
+                s.remaining >= BULK_MIN as u64 || self.rx.msg_len >= LARGE_MESSAGE as u64
+            })
     }
 
-    /// Whether large messages are coming: one streams now, or the last one delivered was
-    /// assembled in a borrowed buffer (a peer that sends one large message usually sends more).
+    /// Whether large messages are coming: one streams now, or the last one delivered was at
+    /// least [`LARGE_MESSAGE`] bytes (a peer that sends one usually sends more).
     pub fn expects_large(&self) -> bool {
         self.streams_large_frame() || (self.tx.state == State::Open && self.rx.last_large)
     }

@@ -116,7 +116,19 @@ fn a_large_frame_is_read_straight_into_the_message_buffer() {
     let (got, bulk) = feed(&mut session, &mut sink, &wire, 64 << 10);
     assert_eq!(got, vec![data.clone(), b"small after".to_vec()]);
     assert!(bulk >= data.len() - (64 << 10), "bulk bytes: {bulk}");
-    assert!(session.expects_large() || !session.streams_large_frame());
+    assert!(
+        !session.expects_large(),
+        "a small message ends the large-message mode"
+    );
+    // After a large message alone, its peer is expected to send more of them.
+    let (got, _) = feed(
+        &mut session,
+        &mut sink,
+        &client_frame(OpCode::Binary, true, &data),
+        64 << 10,
+    );
+    assert_eq!(got, vec![data]);
+    assert!(session.expects_large());
 }
 
 #[test]

@@ -199,3 +199,84 @@ fn input_only(input: &[u8]) -> Sources<'_> {
         message: &[],
     }
 }
+
+#[test]
+fn an_echo_of_the_retained_message_is_sent_from_it_and_its_unsent_end_adopted() {
+    let (server, mut client) = pair();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let message: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    {
+        let mut sink = turn.sink(&[]);
+        assert!(FrameSink::keeps_message_ranges(&sink));
+        sink.send_message_frame(b"HEAD", &message, &message);
+    }
+    assert!(matches!(
+        turn.segs[1],
+        Seg::Message { start: 0, len } if len == message.len()
+    ));
+    let from = Sources {
+        input: &[],
+        message: &message,
+    };
+    let sent = turn.flush(&server, &mut pending, from).unwrap();
+    assert!(sent > 4 && sent < message.len(), "a partial write: {sent}");
+    // Nothing was copied: the unsent end is left for the pending output to adopt.
+    assert!(pending.is_empty());
+    let head = turn
+        .take_adoption()
+        .expect("the unsent end is the message's");
+    assert_eq!(head, sent - 4);
+    assert_eq!(turn.take_adoption(), None);
+    pending.adopt(message.clone(), head, turn.cache());
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    while !pending.is_empty() {
+        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(server);
+    assert_eq!(reader.join().unwrap(), [&b"HEAD"[..], &message].concat());
+}
+
+#[test]
+fn output_after_the_message_in_the_same_turn_is_copied_in_order() {
+    let (server, mut client) = pair();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let message: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 239) as u8).collect();
+    let mut turn = TurnOutput::new();
+    let mut pending = PendingOutput::new();
+    {
+        let mut sink = turn.sink(&[]);
+        sink.send_message_frame(b"H1", &message[10..], &message);
+        sink.send_frame(b"H2", b"after");
+    }
+    let from = Sources {
+        input: &[],
+        message: &message,
+    };
+    turn.flush(&server, &mut pending, from).unwrap();
+    // The message is not the turn's last piece: no adoption, the rest is copied, in order.
+    assert_eq!(turn.take_adoption(), None);
+    assert!(!pending.is_empty());
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    while !pending.is_empty() {
+        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(server);
+    let expect = [&b"H1"[..], &message[10..], b"H2after"].concat();
+    assert_eq!(reader.join().unwrap(), expect);
+}
