@@ -43,6 +43,9 @@ AUTOBAHN_IO=poll scripts/autobahn.sh
 stage "autobahn (DPDK userspace path: net_tap, suite in a network namespace)"
 scripts/autobahn-dpdk.sh
 
+stage "DPDK load generator smoke (hioload-bench on our stack, net_memif, hioload-echo in DPDK mode)"
+scripts/bench-dpdk.sh --smoke
+
 stage "docker image (podman build; echo from the entrypoint in kernel and DPDK mode)"
 DOCKER_CHECK_DPDK=require docker/check.sh
 
