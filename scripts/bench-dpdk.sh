@@ -126,7 +126,10 @@ dpdk_pid=""
 start_dpdk() {
     nserver=$((nserver + 1))
     rm -f "$sock"
+    # A fresh log: its start line must be this server's (its admin listener answers before its
+    # EAL is up, without the busy counters).
     local log=$logdir/bench-dpdk-server.log
+    rm -f "$log"
     taskset -c "$server_cpu" "$bin/hioload-echo" -l "$server_cpu" --no-pci --no-telemetry --in-memory \
         --file-prefix="hbd-srv-$$-$nserver" \
         --vdev="net_memif0,role=server,socket=$sock,socket-abstract=no,mac=02:00:00:00:00:02" \
@@ -135,7 +138,7 @@ start_dpdk() {
     dpdk_pid=$!
     pids+=("$dpdk_pid")
     for _ in $(seq 600); do
-        grep -q "listening on ws://" "$log" && return 0
+        grep -q "listening on ws://" "$log" 2>/dev/null && return 0
         kill -0 "$dpdk_pid" 2>/dev/null || { echo "bench-dpdk.sh: hioload-echo (DPDK) exited at start:" >&2; cat "$log" >&2; exit 1; }
         sleep 0.1
     done
