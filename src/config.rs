@@ -1,6 +1,7 @@
 //! Server configuration: one plain struct with production defaults, checked once by
 //! [`Config::validate`] so that a bad value is reported by the name the user wrote.
 
+use hioload_wsproto::deflate::DeflateConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -90,6 +91,10 @@ pub struct Config {
     /// Time a pinged idle session has to send anything (its pong) before it is dropped and
     /// reported closed with 1006 (default 30 s).
     pub pong_timeout: Duration,
+    /// permessage-deflate (RFC 7692): how offers are answered, the size below which messages go
+    /// out uncompressed, the level (default: shared mode, 1 KiB, level 6; see
+    /// [`hioload_wsproto::deflate`]). Reloadable: applies to sessions opened after the reload.
+    pub deflate: DeflateConfig,
     /// Buffer pool sizes and limits (per NUMA node).
     pub pool: PoolConfig,
     /// The data path (default: the kernel).
@@ -119,6 +124,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             idle_timeout: Some(Duration::from_secs(60)),
             pong_timeout: Duration::from_secs(30),
+            deflate: DeflateConfig::default(),
             pool: PoolConfig::default(),
             data_path: DataPathConfig::Kernel,
         }
@@ -267,6 +273,10 @@ impl Config {
                 format!("must be between 1 ms and 1 h, got {value:?}")
             })?;
         }
+        self.deflate.validate().map_err(|problem| ConfigError {
+            field: "deflate",
+            problem,
+        })?;
         check(self.max_connections >= 1, "max_connections", || {
             "must be at least 1".to_string()
         })?;
@@ -304,6 +314,7 @@ impl Config {
             message_timeout: self.message_timeout,
             max_connections: self.max_connections,
             memory_budget: self.memory_budget,
+            deflate: self.deflate.clone(),
         }
     }
 
@@ -359,6 +370,7 @@ impl Config {
         merged.message_timeout = new.message_timeout;
         merged.max_connections = new.max_connections;
         merged.memory_budget = new.memory_budget;
+        merged.deflate = new.deflate.clone();
         merged
     }
 

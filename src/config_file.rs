@@ -31,6 +31,11 @@
 //! soft_bytes = "1MiB"
 //! hard_bytes = "32MiB"
 //! timeout = 10
+//!
+//! [deflate]                     # permessage-deflate; reloadable (new sessions)
+//! mode = "shared"               # off | shared | dedicated | dedicated:9..15 (window bits)
+//! threshold = "1KiB"            # shorter messages go out uncompressed
+//! level = 6                     # zlib level 0..9
 //! ```
 
 use std::fmt;
@@ -67,6 +72,15 @@ pub struct ConfigFile {
     memory_budget: Option<Bytes>,
     limits: Option<LimitsFile>,
     backpressure: Option<BackpressureFile>,
+    deflate: Option<DeflateFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeflateFile {
+    mode: Option<String>,
+    threshold: Option<Bytes>,
+    level: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -284,6 +298,23 @@ impl ConfigFile {
             }
             if let Some(v) = b.timeout {
                 c.backpressure.timeout = secs("backpressure.timeout", v)?;
+            }
+        }
+        if let Some(d) = &self.deflate {
+            if let Some(v) = &d.mode {
+                c.deflate.mode = v.parse().map_err(|problem| ConfigFileError::Invalid {
+                    path: None,
+                    error: ConfigError {
+                        field: "deflate.mode",
+                        problem,
+                    },
+                })?;
+            }
+            if let Some(v) = &d.threshold {
+                c.deflate.threshold = bytes("deflate.threshold", v)?;
+            }
+            if let Some(v) = d.level {
+                c.deflate.level = v;
             }
         }
         c.validate()

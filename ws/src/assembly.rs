@@ -105,6 +105,13 @@ fn give(buf: Vec<u8>) {
     let _ = CACHE.try_with(|c| c.borrow_mut().buffers.give(buf));
 }
 
+/// An empty buffer of at least `capacity` bytes from the calling thread's cache (or a new one;
+/// empty on allocation failure: it then grows as it can), for output that lives one message
+/// (inflated messages); give it back with [`give_back`].
+pub(crate) fn take_buffer(capacity: usize) -> Vec<u8> {
+    take(capacity, false).unwrap_or_default()
+}
+
 /// Gives a message buffer that left its session (an echo's unsent end adopted by the pending
 /// output) back to the calling thread's cache.
 pub(crate) fn give_back(buf: Vec<u8>) {

@@ -54,6 +54,7 @@ pub mod buffer_cache;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod held;

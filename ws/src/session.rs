@@ -11,6 +11,7 @@
 use crate::assembly::Assembly;
 use crate::close::CloseCode;
 use crate::config::Limits;
+use crate::deflate::{self, Agreed, DeflateConfig, Deflater, InflateError, Inflater};
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
@@ -138,6 +139,55 @@ struct Tx {
     mask_rng: u64,
     /// Client role only: masked copy of the payload being sent.
     scratch: Vec<u8>,
+    /// permessage-deflate, when negotiated: how messages are compressed.
+    deflate: Option<Box<TxDeflate>>,
+    /// An outgoing fragmented message is in progress (its frames go uncompressed).
+    fragmenting: bool,
+}
+
+/// The sending side of permessage-deflate for one session.
+struct TxDeflate {
+    agreed: Agreed,
+    threshold: usize,
+    level: u32,
+    /// Dedicated mode: this session's compressor (else the thread's shared ones).
+    deflater: Option<Deflater>,
+}
+
+impl Drop for TxDeflate {
+    fn drop(&mut self) {
+        deflate::give_codecs(self.deflater.take(), None);
+    }
+}
+
+/// The receiving side of permessage-deflate for one session.
+struct RxInflate {
+    /// The client keeps its context: so does our inflater.
+    keep_context: bool,
+    /// Dedicated mode: this session's inflater (else the thread's shared one).
+    inflater: Option<Inflater>,
+}
+
+impl Drop for RxInflate {
+    fn drop(&mut self) {
+        deflate::give_codecs(None, self.inflater.take());
+    }
+}
+
+impl std::fmt::Debug for TxDeflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxDeflate")
+            .field("agreed", &self.agreed)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RxInflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxInflate")
+            .field("keep_context", &self.keep_context)
+            .finish()
+    }
 }
 
 /// Kind of a data message.
@@ -169,6 +219,10 @@ struct Rx {
     utf8: Utf8Validator,
     /// A large frame being streamed.
     stream: Option<Streaming>,
+    /// permessage-deflate, when negotiated: how compressed messages are inflated.
+    inflate: Option<Box<RxInflate>>,
+    /// The message in progress is compressed (RSV1 on its first frame).
+    compressed: bool,
     /// The last data message delivered was at least [`LARGE_MESSAGE`] bytes.
     last_large: bool,
     /// Payload bytes of the partial frame left at the start of the next input that were already
@@ -177,6 +231,17 @@ struct Rx {
 }
 
 type Step = Result<(), ProtocolError>;
+
+/// RSV1 in a frame header's `rsv` bits: a permessage-deflate message.
+const RSV1: u8 = 0b100;
+
+/// Where a compressed message's bytes are.
+enum Compressed<'a> {
+    /// A whole frame in the input.
+    Input(&'a [u8]),
+    /// In the assembly buffer.
+    Assembled,
+}
 
 /// Whether `inner` lies entirely inside `outer` (the same memory, not equal bytes).
 fn within(inner: &[u8], outer: &[u8]) -> bool {
@@ -248,6 +313,14 @@ impl Tx {
         payload: &[u8],
         message: &[u8],
     ) {
+        let data = matches!(opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation);
+        let whole = matches!(opcode, OpCode::Text | OpCode::Binary) && fin && !self.fragmenting;
+        if data {
+            self.fragmenting = !fin;
+        }
+        if whole && self.role == Role::Server && self.send_compressed(sink, opcode, payload) {
+            return;
+        }
         let mut head = [0u8; MAX_HEADER_LEN];
         let mut header = FrameHeader::server(opcode, fin, payload.len());
         match self.role {
@@ -272,6 +345,43 @@ impl Tx {
                 }
             }
         }
+    }
+
+    /// Sends a whole message compressed if permessage-deflate is on, the message is long enough
+    /// and the window allows; `false`: send it as is.
+    fn send_compressed<S: FrameSink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> bool {
+        let Some(d) = self.deflate.as_mut() else {
+            return false;
+        };
+        // zlib cannot compress within an 8-bit window: such a session gets it uncompressed.
+        if payload.len() < d.threshold || d.agreed.server_window_bits < 9 {
+            return false;
+        }
+        deflate::with_out(|out| {
+            let keep = !d.agreed.server_no_context_takeover;
+            let ok = match &mut d.deflater {
+                Some(deflater) => deflater.compress(payload, out, keep),
+                None => {
+                    deflate::shared_compress(d.level, d.agreed.server_window_bits, payload, out)
+                }
+            };
+            // Without context takeover nothing ties the next message to this one: send it as
+            // is when compressing did not pay. With it, the peer must see what we compressed.
+            if !ok || (!keep && out.len() >= payload.len()) {
+                return false;
+            }
+            let mut head = [0u8; MAX_HEADER_LEN];
+            let mut header = FrameHeader::server(opcode, true, out.len());
+            header.rsv = RSV1;
+            let n = header.encode(&mut head);
+            sink.send_frame(&head[..n], out);
+            true
+        })
     }
 
     /// Queues a Close frame with `code` (none: empty payload) and `reason` (≤ 123 bytes).
@@ -393,6 +503,8 @@ impl Session {
                 role,
                 mask_rng,
                 scratch: Vec::new(),
+                deflate: None,
+                fragmenting: false,
             },
             rx: Rx::default(),
         }
@@ -504,7 +616,10 @@ impl Session {
             } else if total <= inplace_max || done > 0 {
                 // Wait for the rest; but check the text seen so far, to fail fast on bad UTF-8.
                 self.rx.inplace_done = done;
-                if self.tx.state == State::Open && self.is_text(header.opcode) {
+                // (A compressed message is checked once inflated.)
+                let compressed = header.rsv == RSV1
+                    || (header.opcode == OpCode::Continuation && self.rx.compressed);
+                if self.tx.state == State::Open && self.is_text(header.opcode) && !compressed {
                     let payload = &mut input[pos + header_len..];
                     if let Some(key) = header.mask {
                         apply_mask(&mut payload[done..], key, done);
@@ -526,7 +641,7 @@ impl Session {
                 pos += header_len;
                 self.account(&header);
                 if header.opcode != OpCode::Continuation {
-                    self.start_message(header.opcode);
+                    self.start_message(header.opcode, header.rsv);
                 }
                 if self.tx.state == State::Open {
                     // The frame's length is known: make room for it (check_header bounded msg_len
@@ -578,7 +693,11 @@ impl Session {
     fn check_header<S: FrameSink + ?Sized>(&mut self, h: &FrameHeader, sink: &mut S) -> Step {
         let violation = |code, reason| Some((code, reason));
         let in_message = self.rx.msg.is_some();
-        let broken = if h.rsv != 0 {
+        // RSV1 marks a compressed message: only on its first frame, only once negotiated.
+        let compressed_start = h.rsv == RSV1
+            && self.rx.inflate.is_some()
+            && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        let broken = if h.rsv != 0 && !compressed_start {
             violation(
                 CloseCode::PROTOCOL_ERROR,
                 "RSV bits set without a negotiated extension",
@@ -644,8 +763,9 @@ impl Session {
         }
     }
 
-    /// Begins a message that goes through the assembly buffer.
-    fn start_message(&mut self, opcode: OpCode) {
+    /// Begins a message that goes through the assembly buffer (`rsv`: its first frame's).
+    fn start_message(&mut self, opcode: OpCode, rsv: u8) {
+        self.rx.compressed = rsv == RSV1;
         self.rx.msg = Some(if opcode == OpCode::Text {
             MsgKind::Text
         } else {
@@ -700,6 +820,19 @@ impl Session {
                 if self.tx.state != State::Open {
                     return Ok(());
                 }
+                if h.rsv == RSV1 {
+                    let kind = if h.opcode == OpCode::Text {
+                        MsgKind::Text
+                    } else {
+                        MsgKind::Binary
+                    };
+                    return self.inflate_and_deliver(
+                        kind,
+                        Compressed::Input(payload),
+                        sink,
+                        on_event,
+                    );
+                }
                 let event = if h.opcode == OpCode::Text {
                     match std::str::from_utf8(payload) {
                         Ok(text) => Event::Text(text),
@@ -729,7 +862,7 @@ impl Session {
                 if h.opcode != OpCode::Continuation {
                     // First fragment: keep the UTF-8 state of the bytes checked while partial.
                     let checked = std::mem::take(&mut self.rx.utf8);
-                    self.start_message(h.opcode);
+                    self.start_message(h.opcode, h.rsv);
                     self.rx.utf8 = if done > 0 {
                         checked
                     } else {
@@ -762,7 +895,7 @@ impl Session {
             return Ok(());
         }
         let kind = self.rx.msg.expect("a data piece belongs to a message");
-        if kind == MsgKind::Text && self.rx.utf8.feed(piece).is_err() {
+        if kind == MsgKind::Text && !self.rx.compressed && self.rx.utf8.feed(piece).is_err() {
             return Err(self
                 .tx
                 .fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));
@@ -776,6 +909,108 @@ impl Session {
         self.deliver(sink, on_event)
     }
 
+    /// Inflates a compressed message (from the input, or assembled) and delivers it: its
+    /// inflated size counts against `max_message_size` while inflating (1009 past it), bad
+    /// DEFLATE data is 1007, text is checked once inflated.
+    fn inflate_and_deliver<S, F>(
+        &mut self,
+        kind: MsgKind,
+        from: Compressed<'_>,
+        sink: &mut S,
+        on_event: &mut F,
+    ) -> Step
+    where
+        S: FrameSink + ?Sized,
+        F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
+    {
+        let Session { limits, tx, rx } = self;
+        let compressed = match from {
+            Compressed::Input(bytes) => bytes,
+            Compressed::Assembled => rx.assembly.as_slice(),
+        };
+        let max = limits.max_message_size;
+        let state = rx
+            .inflate
+            .as_mut()
+            .expect("RSV1 is accepted only once negotiated");
+        let mut out =
+            crate::assembly::take_buffer((compressed.len() * 4).clamp(4096, max.max(4096)));
+        let inflated = match &mut state.inflater {
+            Some(inflater) => inflater.inflate(compressed, &mut out, max, state.keep_context),
+            None => deflate::shared_inflate(compressed, &mut out, max),
+        };
+        let failure = match inflated {
+            Ok(()) => None,
+            Err(InflateError::TooBig) => Some((
+                CloseCode::MESSAGE_TOO_BIG,
+                "message larger than max_message_size once inflated",
+            )),
+            Err(InflateError::Corrupt) => Some((
+                CloseCode::INVALID_PAYLOAD,
+                "compressed message is not valid DEFLATE data",
+            )),
+            Err(InflateError::NoMemory) => Some((CloseCode::INTERNAL_ERROR, NO_MEMORY)),
+        };
+        let result = match failure {
+            Some((code, reason)) => Err(tx.fail(sink, code, reason)),
+            None => {
+                let event = match kind {
+                    MsgKind::Binary => Some(Event::Binary(&out)),
+                    MsgKind::Text => std::str::from_utf8(&out).ok().map(Event::Text),
+                };
+                match event {
+                    Some(event) => {
+                        rx.last_large = out.len() >= LARGE_MESSAGE;
+                        on_event(
+                            event,
+                            &mut Outgoing {
+                                tx,
+                                sink,
+                                message: &[],
+                            },
+                        );
+                        Ok(())
+                    }
+                    None => {
+                        Err(tx.fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"))
+                    }
+                }
+            }
+        };
+        crate::assembly::give_back(out);
+        result
+    }
+
+    /// Turns permessage-deflate on for this session, as `agreed` at the upgrade.
+    pub fn enable_deflate(&mut self, agreed: Agreed, cfg: &DeflateConfig) {
+        let dedicated = matches!(cfg.mode, deflate::DeflateMode::Dedicated { .. });
+        let (deflater, inflater) = if dedicated {
+            let bits = agreed.server_window_bits.max(9);
+            let (d, i) = deflate::take_codecs(cfg.level, bits);
+            (
+                (!agreed.server_no_context_takeover).then_some(d),
+                (!agreed.client_no_context_takeover).then_some(i),
+            )
+        } else {
+            (None, None)
+        };
+        self.tx.deflate = Some(Box::new(TxDeflate {
+            agreed,
+            threshold: cfg.threshold,
+            level: cfg.level,
+            deflater,
+        }));
+        self.rx.inflate = Some(Box::new(RxInflate {
+            keep_context: !agreed.client_no_context_takeover,
+            inflater,
+        }));
+    }
+
+    /// The permessage-deflate parameters in force, if negotiated.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.tx.deflate.as_ref().map(|d| d.agreed)
+    }
+
     /// Delivers the message assembled, then readies the storage for the next one; a message in
     /// a borrowed buffer is retained if the sink keeps ranges of it (see
     /// [`Session::retained_message`]).
@@ -785,6 +1020,11 @@ impl Session {
         F: FnMut(Event<'_>, &mut Outgoing<'_, S>),
     {
         let kind = self.rx.msg.take().expect("a delivery ends a message");
+        if std::mem::take(&mut self.rx.compressed) {
+            let result = self.inflate_and_deliver(kind, Compressed::Assembled, sink, on_event);
+            self.rx.assembly.clear();
+            return result;
+        }
         let bytes = self.rx.assembly.as_slice();
         let event = match kind {
             MsgKind::Binary => Event::Binary(bytes),
@@ -877,7 +1117,10 @@ impl Session {
         stream.remaining -= n as u64;
         let frame_done = stream.remaining == 0;
         self.rx.stream = if frame_done { None } else { Some(stream) };
-        if self.rx.msg == Some(MsgKind::Text) && self.rx.utf8.feed(piece).is_err() {
+        if self.rx.msg == Some(MsgKind::Text)
+            && !self.rx.compressed
+            && self.rx.utf8.feed(piece).is_err()
+        {
             return Err(self
                 .tx
                 .fail(sink, CloseCode::INVALID_PAYLOAD, "text is not valid UTF-8"));

@@ -65,6 +65,9 @@ pub struct Settings {
     /// pending output; over it, the largest holders are closed (1009 for input, 1008 for
     /// output), counted in `budget_closes` (default 1 GiB).
     pub memory_budget: usize,
+    /// permessage-deflate: how offers are answered (default: shared, no state per connection;
+    /// see [`crate::deflate`]). A reload applies to sessions opened after it.
+    pub deflate: crate::deflate::DeflateConfig,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             message_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             memory_budget: 1 << 30,
+            deflate: crate::deflate::DeflateConfig::default(),
         }
     }
 }

@@ -145,6 +145,18 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     pub message_timeout: Duration,
 
+    /// permessage-deflate (RFC 7692): off; shared (no context takeover either way: no
+    /// compressor state per connection, the default); dedicated or dedicated:N (context
+    /// takeover where the client allows it, a compressor and an inflater per session, kept in
+    /// a per-worker pool when sessions end; windows of at most 2^N bytes, N in 9..15, default
+    /// 15). Messages inflate within --max-message (1009 past it).
+    #[arg(long, value_name = "MODE", default_value = "shared")]
+    pub deflate: hioload_ws::DeflateMode,
+
+    /// Messages shorter than this go out uncompressed when permessage-deflate is on.
+    #[arg(long, value_name = "BYTES", default_value = "1KiB", value_parser = parse_bytes)]
+    pub deflate_threshold: usize,
+
     /// Seconds a client has to send a complete upgrade request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,

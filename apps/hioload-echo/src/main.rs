@@ -152,6 +152,8 @@ fn main() -> ExitCode {
     cfg.max_connections = args.max_connections;
     cfg.memory_budget = args.memory_budget;
     cfg.message_timeout = args.message_timeout;
+    cfg.deflate.mode = args.deflate;
+    cfg.deflate.threshold = args.deflate_threshold;
     #[cfg(feature = "dpdk")]
     if !split.eal.is_empty() {
         let mut dpdk = hioload_ws::DpdkConfig::new(split.eal.clone());

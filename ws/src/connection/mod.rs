@@ -88,8 +88,11 @@ pub(crate) enum Source<'a> {
     Bulk(usize),
 }
 
-/// Where a connection is in its life (see the module documentation).
+/// Where a connection is in its life (see the module documentation). The session is inline:
+/// open is the phase a connection spends its life in, and boxing it would cost an allocation
+/// per connection.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     Handshake,
     Open(Session),

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::upgrade::{Accept, Awaiting, Rejection, Upgrade, UpgradeCtx};
 use super::{App, Connection, Phase, ShardContext, Wire};
+use crate::deflate::{self, Agreed};
 use crate::handshake::{self, HttpError, Parsed, UpgradeRequest};
 use crate::pending::PendingOutput;
 use crate::session::Session;
@@ -17,8 +18,9 @@ use crate::session::Session;
 enum Opening {
     /// Answered with an HTTP response: finish.
     Answered,
-    /// 101 sent: the session starts, with this state; the head was this long.
-    Open(usize, Option<super::SessionState>),
+    /// 101 sent: the session starts, with this state and permessage-deflate as agreed; the
+    /// head was this long.
+    Open(usize, Option<super::SessionState>, Option<Agreed>),
     /// The application decides later; the head was this long.
     Deferred(usize),
 }
@@ -75,9 +77,9 @@ impl Connection {
                 return input.len();
             }
             Opening::Deferred(head_len) => return head_len,
-            Opening::Open(head_len, state) => (head_len, state),
+            Opening::Open(head_len, state, deflate) => (head_len, (state, deflate)),
         };
-        self.open_session(state, wire, cx, now);
+        self.open_session(state.0, state.1, wire, cx, now);
         if !self.parses_frames() {
             return input.len();
         }
@@ -120,11 +122,23 @@ impl Connection {
         };
         let decision = cx.app.on_upgrade(req, &mut ucx);
         let accept = handshake::accept_key(req.key);
+        // permessage-deflate, unless the application's policy answered extensions itself.
+        let deflate = match negotiated.extensions {
+            Some(_) => None,
+            None => deflate::negotiate(req.extensions, &cx.settings.deflate, |reason| {
+                debug!(%peer, "permessage-deflate offer declined: {reason}");
+            }),
+        };
+        let mut answer = [0u8; 128];
+        let extensions = match &deflate {
+            Some(agreed) => Some(deflate::answer(agreed, &mut answer)),
+            None => negotiated.extensions,
+        };
         match decision {
             Upgrade::Accept(a) => {
                 let protocol = chosen(&a, req.protocols.unwrap_or(""), negotiated.protocol);
-                if self.write_101(&accept, protocol, negotiated.extensions, wire) {
-                    Opening::Open(req.head_len, a.state)
+                if self.write_101(&accept, protocol, extensions, wire) {
+                    Opening::Open(req.head_len, a.state, deflate)
                 } else {
                     Opening::Answered
                 }
@@ -139,6 +153,7 @@ impl Connection {
                         accept,
                         protocol: negotiated.protocol.map(str::to_string),
                         extensions: negotiated.extensions,
+                        deflate,
                         offered: req.protocols.unwrap_or("").to_string(),
                         status,
                     }));
@@ -175,7 +190,12 @@ impl Connection {
         let opened = match decision {
             Upgrade::Accept(a) => {
                 let protocol = chosen(&a, &awaiting.offered, awaiting.protocol.as_deref());
-                self.write_101(&awaiting.accept, protocol, awaiting.extensions, wire)
+                let mut answer = [0u8; 128];
+                let extensions = match &awaiting.deflate {
+                    Some(agreed) => Some(deflate::answer(agreed, &mut answer)),
+                    None => awaiting.extensions,
+                };
+                self.write_101(&awaiting.accept, protocol, extensions, wire)
                     .then_some(a.state)
             }
             Upgrade::Reject(r) => {
@@ -192,7 +212,7 @@ impl Connection {
             }
         };
         match opened {
-            Some(state) => self.open_session(state, wire, cx, now),
+            Some(state) => self.open_session(state, awaiting.deflate, wire, cx, now),
             None => self.finish(cx.settings, now),
         }
     }
@@ -228,11 +248,16 @@ impl Connection {
     fn open_session<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         state: Option<super::SessionState>,
+        deflate: Option<Agreed>,
         wire: &mut W,
         cx: &mut ShardContext<'_, A>,
         now: Instant,
     ) {
-        self.phase = Phase::Open(Session::new(cx.settings.limits.clone()));
+        let mut session = Session::new(cx.settings.limits.clone());
+        if let Some(agreed) = deflate {
+            session.enable_deflate(agreed, &cx.settings.deflate);
+        }
+        self.phase = Phase::Open(session);
         self.timers.deadline = None;
         self.data.user = state;
         cx.counters().sessions.add(1);

@@ -213,6 +213,8 @@ pub(crate) struct Awaiting {
     /// What the server's policy picked, used unless the decision names a protocol.
     pub protocol: Option<String>,
     pub extensions: Option<&'static str>,
+    /// permessage-deflate as negotiated (answered and enabled if the upgrade is accepted).
+    pub deflate: Option<crate::deflate::Agreed>,
     /// The protocols the client offered (to validate the decision's choice).
     pub offered: String,
     pub status: Arc<AtomicU8>,
