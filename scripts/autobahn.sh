@@ -2,8 +2,10 @@
 # Runs the Autobahn|Testsuite fuzzingclient (../shared/tools/autobahn) against a release build of
 # hioload-echo on loopback and fails on any case that is not OK (FAILED, NON-STRICT, UNIMPLEMENTED).
 #
-# Usage: scripts/autobahn.sh [CASES]    (default: every case but the permessage-deflate ones)
+# Usage: scripts/autobahn.sh [CASES]    (default: every case; the permessage-deflate ones, 12.*
+#                                        and 13.*, only with AUTOBAHN_DEFLATE=1)
 # Env:   AUTOBAHN_IO=auto|poll|io-uring   the server's --io backend (default auto)
+#        AUTOBAHN_DEFLATE=1               also run 12.* and 13.* (all 517 cases; ~7 minutes more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="${AUTOBAHN_TOOLS:-../shared/tools/autobahn}"
@@ -21,7 +23,9 @@ for _ in $(seq 100); do grep -q "listening on" target/autobahn-server.log && bre
 grep "listening on" target/autobahn-server.log || { echo "autobahn.sh: hioload-echo did not start" >&2; cat target/autobahn-server.log >&2; exit 1; }
 
 status=0
-"$tools/run.sh" "ws://127.0.0.1:$port/ws" "$cases" --no-deflate --outdir "$outdir" \
+deflate=(--no-deflate)
+[ "${AUTOBAHN_DEFLATE:-0}" = 1 ] && deflate=()
+"$tools/run.sh" "ws://127.0.0.1:$port/ws" "$cases" "${deflate[@]}" --outdir "$outdir" \
   --timeout 1200 --agent hioload-echo || status=$?
 kill -0 "$server" 2>/dev/null || { echo "autobahn.sh: hioload-echo died during the run" >&2; tail -20 target/autobahn-server.log >&2; exit 1; }
 [ "$status" -eq 0 ] || exit "$status"

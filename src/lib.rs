@@ -49,7 +49,7 @@ pub use handler::{
     Accept, CloseCode, Ctx, DeliverError, Handler, Message, PendingUpgrade, Rejection, SendError,
     SendStatus, SessionOps, State, Upgrade, UpgradeCtx, UpgradeError, UpgradeRequest,
 };
-pub use hioload_wsproto::deflate::{DeflateConfig, DeflateMode};
+pub use hioload_wsproto::deflate::{DeflateConfig, DeflateMode, DeflateStats};
 pub use hioload_wsproto::WorkerStats;
 pub use http::{HttpHandler, HttpRequest, NotFound};
 pub use middleware::{HandlerExt, Logging, Metrics, Middleware, Recovery};

@@ -225,6 +225,107 @@ fn large_messages_come_back_whole(t: &Target) {
     });
 }
 
+/// Raw DEFLATE of a whole message, as a permessage-deflate client sends it (sync flush, tail
+/// removed).
+fn deflate_message(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// Inflates a server's compressed message.
+fn inflate_message(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(64 << 20);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+/// A client frame with RSV1 set (a compressed message's first frame).
+fn compressed_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(fin, opcode, payload);
+    f[0] |= 0x40;
+    f
+}
+
+/// permessage-deflate (shared mode, the default): the offer is answered without context
+/// takeover either way; compressed messages (whole, fragmented, large) are inflated and echoed
+/// compressed (short ones uncompressed); RSV1 on a continuation is 1002; a small frame that
+/// inflates past `max_message_size` is 1009; bad DEFLATE data is 1007; without the extension
+/// RSV1 stays 1002.
+fn compressed_messages_both_ways(t: &Target) {
+    t.client(|addr| {
+        let offer = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                     Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+        let open = || {
+            let mut s = connect(addr);
+            s.write_all(offer.as_bytes()).unwrap();
+            let head = common::read_head(&mut s);
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            assert!(
+                head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+                "{head}"
+            );
+            s
+        };
+        let mut s = open();
+        let json: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("{{\"id\":{i},\"name\":\"user{}\"}},", i % 13).into_bytes())
+            .collect();
+        // A compressed text message comes back compressed, smaller than it is.
+        s.write_all(&compressed_frame(true, 0x1, &deflate_message(&json))).unwrap();
+        let (fin, opcode, payload) = common::read_frame_rsv(&mut s);
+        assert_eq!((fin, opcode & 0x0f), (true, 0x1));
+        assert_eq!(opcode & 0x40, 0x40, "the echo is compressed");
+        assert!(payload.len() < json.len() / 3);
+        assert_eq!(inflate_message(&payload), json);
+        // A short message goes out uncompressed (below the threshold), whatever came in.
+        s.write_all(&compressed_frame(true, 0x2, &deflate_message(b"short"))).unwrap();
+        assert_eq!(common::read_frame_rsv(&mut s), (true, 0x2, b"short".to_vec()));
+        // A fragmented compressed message (RSV1 on the first frame only), 3 MiB inflated.
+        let big: Vec<u8> = json.iter().cycle().take(3 << 20).copied().collect();
+        let z = deflate_message(&big);
+        let (a, b) = z.split_at(z.len() / 2);
+        s.write_all(&compressed_frame(false, 0x2, a)).unwrap();
+        s.write_all(&common::frame(true, 0x0, b)).unwrap();
+        let (_, opcode, payload) = common::read_frame_rsv(&mut s);
+        assert_eq!(opcode, 0x42);
+        assert_eq!(inflate_message(&payload), big);
+        // RSV1 on a continuation frame.
+        s.write_all(&compressed_frame(false, 0x2, a)).unwrap();
+        s.write_all(&compressed_frame(true, 0x0, b)).unwrap();
+        assert_eq!(close_code_of(&mut s), 1002);
+
+        // A bomb: 64 MiB of zeros in a few KiB, against the 16 MiB limit.
+        let mut s = open();
+        let bomb = deflate_message(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        s.write_all(&compressed_frame(true, 0x2, &bomb)).unwrap();
+        assert_eq!(close_code_of(&mut s), 1009);
+        // Not DEFLATE at all.
+        let mut s = open();
+        s.write_all(&compressed_frame(true, 0x2, &[0xff; 32])).unwrap();
+        assert_eq!(close_code_of(&mut s), 1007);
+        // Text that is not UTF-8 once inflated.
+        let mut s = open();
+        s.write_all(&compressed_frame(true, 0x1, &deflate_message(&[b'a', 0xff, 0xfe])))
+            .unwrap();
+        assert_eq!(close_code_of(&mut s), 1007);
+        // No offer, no extension: RSV1 is a protocol error.
+        let mut s = raw_ws(addr);
+        s.write_all(&compressed_frame(true, 0x2, &deflate_message(b"x"))).unwrap();
+        assert_eq!(close_code_of(&mut s), 1002);
+    });
+}
+
 /// A message limit lowered by a reload governs the next message (closed with 1009).
 fn reload_governs_the_next_message(t: &Target) {
     let from = t.closes_so_far();
@@ -822,6 +923,7 @@ mod kernel {
         a_deferred_upgrade_whose_client_left_is_refused,
         backpressure_is_visible_to_the_handler,
         large_messages_come_back_whole,
+        compressed_messages_both_ways,
         stop_closes_every_session_with_1001,
     );
     use super::Target;
@@ -848,5 +950,6 @@ fn dpdk_path_passes_every_scenario() {
     a_deferred_upgrade_whose_client_left_is_refused(&t);
     backpressure_is_visible_to_the_handler(&t);
     large_messages_come_back_whole(&t);
+    compressed_messages_both_ways(&t);
     stop_closes_every_session_with_1001(&t);
 }

@@ -159,6 +159,7 @@ impl Control {
             crate::dpdk::write_busy_metrics(&mut out);
         }
         buffer_cache_metrics(&mut out, workers);
+        deflate_metrics(&mut out, workers);
         pool_metrics(&mut out, &stats.pools);
         rt.handler.write_metrics(&mut out);
         out
@@ -322,6 +323,59 @@ fn buffer_cache_metrics(out: &mut String, workers: &[WorkerStats]) {
     ];
     for (name, kind, help, field) in only {
         prometheus::header(out, name, kind, help);
+        for (i, w) in workers.iter().enumerate() {
+            prometheus::sample(out, name, &[("worker", &i.to_string())], field(w) as f64);
+        }
+    }
+}
+
+/// permessage-deflate, per worker (as of its last tick).
+fn deflate_metrics(out: &mut String, workers: &[WorkerStats]) {
+    type Field = fn(&WorkerStats) -> u64;
+    let families: [(&str, &str, Field); 8] = [
+        (
+            "hioload_deflate_sessions_total",
+            "Sessions that negotiated permessage-deflate.",
+            |w| w.deflate.sessions,
+        ),
+        (
+            "hioload_deflate_messages_received_total",
+            "Compressed messages received and inflated.",
+            |w| w.deflate.messages_in,
+        ),
+        (
+            "hioload_deflate_received_bytes_total",
+            "Bytes of compressed messages as received.",
+            |w| w.deflate.bytes_in,
+        ),
+        (
+            "hioload_deflate_inflated_bytes_total",
+            "Bytes of compressed messages once inflated.",
+            |w| w.deflate.bytes_inflated,
+        ),
+        (
+            "hioload_deflate_messages_sent_total",
+            "Messages sent compressed.",
+            |w| w.deflate.messages_out,
+        ),
+        (
+            "hioload_deflate_input_bytes_total",
+            "Bytes of messages sent compressed, before compression.",
+            |w| w.deflate.bytes_raw_out,
+        ),
+        (
+            "hioload_deflate_sent_bytes_total",
+            "Bytes of messages sent compressed, as sent.",
+            |w| w.deflate.bytes_out,
+        ),
+        (
+            "hioload_deflate_messages_sent_plain_total",
+            "Messages sent uncompressed in sessions with permessage-deflate (under the threshold, or compression did not pay).",
+            |w| w.deflate.messages_plain_out,
+        ),
+    ];
+    for (name, help, field) in families {
+        prometheus::header(out, name, "counter", help);
         for (i, w) in workers.iter().enumerate() {
             prometheus::sample(out, name, &[("worker", &i.to_string())], field(w) as f64);
         }

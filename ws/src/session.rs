@@ -360,6 +360,7 @@ impl Tx {
         };
         // zlib cannot compress within an 8-bit window: such a session gets it uncompressed.
         if payload.len() < d.threshold || d.agreed.server_window_bits < 9 {
+            deflate::count(|s| s.messages_plain_out += 1);
             return false;
         }
         deflate::with_out(|out| {
@@ -373,8 +374,15 @@ impl Tx {
             // Without context takeover nothing ties the next message to this one: send it as
             // is when compressing did not pay. With it, the peer must see what we compressed.
             if !ok || (!keep && out.len() >= payload.len()) {
+                deflate::count(|s| s.messages_plain_out += 1);
                 return false;
             }
+            let (raw, zipped) = (payload.len() as u64, out.len() as u64);
+            deflate::count(|s| {
+                s.messages_out += 1;
+                s.bytes_raw_out += raw;
+                s.bytes_out += zipped;
+            });
             let mut head = [0u8; MAX_HEADER_LEN];
             let mut header = FrameHeader::server(opcode, true, out.len());
             header.rsv = RSV1;
@@ -958,6 +966,12 @@ impl Session {
                     MsgKind::Binary => Some(Event::Binary(&out)),
                     MsgKind::Text => std::str::from_utf8(&out).ok().map(Event::Text),
                 };
+                let (zipped, inflated) = (compressed.len() as u64, out.len() as u64);
+                deflate::count(|s| {
+                    s.messages_in += 1;
+                    s.bytes_in += zipped;
+                    s.bytes_inflated += inflated;
+                });
                 match event {
                     Some(event) => {
                         rx.last_large = out.len() >= LARGE_MESSAGE;
@@ -1004,6 +1018,7 @@ impl Session {
             keep_context: !agreed.client_no_context_takeover,
             inflater,
         }));
+        deflate::count(|s| s.sessions += 1);
     }
 
     /// The permessage-deflate parameters in force, if negotiated.

@@ -112,8 +112,31 @@ impl DeflateConfig {
     }
 }
 
+/// Counters of the calling thread's permessage-deflate work (since the thread started).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeflateStats {
+    /// Sessions that negotiated the extension.
+    pub sessions: u64,
+    /// Compressed messages received (and inflated).
+    pub messages_in: u64,
+    /// Their bytes as received.
+    pub bytes_in: u64,
+    /// Their bytes once inflated.
+    pub bytes_inflated: u64,
+    /// Messages sent compressed.
+    pub messages_out: u64,
+    /// Their bytes before compression.
+    pub bytes_raw_out: u64,
+    /// Their bytes as sent.
+    pub bytes_out: u64,
+    /// Whole messages sent uncompressed in such sessions (under the threshold, an 8-bit
+    /// window, or compression did not pay).
+    pub messages_plain_out: u64,
+}
+
 /// One worker thread's shared-mode codecs and scratch output.
 struct Shared {
+    stats: DeflateStats,
     inflater: Option<Inflater>,
     /// One per window size 9..=15 (index `bits - 9`), created on first use.
     deflaters: [Option<Deflater>; 7],
@@ -128,6 +151,16 @@ const OUT_KEEP: usize = 256 << 10;
 thread_local! {
     static SHARED: RefCell<Shared> = const {
         RefCell::new(Shared {
+            stats: DeflateStats {
+                sessions: 0,
+                messages_in: 0,
+                bytes_in: 0,
+                bytes_inflated: 0,
+                messages_out: 0,
+                bytes_raw_out: 0,
+                bytes_out: 0,
+                messages_plain_out: 0,
+            },
             inflater: None,
             deflaters: [None, None, None, None, None, None, None],
             out: Vec::new(),
@@ -201,6 +234,20 @@ pub(crate) fn give_codecs(d: Option<Deflater>, i: Option<Inflater>) {
             if let Some(i) = i {
                 s.pool.give_inflater(i);
             }
+        }
+    });
+}
+
+/// The calling thread's counters.
+pub fn stats() -> DeflateStats {
+    SHARED.try_with(|s| s.borrow().stats).unwrap_or_default()
+}
+
+/// Counts into the calling thread's counters.
+pub(crate) fn count(f: impl FnOnce(&mut DeflateStats)) {
+    let _ = SHARED.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            f(&mut s.stats);
         }
     });
 }

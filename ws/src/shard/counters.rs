@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::assembly::AssemblyStats;
+use crate::deflate::DeflateStats;
 use crate::output_cache::OutputCacheStats;
 
 /// A counter on its own cache line, written by one shard, summed by readers.
@@ -90,9 +91,43 @@ pub struct ShardCounters {
 pub struct CacheCounters {
     output: [AtomicU64; 10],
     assembly: [AtomicU64; 8],
+    deflate: [AtomicU64; 8],
 }
 
 impl CacheCounters {
+    /// Publishes the thread's permessage-deflate counters: 8 relaxed stores.
+    pub fn publish_deflate(&self, d: DeflateStats) {
+        let v = [
+            d.sessions,
+            d.messages_in,
+            d.bytes_in,
+            d.bytes_inflated,
+            d.messages_out,
+            d.bytes_raw_out,
+            d.bytes_out,
+            d.messages_plain_out,
+        ];
+        for (cell, v) in self.deflate.iter().zip(v) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The last published permessage-deflate counters.
+    pub fn deflate_snapshot(&self) -> DeflateStats {
+        let [sessions, messages_in, bytes_in, bytes_inflated, messages_out, bytes_raw_out, bytes_out, messages_plain_out] =
+            self.deflate.each_ref().map(|c| c.load(Ordering::Relaxed));
+        DeflateStats {
+            sessions,
+            messages_in,
+            bytes_in,
+            bytes_inflated,
+            messages_out,
+            bytes_raw_out,
+            bytes_out,
+            messages_plain_out,
+        }
+    }
+
     /// Publishes both caches' counters: 18 relaxed stores, no lock, no allocation.
     pub fn publish(&self, output: OutputCacheStats, assembly: AssemblyStats) {
         let o = output;
@@ -202,6 +237,8 @@ pub struct WorkerStats {
     pub output_cache: OutputCacheStats,
     /// The worker thread's cache of message-assembly buffers, as of its last tick.
     pub assembly_cache: AssemblyStats,
+    /// The worker thread's permessage-deflate counters, as of its last tick.
+    pub deflate: DeflateStats,
 }
 
 impl ShardCounters {
@@ -228,6 +265,7 @@ impl ShardCounters {
             tcp_syn_dropped: self.tcp_syn_dropped.get(),
             output_cache,
             assembly_cache,
+            deflate: self.caches.deflate_snapshot(),
         }
     }
 }

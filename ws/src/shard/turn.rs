@@ -46,6 +46,9 @@ impl<T, A: App> Shard<T, A> {
         self.counters()
             .caches
             .publish(x.output_cache_stats(), assembly::stats());
+        self.counters()
+            .caches
+            .publish_deflate(crate::deflate::stats());
         self.counters().memory.set(self.memory);
         if self.set.memory() > self.settings.memory_budget {
             self.enforce_budget(x, now);
