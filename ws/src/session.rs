@@ -999,11 +999,11 @@ impl Session {
     pub fn enable_deflate(&mut self, agreed: Agreed, cfg: &DeflateConfig) {
         let dedicated = matches!(cfg.mode, deflate::DeflateMode::Dedicated { .. });
         let (deflater, inflater) = if dedicated {
-            let bits = agreed.server_window_bits.max(9);
-            let (d, i) = deflate::take_codecs(cfg.level, bits);
-            (
-                (!agreed.server_no_context_takeover).then_some(d),
-                (!agreed.client_no_context_takeover).then_some(i),
+            deflate::take_codecs(
+                cfg.level,
+                agreed.server_window_bits.max(9),
+                !agreed.server_no_context_takeover,
+                !agreed.client_no_context_takeover,
             )
         } else {
             (None, None)
@@ -1019,6 +1019,18 @@ impl Session {
             inflater,
         }));
         deflate::count(|s| s.sessions += 1);
+    }
+
+    /// Memory this session's own codec states hold (dedicated mode): zlib's formula for a
+    /// compressor, `2^(window+2) + 2^(memLevel+9)` bytes (memLevel 8), plus 30 KiB, and 40 KiB
+    /// for an inflater (a 32 KiB window and its state), which matches the server's RSS growth
+    /// per connection measured by `scripts/deflate-memory.sh` (333 KiB at 15 window bits, 209
+    /// KiB at 10). Shared-mode sessions hold none.
+    pub fn codec_memory(&self) -> usize {
+        let tx = self.tx.deflate.as_ref().and_then(|d| d.deflater.as_ref());
+        let rx = self.rx.inflate.as_ref().and_then(|i| i.inflater.as_ref());
+        tx.map_or(0, |d| (1 << (d.window_bits() + 2)) + (1 << 17) + (30 << 10))
+            + rx.map_or(0, |_| 40 << 10)
     }
 
     /// The permessage-deflate parameters in force, if negotiated.

@@ -208,11 +208,12 @@ impl Connection {
     pub fn held_len(&self) -> usize {
         self.held.len()
     }
-    /// Memory this connection holds on the server's side (held input, message assembly,
-    /// pending output), in bytes: what the server's memory budget counts.
+    /// Memory this connection holds on the server's side (held input, message assembly and
+    /// dedicated permessage-deflate codecs, pending output), in bytes: what the server's memory
+    /// budget counts.
     pub fn memory(&self) -> usize {
         let assembly = match &self.phase {
-            Phase::Open(session) => session.assembly_capacity(),
+            Phase::Open(session) => session.assembly_capacity() + session.codec_memory(),
             _ => 0,
         };
         self.held.capacity() + assembly + self.pending.len()

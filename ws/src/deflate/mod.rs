@@ -216,11 +216,20 @@ pub(crate) fn shared_inflate(
     })
 }
 
-/// A compressor and an inflater for a dedicated session, from the calling thread's pool.
-pub(crate) fn take_codecs(level: u32, window_bits: u8) -> (Deflater, Inflater) {
+/// A compressor (if `deflater`) and an inflater (if `inflater`) for a dedicated session, from
+/// the calling thread's pool.
+pub(crate) fn take_codecs(
+    level: u32,
+    window_bits: u8,
+    deflater: bool,
+    inflater: bool,
+) -> (Option<Deflater>, Option<Inflater>) {
     SHARED.with(|s| {
         let mut s = s.borrow_mut();
-        (s.pool.deflater(level, window_bits), s.pool.inflater())
+        (
+            deflater.then(|| s.pool.deflater(level, window_bits)),
+            inflater.then(|| s.pool.inflater()),
+        )
     })
 }
 
