@@ -93,7 +93,7 @@ fn wire(messages: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Feeds `stream` in reads of 64 KiB (held bytes carried over), echoing every message.
-fn drive(session: &mut Session, stream: &[u8], buf: &mut Vec<u8>, sink: &mut Sink) -> usize {
+fn drive(session: &mut Session, stream: &[u8], buf: &mut [u8], sink: &mut Sink) -> usize {
     let mut delivered = 0;
     let mut held = 0;
     let mut pos = 0;
