@@ -1,6 +1,6 @@
 //! What to tell a user whose EAL did not start: `rte_eal_init` says "Permission denied" or
 //! "Cannot allocate memory", and the cause is usually one of a few set-up steps (hugepages not
-//! reserved, no hugetlbfs mounted, not root). This reads the machine's state and names the
+//! reserved, no hugetlbfs mounted, not root) or another DPDK process holding every hugepage. This reads the machine's state and names the
 //! missing step and its fix.
 
 /// The machine's state that the EAL depends on.
@@ -8,6 +8,8 @@
 pub(super) struct HugepageState {
     /// Hugepages reserved (all sizes).
     pub reserved: u64,
+    /// Reserved hugepages not in use (all sizes).
+    pub free: u64,
     /// A hugetlbfs is mounted.
     pub mounted: bool,
     /// Running as root.
@@ -17,14 +19,17 @@ pub(super) struct HugepageState {
 impl HugepageState {
     /// Reads this machine's state (Linux; elsewhere everything reads as missing).
     pub fn read() -> Self {
-        let reserved = std::fs::read_dir("/sys/kernel/mm/hugepages")
-            .map(|dirs| {
-                dirs.flatten()
-                    .filter_map(|d| std::fs::read_to_string(d.path().join("nr_hugepages")).ok())
-                    .filter_map(|n| n.trim().parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let count = |file: &str| -> u64 {
+            std::fs::read_dir("/sys/kernel/mm/hugepages")
+                .map(|dirs| {
+                    dirs.flatten()
+                        .filter_map(|d| std::fs::read_to_string(d.path().join(file)).ok())
+                        .filter_map(|n| n.trim().parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        let (reserved, free) = (count("nr_hugepages"), count("free_hugepages"));
         let mounted = std::fs::read_to_string("/proc/mounts")
             .map(|m| {
                 m.lines()
@@ -35,6 +40,7 @@ impl HugepageState {
         let root = unsafe { libc::geteuid() } == 0;
         HugepageState {
             reserved,
+            free,
             mounted,
             root,
         }
@@ -62,10 +68,19 @@ pub(super) fn eal_hint(eal_args: &[String], state: &HugepageState) -> Option<Str
                 .into(),
         );
     }
-    if !state.mounted {
+    // With --in-memory the EAL maps hugepages through memfd: no mount is needed.
+    let in_memory = eal_args.iter().any(|a| a == "--in-memory");
+    if !state.mounted && !in_memory {
         return Some(format!(
             "{} hugepages are reserved but no hugetlbfs is mounted: `mkdir -p /dev/hugepages && \
              mount -t hugetlbfs nodev /dev/hugepages` (scripts/bind-nic.sh does it)",
+            state.reserved
+        ));
+    }
+    if state.free == 0 {
+        return Some(format!(
+            "all {} reserved hugepages are in use (by another DPDK process?): stop it, or reserve \
+             more (`echo N > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`)",
             state.reserved
         ));
     }
@@ -79,6 +94,7 @@ mod tests {
     fn state(reserved: u64, mounted: bool, root: bool) -> HugepageState {
         HugepageState {
             reserved,
+            free: reserved,
             mounted,
             root,
         }
@@ -99,5 +115,17 @@ mod tests {
         assert_eq!(eal_hint(&args, &state(1024, true, true)), None);
         let no_huge: Vec<String> = vec!["--no-huge".into()];
         assert_eq!(eal_hint(&no_huge, &state(0, false, true)), None);
+        // --in-memory needs no mount; every page in use is named.
+        let in_memory: Vec<String> = vec!["--in-memory".into()];
+        assert_eq!(eal_hint(&in_memory, &state(1024, false, true)), None);
+        let used_up = HugepageState {
+            free: 0,
+            ..state(1024, true, true)
+        };
+        let hint = eal_hint(&args, &used_up).unwrap();
+        assert!(
+            hint.contains("all 1024 reserved hugepages are in use"),
+            "{hint}"
+        );
     }
 }

@@ -96,7 +96,8 @@ struct Args {
     /// (for a raw TCP echo server; the load generator's own ceiling).
     #[arg(long)]
     raw: bool,
-    /// Source addresses 127.0.0.1..N to spread connections over (0 = one per 20,000 connections).
+    /// Source addresses to spread connections over: 127.0.0.1..N (0 = one per 20,000
+    /// connections); in DPDK mode --local-ip and the addresses after it (0 = one per 50,000).
     #[arg(long, default_value_t = 0)]
     source_addrs: usize,
     /// Instead of a load: open this many connections, one echo each, then idle; report the growth of
