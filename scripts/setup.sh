@@ -6,7 +6,8 @@
 #
 # The kernel-fallback build needs only a Rust toolchain and a C compiler; the packages below add
 # the DPDK path (libdpdk-dev, libclang-dev for bindgen, pkg-config), hwloc for NUMA topology, and the
-# tools the tests drive (iproute2 for network namespaces, iputils-ping, procps, util-linux).
+# tools the tests drive (iproute2 for network namespaces, iputils-ping, procps, util-linux, and
+# Python websockets, a permessage-deflate client).
 set -euo pipefail
 
 hugepages=""
@@ -21,7 +22,8 @@ done
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(build-essential pkg-config libclang-dev clang libdpdk-dev dpdk libhwloc-dev
-          iproute2 iputils-ping kmod procps util-linux psmisc ca-certificates)
+          iproute2 iputils-ping kmod procps util-linux psmisc ca-certificates
+          python3 python3-websockets)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
