@@ -553,13 +553,24 @@ fn run_inner<Q: PacketQueue>(
         }
     }
 
-    // What did not finish in time is reset; the resets leave in the next turns.
+    // What did not finish in time is reset; the resets leave in the next turns. With the link
+    // down (the peer is gone) that is an error of every such connection: nothing came back.
+    let link_down = link_up() == Some(false);
     for (s, stack) in stacks.iter_mut().enumerate() {
-        for t in client.slots[s].iter_mut().flatten() {
+        let Client { slots, run } = &mut client;
+        for t in slots[s].iter_mut().flatten() {
             if !matches!(t.state, State::Finished | State::Failed) {
+                if link_down {
+                    run.stats.fail_connection(
+                        t.index,
+                        "unanswered at the end: the port's link is down (the server is gone?)"
+                            .into(),
+                    );
+                }
                 if let Some(mut conn) = stack.conn(t.id) {
                     conn.abort();
                 }
+                run.end(t, State::Failed);
             }
         }
     }
