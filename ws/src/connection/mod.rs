@@ -223,6 +223,13 @@ impl Connection {
     pub fn memory_is_output(&self) -> bool {
         2 * self.pending.len() > self.memory()
     }
+    /// Whether most of [`Connection::memory`] is dedicated permessage-deflate codec state.
+    pub fn memory_is_codec(&self) -> bool {
+        match &self.phase {
+            Phase::Open(session) => 2 * session.codec_memory() > self.memory(),
+            _ => false,
+        }
+    }
     /// Whether backpressure holds reads back (pending output above the soft bound).
     pub fn read_paused(&self) -> bool {
         self.read_paused

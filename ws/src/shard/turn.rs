@@ -111,6 +111,11 @@ impl<T, A: App> Shard<T, A> {
             };
             let (code, reason) = if s.conn.memory_is_output() {
                 (CloseCode::POLICY_VIOLATION, "output over the memory budget")
+            } else if s.conn.memory_is_codec() {
+                (
+                    CloseCode::POLICY_VIOLATION,
+                    "compression state over the memory budget",
+                )
             } else {
                 (CloseCode::MESSAGE_TOO_BIG, "message over the memory budget")
             };
