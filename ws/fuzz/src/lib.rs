@@ -12,6 +12,7 @@
 //! The targets build as libFuzzer targets (feature `libfuzzer`) or as plain binaries driven by
 //! [`standalone`], which needs nothing but a stable toolchain.
 
+use hioload_wsproto::deflate::{negotiate, DeflateConfig, DeflateMode};
 use hioload_wsproto::frame::{encode_client_frame, FrameHeader, MAX_HEADER_LEN};
 use hioload_wsproto::handshake::{parse_request, respond, write_error_response, Parsed, UpgradePolicy};
 use hioload_wsproto::mask::apply_mask;
@@ -39,9 +40,13 @@ struct Outcome {
 }
 
 /// Feeds `data` in pieces (sizes cycled) through a session, the way a transport does.
-fn drive(client_role: bool, limits: &Limits, data: &[u8], pieces: &[usize]) -> Outcome {
+fn drive(client_role: bool, deflate: Option<&DeflateConfig>, limits: &Limits, data: &[u8], pieces: &[usize]) -> Outcome {
     let mut session =
         if client_role { Session::new_client(limits.clone(), 1) } else { Session::new(limits.clone()) };
+    if let Some(cfg) = deflate {
+        let agreed = negotiate(Some("permessage-deflate"), cfg, |_| {}).expect("accepted");
+        session.enable_deflate(agreed, cfg);
+    }
     let mut buf = Vec::new();
     let mut out = Vec::new();
     let mut events = Vec::new();
@@ -80,17 +85,23 @@ fn drive(client_role: bool, limits: &Limits, data: &[u8], pieces: &[usize]) -> O
             }
         }
     }
-    check_sent_frames(&out, client_role);
+    check_sent_frames(&out, client_role, deflate.is_some());
     Outcome { events, out, error, state: session.state() }
 }
 
-/// Everything a session sends is a sequence of whole, valid frames of its role.
-fn check_sent_frames(mut out: &[u8], client_role: bool) {
+/// Everything a session sends is a sequence of whole, valid frames of its role; RSV1 only with
+/// permessage-deflate, only on whole data messages.
+fn check_sent_frames(mut out: &[u8], client_role: bool, deflate: bool) {
     let mut closed = false;
     while !out.is_empty() {
         let (h, n) = FrameHeader::decode(out).expect("valid length").expect("whole header");
         assert_eq!(h.mask.is_some(), client_role);
-        assert_eq!(h.rsv, 0);
+        if deflate && h.rsv != 0 {
+            assert_eq!(h.rsv, 0b100);
+            assert!(h.fin && matches!(h.opcode, OpCode::Text | OpCode::Binary));
+        } else {
+            assert_eq!(h.rsv, 0);
+        }
         assert!(!closed, "nothing is sent after a Close");
         if h.opcode.is_control() {
             assert!(h.fin && h.payload_len <= 125);
@@ -114,9 +125,19 @@ pub fn session(data: &[u8]) {
     };
     let pieces = [1 + usize::from(ctl >> 4), 1, 13, 700];
     for client_role in [false, true] {
-        let whole = drive(client_role, &limits, stream, &[stream.len().max(1)]);
-        let split = drive(client_role, &limits, stream, &pieces);
+        let whole = drive(client_role, None, &limits, stream, &[stream.len().max(1)]);
+        let split = drive(client_role, None, &limits, stream, &pieces);
         assert_eq!(whole, split, "whole vs split (role client={client_role})");
+    }
+    // A server session with permessage-deflate, shared and dedicated (context kept both ways):
+    // RSV1 messages are inflated within the limit, whole or split alike.
+    for cfg in [
+        DeflateConfig { mode: DeflateMode::Shared, threshold: 16, ..DeflateConfig::default() },
+        DeflateConfig { mode: DeflateMode::Dedicated { window_bits: 9 }, threshold: 16, ..DeflateConfig::default() },
+    ] {
+        let whole = drive(false, Some(&cfg), &limits, stream, &[stream.len().max(1)]);
+        let split = drive(false, Some(&cfg), &limits, stream, &pieces);
+        assert_eq!(whole, split, "whole vs split (deflate {})", cfg.mode);
     }
 }
 
@@ -148,6 +169,16 @@ pub fn handshake(data: &[u8]) {
         Parsed::Upgrade(req) => {
             assert!(req.head_len <= data.len() && req.head_len <= limits.max_head_bytes);
             assert_eq!(req.key.len(), 24);
+            // Any offer is answered or declined, never more: an answer names the extension.
+            for mode in [DeflateMode::Shared, DeflateMode::Dedicated { window_bits: 11 }] {
+                let cfg = DeflateConfig { mode, ..DeflateConfig::default() };
+                if let Some(agreed) = negotiate(req.extensions, &cfg, |_| {}) {
+                    let mut buf = [0u8; 128];
+                    let answer = hioload_wsproto::deflate::answer(&agreed, &mut buf);
+                    assert!(answer.starts_with("permessage-deflate"), "{answer}");
+                    assert!((8..=15).contains(&agreed.server_window_bits));
+                }
+            }
             let mut out = [0u8; 4096];
             let (n, accepted) = respond(req, &Policy, &mut out);
             match accepted {

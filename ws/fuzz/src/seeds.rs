@@ -26,6 +26,22 @@ pub fn session() -> Vec<Vec<u8>> {
     let mut big = vec![0x02];
     frame(&mut big, OpCode::Text, true, &[b'a'; 3000]);
     seeds.push(big);
+    // permessage-deflate messages (RSV1 on the first frame), for the deflate sessions.
+    let mut zipped = vec![0x03];
+    for (i, msg) in [&b"{\"id\":1,\"name\":\"a\"}"[..], &[b'x'; 2000][..]].into_iter().enumerate() {
+        let mut z = Vec::new();
+        assert!(hioload_wsproto::deflate::Deflater::new(6, 15).compress(msg, &mut z, false));
+        let at = zipped.len();
+        if i == 0 {
+            frame(&mut zipped, OpCode::Text, true, &z);
+        } else {
+            let (a, b) = z.split_at(z.len() / 2);
+            frame(&mut zipped, OpCode::Binary, false, a);
+            frame(&mut zipped, OpCode::Continuation, true, b);
+        }
+        zipped[at] |= 0x40;
+    }
+    seeds.push(zipped);
     // Unmasked (server) frames, for the client role.
     seeds.push(vec![0x00, 0x81, 0x05, b'H', b'e', b'l', b'l', b'o', 0x89, 0x00, 0x88, 0x02, 0x03, 0xe8]);
     seeds
@@ -39,6 +55,11 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\n\
 Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n"
             .to_vec(),
         b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=\"10\"; server_max_window_bits=12, \
+permessage-deflate; server_no_context_takeover, x-foo; a=\"b,c\"\r\n\r\n"
+            .to_vec(),
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, upgrade\r\n\
 Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n"
             .to_vec(),
