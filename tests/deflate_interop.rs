@@ -110,3 +110,63 @@ fn python_websockets_with_a_small_window() {
         "OK permessage-deflate; server_max_window_bits=10; client_max_window_bits=10"
     );
 }
+
+/// A broadcast to sessions that negotiated permessage-deflate (shared mode) is compressed once
+/// per worker: every session gets the same compressed frame, which inflates to the message.
+#[test]
+fn a_broadcast_is_compressed_once_per_worker() {
+    use std::io::Write;
+    let mut cfg = common::test_config();
+    cfg.num_workers = 1;
+    let (server, _rec) = common::start_echo(cfg);
+    let addr = server.local_addr().unwrap();
+    let offer = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        common::KEY
+    );
+    let mut clients: Vec<_> = (0..5)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(common::T)).unwrap();
+            s.write_all(offer.as_bytes()).unwrap();
+            let head = common::read_head(&mut s);
+            assert!(head.contains("permessage-deflate"), "{head}");
+            s
+        })
+        .collect();
+    common::wait_until(common::T, "5 sessions", || server.sessions().len() == 5);
+    let text: String = (0..3000)
+        .map(|i| format!("{{\"tick\":{i},\"px\":{}}},", i % 17))
+        .collect();
+    assert!(server.broadcast(hioload_ws::Message::Text(&text)).unwrap() >= 1);
+    let mut frames = Vec::new();
+    for s in &mut clients {
+        let (fin, opcode, payload) = common::read_frame_rsv(s);
+        assert_eq!((fin, opcode), (true, 0x41), "a compressed text frame");
+        frames.push(payload);
+    }
+    assert!(
+        frames.windows(2).all(|w| w[0] == w[1]),
+        "the same bytes for everyone"
+    );
+    let mut d = flate2::Decompress::new(false);
+    let mut input = frames[0].clone();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(text.len() + 1);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    assert_eq!(out, text.as_bytes());
+    let mut reuses = 0;
+    common::wait_until(common::T, "the deflate counters", || {
+        let w = &server.worker_stats().unwrap()[0];
+        reuses = w.deflate.broadcast_reuses;
+        w.deflate.messages_out == 5
+    });
+    assert_eq!(
+        reuses, 4,
+        "compressed once, reused for the 4 other sessions"
+    );
+    server.stop();
+}

@@ -332,7 +332,7 @@ fn buffer_cache_metrics(out: &mut String, workers: &[WorkerStats]) {
 /// permessage-deflate, per worker (as of its last tick).
 fn deflate_metrics(out: &mut String, workers: &[WorkerStats]) {
     type Field = fn(&WorkerStats) -> u64;
-    let families: [(&str, &str, Field); 8] = [
+    let families: [(&str, &str, Field); 9] = [
         (
             "hioload_deflate_sessions_total",
             "Sessions that negotiated permessage-deflate.",
@@ -372,6 +372,11 @@ fn deflate_metrics(out: &mut String, workers: &[WorkerStats]) {
             "hioload_deflate_messages_sent_plain_total",
             "Messages sent uncompressed in sessions with permessage-deflate (under the threshold, or compression did not pay).",
             |w| w.deflate.messages_plain_out,
+        ),
+        (
+            "hioload_deflate_broadcast_reuses_total",
+            "Compressed sends that reused the compression of the same broadcast (compressed once per worker).",
+            |w| w.deflate.broadcast_reuses,
         ),
     ];
     for (name, help, field) in families {

@@ -132,17 +132,59 @@ pub struct DeflateStats {
     /// Whole messages sent uncompressed in such sessions (under the threshold, an 8-bit
     /// window, or compression did not pay).
     pub messages_plain_out: u64,
+    /// Of the messages sent compressed, how many reused the compression of the same broadcast
+    /// for an earlier session (shared mode: compressed once per worker, window and level).
+    pub broadcast_reuses: u64,
 }
 
 /// One worker thread's shared-mode codecs and scratch output.
 struct Shared {
     stats: DeflateStats,
+    /// While a broadcast is delivered: its payload's address and length, and the compressions
+    /// made of it so far (window bits, level, bytes).
+    batch: Option<Batch>,
     inflater: Option<Inflater>,
     /// One per window size 9..=15 (index `bits - 9`), created on first use.
     deflaters: [Option<Deflater>; 7],
     /// Compressed output of the message being sent.
     out: Vec<u8>,
     pool: Pool,
+}
+
+/// The compressions of one broadcast's payload, reused for every shared-mode session of the
+/// worker that agreed the same window (the output of a compressor reset before each message
+/// depends on nothing else).
+struct Batch {
+    payload: (usize, usize),
+    done: Vec<(u8, u32, Vec<u8>)>,
+}
+
+/// Runs `f` (the delivery of one broadcast whose bytes are `payload`, alive and unchanged
+/// throughout) with compression of `payload` done at most once per window and level.
+pub fn with_broadcast<R>(payload: &[u8], f: impl FnOnce() -> R) -> R {
+    let key = (payload.as_ptr() as usize, payload.len());
+    let _ = SHARED.try_with(|s| {
+        let mut s = s.borrow_mut();
+        let mut batch = s.batch.take().unwrap_or(Batch {
+            payload: key,
+            done: Vec::new(),
+        });
+        batch.payload = key;
+        batch.done.clear();
+        s.batch = Some(batch);
+    });
+    let r = f();
+    let _ = SHARED.try_with(|s| {
+        if let Some(b) = s.borrow_mut().batch.as_mut() {
+            b.payload = (0, 0);
+            // Keep the storage of small compressions for the next broadcast.
+            b.done.retain(|(_, _, v)| v.capacity() <= OUT_KEEP);
+            for (_, _, v) in &mut b.done {
+                v.clear();
+            }
+        }
+    });
+    r
 }
 
 /// Compressed output kept by a thread between messages; more is freed after the message.
@@ -160,7 +202,9 @@ thread_local! {
                 bytes_raw_out: 0,
                 bytes_out: 0,
                 messages_plain_out: 0,
+                broadcast_reuses: 0,
             },
+            batch: None,
             inflater: None,
             deflaters: [None, None, None, None, None, None, None],
             out: Vec::new(),
@@ -184,7 +228,8 @@ pub(crate) fn with_out<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
-/// Compresses with the calling thread's shared compressor for `level`/`window_bits`.
+/// Compresses with the calling thread's shared compressor for `level`/`window_bits` (or, during
+/// a broadcast of `input`, copies its earlier compression with the same parameters).
 pub(crate) fn shared_compress(
     level: u32,
     window_bits: u8,
@@ -193,12 +238,41 @@ pub(crate) fn shared_compress(
 ) -> bool {
     SHARED.with(|s| {
         let mut s = s.borrow_mut();
+        let s = &mut *s;
+        let key = (input.as_ptr() as usize, input.len());
+        let mut batch = s.batch.as_mut().filter(|b| b.payload == key);
+        if let Some(b) = &batch {
+            let earlier = b
+                .done
+                .iter()
+                .find(|(w, l, v)| *w == window_bits && *l == level && !v.is_empty());
+            if let Some((_, _, bytes)) = earlier {
+                if out.try_reserve(bytes.len()).is_err() {
+                    return false;
+                }
+                out.extend_from_slice(bytes);
+                s.stats.broadcast_reuses += 1;
+                return true;
+            }
+        }
         let slot = &mut s.deflaters[usize::from(window_bits - 9)];
         if slot.as_ref().is_some_and(|d| d.level() != level) {
             *slot = None;
         }
-        slot.get_or_insert_with(|| Deflater::new(level, window_bits))
-            .compress(input, out, false)
+        let ok = slot
+            .get_or_insert_with(|| Deflater::new(level, window_bits))
+            .compress(input, out, false);
+        if let (true, Some(b)) = (ok, batch.as_mut()) {
+            let mut kept = match b.done.iter().position(|(_, _, v)| v.is_empty()) {
+                Some(i) => b.done.swap_remove(i).2,
+                None => Vec::new(),
+            };
+            if kept.try_reserve(out.len()).is_ok() {
+                kept.extend_from_slice(out);
+                b.done.push((window_bits, level, kept));
+            }
+        }
+        ok
     })
 }
 

@@ -91,11 +91,11 @@ pub struct ShardCounters {
 pub struct CacheCounters {
     output: [AtomicU64; 10],
     assembly: [AtomicU64; 8],
-    deflate: [AtomicU64; 8],
+    deflate: [AtomicU64; 9],
 }
 
 impl CacheCounters {
-    /// Publishes the thread's permessage-deflate counters: 8 relaxed stores.
+    /// Publishes the thread's permessage-deflate counters: 9 relaxed stores.
     pub fn publish_deflate(&self, d: DeflateStats) {
         let v = [
             d.sessions,
@@ -106,6 +106,7 @@ impl CacheCounters {
             d.bytes_raw_out,
             d.bytes_out,
             d.messages_plain_out,
+            d.broadcast_reuses,
         ];
         for (cell, v) in self.deflate.iter().zip(v) {
             cell.store(v, Ordering::Relaxed);
@@ -114,7 +115,7 @@ impl CacheCounters {
 
     /// The last published permessage-deflate counters.
     pub fn deflate_snapshot(&self) -> DeflateStats {
-        let [sessions, messages_in, bytes_in, bytes_inflated, messages_out, bytes_raw_out, bytes_out, messages_plain_out] =
+        let [sessions, messages_in, bytes_in, bytes_inflated, messages_out, bytes_raw_out, bytes_out, messages_plain_out, broadcast_reuses] =
             self.deflate.each_ref().map(|c| c.load(Ordering::Relaxed));
         DeflateStats {
             sessions,
@@ -125,6 +126,7 @@ impl CacheCounters {
             bytes_raw_out,
             bytes_out,
             messages_plain_out,
+            broadcast_reuses,
         }
     }
 

@@ -201,11 +201,16 @@ impl<T, A: App> Shard<T, A> {
                     }
                 }
                 Command::Broadcast(msg) => {
-                    for slot in 0..self.slots.len() {
-                        if self.slot(slot).is_some_and(|s| s.conn.has_session()) {
-                            self.with_output(slot, x, now, |conn, wire| conn.deliver(&msg, wire));
+                    // Compressed once for the worker's sessions (permessage-deflate, shared).
+                    crate::deflate::with_broadcast(msg.bytes(), || {
+                        for slot in 0..self.slots.len() {
+                            if self.slot(slot).is_some_and(|s| s.conn.has_session()) {
+                                self.with_output(slot, x, now, |conn, wire| {
+                                    conn.deliver(&msg, wire)
+                                });
+                            }
                         }
-                    }
+                    });
                 }
             }
         }
