@@ -14,6 +14,12 @@
 //! cycles. The counters are exported in `/metrics` (`hioload_dpdk_*`, per worker, with the TSC
 //! rate); hioload-bench reads them before and after its measured window.
 //!
+//! So that a reader can tell whether the lcore had its CPU to itself, the lcore also samples its
+//! thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) at its tick, every 100 ms, with the TSC of the
+//! sample: between two samples a polling lcore that was never preempted has as much CPU time
+//! as TSC time; less means other threads took the CPU, and its busy time reads high by up to
+//! the difference.
+//!
 //! One table per process, in static memory: the EAL, hence the DPDK data path, exists at most
 //! once per process. Each lcore writes only its own cache line (plain relaxed stores, one
 //! writer); readers load.
@@ -33,6 +39,9 @@ struct LcoreBusy {
     turn_cycles: AtomicU64,
     busy_turns: AtomicU64,
     turns: AtomicU64,
+    /// The thread's CPU time (ns) at its last sample, and the TSC then.
+    cpu_ns: AtomicU64,
+    cpu_sampled_at: AtomicU64,
 }
 
 impl LcoreBusy {
@@ -43,6 +52,8 @@ impl LcoreBusy {
             turn_cycles: AtomicU64::new(0),
             busy_turns: AtomicU64::new(0),
             turns: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
+            cpu_sampled_at: AtomicU64::new(0),
         }
     }
 }
@@ -60,6 +71,8 @@ pub(super) fn start(workers: usize) {
             &slot.turn_cycles,
             &slot.busy_turns,
             &slot.turns,
+            &slot.cpu_ns,
+            &slot.cpu_sampled_at,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -118,6 +131,22 @@ impl TurnMeter {
             s.turns.store(self.turns, Ordering::Relaxed);
         }
     }
+
+    /// Samples the calling thread's CPU time (call it on the lcore, at its tick).
+    pub fn sample_cpu(&mut self) {
+        let Some(s) = self.slot else { return };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+            return;
+        }
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        s.cpu_ns.store(ns, Ordering::Relaxed);
+        s.cpu_sampled_at.store(tsc(), Ordering::Relaxed);
+    }
 }
 
 /// The `hioload_dpdk_*` families of `/metrics` (nothing before the DPDK path runs).
@@ -132,31 +161,47 @@ pub(crate) fn write_metrics(out: &mut String) {
         "TSC cycles per second (measured by the EAL at start): divides the hioload_dpdk_*_cycles_total counters into seconds.",
         hioload_dpdk::tsc_hz() as f64,
     );
-    type Field = fn(&LcoreBusy) -> &AtomicU64;
-    let families: [(&str, &str, Field); 4] = [
+    type Field = fn(&LcoreBusy) -> f64;
+    let families: [(&str, &str, &str, Field); 6] = [
         (
             "hioload_dpdk_busy_cycles_total",
+            "counter",
             "TSC cycles of the lcore's loop turns that received or sent packets: its busy time (a polling lcore is always at 100 % CPU).",
-            |s| &s.busy_cycles,
+            |s| s.busy_cycles.load(Ordering::Relaxed) as f64,
         ),
         (
             "hioload_dpdk_turn_cycles_total",
+            "counter",
             "TSC cycles of all the lcore's loop turns, busy or not (idle sleeps left out).",
-            |s| &s.turn_cycles,
+            |s| s.turn_cycles.load(Ordering::Relaxed) as f64,
         ),
         (
             "hioload_dpdk_busy_turns_total",
+            "counter",
             "Loop turns of the lcore that received or sent packets.",
-            |s| &s.busy_turns,
+            |s| s.busy_turns.load(Ordering::Relaxed) as f64,
         ),
         (
             "hioload_dpdk_turns_total",
+            "counter",
             "Loop turns of the lcore.",
-            |s| &s.turns,
+            |s| s.turns.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "hioload_dpdk_lcore_cpu_seconds_total",
+            "counter",
+            "CPU time of the lcore's thread, sampled every 100 ms; against the TSC time between samples it shows whether other threads took the CPU.",
+            |s| s.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        ),
+        (
+            "hioload_dpdk_lcore_cpu_sampled_cycles",
+            "gauge",
+            "The TSC when hioload_dpdk_lcore_cpu_seconds_total was sampled.",
+            |s| s.cpu_sampled_at.load(Ordering::Relaxed) as f64,
         ),
     ];
-    for (name, help, field) in families {
-        crate::control::prometheus::header(out, name, "counter", help);
+    for (name, kind, help, field) in families {
+        crate::control::prometheus::header(out, name, kind, help);
         for (i, slot) in TABLE[..workers].iter().enumerate() {
             let worker = i.to_string();
             let lcore = slot.lcore.load(Ordering::Relaxed).to_string();
@@ -164,7 +209,7 @@ pub(crate) fn write_metrics(out: &mut String) {
                 out,
                 name,
                 &[("worker", &worker), ("lcore", &lcore)],
-                field(slot).load(Ordering::Relaxed) as f64,
+                field(slot),
             );
         }
     }
@@ -231,5 +276,29 @@ mod tests {
             out.contains("# TYPE hioload_dpdk_tsc_hz gauge\nhioload_dpdk_tsc_hz "),
             "{out}"
         );
+        assert!(
+            out.contains("hioload_dpdk_lcore_cpu_seconds_total{worker=\"0\",lcore=\"3\"} "),
+            "{out}"
+        );
+    }
+
+    /// The CPU-time sample is the thread's: a spinning thread gets about its TSC time.
+    #[test]
+    fn cpu_samples_follow_the_thread() {
+        let mut m = TurnMeter::new(MAX_WORKERS - 2, 1);
+        m.sample_cpu();
+        let slot = &TABLE[MAX_WORKERS - 2];
+        let (cpu0, at0) = (
+            slot.cpu_ns.load(Ordering::Relaxed),
+            slot.cpu_sampled_at.load(Ordering::Relaxed),
+        );
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::spin_loop();
+        }
+        m.sample_cpu();
+        let cpu = slot.cpu_ns.load(Ordering::Relaxed) - cpu0;
+        assert!(cpu >= 20_000_000, "50 ms of spinning gave {cpu} ns of CPU");
+        assert!(slot.cpu_sampled_at.load(Ordering::Relaxed) > at0);
     }
 }

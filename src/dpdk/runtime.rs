@@ -321,6 +321,7 @@ fn lcore_loop<Q: PacketQueue, A: hioload_wsproto::App>(
         let end = worker.end_turn(stack, Instant::now());
         meter.end(received > 0 || stack.stats().io.tx_packets != sent_before);
         if end.ticked {
+            meter.sample_cpu();
             worker.publish_stack_stats(&stack.stats());
             if let Some(link) = link.as_deref_mut() {
                 link.check(Instant::now());

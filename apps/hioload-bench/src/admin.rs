@@ -4,6 +4,10 @@
 //! (`hioload_dpdk_busy_cycles_total`, summed over its lcores, over `hioload_dpdk_tsc_hz`), read
 //! before and after the measured window. The admin listener is on the kernel side even in DPDK
 //! mode, so this is a plain blocking HTTP GET on loopback, off the measured loop.
+//!
+//! TSC time counts time the CPU was taken from the lcore as its own, so the server also exports
+//! its lcores' thread CPU time, sampled with the TSC: the share of that time the lcores actually
+//! had their CPU says whether the busy figure can be trusted (near 100 %) or reads high.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +29,10 @@ pub struct BusyCounters {
     pub tsc_hz: f64,
     /// Polling lcores.
     pub lcores: usize,
+    /// The lcores' thread CPU time (s) at their last samples, and the TSC of those samples
+    /// (summed over lcores); zero from a server that does not export them.
+    pub cpu_seconds: f64,
+    pub cpu_sampled_cycles: f64,
 }
 
 /// The server's busy time over a window.
@@ -36,16 +44,21 @@ pub struct BusyTime {
     pub turns: Duration,
     /// Polling lcores.
     pub lcores: usize,
+    /// The share of the time between the CPU samples that the lcores had their CPU (1.0: never
+    /// preempted); `None` when the server does not sample it.
+    pub had_cpu: Option<f64>,
 }
 
 impl BusyCounters {
     /// The busy time from `earlier` to `self`.
     pub fn since(&self, earlier: &BusyCounters) -> BusyTime {
         let secs = |c: f64| Duration::from_secs_f64((c / self.tsc_hz.max(1.0)).max(0.0));
+        let sampled = (self.cpu_sampled_cycles - earlier.cpu_sampled_cycles) / self.tsc_hz.max(1.0);
         BusyTime {
             busy: secs(self.busy_cycles - earlier.busy_cycles),
             turns: secs(self.turn_cycles - earlier.turn_cycles),
             lcores: self.lcores,
+            had_cpu: (sampled > 0.0).then(|| (self.cpu_seconds - earlier.cpu_seconds) / sampled),
         }
     }
 }
@@ -100,6 +113,8 @@ pub fn parse_busy(text: &str) -> Option<BusyCounters> {
                 seen = true;
             }
             "hioload_dpdk_turn_cycles_total" => c.turn_cycles += value,
+            "hioload_dpdk_lcore_cpu_seconds_total" => c.cpu_seconds += value,
+            "hioload_dpdk_lcore_cpu_sampled_cycles" => c.cpu_sampled_cycles += value,
             "hioload_dpdk_tsc_hz" => c.tsc_hz = value,
             _ => {}
         }
@@ -121,6 +136,10 @@ hioload_dpdk_busy_cycles_total{worker=\"1\",lcore=\"2\"} 1000000000
 hioload_dpdk_turn_cycles_total{worker=\"0\",lcore=\"1\"} 8000000000
 hioload_dpdk_turn_cycles_total{worker=\"1\",lcore=\"2\"} 8000000000
 hioload_dpdk_busy_turns_total{worker=\"0\",lcore=\"1\"} 77
+hioload_dpdk_lcore_cpu_seconds_total{worker=\"0\",lcore=\"1\"} 3.5
+hioload_dpdk_lcore_cpu_seconds_total{worker=\"1\",lcore=\"2\"} 3.5
+hioload_dpdk_lcore_cpu_sampled_cycles{worker=\"0\",lcore=\"1\"} 8000000000
+hioload_dpdk_lcore_cpu_sampled_cycles{worker=\"1\",lcore=\"2\"} 8000000000
 hioload_sessions_active 3
 ";
 
@@ -130,14 +149,19 @@ hioload_sessions_active 3
         assert_eq!(c.busy_cycles, 4e9);
         assert_eq!(c.turn_cycles, 16e9);
         assert_eq!(c.lcores, 2);
+        assert_eq!((c.cpu_seconds, c.cpu_sampled_cycles), (7.0, 16e9));
         let before = BusyCounters {
             busy_cycles: 2e9,
             turn_cycles: 12e9,
+            cpu_seconds: 3.0,
+            cpu_sampled_cycles: 8e9,
             ..c
         };
         let t = c.since(&before);
         assert_eq!(t.busy, Duration::from_secs(1));
         assert_eq!(t.turns, Duration::from_secs(2));
+        // 4 s of CPU over 2 × 2 s between the samples: never preempted.
+        assert_eq!(t.had_cpu, Some(1.0));
         assert_eq!(parse_busy("hioload_sessions_active 3\n"), None);
     }
 

@@ -126,6 +126,18 @@ impl LoadReport {
                 self.cpu_percent(busy.busy),
                 busy.lcores
             );
+            if let Some(had) = busy.had_cpu {
+                let _ = writeln!(
+                    s,
+                    "  server lcore had its CPU {:.1} % of the time{}",
+                    100.0 * had,
+                    if had < 0.99 {
+                        " (other threads took the rest: the busy time reads high)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             if self.server_cpu.is_some() {
                 let _ = writeln!(
                     s,
@@ -214,11 +226,12 @@ impl LoadReport {
         let _ = write!(
             s,
             ",\"server_busy_us_per_msg\":{},\"server_busy_percent\":{},\"server_turn_us_per_msg\":{},\
-             \"server_lcores\":{},\"client_busy_us_per_msg\":{},\"client_busy_percent\":{}",
+             \"server_lcores\":{},\"server_lcore_cpu_percent\":{},\"client_busy_us_per_msg\":{},\"client_busy_percent\":{}",
             opt(busy.and_then(|b| self.per_msg_us(b.busy))),
             opt(busy.map(|b| self.cpu_percent(b.busy))),
             opt(busy.and_then(|b| self.per_msg_us(b.turns))),
             busy.map_or("null".into(), |b| b.lcores.to_string()),
+            opt(busy.and_then(|b| b.had_cpu).map(|h| 100.0 * h)),
             opt(self.client_busy.and_then(|b| self.per_msg_us(b))),
             opt(self.client_busy.map(|b| self.cpu_percent(b))),
         );
@@ -290,6 +303,7 @@ mod tests {
                 busy: Duration::from_millis(4),
                 turns: Duration::from_millis(9),
                 lcores: 1,
+                had_cpu: Some(0.5),
             }),
             client_busy: Some(Duration::from_millis(1000)),
         };
@@ -308,7 +322,7 @@ mod tests {
             "{j}"
         );
         assert!(
-            j.contains("\"server_busy_us_per_msg\":4.000,\"server_busy_percent\":0.200,\"server_turn_us_per_msg\":9.000,\"server_lcores\":1"),
+            j.contains("\"server_busy_us_per_msg\":4.000,\"server_busy_percent\":0.200,\"server_turn_us_per_msg\":9.000,\"server_lcores\":1,\"server_lcore_cpu_percent\":50.000"),
             "{j}"
         );
         assert!(
@@ -319,6 +333,10 @@ mod tests {
         assert!(text.contains("500 msgs/s"));
         assert!(
             text.contains("server busy 4.00 µs per echo, 0.2 % of the window on 1 lcore(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server lcore had its CPU 50.0 % of the time (other threads"),
             "{text}"
         );
     }
