@@ -28,7 +28,8 @@
 #                    --idle-sleep-us 20 (it sleeps after idle turns, so /proc sees its real CPU time),
 #                    its /proc CPU time per echo beside its TSC time in loop turns and its busy time.
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_SERVER_CPU (1), BENCH_CLIENT_CPU (0),
-#        BENCH_KERNEL_PORT (19150), BENCH_ADMIN_PORT (19464), CARGO_BUILD_JOBS.
+#        BENCH_KERNEL_PORT (19150), BENCH_ADMIN_PORT (19464), BENCH_TARGET_DIR (target/dpdk; target with
+#        --smoke), CARGO_BUILD_JOBS.
 # Needs: root, 2 cores, libdpdk-dev >= 22.11 with the memif PMD (librte-net-memif), 512 free 2 MiB
 #        hugepages (echo 1024 > /proc/sys/vm/nr_hugepages), taskset. Traffic: memif and 127.0.0.1 only.
 set -euo pipefail
@@ -91,6 +92,7 @@ fi
 # the two. The smoke shares target/release with scripts/autobahn-dpdk.sh (also a DPDK build).
 target_dir=$root/target/dpdk
 [ "$smoke" -eq 1 ] && target_dir=$root/target
+target_dir=${BENCH_TARGET_DIR:-$target_dir}
 bin=$target_dir/release
 if [ "$build" -eq 1 ]; then
     echo "building release binaries (hioload-echo, hioload-bench; --features dpdk) in $target_dir..." >&2
@@ -251,7 +253,8 @@ fi
 
 if [ "$smoke" -eq 1 ]; then
     for sc in $scenarios; do
-        echo "smoke $sc: ${rate_l[$sc,dpdk]:-no} echoes/s, every one verified; server busy ${cost_l[$sc,dpdk]:-?} µs per echo"
+        [ -n "${rate_l[$sc,dpdk]:-}" ] || continue # failed: in errors_seen
+        echo "smoke $sc: ${rate_l[$sc,dpdk]} echoes/s, every one verified; server busy ${cost_l[$sc,dpdk]:-?} µs per echo"
         # Busy time must be there and plausible: > 0, at most the whole window (plus rounding).
         awk -v c="${cost_l[$sc,dpdk]:-}" -v b="${sbusy_l[$sc,dpdk]:-}" 'BEGIN { exit !(c + 0 > 0 && b + 0 > 0 && b + 0 <= 101) }' ||
             errors_seen+=("$sc: implausible server busy time (${cost_l[$sc,dpdk]:-none} µs per echo, ${sbusy_l[$sc,dpdk]:-none} % busy)")
