@@ -335,6 +335,9 @@ fn client_on_our_stack_verifies_every_echo_and_catches_a_wrong_byte() {
         let text = &bad.stats.error_texts[0];
         assert!(text.contains("wrong at byte"), "{text}");
     });
-    drop(client_port);
-    drop(server_port);
+    // Everything DPDK goes before the EAL, which then cleans up.
+    drop(server_stack);
+    drop((client_port, server_port, client_pool, server_pool));
+    drop(eal);
+    let _ = std::fs::remove_dir(format!("/var/run/dpdk/hbt-{}", std::process::id()));
 }

@@ -76,6 +76,13 @@ pub fn run(
     }
     let result = run_on_eal(&eal, opts, pattern, spec, memif.as_ref());
     drop(eal); // rte_eal_cleanup, every port, pool and ring being gone
+               // The EAL leaves its runtime directory behind (empty with --in-memory): removed if empty.
+    let prefix = opts
+        .eal_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--file-prefix="))
+        .unwrap_or("rte");
+    let _ = std::fs::remove_dir(format!("/var/run/dpdk/{prefix}"));
     result
 }
 
