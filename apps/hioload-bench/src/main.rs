@@ -271,11 +271,8 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
         Ok(Arc::new(Pattern::new(framing, args.size, ring)))
     };
 
-    let (client_path, stats, measured, client_busy) = match eal {
-        Some(eal) => {
-            let (stats, measured, busy) = run_dpdk(args, eal, &*pattern()?, &spec)?;
-            ("dpdk", stats, measured, Some(busy))
-        }
+    let (client_path, ran) = match eal {
+        Some(eal) => ("dpdk", run_dpdk(args, eal, &*pattern()?, &spec)?),
         None => {
             let target = Target {
                 addr: args.addr,
@@ -296,10 +293,15 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
                 )?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let (stats, measured) = run_kernel(args, &target, pattern()?, &spec)?;
-            ("kernel", stats, measured, None)
+            ("kernel", run_kernel(args, &target, pattern()?, &spec)?)
         }
     };
+    let Ran {
+        stats,
+        measured,
+        client_busy,
+        setup,
+    } = ran;
 
     let report = LoadReport {
         client_path,
@@ -320,6 +322,7 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
         syscalls: measured.syscalls,
         server_busy: measured.server_busy,
         client_busy,
+        setup: Some(setup),
     };
     if args.json {
         println!("{}", report.json());
@@ -333,6 +336,16 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
     })
 }
 
+/// What a load run gives the report.
+struct Ran {
+    stats: ThreadStats,
+    measured: Measured,
+    /// DPDK mode: the load generator lcore's busy time in the window.
+    client_busy: Option<Duration>,
+    /// How long opening (and upgrading) every connection took.
+    setup: Duration,
+}
+
 /// Kernel mode: connections opened one by one, then `--threads` epoll loops under load while
 /// this thread times the window.
 fn run_kernel(
@@ -340,8 +353,9 @@ fn run_kernel(
     target: &Target,
     pattern: Arc<Pattern>,
     spec: &WindowSpec,
-) -> Result<(ThreadStats, Measured), String> {
+) -> Result<Ran, String> {
     let connections = args.connections;
+    let started = std::time::Instant::now();
     let mut per_thread: Vec<Vec<(usize, std::net::TcpStream)>> =
         (0..args.threads).map(|_| Vec::new()).collect();
     for i in 0..connections {
@@ -350,6 +364,7 @@ fn run_kernel(
             .map_err(|e| format!("connection {i} of {connections}: {e}"))?;
         per_thread[i % args.threads].push((i, stream));
     }
+    let setup = started.elapsed();
 
     let phase = Arc::new(AtomicU8::new(load::WARMUP));
     let threads: Vec<_> = per_thread
@@ -372,7 +387,12 @@ fn run_kernel(
             .map_err(|e| format!("load thread: {e}"))?;
         stats.merge(s);
     }
-    Ok((stats, measured?))
+    Ok(Ran {
+        stats,
+        measured: measured?,
+        client_busy: None,
+        setup,
+    })
 }
 
 /// DPDK mode: the scenario on our stack (`hioload_bench::dpdk`).
@@ -382,7 +402,7 @@ fn run_dpdk(
     eal_args: Vec<String>,
     pattern: &Pattern,
     spec: &WindowSpec,
-) -> Result<(ThreadStats, Measured, Duration), String> {
+) -> Result<Ran, String> {
     use hioload_bench::dpdk::{self, client::ClientConfig, DpdkOptions};
     let server = match args.addr {
         SocketAddr::V4(a) if !a.ip().is_loopback() && !a.ip().is_unspecified() => a,
@@ -428,7 +448,12 @@ fn run_dpdk(
         },
     };
     let (outcome, measured) = dpdk::run(&opts, pattern, spec)?;
-    Ok((outcome.stats, measured, outcome.busy))
+    Ok(Ran {
+        stats: outcome.stats,
+        measured,
+        client_busy: Some(outcome.busy),
+        setup: outcome.setup,
+    })
 }
 
 /// A build without DPDK refuses EAL arguments, saying how to get a DPDK build.
@@ -438,7 +463,7 @@ fn run_dpdk(
     eal_args: Vec<String>,
     _pattern: &Pattern,
     _spec: &WindowSpec,
-) -> Result<(ThreadStats, Measured, Duration), String> {
+) -> Result<Ran, String> {
     Err(format!(
         "DPDK EAL arguments given ({}), but this build of hioload-bench has no DPDK mode; build it \
          with: cargo build --release -p hioload-bench --features dpdk (needs libdpdk-dev >= 22.11, \

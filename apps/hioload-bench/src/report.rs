@@ -35,6 +35,8 @@ pub struct LoadReport {
     /// The DPDK load generator's own busy time over the window (its lcore's turns that did
     /// work; near the window: the load generator is the limit).
     pub client_busy: Option<Duration>,
+    /// How long opening (and upgrading) every connection took, before the warm-up.
+    pub setup: Option<Duration>,
 }
 
 impl LoadReport {
@@ -99,6 +101,20 @@ impl LoadReport {
                 self.latency_us(0.99),
                 self.latency_us(0.999),
                 self.stats.latency.max() as f64 / 1000.0
+            );
+        }
+        if let Some(setup) = self.setup {
+            let _ = writeln!(
+                s,
+                "  setup       {} connections {} in {:.2} s ({:.0}/s)",
+                self.connections,
+                if self.framing == "raw" {
+                    "opened"
+                } else {
+                    "opened and upgraded"
+                },
+                setup.as_secs_f64(),
+                self.connections as f64 / setup.as_secs_f64().max(1e-9)
             );
         }
         let _ = writeln!(s, "  errors      {}", self.stats.errors);
@@ -235,6 +251,14 @@ impl LoadReport {
             opt(self.client_busy.and_then(|b| self.per_msg_us(b))),
             opt(self.client_busy.map(|b| self.cpu_percent(b))),
         );
+        let _ = write!(
+            s,
+            ",\"setup_s\":{},\"setup_per_s\":{}",
+            opt(self.setup.map(|d| d.as_secs_f64())),
+            opt(self
+                .setup
+                .map(|d| self.connections as f64 / d.as_secs_f64().max(1e-9))),
+        );
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let _ = write!(
                 s,
@@ -306,6 +330,7 @@ mod tests {
                 had_cpu: Some(0.5),
             }),
             client_busy: Some(Duration::from_millis(1000)),
+            setup: Some(Duration::from_millis(20)),
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
@@ -327,6 +352,10 @@ mod tests {
         );
         assert!(
             j.contains("\"client_busy_us_per_msg\":1000.000,\"client_busy_percent\":50.000"),
+            "{j}"
+        );
+        assert!(
+            j.contains("\"setup_s\":0.020,\"setup_per_s\":500.000"),
             "{j}"
         );
         let text = r.text();
