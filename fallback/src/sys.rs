@@ -46,21 +46,8 @@ pub fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usi
 pub fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        unsafe { recv_raw(stream, buf.as_mut_ptr(), buf.len()) }
     }
     #[cfg(not(unix))]
     {
@@ -74,22 +61,9 @@ pub fn recv_nonblocking(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize>
 pub fn recv_uninit(stream: &TcpStream, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
     #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call;
         // the kernel only writes it (uninitialized memory is never read).
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        unsafe { recv_raw(stream, buf.as_mut_ptr().cast(), buf.len()) }
     }
     #[cfg(not(unix))]
     {
@@ -100,6 +74,22 @@ pub fn recv_uninit(stream: &TcpStream, buf: &mut [std::mem::MaybeUninit<u8>]) ->
         let buf =
             unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len()) };
         recv_nonblocking(stream, buf)
+    }
+}
+
+/// `recv` with `MSG_DONTWAIT` into `len` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+#[cfg(unix)]
+unsafe fn recv_raw(stream: &TcpStream, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the caller's contract.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), ptr.cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -384,25 +384,8 @@ pub fn read_frame_rsv(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
 
 /// Reads one server frame: (fin, opcode, payload). Server frames must be unmasked.
 pub fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).unwrap();
-    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).unwrap();
-            u64::from_be_bytes(l) as usize
-        }
-        n => n as usize,
-    };
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).unwrap();
-    (h[0] & 0x80 != 0, h[0] & 0x0f, payload)
+    let (fin, opcode, payload) = read_frame_rsv(s);
+    (fin, opcode & 0x0f, payload)
 }
 
 /// Reads until the server closes the TCP connection, which must be a clean close (FIN, not a

@@ -97,9 +97,15 @@ fn large_turns_borrow_from_the_cache_and_give_back() {
     // A payload outside the input: staged (copied), so larger than STAGING_SMALL.
     let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 249) as u8).collect();
     let len = payload.len() + 4;
+    // The reader starts on each turn only once its first write is done, so that the kernel
+    // cannot take the whole turn at once however fast the reader is.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut got = vec![0u8; 2 * len];
-        client.read_exact(&mut got).unwrap();
+        for half in got.chunks_mut(len) {
+            wait.recv().unwrap();
+            client.read_exact(half).unwrap();
+        }
         got
     });
     let mut turn = TurnOutput::new();
@@ -108,6 +114,11 @@ fn large_turns_borrow_from_the_cache_and_give_back() {
     for _ in 0..2 {
         turn.sink(&[]).send_frame(b"HEAD", &payload);
         turn.flush(&server, &mut pending, Sources::NONE).unwrap();
+        assert!(
+            !pending.is_empty(),
+            "3 MiB do not fit 64 KiB socket buffers"
+        );
+        go.send(()).unwrap();
         // The staging went back to the cache; the connection holds its buffer until drained.
         assert!(turn.staging.capacity() <= STAGING_SMALL && turn.large.is_none());
         while !pending.is_empty() {
