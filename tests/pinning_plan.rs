@@ -189,3 +189,28 @@ fn spread_plan_on_this_machine_pins_each_worker_to_its_own_cpu() {
         assert_eq!(seen, vec![cpu]);
     }
 }
+
+/// Under a narrower affinity mask (what `taskset -c N hioload-echo` gives the process), the
+/// machine as discovered holds only the allowed PUs, and the default plan pins worker 0 there,
+/// not on CPU 0.
+#[test]
+fn discovery_follows_the_affinity_mask() {
+    let all = current_thread_cpus().unwrap();
+    let target = *all.last().unwrap();
+    let (pus, worker0) = std::thread::spawn(move || {
+        let only = CpuList::from_cpus([target]).unwrap();
+        let placement =
+            PlacementPlan::new(&Topology::discover().unwrap(), 1, &CpuAffinity::Cpus(only))
+                .unwrap()
+                .workers()[0];
+        placement.apply().unwrap();
+        // This thread's mask is now {target}: discover as a process started under taskset.
+        let topo = Topology::discover().unwrap();
+        let plan = PlacementPlan::new(&topo, 2, &CpuAffinity::default()).unwrap();
+        (topo.pu_count(), plan.workers()[0].cpu)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pus, 1, "only the allowed PU (of {all:?})");
+    assert_eq!(worker0, Some(target));
+}

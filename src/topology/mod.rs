@@ -56,7 +56,9 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Discovers the running machine (the PUs this process may use).
+    /// Discovers the running machine: the PUs this process may use, which is what its CPU
+    /// affinity mask allows (`taskset`, a parent's `sched_setaffinity`) within what hwloc sees
+    /// (hwloc itself only removes what cgroups forbid).
     pub fn discover() -> Result<Topology, TopologyError> {
         let hwloc = Hwloc::load_system().map_err(TopologyError::Load)?;
         let this_system = hwloc.is_this_system();
@@ -90,7 +92,20 @@ impl Topology {
         let mut by_node: BTreeMap<u32, BTreeMap<(bool, u32), Vec<u32>>> =
             node_ids.iter().map(|&n| (n, BTreeMap::new())).collect();
         let mut pu_count = 0;
-        for pu in hwloc.processing_units() {
+        let mut pus = hwloc.processing_units();
+        if this_system {
+            let allowed = hioload_fallback::affinity::allowed_cpus();
+            let usable: Vec<_> = pus
+                .iter()
+                .filter(|pu| allowed.contains(&(pu.os_index as usize)))
+                .cloned()
+                .collect();
+            // A mask that names none of hwloc's PUs (never seen) leaves the topology whole.
+            if !usable.is_empty() {
+                pus = usable;
+            }
+        }
+        for pu in pus {
             let node = pu
                 .node
                 .filter(|n| by_node.contains_key(n))
