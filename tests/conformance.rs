@@ -228,7 +228,7 @@ fn large_messages_come_back_whole(t: &Target) {
 /// Raw DEFLATE of a whole message, as a permessage-deflate client sends it (sync flush, tail
 /// removed).
 fn deflate_message(data: &[u8]) -> Vec<u8> {
-    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
     let mut out = Vec::with_capacity(data.len() + 1024);
     c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
         .unwrap();
@@ -304,10 +304,14 @@ fn compressed_messages_both_ways(t: &Target) {
         s.write_all(&compressed_frame(true, 0x0, b)).unwrap();
         assert_eq!(close_code_of(&mut s), 1002);
 
-        // A bomb: 64 MiB of zeros in a few KiB, against the 16 MiB limit.
+        // A bomb: 20 MiB of zeros in ~200 KiB, against the 16 MiB limit (sync-flushed
+        // segments, each inflating to 1 MiB on its own, concatenate into one stream).
         let mut s = open();
-        let bomb = deflate_message(&vec![0u8; 64 << 20]);
-        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        let mut segment = deflate_message(&vec![0u8; 1 << 20]);
+        segment.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut bomb = segment.repeat(20);
+        bomb.truncate(bomb.len() - 4);
+        assert!(bomb.len() < 512 << 10, "{}", bomb.len());
         s.write_all(&compressed_frame(true, 0x2, &bomb)).unwrap();
         assert_eq!(close_code_of(&mut s), 1009);
         // Not DEFLATE at all.
@@ -400,9 +404,12 @@ fn delivery_follows_the_session_rules(t: &Target) {
         // Nothing went to the connection in its handshake.
         handshaking.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut buf = [0u8; 64];
+        // (On a loaded machine this test may outlast the handshake deadline: the connection
+        // is then closed, still without a byte.)
+        let got = handshaking.read(&mut buf);
         assert!(
-            matches!(handshaking.read(&mut buf), Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
-            "the handshaking connection got nothing"
+            matches!(got, Ok(0)) || matches!(got, Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "the handshaking connection got nothing: {got:?}"
         );
         let _ = first;
         a.close(None).unwrap();
