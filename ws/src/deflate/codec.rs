@@ -56,6 +56,12 @@ impl Deflater {
     /// Appends `input` compressed (without the sync-flush tail) to `out`; then resets the
     /// context unless `keep_context`. `false` if memory for the output could not be had.
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>, keep_context: bool) -> bool {
+        // Room for the whole output at once (DEFLATE's worst case is a few bytes per 16 KiB
+        // stored block): one call, so that the output does not depend on the room the caller's
+        // buffer happened to have (zlib-rs cuts its blocks where the output space ends).
+        if out.try_reserve(input.len() + input.len() / 64 + 128).is_err() {
+            return false;
+        }
         let start_in = self.c.total_in();
         let ok = loop {
             let used = (self.c.total_in() - start_in) as usize;

@@ -187,8 +187,9 @@ pub fn with_broadcast<R>(payload: &[u8], f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Compressed output kept by a thread between messages; more is freed after the message.
-const OUT_KEEP: usize = 256 << 10;
+/// Compressed output kept by a thread between messages; more is freed after the message (so
+/// sends of messages above ~4 MiB compressed allocate their output each time).
+const OUT_KEEP: usize = 4 << 20;
 
 thread_local! {
     static SHARED: RefCell<Shared> = const {
