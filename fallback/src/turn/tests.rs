@@ -3,6 +3,27 @@
 use super::*;
 use std::io::Read;
 
+/// Drains `pending` in turns, as the writable events would, while the peer reads to the end;
+/// closes the server side and returns everything the peer read.
+fn drain_to_peer(
+    turn: &mut TurnOutput,
+    server: TcpStream,
+    pending: &mut PendingOutput,
+    mut client: std::net::TcpStream,
+) -> Vec<u8> {
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    while !pending.is_empty() {
+        turn.flush(&server, pending, Sources::NONE).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(server);
+    reader.join().unwrap()
+}
+
 fn pair() -> (TcpStream, std::net::TcpStream) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -51,7 +72,7 @@ fn pieces_go_out_in_order_with_large_payloads_from_the_input() {
 
 #[test]
 fn what_the_kernel_does_not_take_is_kept_in_order() {
-    let (server, mut client) = pair();
+    let (server, client) = pair();
     socket2::SockRef::from(&server)
         .set_send_buffer_size(4096)
         .unwrap();
@@ -68,17 +89,7 @@ fn what_the_kernel_does_not_take_is_kept_in_order() {
     );
     assert_eq!(sent + pending.len(), input.len() + 4);
     // Drain in turns, as the writable events would.
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        got
-    });
-    while !pending.is_empty() {
-        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    drop(server);
-    let got = reader.join().unwrap();
+    let got = drain_to_peer(&mut turn, server, &mut pending, client);
     assert_eq!(&got[..4], b"HEAD");
     assert!(got[4..] == input[..], "every byte in order");
 }
@@ -213,7 +224,7 @@ fn input_only(input: &[u8]) -> Sources<'_> {
 
 #[test]
 fn an_echo_of_the_retained_message_is_sent_from_it_and_its_unsent_end_adopted() {
-    let (server, mut client) = pair();
+    let (server, client) = pair();
     socket2::SockRef::from(&server)
         .set_send_buffer_size(4096)
         .unwrap();
@@ -243,22 +254,15 @@ fn an_echo_of_the_retained_message_is_sent_from_it_and_its_unsent_end_adopted() 
     assert_eq!(head, sent - 4);
     assert_eq!(turn.take_adoption(), None);
     pending.adopt(message.clone(), head, turn.cache());
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        got
-    });
-    while !pending.is_empty() {
-        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    drop(server);
-    assert_eq!(reader.join().unwrap(), [&b"HEAD"[..], &message].concat());
+    assert_eq!(
+        drain_to_peer(&mut turn, server, &mut pending, client),
+        [&b"HEAD"[..], &message].concat()
+    );
 }
 
 #[test]
 fn output_after_the_message_in_the_same_turn_is_copied_in_order() {
-    let (server, mut client) = pair();
+    let (server, client) = pair();
     socket2::SockRef::from(&server)
         .set_send_buffer_size(4096)
         .unwrap();
@@ -278,16 +282,9 @@ fn output_after_the_message_in_the_same_turn_is_copied_in_order() {
     // The message is not the turn's last piece: no adoption, the rest is copied, in order.
     assert_eq!(turn.take_adoption(), None);
     assert!(!pending.is_empty());
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        got
-    });
-    while !pending.is_empty() {
-        turn.flush(&server, &mut pending, Sources::NONE).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    drop(server);
     let expect = [&b"H1"[..], &message[10..], b"H2after"].concat();
-    assert_eq!(reader.join().unwrap(), expect);
+    assert_eq!(
+        drain_to_peer(&mut turn, server, &mut pending, client),
+        expect
+    );
 }
