@@ -59,7 +59,10 @@ impl Deflater {
         // Room for the whole output at once (DEFLATE's worst case is a few bytes per 16 KiB
         // stored block): one call, so that the output does not depend on the room the caller's
         // buffer happened to have (zlib-rs cuts its blocks where the output space ends).
-        if out.try_reserve(input.len() + input.len() / 64 + 128).is_err() {
+        if out
+            .try_reserve(input.len() + input.len() / 64 + 128)
+            .is_err()
+        {
             return false;
         }
         let start_in = self.c.total_in();
