@@ -51,6 +51,20 @@ impl HeldInput {
         &self.bytes
     }
 
+    /// The held bytes, writable (TLS decrypts a held record in place).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// Lets the first `n` held bytes go (consumed in place).
+    pub fn discard_front(&mut self, n: usize) {
+        if n >= self.bytes.len() {
+            self.clear();
+        } else if n > 0 {
+            self.bytes.drain(..n);
+        }
+    }
+
     /// Holds `rest` (after what is held already). On an allocation failure nothing changes.
     pub fn keep(&mut self, rest: &[u8]) -> Result<(), TryReserveError> {
         self.bytes.try_reserve(rest.len())?;

@@ -65,6 +65,7 @@ pub mod pending;
 pub mod session;
 pub mod settings;
 pub mod shard;
+pub mod tls;
 pub mod utf8;
 
 pub use close::CloseCode;
@@ -79,4 +80,4 @@ pub use held::HeldInput;
 pub use pending::PendingOutput;
 pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
 pub use settings::{Backpressure, Settings};
-pub use shard::{DeliverError, OutMessage, Shard, ShardSet, Transport, WorkerStats};
+pub use shard::{DeliverError, Listener, OutMessage, Shard, ShardSet, Transport, WorkerStats};

@@ -68,6 +68,9 @@ pub struct Settings {
     /// permessage-deflate: how offers are answered (default: shared, no state per connection;
     /// see [`crate::deflate`]). A reload applies to sessions opened after it.
     pub deflate: crate::deflate::DeflateConfig,
+    /// The certificates TLS listeners serve (`None`: no TLS). A reload swaps them for
+    /// handshakes that start after it; open sessions keep theirs.
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             max_connections: 100_000,
             memory_budget: 1 << 30,
             deflate: crate::deflate::DeflateConfig::default(),
+            tls: None,
         }
     }
 }

@@ -23,6 +23,10 @@
 //! peer's code, the code we sent, or 1006 (no close handshake: the peer vanished, a deadline
 //! passed, the server stopped).
 //!
+//! A connection accepted on a TLS listener carries a [`TlsLayer`] below all of this (see
+//! [`crate::tls`]): its input is decrypted before the phases above see it, and every operation
+//! that writes goes through a [`TlsWire`] that encrypts before the transport's wire.
+//!
 //! Time is never read here: every call takes `now`. The timers are a small table per connection
 //! (one phase deadline, the time output went over the hard bound, the last input, the idle ping);
 //! [`Connection::poll_timeout`] says when the next one is due and
@@ -32,6 +36,7 @@ mod app;
 mod ending;
 mod opening;
 mod timers;
+mod tls_input;
 mod upgrade;
 mod wire;
 
@@ -58,6 +63,36 @@ use crate::pending::PendingOutput;
 use crate::session::{Event, Outgoing, Session, State};
 use crate::settings::Settings;
 use crate::shard::{OutMessage, ShardCounters, ShardSet};
+use crate::tls::{TlsAcceptor, TlsFailure, TlsLayer};
+
+/// Runs `$body` with `$w` bound to the wire the session layer writes to: `$wire` itself, or, for
+/// a TLS connection, a [`TlsWire`] over it, whose plaintext is encrypted and queued on `$wire`
+/// before this returns. A macro rather than a function with a closure, because the body is
+/// generic over the wire's type. While the body runs, the layer is out of `$conn.tls`.
+macro_rules! through_tls {
+    ($conn:ident, $wire:ident, |$w:ident| $body:expr) => {{
+        match $conn.tls.take() {
+            None => {
+                let $w = $wire;
+                $body
+            }
+            Some(mut tls) => {
+                let mut tls_wire = $crate::tls::TlsWire::new(&mut tls, $wire);
+                let result = {
+                    let $w = &mut tls_wire;
+                    $body
+                };
+                let sealed = tls_wire.finish(&mut $conn.pending);
+                $conn.tls = Some(tls);
+                if let Err(e) = sealed {
+                    $conn.tls_broken(&e);
+                }
+                result
+            }
+        }
+    }};
+}
+pub(crate) use through_tls;
 
 /// What a connection needs from its shard during one operation.
 pub struct ShardContext<'a, A: ?Sized> {
@@ -155,9 +190,13 @@ pub struct Connection {
     awaiting: Option<Box<Awaiting>>,
     /// The application's state of this session (`None` unless it set one).
     data: SessionData,
-    /// How far the request head has been searched for its end (incremental head parsing).
-    head_scanned: usize,
+    /// How far the request head has been searched for its end (incremental head parsing; a
+    /// head is at most `max_head_bytes`, so 32 bits, beside `read_paused`).
+    head_scanned: u32,
     timers: Timers,
+    /// TLS below the session (accepted on a TLS listener); boxed: plain connections pay a
+    /// pointer.
+    tls: Option<Box<TlsLayer>>,
 }
 
 impl Connection {
@@ -173,6 +212,7 @@ impl Connection {
             awaiting: None,
             data: SessionData::default(),
             head_scanned: 0,
+            tls: None,
             timers: Timers {
                 deadline: Some(now + settings.handshake_timeout),
                 over_soft_since: None,
@@ -181,6 +221,17 @@ impl Connection {
                 message_since: None,
             },
         }
+    }
+
+    /// Puts TLS below the connection (before any byte arrived): it was accepted on a TLS
+    /// listener.
+    pub fn start_tls(&mut self, acceptor: &TlsAcceptor) -> Result<(), TlsFailure> {
+        self.tls = Some(Box::new(TlsLayer::new(acceptor)?));
+        Ok(())
+    }
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Server-unique id (of its session, once open).
@@ -200,13 +251,20 @@ impl Connection {
         &mut self.pending
     }
     /// The input held from earlier reads: the transport moves it in front of newly received
-    /// bytes ([`HeldInput::move_to`]) before the next [`Connection::receive`].
+    /// bytes ([`HeldInput::move_to`]) before the next [`Connection::receive`]. (Over TLS, the
+    /// ciphertext of a partial record; the plaintext a partial frame left stays inside.)
     pub fn held_mut(&mut self) -> &mut HeldInput {
-        &mut self.held
+        match &mut self.tls {
+            Some(tls) => tls.held_mut(),
+            None => &mut self.held,
+        }
     }
-    /// Bytes held from earlier reads.
+    /// Bytes held from earlier reads, for the transport to put in front of the next ones.
     pub fn held_len(&self) -> usize {
-        self.held.len()
+        match &self.tls {
+            Some(tls) => tls.held_len(),
+            None => self.held.len(),
+        }
     }
     /// Memory this connection holds on the server's side (held input, message assembly and
     /// dedicated permessage-deflate codecs, pending output), in bytes: what the server's memory
@@ -216,7 +274,11 @@ impl Connection {
             Phase::Open(session) => session.assembly_capacity() + session.codec_memory(),
             _ => 0,
         };
-        self.held.capacity() + assembly + self.pending.len()
+        let tls = self
+            .tls
+            .as_ref()
+            .map_or(0, |tls| std::mem::size_of::<TlsLayer>() + tls.memory());
+        self.held.capacity() + assembly + self.pending.len() + tls
     }
     /// Whether most of [`Connection::memory`] is pending output (a slow reader) rather than
     /// input (a message in assembly).
@@ -248,7 +310,7 @@ impl Connection {
     /// Room to read the frame being streamed straight into the message buffer (see
     /// [`Session::bulk_room`]); `None` while input is held or no large frame is streaming.
     pub fn bulk_room(&mut self) -> Option<&mut [std::mem::MaybeUninit<u8>]> {
-        if !self.held.is_empty() {
+        if !self.held.is_empty() || self.tls.is_some() {
             return None;
         }
         match &mut self.phase {
@@ -259,13 +321,17 @@ impl Connection {
     /// Whether the connection streams a large frame that the transport may read straight into
     /// the message buffer ([`Connection::bulk_room`]).
     pub fn streams_large_frame(&self) -> bool {
-        self.held.is_empty() && matches!(&self.phase, Phase::Open(s) if s.streams_large_frame())
+        self.held.is_empty()
+            && self.tls.is_none()
+            && matches!(&self.phase, Phase::Open(s) if s.streams_large_frame())
     }
     /// Whether the connection's input is large messages: one streams now, or the last one
     /// delivered was large ([`Session::expects_large`]); a transport may then read it straight
     /// into the message buffer rather than through receive buffers.
     pub fn expects_large(&self) -> bool {
-        self.held.is_empty() && matches!(&self.phase, Phase::Open(s) if s.expects_large())
+        self.held.is_empty()
+            && self.tls.is_none()
+            && matches!(&self.phase, Phase::Open(s) if s.expects_large())
     }
     /// The pending output and the session's retained message (empty if none), for a transport
     /// whose turn output names ranges of that message ([`Wire::keeps_message_ranges`]).
@@ -327,6 +393,21 @@ impl Connection {
     /// cannot be held (no memory, or larger than a partial in-place frame can be) ends the
     /// connection (1011, logged). Output goes to `wire`.
     pub fn receive<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        input: &mut [u8],
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        if self.tls.is_some() {
+            self.receive_tls(input, wire, cx, now);
+        } else {
+            self.receive_plain(input, wire, cx, now);
+        }
+    }
+
+    /// [`Connection::receive`] of plaintext (on a plain connection, or decrypted).
+    fn receive_plain<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         input: &mut [u8],
         wire: &mut W,
@@ -495,6 +576,15 @@ impl Connection {
         settings: &Settings,
         now: Instant,
     ) -> bool {
+        through_tls!(self, wire, |wire| self.verdicts(wire, settings, now))
+    }
+
+    fn verdicts<W: Wire + ?Sized>(
+        &mut self,
+        wire: &mut W,
+        settings: &Settings,
+        now: Instant,
+    ) -> bool {
         let pending = self.pending.len();
         let bp = &settings.backpressure;
         let mut resume = false;
@@ -546,7 +636,8 @@ impl Connection {
         if session.state() != State::Open {
             return;
         }
-        self.lend(wire, cx, |app, session| app.on_drain(session));
+        through_tls!(self, wire, |wire| self
+            .lend(wire, cx, |app, session| app.on_drain(session)));
     }
 
     /// Lends the open session to one application callback (`f`), its sends going to `wire`.
@@ -580,6 +671,10 @@ impl Connection {
 
     /// Queues `msg` (sent by id or broadcast from elsewhere) if the session is open.
     pub fn deliver<W: Wire + ?Sized>(&mut self, msg: &OutMessage, wire: &mut W) -> bool {
+        through_tls!(self, wire, |wire| self.deliver_on(msg, wire))
+    }
+
+    fn deliver_on<W: Wire + ?Sized>(&mut self, msg: &OutMessage, wire: &mut W) -> bool {
         let Phase::Open(session) = &mut self.phase else {
             return false;
         };
@@ -601,6 +696,10 @@ impl Connection {
     /// The server stops: an open session gets Close 1001 (returns true); a connection still in
     /// its handshake ends.
     pub fn begin_shutdown<W: Wire + ?Sized>(&mut self, wire: &mut W) -> bool {
+        through_tls!(self, wire, |wire| self.shutdown_on(wire))
+    }
+
+    fn shutdown_on<W: Wire + ?Sized>(&mut self, wire: &mut W) -> bool {
         match &mut self.phase {
             Phase::Handshake => {
                 self.phase = Phase::Ended(Release::Reset);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::upgrade::{Accept, Awaiting, Rejection, Upgrade, UpgradeCtx};
-use super::{App, Connection, Phase, ShardContext, Wire};
+use super::{through_tls, App, Connection, Phase, ShardContext, Wire};
 use crate::deflate::{self, Agreed};
 use crate::handshake::{self, HttpError, Parsed, UpgradeRequest};
 use crate::pending::PendingOutput;
@@ -43,18 +43,18 @@ impl Connection {
         // Incremental: a head is parsed once its end is there (or it is over the limit), so a
         // head that trickles in is searched once, not re-parsed from its start on every read.
         // (The first read is always parsed: garbage is refused at once.)
-        let from = self.head_scanned.saturating_sub(2);
+        let from = (self.head_scanned as usize).saturating_sub(2);
         if self.head_scanned > 0
             && input.len() <= cx.settings.limits.max_head_bytes
             && !may_end_head(&input[from..])
         {
-            self.head_scanned = input.len();
+            self.head_scanned = input.len().min(u32::MAX as usize) as u32;
             return 0;
         }
         let opening = match handshake::parse_request(input, &cx.settings.limits) {
             // Heads over `max_head_bytes` are refused (431), so what waits stays bounded.
             Parsed::Partial => {
-                self.head_scanned = input.len();
+                self.head_scanned = input.len().min(u32::MAX as usize) as u32;
                 return 0;
             }
             Parsed::Reject(err) => {
@@ -175,6 +175,16 @@ impl Connection {
     /// The application's deferred decision arrived (through the shard's inbox). Ignored unless
     /// the connection still waits for it.
     pub fn complete_upgrade<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        decision: Upgrade,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+        now: Instant,
+    ) {
+        through_tls!(self, wire, |wire| self.upgrade_on(decision, wire, cx, now))
+    }
+
+    fn upgrade_on<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         decision: Upgrade,
         wire: &mut W,

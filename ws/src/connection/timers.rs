@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use super::{App, Connection, Idle, Phase, Release, ShardContext, Wire, WireSink};
+use super::{through_tls, App, Connection, Idle, Phase, Release, ShardContext, Wire, WireSink};
 use crate::close::CloseCode;
 use crate::log_limit::LogCause;
 use crate::session::State;
@@ -38,6 +38,15 @@ impl Connection {
     /// a handshake, close handshake or finishing that took too long ends (an open session is
     /// reported closed with 1006).
     pub fn handle_timeout<W: Wire + ?Sized, A: App + ?Sized>(
+        &mut self,
+        now: Instant,
+        wire: &mut W,
+        cx: &mut ShardContext<'_, A>,
+    ) {
+        through_tls!(self, wire, |wire| self.timeout_on(now, wire, cx))
+    }
+
+    fn timeout_on<W: Wire + ?Sized, A: App + ?Sized>(
         &mut self,
         now: Instant,
         wire: &mut W,
@@ -124,7 +133,7 @@ impl Connection {
         cx: &mut ShardContext<'_, A>,
         now: Instant,
     ) {
-        self.send_close(code, reason, wire);
+        through_tls!(self, wire, |wire| self.send_close(code, reason, wire));
         self.leave_open(cx, now, Some((code, reason)));
     }
 
@@ -138,7 +147,7 @@ impl Connection {
         cx: &mut ShardContext<'_, A>,
         now: Instant,
     ) {
-        self.send_close(code, reason, wire);
+        through_tls!(self, wire, |wire| self.send_close(code, reason, wire));
         self.end(code, reason, cx, now);
     }
 
@@ -192,6 +201,10 @@ impl Connection {
 
     /// Sends the idle ping that [`Connection::idle_check`] asked for.
     pub fn ping_idle<W: Wire + ?Sized>(&mut self, wire: &mut W, now: Instant) {
+        through_tls!(self, wire, |wire| self.ping_on(wire, now))
+    }
+
+    fn ping_on<W: Wire + ?Sized>(&mut self, wire: &mut W, now: Instant) {
         if let Phase::Open(session) = &mut self.phase {
             let mut sink = WireSink {
                 wire,

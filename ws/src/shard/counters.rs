@@ -72,6 +72,11 @@ pub struct ShardCounters {
     pub backpressure_closes: PaddedCounter,
     /// Sessions closed for a protocol error of the peer.
     pub protocol_errors: PaddedCounter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: PaddedCounter,
+    /// TLS connections ended because their peer's input was refused (bad records, a failed
+    /// handshake, plain HTTP on the TLS port).
+    pub tls_failures: PaddedCounter,
     /// Half-open TCP connections the transport evicted to admit new SYNs (a SYN flood
     /// defence; DPDK stack only, the kernel path leaves SYN floods to the kernel).
     pub tcp_half_open_evicted: PaddedCounter,
@@ -230,6 +235,10 @@ pub struct WorkerStats {
     /// Sessions closed for a protocol error of the peer.
     pub protocol_errors: usize,
     /// Half-open TCP connections evicted to admit new SYNs (DPDK stack; 0 on the kernel path).
+    /// TLS handshakes completed.
+    pub tls_handshakes: usize,
+    /// TLS connections ended because their peer's input was refused.
+    pub tls_failures: usize,
     pub tcp_half_open_evicted: usize,
     /// TCP handshakes given up on (DPDK stack; 0 on the kernel path).
     pub tcp_handshake_timeouts: usize,
@@ -262,6 +271,8 @@ impl ShardCounters {
             message_timeouts: self.message_timeouts.get(),
             backpressure_closes: self.backpressure_closes.get(),
             protocol_errors: self.protocol_errors.get(),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_failures: self.tls_failures.get(),
             tcp_half_open_evicted: self.tcp_half_open_evicted.get(),
             tcp_handshake_timeouts: self.tcp_handshake_timeouts.get(),
             tcp_syn_dropped: self.tcp_syn_dropped.get(),

@@ -81,6 +81,15 @@ pub trait Transport {
     fn output_cache_stats(&self) -> OutputCacheStats;
 }
 
+/// Which kind of listener accepted a connection.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Plain `ws://` (and HTTP).
+    Plain,
+    /// `wss://`: TLS first, with the certificates of [`Settings::tls`].
+    Tls,
+}
+
 /// A connection and the transport's state for it.
 #[derive(Debug)]
 pub struct Slot<T> {
@@ -237,6 +246,19 @@ impl<T, A: App> Shard<T, A> {
     /// every slot taken, or at the server's connection cap (`max_connections`: counted, and
     /// logged at a rate limit).
     pub fn open(&mut self, io: T, peer: SocketAddr, now: Instant) -> Result<usize, T> {
+        self.open_on(Listener::Plain, io, peer, now)
+    }
+
+    /// [`Shard::open`] for a connection accepted on `listener`: a TLS listener's connections
+    /// start with a TLS handshake (with the certificates of the settings in force); refused if
+    /// the settings have none.
+    pub fn open_on(
+        &mut self,
+        listener: Listener,
+        io: T,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<usize, T> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None if self.slots.len() < self.max_connections => {
@@ -245,7 +267,7 @@ impl<T, A: App> Shard<T, A> {
             }
             None => return Err(io),
         };
-        self.open_at(slot, io, peer, now)
+        self.open_at_on(listener, slot, io, peer, now)
             .map(|()| slot)
             .inspect_err(|_| self.free.push(slot))
     }
@@ -254,6 +276,18 @@ impl<T, A: App> Shard<T, A> {
     /// `max_connections`), for transports that number their connections densely. A shard uses
     /// either this or `open`, not both.
     pub fn open_at(&mut self, slot: usize, io: T, peer: SocketAddr, now: Instant) -> Result<(), T> {
+        self.open_at_on(Listener::Plain, slot, io, peer, now)
+    }
+
+    /// [`Shard::open_at`] for a connection accepted on `listener` (see [`Shard::open_on`]).
+    pub fn open_at_on(
+        &mut self,
+        listener: Listener,
+        slot: usize,
+        io: T,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<(), T> {
         if self.set.is_stopping() || slot >= self.max_connections {
             return Err(io);
         }
@@ -272,9 +306,22 @@ impl<T, A: App> Shard<T, A> {
             return Err(io);
         }
         let id = session_id(self.index, self.next_serial, slot);
+        let mut conn = Connection::new(id, peer, now, &self.settings);
+        if listener == Listener::Tls {
+            let started = match &self.settings.tls {
+                Some(acceptor) => conn.start_tls(acceptor).map_err(|e| e.0),
+                None => Err("no TLS certificate configured".to_string()),
+            };
+            if let Err(why) = started {
+                if self.log.allow(LogCause::Refused, now) {
+                    warn!(%peer, "TLS connection refused: {why}");
+                }
+                return Err(io);
+            }
+        }
         self.next_serial += 1;
         self.slots[slot] = Some(Slot {
-            conn: Connection::new(id, peer, now, &self.settings),
+            conn,
             io,
             watched: false,
             released: false,

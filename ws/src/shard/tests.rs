@@ -483,3 +483,4 @@ fn stop_sends_1001_and_finishes_when_every_close_is_done() {
 }
 
 mod limits;
+mod tls;
