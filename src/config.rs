@@ -2,6 +2,7 @@
 //! [`Config::validate`] so that a bad value is reported by the name the user wrote.
 
 use hioload_wsproto::deflate::DeflateConfig;
+pub use hioload_wsproto::tls::{CertFiles, TlsAcceptor, TlsFiles};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +22,22 @@ pub enum DataPathConfig {
     /// stack's own address.
     #[cfg(feature = "dpdk")]
     Dpdk(crate::dpdk::DpdkConfig),
+}
+
+/// TLS on the server: rustls (ring provider), TLS 1.2 and 1.3, ALPN `http/1.1`; see
+/// [`hioload_wsproto::tls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain and key (PEM files), and optionally one pair per SNI host name.
+    /// Reloadable: [`Server::reload`](crate::Server::reload) re-reads the files (so a renewed
+    /// certificate at the same path is picked up); new handshakes use them, open sessions keep
+    /// theirs. Files that cannot be loaded are refused with the running ones kept.
+    pub files: TlsFiles,
+    /// Where TLS is served. `None`: `listen` itself speaks TLS (a TLS-only server; with
+    /// `control_on_main`, `/metrics` and `/debug/probes` are served over TLS too). `Some(addr)`:
+    /// a second listener at `addr` speaks TLS and `listen` stays plain (on the DPDK path, the
+    /// same IP address as `listen`, another port). Fixed at start.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Everything a [`Server`](crate::Server) needs. `Default` gives the documented defaults.
@@ -95,6 +112,9 @@ pub struct Config {
     /// out uncompressed, the level (default: shared mode, 1 KiB, level 6; see
     /// [`hioload_wsproto::deflate`]). Reloadable: applies to sessions opened after the reload.
     pub deflate: DeflateConfig,
+    /// TLS (`wss://`): certificates and where TLS is served (default `None`: plain `ws://` only).
+    /// See [`TlsConfig`].
+    pub tls: Option<TlsConfig>,
     /// Buffer pool sizes and limits (per NUMA node).
     pub pool: PoolConfig,
     /// The data path (default: the kernel).
@@ -125,6 +145,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(60)),
             pong_timeout: Duration::from_secs(30),
             deflate: DeflateConfig::default(),
+            tls: None,
             pool: PoolConfig::default(),
             data_path: DataPathConfig::Kernel,
         }
@@ -277,6 +298,22 @@ impl Config {
             field: "deflate",
             problem,
         })?;
+        if let Some(tls) = &self.tls {
+            let same = tls.listen == Some(self.listen) && self.listen.port() != 0;
+            check(!same, "tls.listen", || {
+                format!(
+                    "must differ from listen ({}); leave it unset to serve TLS on listen itself",
+                    self.listen
+                )
+            })?;
+            for (name, _) in &tls.files.sni {
+                check(
+                    !name.is_empty() && name.len() <= 253 && !name.contains(['/', ' ']),
+                    "tls.sni",
+                    || format!("not a host name: {name:?}"),
+                )?;
+            }
+        }
         check(self.max_connections >= 1, "max_connections", || {
             "must be at least 1".to_string()
         })?;
@@ -301,7 +338,16 @@ impl Config {
         Ok(())
     }
 
-    /// The settings a running server can change (see [`crate::Server::reload`]).
+    /// The settings a running server can change (see [`crate::Server::reload`]), with the
+    /// certificates `tls` (loaded from [`Config::tls`] by the server).
+    pub(crate) fn settings_with(&self, tls: Option<TlsAcceptor>) -> Settings {
+        Settings {
+            tls,
+            ..self.settings()
+        }
+    }
+
+    /// The settings a running server can change, without certificates.
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             limits: self.limits.clone(),
@@ -315,6 +361,32 @@ impl Config {
             max_connections: self.max_connections,
             memory_budget: self.memory_budget,
             deflate: self.deflate.clone(),
+            tls: None,
+        }
+    }
+
+    /// Loads the certificates [`Config::tls`] names (`None` without TLS); the error names the
+    /// file and what is wrong.
+    pub fn load_tls(&self) -> Result<Option<TlsAcceptor>, ConfigError> {
+        self.tls
+            .as_ref()
+            .map(|t| TlsAcceptor::load(&t.files))
+            .transpose()
+            .map_err(|e| ConfigError {
+                field: "tls",
+                problem: e.to_string(),
+            })
+    }
+
+    /// Where the server speaks TLS: (plain `listen`'s kind, the second TLS address).
+    pub(crate) fn tls_listeners(&self) -> (hioload_wsproto::Listener, Option<SocketAddr>) {
+        use hioload_wsproto::Listener;
+        match &self.tls {
+            None => (Listener::Plain, None),
+            Some(TlsConfig { listen: None, .. }) => (Listener::Tls, None),
+            Some(TlsConfig {
+                listen: Some(addr), ..
+            }) => (Listener::Plain, Some(*addr)),
         }
     }
 
@@ -340,6 +412,10 @@ impl Config {
         diff("io_backend", self.io_backend != new.io_backend);
         diff("session_shards", self.session_shards != new.session_shards);
         diff("pool", self.pool != new.pool);
+        diff(
+            "tls.listen",
+            self.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),
+        );
         diff("data_path", self.data_path != new.data_path);
         diff(
             "limits.inplace_frame_max",
@@ -371,20 +447,28 @@ impl Config {
         merged.max_connections = new.max_connections;
         merged.memory_budget = new.memory_budget;
         merged.deflate = new.deflate.clone();
+        // Certificate files reload; where TLS is served does not (a listener is not added or
+        // removed by a reload).
+        if let (Some(running), Some(new)) = (&mut merged.tls, &new.tls) {
+            running.files = new.files.clone();
+        }
         merged
     }
 
     /// The kernel transport's settings.
-    pub(crate) fn transport(&self) -> hioload_fallback::TransportConfig {
+    pub(crate) fn transport(&self, tls: Option<TlsAcceptor>) -> hioload_fallback::TransportConfig {
+        let (listen_kind, tls_listen) = self.tls_listeners();
         hioload_fallback::TransportConfig {
             listen: self.listen,
+            listen_kind,
+            tls_listen,
             workers: self.num_workers,
             batch_size: self.batch_size,
             cpu_affinity: self.cpu_affinity,
             worker_cpus: Vec::new(),
             inbox_capacity: self.ring_capacity,
             io: self.io_backend,
-            settings: self.settings(),
+            settings: self.settings_with(tls),
             ..hioload_fallback::TransportConfig::default()
         }
     }

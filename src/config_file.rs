@@ -36,7 +36,18 @@
 //! mode = "shared"               # off | shared | dedicated | dedicated:9..15 (window bits)
 //! threshold = "1KiB"            # shorter messages go out uncompressed
 //! level = 6                     # zlib level 0..9
+//!
+//! [tls]                         # wss://; the files are re-read on every reload (SIGHUP)
+//! cert = "/etc/hioload/cert.pem"  # certificate chain (PEM), end-entity first
+//! key = "/etc/hioload/key.pem"    # its private key (PEM)
+//! listen = "0.0.0.0:8443"       # a second, TLS listener; unset: `listen` speaks TLS; restart needed
+//! [[tls.sni]]                   # optional: another certificate for clients that ask for `host`
+//! host = "chat.example.com"
+//! cert = "/etc/hioload/chat.pem"
+//! key = "/etc/hioload/chat.key"
 //! ```
+//!
+//! Paths are used as written (relative ones from the server's working directory).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -73,6 +84,25 @@ pub struct ConfigFile {
     limits: Option<LimitsFile>,
     backpressure: Option<BackpressureFile>,
     deflate: Option<DeflateFile>,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    sni: Vec<SniFile>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SniFile {
+    host: String,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -316,6 +346,44 @@ impl ConfigFile {
             if let Some(v) = d.level {
                 c.deflate.level = v;
             }
+        }
+        if let Some(t) = &self.tls {
+            let base = c.tls.clone();
+            let cert = t
+                .cert
+                .clone()
+                .or(base.as_ref().map(|b| b.files.default.cert.clone()));
+            let key = t
+                .key
+                .clone()
+                .or(base.as_ref().map(|b| b.files.default.key.clone()));
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err(ConfigFileError::Invalid {
+                    path: None,
+                    error: ConfigError {
+                        field: "tls",
+                        problem: "needs both cert and key (PEM file paths)".to_string(),
+                    },
+                });
+            };
+            let mut files = crate::config::TlsFiles::new(cert, key);
+            files.sni = t
+                .sni
+                .iter()
+                .map(|s| {
+                    (
+                        s.host.clone(),
+                        crate::config::CertFiles {
+                            cert: s.cert.clone(),
+                            key: s.key.clone(),
+                        },
+                    )
+                })
+                .collect();
+            c.tls = Some(crate::config::TlsConfig {
+                files,
+                listen: t.listen.or(base.and_then(|b| b.listen)),
+            });
         }
         c.validate()
             .map_err(|error| ConfigFileError::Invalid { path: None, error })?;

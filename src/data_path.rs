@@ -27,6 +27,10 @@ pub(crate) struct PathStats {
 pub(crate) trait DataPath: Send + Sync {
     /// The address it serves (with the real port when 0 was asked).
     fn local_addr(&self) -> SocketAddr;
+    /// The address of the second, TLS listener, if any.
+    fn tls_local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
     /// The kernel path's I/O backend (`None` on the DPDK path).
     fn io_backend(&self) -> Option<IoBackend>;
     /// What its shards share.

@@ -40,7 +40,10 @@ mod registry;
 pub mod server;
 pub mod topology;
 
-pub use config::{Backpressure, Config, ConfigError, DataPathConfig, IoBackend, Limits};
+pub use config::{
+    Backpressure, CertFiles, Config, ConfigError, DataPathConfig, IoBackend, Limits, TlsConfig,
+    TlsFiles,
+};
 pub use config_file::{ConfigFile, ConfigFileError};
 pub use control::ProbeValue;
 #[cfg(feature = "dpdk")]

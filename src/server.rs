@@ -175,10 +175,11 @@ impl Server {
             control: self.control.clone(),
             serve_control: self.cfg.control_on_main,
         });
+        let tls = self.cfg.load_tls()?;
         let path: Arc<dyn DataPath> = match &self.cfg.data_path {
             DataPathConfig::Kernel => {
                 handler.on_start(self.cfg.num_workers);
-                Arc::new(KernelPath::start(&self.cfg, app)?)
+                Arc::new(KernelPath::start(&self.cfg, app, tls)?)
             }
             // The EAL thread calls `on_start` with the number of polling lcores.
             #[cfg(feature = "dpdk")]
@@ -187,6 +188,7 @@ impl Server {
                 dpdk,
                 app,
                 handler.clone(),
+                tls,
             )?),
         };
         let _ = self.control.runtime.set(Runtime {
@@ -200,6 +202,12 @@ impl Server {
     /// The bound address (with the real port when port 0 was configured); `None` before `start`.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.running.get().map(|r| r.path.local_addr())
+    }
+
+    /// The bound address of the second, TLS listener ([`TlsConfig::listen`](crate::TlsConfig)),
+    /// with the real port when port 0 was configured; `None` without one or before `start`.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.running.get().and_then(|r| r.path.tls_local_addr())
     }
 
     /// The I/O backend the kernel data path runs (`Auto` resolved); `None` before `start` and on
@@ -279,8 +287,11 @@ impl Server {
         let restart_needed = current.restart_only_changes(&new);
         let merged = current.with_reloadable_from(&new);
         merged.validate()?;
+        // Certificates are re-read from their files: a renewed certificate at the same path is
+        // picked up; files that do not load refuse the whole reload.
+        let tls = merged.load_tls()?;
         if let Some(running) = self.running.get() {
-            running.path.reload(merged.settings());
+            running.path.reload(merged.settings_with(tls));
         }
         *current = merged;
         self.control.reloads.fetch_add(1, Ordering::Relaxed);

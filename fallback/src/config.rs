@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use hioload_wsproto::{Limits, Settings};
+use hioload_wsproto::{Limits, Listener, Settings};
 
 /// How a worker talks to the kernel.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +57,11 @@ impl std::str::FromStr for IoBackend {
 pub struct TransportConfig {
     /// Address every worker's listener binds (port 0: the kernel picks one, shared by all workers).
     pub listen: SocketAddr,
+    /// What the `listen` address speaks: plain `ws://`, or TLS first (`wss://`, with the
+    /// certificates of `settings.tls`).
+    pub listen_kind: Listener,
+    /// A second address that speaks TLS, beside a plain `listen` (`None`: none).
+    pub tls_listen: Option<SocketAddr>,
     /// Number of worker threads, each with its own poll instance and listener.
     pub workers: usize,
     /// Most readiness events taken from the kernel per wait.
@@ -86,6 +91,8 @@ impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen_kind: Listener::Plain,
+            tls_listen: None,
             workers: 4,
             batch_size: 16,
             cpu_affinity: true,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hioload_wsproto::shard::Wake;
-use hioload_wsproto::{App, Settings, ShardSet};
+use hioload_wsproto::{App, Listener, Settings, ShardSet};
 use mio::{Poll, Waker};
 use tracing::{error, info, warn};
 
@@ -25,6 +25,7 @@ use crate::worker::{PollBackend, Worker, WorkerSeed, WAKER};
 /// A running kernel transport: `workers` threads serving one address.
 pub struct KernelTransport {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     io: IoBackend,
     set: Arc<ShardSet>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -57,6 +58,14 @@ impl KernelTransport {
         assert!(cfg.batch_size > 0, "batch_size > 0");
         cfg.io = resolve_backend(cfg.io)?;
         let (listeners, local_addr) = bind_listeners(cfg.listen, cfg.workers)?;
+        let (tls_listeners, tls_local_addr): (Vec<Option<std::net::TcpListener>>, _) =
+            match cfg.tls_listen {
+                Some(addr) => {
+                    let (ls, bound) = bind_listeners(addr, cfg.workers)?;
+                    (ls.into_iter().map(Some).collect(), Some(bound))
+                }
+                None => ((0..cfg.workers).map(|_| None).collect(), None),
+            };
         let mut polls = Vec::with_capacity(cfg.workers);
         let mut wakers: Vec<Option<Box<dyn Wake>>> = Vec::with_capacity(cfg.workers);
         for _ in 0..cfg.workers {
@@ -80,18 +89,22 @@ impl KernelTransport {
         };
 
         let mut seeds = Vec::with_capacity(cfg.workers);
-        for (index, (listener, poll)) in listeners.into_iter().zip(polls).enumerate() {
+        let sockets = listeners.into_iter().zip(tls_listeners);
+        for (index, ((listener, tls_listener), poll)) in sockets.zip(polls).enumerate() {
+            let mut sockets = vec![(listener, cfg.listen_kind)];
+            sockets.extend(tls_listener.map(|l| (l, Listener::Tls)));
             seeds.push(WorkerSeed::new(
                 index,
                 cfg.clone(),
                 set.clone(),
                 poll,
-                listener,
+                sockets,
             )?);
         }
 
         let transport = KernelTransport {
             local_addr,
+            tls_local_addr,
             io: cfg.io,
             set,
             threads: Mutex::new(Vec::new()),
@@ -143,6 +156,11 @@ impl KernelTransport {
     /// The I/O backend the workers run (never `Auto`).
     pub fn io_backend(&self) -> IoBackend {
         self.io
+    }
+
+    /// The address of the second, TLS listener, if any (the real port when 0 was asked).
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// The address the listeners are bound to (the real port when 0 was asked).

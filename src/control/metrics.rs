@@ -38,7 +38,7 @@ impl Control {
             workers.iter().map(|w| w.sessions).sum::<usize>() as f64,
         );
         type Field = fn(&WorkerStats) -> usize;
-        let per_worker: [(&str, &str, &str, Field); 17] = [
+        let per_worker: [(&str, &str, &str, Field); 19] = [
             (
                 "hioload_worker_sessions",
                 "gauge",
@@ -116,6 +116,18 @@ impl Control {
                 "counter",
                 "Sessions closed for a protocol error of the peer.",
                 |w| w.protocol_errors,
+            ),
+            (
+                "hioload_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed.",
+                |w| w.tls_handshakes,
+            ),
+            (
+                "hioload_tls_failures_total",
+                "counter",
+                "TLS connections ended because the peer's input was refused (failed handshake, bad record, plain HTTP on the TLS port).",
+                |w| w.tls_failures,
             ),
             (
                 "hioload_tcp_half_open_evicted_total",

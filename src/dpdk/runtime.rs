@@ -48,6 +48,7 @@ use crate::server::Error;
 /// A running DPDK data path.
 pub(crate) struct DpdkPath {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     set: Arc<ShardSet>,
     pools: PoolManager,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -60,6 +61,8 @@ struct Setup {
     ip: Ipv4Addr,
     app: Arc<HandlerApp>,
     handler: Arc<dyn Handler>,
+    /// The certificates TLS listeners serve.
+    tls: Option<hioload_wsproto::tls::TlsAcceptor>,
 }
 
 /// What the EAL thread reports once the stacks listen.
@@ -72,8 +75,22 @@ impl DpdkPath {
         dpdk: &DpdkConfig,
         app: Arc<HandlerApp>,
         handler: Arc<dyn Handler>,
+        tls: Option<hioload_wsproto::tls::TlsAcceptor>,
     ) -> Result<DpdkPath, Error> {
         dpdk.validate()?;
+        if let Some(addr) = cfg.tls.as_ref().and_then(|t| t.listen) {
+            if addr.ip() != cfg.listen.ip() || addr.port() == 0 {
+                return Err(Error::Config(ConfigError {
+                    field: "tls.listen",
+                    problem: format!(
+                        "on the DPDK data path, the TLS listener is another port of the stack's \
+                         address {} (e.g. {}:8443), got {addr}",
+                        cfg.listen.ip(),
+                        cfg.listen.ip()
+                    ),
+                }));
+            }
+        }
         let ip = match cfg.listen {
             SocketAddr::V4(a) if !a.ip().is_unspecified() && a.port() != 0 => *a.ip(),
             other => {
@@ -96,6 +113,7 @@ impl DpdkPath {
             }));
         }
         let setup = Setup {
+            tls,
             cfg: cfg.clone(),
             dpdk: dpdk.clone(),
             ip,
@@ -109,6 +127,7 @@ impl DpdkPath {
         match ready_rx.recv() {
             Ok(Ok((pools, set))) => Ok(DpdkPath {
                 local_addr: cfg.listen,
+                tls_local_addr: cfg.tls.as_ref().and_then(|t| t.listen),
                 set,
                 pools,
                 thread: Mutex::new(Some(thread)),
@@ -130,6 +149,9 @@ impl DpdkPath {
 impl DataPath for DpdkPath {
     fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+    fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
     fn io_backend(&self) -> Option<IoBackend> {
         None
@@ -200,6 +222,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
         ip,
         app,
         handler,
+        tls,
     } = setup;
     let mut open = open_port(eal, dpdk.port.as_deref(), cfg.ring_capacity)?;
     let (queues, socket) = (open.queues, open.socket);
@@ -218,9 +241,16 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
     stack_config.rx_ring = dpdk.ring_bytes;
     stack_config.tx_ring = dpdk.ring_bytes;
     let listen_port = cfg.listen.port();
+    let (listen_kind, tls_listen) = cfg.tls_listeners();
+    let mut listeners = vec![(listen_port, listen_kind)];
+    listeners.extend(tls_listen.map(|a| (a.port(), hioload_wsproto::Listener::Tls)));
     // Lcores poll: no wake-up needed.
     let wakers: Vec<Option<Box<dyn Wake>>> = (0..queues).map(|_| None).collect();
-    let set = Arc::new(ShardSet::new(cfg.settings(), wakers, cfg.ring_capacity));
+    let set = Arc::new(ShardSet::new(
+        cfg.settings_with(tls),
+        wakers,
+        cfg.ring_capacity,
+    ));
     handler.on_start(queues);
     {
         let steering = Steering::new(queues, 1024, open.rss);
@@ -243,7 +273,9 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
                     lcore.id()
                 )
             })?;
-            stack.listen(listen_port);
+            for (port, _) in &listeners {
+                stack.listen(*port);
+            }
             if index == 0 {
                 info!(
                     "stack {ip}/{}{}, port {listen_port}, MTU {}; up to {} connections per lcore, {} bytes each while idle, {} KiB rings",
@@ -267,7 +299,7 @@ fn run(eal: &Eal, setup: Setup, ready: &SyncSender<Ready>) -> Result<(), String>
                 set.clone(),
                 &cfg.limits,
                 &dpdk,
-                listen_port,
+                listeners.clone(),
             );
             // The first lcore also watches the port's link.
             let mut watch = (index == 0).then(|| {

@@ -136,7 +136,7 @@ impl<T: SendTarget> Wire for RingWire<'_, T> {
         }
         Ok(())
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, _pending: &mut PendingOutput) -> bool {
         self.target.close()
     }
 }

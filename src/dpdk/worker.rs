@@ -23,7 +23,7 @@ use hioload_stack::{CloseReason, Conn, ConnEvents, ConnId, PacketQueue, SendRing
 use hioload_wsproto::connection::Release;
 use hioload_wsproto::output_cache::{OutputCache, OutputCacheStats};
 use hioload_wsproto::shard::TurnEnd;
-use hioload_wsproto::{App, Limits, PendingOutput, Shard, ShardSet, Transport};
+use hioload_wsproto::{App, Limits, Listener, PendingOutput, Shard, ShardSet, Transport};
 use std::sync::Arc;
 
 use super::wire::RingWire;
@@ -47,7 +47,8 @@ struct LcoreBuffers {
 pub(super) struct Worker<A> {
     shard: Shard<StackConn, A>,
     bufs: LcoreBuffers,
-    listen_port: u16,
+    /// The ports the stack listens on, and what each speaks (plain, TLS).
+    listeners: Vec<(u16, Listener)>,
     /// Read once per loop turn.
     clock: Instant,
 }
@@ -60,7 +61,7 @@ impl<A: App> Worker<A> {
         set: Arc<ShardSet>,
         limits: &Limits,
         dpdk: &super::DpdkConfig,
-        listen_port: u16,
+        listeners: Vec<(u16, Listener)>,
     ) -> Self {
         let now = Instant::now();
         Worker {
@@ -69,7 +70,7 @@ impl<A: App> Worker<A> {
                 rbuf: vec![0u8; dpdk.ring_bytes + held_max(limits)].into_boxed_slice(),
                 cache: OutputCache::new(),
             },
-            listen_port,
+            listeners,
             clock: now,
         }
     }
@@ -85,7 +86,7 @@ impl<A: App> Worker<A> {
         let mut x = StackTransport {
             stack,
             cache: &mut self.bufs.cache,
-            listen_port: self.listen_port,
+            listeners: &self.listeners,
         };
         self.shard.end_turn(&mut x, now)
     }
@@ -95,7 +96,7 @@ impl<A: App> Worker<A> {
         let mut x = StackTransport {
             stack,
             cache: &mut self.bufs.cache,
-            listen_port: self.listen_port,
+            listeners: &self.listeners,
         };
         self.shard.close_all(&mut x, Instant::now());
     }
@@ -196,9 +197,14 @@ impl<A: App> ConnEvents for Worker<A> {
         let id = conn.id();
         let peer = SocketAddr::V4(conn.remote());
         let io = StackConn { id };
+        let kind = self
+            .listeners
+            .iter()
+            .find(|(port, _)| *port == conn.local_port())
+            .map_or(Listener::Plain, |(_, kind)| *kind);
         if self
             .shard
-            .open_at(id.index(), io, peer, self.clock)
+            .open_at_on(kind, id.index(), io, peer, self.clock)
             .is_err()
         {
             // Stopping (accepted from the backlog after the listener closed), or over the
@@ -291,7 +297,7 @@ impl<'a> Transport for ConnTransport<'_, 'a> {
 struct StackTransport<'s, Q: PacketQueue> {
     stack: &'s mut Stack<Q>,
     cache: &'s mut OutputCache,
-    listen_port: u16,
+    listeners: &'s [(u16, Listener)],
 }
 
 impl<Q: PacketQueue> Transport for StackTransport<'_, Q> {
@@ -325,7 +331,9 @@ impl<Q: PacketQueue> Transport for StackTransport<'_, Q> {
         // The stack calls `on_ready` when the peer's ACKs make send room.
     }
     fn stop_listening(&mut self) {
-        self.stack.unlisten(self.listen_port);
+        for (port, _) in self.listeners {
+            self.stack.unlisten(*port);
+        }
     }
     fn output_cache_stats(&self) -> OutputCacheStats {
         self.cache.stats()

@@ -29,7 +29,11 @@ pub(crate) struct KernelPath {
 
 impl KernelPath {
     /// Places the workers, makes the pools and starts the transport.
-    pub fn start(cfg: &Config, app: Arc<HandlerApp>) -> Result<KernelPath, Error> {
+    pub fn start(
+        cfg: &Config,
+        app: Arc<HandlerApp>,
+        tls: Option<hioload_wsproto::tls::TlsAcceptor>,
+    ) -> Result<KernelPath, Error> {
         let topology = discover_topology()?;
         let (worker_cpus, worker_nodes) = placement(cfg, &topology);
         let pools = PoolManager::new(&topology, cfg.pool.clone()).map_err(|e| {
@@ -38,7 +42,7 @@ impl KernelPath {
                 problem: e.to_string(),
             })
         })?;
-        let mut transport_cfg = cfg.transport();
+        let mut transport_cfg = cfg.transport(tls);
         transport_cfg.worker_cpus = worker_cpus;
         let worker_pools = pools.clone();
         let buffers = move |worker: usize, size: usize| {
@@ -66,6 +70,9 @@ impl KernelPath {
 impl DataPath for KernelPath {
     fn local_addr(&self) -> SocketAddr {
         self.transport.local_addr()
+    }
+    fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.transport.tls_local_addr()
     }
     fn io_backend(&self) -> Option<IoBackend> {
         Some(self.transport.io_backend())

@@ -16,6 +16,7 @@ use tungstenite::WebSocket;
 
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod tls;
 
 /// A config for tests: loopback, port 0, two workers, no pinning (the machine is shared).
 pub fn test_config() -> Config {

@@ -158,6 +158,26 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1KiB", value_parser = parse_bytes)]
     pub deflate_threshold: usize,
 
+    /// TLS (wss://): the certificate chain, PEM (end-entity first). With --tls-key, the server
+    /// speaks TLS on --addr (TLS only), or on --tls-addr if given (then --addr stays plain).
+    /// SIGHUP re-reads the certificate and key files: new handshakes use them, open sessions
+    /// stay; files that do not load are refused with an error line and the old ones stay.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS: the private key of --tls-cert, PEM (PKCS#8, RSA or EC).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS: serve wss:// on this second address, beside plain ws:// on --addr.
+    #[arg(long, value_name = "IP:PORT", requires = "tls_cert")]
+    pub tls_addr: Option<SocketAddr>,
+
+    /// TLS: another certificate for clients that ask for HOST (SNI); repeatable. Clients that
+    /// name no host, or another one, get --tls-cert.
+    #[arg(long, value_name = "HOST=CERT,KEY", value_parser = parse_sni, requires = "tls_cert")]
+    pub tls_sni: Vec<(String, hioload_ws::CertFiles)>,
+
     /// Seconds a client has to send a complete upgrade request.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
@@ -474,4 +494,23 @@ mod tests {
         assert!(a.control_on_main);
         assert_eq!(a.config, Some(PathBuf::from("/tmp/x.toml")));
     }
+}
+
+fn parse_sni(s: &str) -> Result<(String, hioload_ws::CertFiles), String> {
+    let (host, files) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected HOST=CERT,KEY, got {s:?}"))?;
+    let (cert, key) = files
+        .split_once(',')
+        .ok_or_else(|| format!("expected HOST=CERT,KEY, got {s:?}"))?;
+    if host.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err(format!("expected HOST=CERT,KEY, got {s:?}"));
+    }
+    Ok((
+        host.to_string(),
+        hioload_ws::CertFiles {
+            cert: cert.into(),
+            key: key.into(),
+        },
+    ))
 }

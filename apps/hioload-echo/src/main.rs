@@ -107,6 +107,14 @@ fn reload(server: &Server, path: &Path, base: &Config, log: &LogHandle) {
     }
 }
 
+/// SIGHUP without a configuration file: re-reads the TLS certificate and key files.
+fn reload_certificates(server: &Server) {
+    match server.reload(server.config()) {
+        Ok(_) => info!("SIGHUP: TLS certificates re-read; new handshakes use them"),
+        Err(e) => error!("SIGHUP: TLS certificates rejected, the running ones stay: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     let split = cli::split_eal(std::env::args_os().collect());
     #[cfg(not(feature = "dpdk"))]
@@ -154,6 +162,14 @@ fn main() -> ExitCode {
     cfg.message_timeout = args.message_timeout;
     cfg.deflate.mode = args.deflate;
     cfg.deflate.threshold = args.deflate_threshold;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut files = hioload_ws::TlsFiles::new(cert, key);
+        files.sni = args.tls_sni.clone();
+        cfg.tls = Some(hioload_ws::TlsConfig {
+            files,
+            listen: args.tls_addr,
+        });
+    }
     #[cfg(feature = "dpdk")]
     if !split.eal.is_empty() {
         let mut dpdk = hioload_ws::DpdkConfig::new(split.eal.clone());
@@ -265,9 +281,13 @@ fn main() -> ExitCode {
     }
     let addr = server.local_addr().expect("started");
     let cfg = server.config();
+    let scheme = match &cfg.tls {
+        Some(t) if t.listen.is_none() => "wss",
+        _ => "ws",
+    };
     if data_path == "kernel" {
         info!(
-            "hioload-echo listening on ws://{addr}{} ({} worker{}, {data_path} data path, {} I/O)",
+            "hioload-echo listening on {scheme}://{addr}{} ({} worker{}, {data_path} data path, {} I/O)",
             cfg.path,
             cfg.num_workers,
             if cfg.num_workers == 1 { "" } else { "s" },
@@ -275,7 +295,13 @@ fn main() -> ExitCode {
         );
     } else {
         info!(
-            "hioload-echo listening on ws://{addr}{} ({data_path} data path, lcores as logged above)",
+            "hioload-echo listening on {scheme}://{addr}{} ({data_path} data path, lcores as logged above)",
+            cfg.path
+        );
+    }
+    if let Some(tls_addr) = server.tls_local_addr() {
+        info!(
+            "hioload-echo listening on wss://{tls_addr}{} (TLS)",
             cfg.path
         );
     }
@@ -307,6 +333,7 @@ fn main() -> ExitCode {
             if signal == SIGHUP {
                 match &config_path {
                     Some(path) => reload(&stopper, path, &base, &log_handle),
+                    None if stopper.config().tls.is_some() => reload_certificates(&stopper),
                     None => warn!("SIGHUP: no --config file; nothing to reload"),
                 }
                 continue;

@@ -403,7 +403,7 @@ impl Wire for TurnSink<'_> {
     fn flush(&mut self, _pending: &mut PendingOutput) -> io::Result<()> {
         Ok(())
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, _pending: &mut PendingOutput) -> bool {
         false
     }
     fn queued(&self) -> usize {

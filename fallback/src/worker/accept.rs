@@ -1,4 +1,5 @@
-//! Accepting: up to [`ACCEPT_BATCH`] connections per turn from the worker's own listener, each
+//! Accepting: up to [`ACCEPT_BATCH`] connections per turn from each of the worker's own
+//! listeners (a plain one, a TLS one, or both), each
 //! handed to the shard and registered with the poll; running out of file descriptors is
 //! absorbed by a reserve descriptor (the pending connection is accepted and closed at once,
 //! instead of the listener waking the loop forever) and reported at most once a second.
@@ -7,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hioload_wsproto::{App, CloseCode};
+use hioload_wsproto::{App, CloseCode, Listener};
 use mio::net::TcpStream;
 use mio::Token;
 use tracing::{debug, warn};
@@ -43,8 +44,17 @@ impl AcceptState {
 }
 
 impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
-    /// Accepts what the listener has, up to a batch.
+    /// Accepts what the listeners have, up to a batch from each.
     pub(super) fn accept_all(&mut self) {
+        for index in 0..self.io.listeners.len() {
+            if self.io.listeners.get(index).is_some_and(|l| l.ready) {
+                self.accept_from(index);
+            }
+        }
+    }
+
+    /// Accepts what listener `index` has, up to a batch.
+    fn accept_from(&mut self, index: usize) {
         let state = &mut self.io.accept;
         if let Some(at) = state.resume_at {
             if self.clock < at {
@@ -55,14 +65,15 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
             state.reserve.restore();
         }
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = &self.io.listener else {
+            let Some(listening) = self.io.listeners.get_mut(index) else {
                 return;
             };
+            let (listener, kind) = (&listening.socket, listening.kind);
             let state = &mut self.io.accept;
             match listener.accept() {
-                Ok((stream, peer)) => self.add_connection(stream, peer),
+                Ok((stream, peer)) => self.add_connection(stream, peer, kind),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.io.listener_ready = false;
+                    listening.ready = false;
                     return;
                 }
                 Err(e) if sys::is_transient_accept_error(&e) => {}
@@ -80,7 +91,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                         state.dropped_for_fds += 1;
                         self.warn_fd_exhaustion(&e, Some(peer));
                     } else if empty {
-                        self.io.listener_ready = false;
+                        self.io.listeners[index].ready = false;
                         return;
                     }
                 }
@@ -120,7 +131,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         }
     }
 
-    fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr, kind: Listener) {
         if let Err(e) = sys::prepare_accepted(&stream).and_then(|()| K::prepare(&stream)) {
             debug!(%peer, "dropping accepted connection: {e}");
             return;
@@ -129,7 +140,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
         self.io.next_serial += 1;
         let slot = match self
             .shard
-            .open(Socket::new(stream, serial), peer, self.clock)
+            .open_on(kind, Socket::new(stream, serial), peer, self.clock)
         {
             Ok(slot) => slot,
             Err(_) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hioload_wsproto::connection::Release;
 use hioload_wsproto::output_cache::OutputCacheStats;
-use hioload_wsproto::{PendingOutput, ShardSet, Transport, Wire};
+use hioload_wsproto::{Listener, PendingOutput, ShardSet, Transport, Wire};
 use mio::net::{TcpListener, TcpStream};
 use mio::Poll;
 
@@ -46,13 +46,22 @@ impl<B, C: Default> Socket<B, C> {
     }
 }
 
+/// One of a worker's listening sockets.
+pub(crate) struct Listening {
+    pub socket: TcpListener,
+    /// Plain or TLS: how its connections start.
+    pub kind: Listener,
+    /// The poller said it has connections to accept.
+    pub ready: bool,
+}
+
 /// The worker's transport side (see the module documentation).
 pub(crate) struct Io<K, P: RecvBuffers> {
     pub index: usize,
     pub set: Arc<ShardSet>,
     pub poll: Poll,
-    pub listener: Option<TcpListener>,
-    pub listener_ready: bool,
+    /// The worker's listeners (its own socket of each listening address); empty once stopping.
+    pub listeners: Vec<Listening>,
     pub accept: AcceptState,
     pub turn: TurnOutput,
     pub pool: P,
@@ -115,10 +124,9 @@ impl<K: Backend<P::Buf>, P: RecvBuffers> Transport for Io<K, P> {
     }
 
     fn stop_listening(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listening in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listening.socket);
         }
-        self.listener_ready = false;
     }
 
     fn output_cache_stats(&self) -> OutputCacheStats {
@@ -151,7 +159,7 @@ impl<B: RecvBuffer, K: Backend<B>> Wire for KernelWire<'_, B, K> {
                 .map(|_| ())
         }
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, _pending: &mut PendingOutput) -> bool {
         if K::send_in_flight(&self.sock.backend) {
             return false; // not before the queued send has taken our last bytes out
         }

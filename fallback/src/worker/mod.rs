@@ -23,7 +23,7 @@ mod poll_backend;
 #[cfg(target_os = "linux")]
 mod uring_backend;
 
-pub(crate) use io::{Io, Socket};
+pub(crate) use io::{Io, Listening, Socket};
 pub(crate) use poll_backend::PollBackend;
 #[cfg(target_os = "linux")]
 pub(crate) use uring_backend::UringBackend;
@@ -31,7 +31,7 @@ pub(crate) use uring_backend::UringBackend;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hioload_wsproto::{App, PendingOutput, Shard, ShardSet, Transport};
+use hioload_wsproto::{App, Listener, PendingOutput, Shard, ShardSet, Transport};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
@@ -39,9 +39,11 @@ use crate::config::TransportConfig;
 use crate::pool::{RecvBuffer, RecvBuffers};
 use crate::turn::TurnOutput;
 
-pub(crate) const LISTENER: Token = Token(0);
-pub(crate) const WAKER: Token = Token(1);
-pub(crate) const FIRST_CONN: usize = 2;
+pub(crate) const WAKER: Token = Token(0);
+/// Listener `i` of a worker has token `FIRST_LISTENER + i` (a plain and a TLS one at most).
+pub(crate) const FIRST_LISTENER: usize = 1;
+pub(crate) const MAX_LISTENERS: usize = 2;
+pub(crate) const FIRST_CONN: usize = FIRST_LISTENER + MAX_LISTENERS;
 
 /// How a worker's bytes cross the kernel boundary; the one internal interface both backends
 /// implement. Everything else about a connection is the worker's (reads, held input) or the
@@ -109,26 +111,36 @@ pub(crate) struct WorkerSeed {
     pub cfg: Arc<TransportConfig>,
     pub set: Arc<ShardSet>,
     pub poll: Poll,
-    pub listener: TcpListener,
+    pub listeners: Vec<Listening>,
 }
 
 impl WorkerSeed {
+    /// A worker's seed with its listening sockets (at most [`MAX_LISTENERS`]) registered.
     pub fn new(
         index: usize,
         cfg: Arc<TransportConfig>,
         set: Arc<ShardSet>,
         poll: Poll,
-        listener: std::net::TcpListener,
+        sockets: Vec<(std::net::TcpListener, Listener)>,
     ) -> std::io::Result<Self> {
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        assert!(sockets.len() <= MAX_LISTENERS);
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (i, (socket, kind)) in sockets.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(socket);
+            poll.registry()
+                .register(&mut socket, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+            listeners.push(Listening {
+                socket,
+                kind,
+                ready: true,
+            });
+        }
         Ok(WorkerSeed {
             index,
             cfg,
             set,
             poll,
-            listener,
+            listeners,
         })
     }
 }
@@ -152,7 +164,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
             cfg,
             set,
             poll,
-            listener,
+            listeners,
         } = seed;
         let now = Instant::now();
         let shard = Shard::new(index, app, set.clone(), cfg.max_connections, now);
@@ -167,8 +179,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
                 index,
                 set,
                 poll,
-                listener: Some(listener),
-                listener_ready: true,
+                listeners,
                 accept: accept::AcceptState::new(),
                 turn: TurnOutput::new(),
                 pool,
@@ -191,8 +202,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     /// How long the next wait may last.
     fn poll_timeout(&self) -> Option<Duration> {
         let io = &self.io;
-        let accept_pending =
-            io.listener_ready && io.listener.is_some() && io.accept.resume_at.is_none();
+        let accept_pending = io.listeners.iter().any(|l| l.ready) && io.accept.resume_at.is_none();
         if !io.ready.is_empty() || accept_pending {
             return Some(Duration::ZERO);
         }
@@ -215,8 +225,12 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     fn dispatch(&mut self, events: &Events) {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.io.listener_ready = true,
                 WAKER => {}
+                Token(t) if t < FIRST_CONN => {
+                    if let Some(l) = self.io.listeners.get_mut(t - FIRST_LISTENER) {
+                        l.ready = true;
+                    }
+                }
                 Token(t) => {
                     let slot = t - FIRST_CONN;
                     if event.is_writable() {
@@ -239,7 +253,7 @@ impl<A: App, K: Backend<P::Buf>, P: RecvBuffers> Worker<A, K, P> {
     /// The rest of a loop turn, after the I/O events: accepts, connections with input left, and
     /// the shard's end of turn. Returns whether the worker is done.
     fn after_events(&mut self) -> bool {
-        if self.io.listener_ready && !self.io.set.is_stopping() {
+        if self.io.listeners.iter().any(|l| l.ready) && !self.io.set.is_stopping() {
             self.accept_all();
         }
         self.drain_ready();

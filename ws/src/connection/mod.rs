@@ -604,7 +604,7 @@ impl Connection {
             self.timers.over_soft_since = None;
         }
         if let Phase::Finishing { shut } = &mut self.phase {
-            if !*shut && pending == 0 && wire.shutdown_write() {
+            if !*shut && pending == 0 && wire.shutdown_write(&mut self.pending) {
                 *shut = true;
             }
         }

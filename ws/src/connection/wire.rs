@@ -45,8 +45,10 @@ pub trait Wire {
     /// An error means the connection is broken (reset by the peer).
     fn flush(&mut self, pending: &mut PendingOutput) -> io::Result<()>;
     /// Shuts the write side down (FIN after what is queued). `false`: not possible yet (bytes
-    /// still in flight inside the transport); the session layer asks again after the next output.
-    fn shutdown_write(&mut self) -> bool;
+    /// still in flight inside the transport, or last bytes a layer below the session queued in
+    /// `pending`, such as TLS's close_notify); the session layer asks again after the next
+    /// output.
+    fn shutdown_write(&mut self, pending: &mut PendingOutput) -> bool;
     /// Bytes this wire holds for the connection beyond `pending` (a transport's turn output
     /// not yet written); 0 by default.
     fn queued(&self) -> usize {
@@ -94,7 +96,7 @@ impl Wire for PendingWire {
     fn flush(&mut self, _pending: &mut PendingOutput) -> io::Result<()> {
         Ok(())
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, _pending: &mut PendingOutput) -> bool {
         true
     }
 }

@@ -90,7 +90,7 @@ impl Wire for FakeWire<'_> {
         pending.consume(n);
         Ok(())
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, _pending: &mut PendingOutput) -> bool {
         self.0.fin = true;
         true
     }

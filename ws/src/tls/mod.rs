@@ -19,8 +19,8 @@ pub mod identity;
 pub mod layer;
 pub mod wire;
 
-#[cfg(test)]
-pub(crate) mod test_certs;
+#[doc(hidden)]
+pub mod test_pki;
 
 pub use identity::{CertFiles, TlsAcceptor, TlsError, TlsFiles};
 pub use layer::{Received, TlsFailure, TlsLayer};

@@ -164,25 +164,24 @@ impl<W: Wire + ?Sized> Wire for TlsWire<'_, W> {
         }
         self.inner.flush(pending)
     }
-    fn shutdown_write(&mut self) -> bool {
+    fn shutdown_write(&mut self, pending: &mut PendingOutput) -> bool {
         if !self.tls.close_notify_sent() {
             // close_notify first (RFC 8446 §6.1), then our FIN once it has left.
-            let mut pending = PendingOutput::new();
-            self.seal_staged(&mut pending);
+            self.seal_staged(pending);
             let records = &mut self.scratch.records;
             records.clear();
             if self.tls.close_notify(records).is_ok() && !records.is_empty() {
-                self.inner.queue_bytes(&mut pending, records.as_slice());
+                self.inner.queue_bytes(pending, records.as_slice());
             }
             records.clear();
-            let _ = self.inner.flush(&mut pending);
+            if self.inner.flush(pending).is_err() {
+                return self.inner.shutdown_write(pending);
+            }
             if !pending.is_empty() {
-                // The transport could not take the alert now: it is lost, and the FIN goes
-                // without it (the peer sees a truncation it may report; nothing else is owed).
-                tracing::debug!("TLS close_notify not sent: the peer does not read");
+                return false; // asked again once the alert has left
             }
         }
-        self.inner.shutdown_write()
+        self.inner.shutdown_write(pending)
     }
     fn queued(&self) -> usize {
         self.inner.queued() + self.scratch.stage.len()

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConnection;
 
 use super::*;
-use crate::tls::test_certs::TestPki;
+use crate::tls::test_pki::TestPki;
 use crate::tls::{TlsAcceptor, TlsFiles};
 
 struct TlsRig {

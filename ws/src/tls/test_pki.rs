@@ -1,5 +1,6 @@
 //! Test certificates, made by `openssl` for each test run (a CA and leaf certificates it
-//! signs), in a fresh temporary directory.
+//! signs), in a fresh temporary directory. For the tests of this workspace (hidden from the
+//! documentation; it panics on failure, as a test helper does).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
