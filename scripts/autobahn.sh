@@ -6,6 +6,7 @@
 #                                        and 13.*, only with AUTOBAHN_DEFLATE=1)
 # Env:   AUTOBAHN_IO=auto|poll|io-uring   the server's --io backend (default auto)
 #        AUTOBAHN_DEFLATE=1               also run 12.* and 13.* (all 517 cases; ~7 minutes more)
+#        AUTOBAHN_TLS=1                   over wss:// (a test CA and certificate made by openssl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="${AUTOBAHN_TOOLS:-../shared/tools/autobahn}"
@@ -16,7 +17,22 @@ outdir="target/autobahn-report"
 "$tools/install.sh" >/dev/null
 cargo build --release -p hioload-echo
 io="${AUTOBAHN_IO:-auto}"
-target/release/hioload-echo --addr "127.0.0.1:$port" --workers 2 --io "$io" >target/autobahn-server.log 2>&1 &
+scheme=ws
+tls=()
+if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
+  pki=target/autobahn-pki
+  rm -rf "$pki" && mkdir -p "$pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/ca.key" \
+    -out "$pki/ca.pem" -days 2 -subj "/CN=hioload autobahn CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/server.key" \
+    -out "$pki/server.csr" -subj "/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$pki/ext"
+  openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+    -CAcreateserial -out "$pki/server.pem" -days 2 -extfile "$pki/ext" 2>/dev/null
+  tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server.key")
+  scheme=wss
+fi
+target/release/hioload-echo --addr "127.0.0.1:$port" --workers 2 --io "$io" "${tls[@]}" >target/autobahn-server.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "listening on" target/autobahn-server.log && break; sleep 0.1; done
@@ -25,7 +41,7 @@ grep "listening on" target/autobahn-server.log || { echo "autobahn.sh: hioload-e
 status=0
 deflate=(--no-deflate)
 [ "${AUTOBAHN_DEFLATE:-0}" = 1 ] && deflate=()
-"$tools/run.sh" "ws://127.0.0.1:$port/ws" "$cases" "${deflate[@]}" --outdir "$outdir" \
+"$tools/run.sh" "$scheme://127.0.0.1:$port/ws" "$cases" "${deflate[@]}" --outdir "$outdir" \
   --timeout 1200 --agent hioload-echo || status=$?
 kill -0 "$server" 2>/dev/null || { echo "autobahn.sh: hioload-echo died during the run" >&2; tail -20 target/autobahn-server.log >&2; exit 1; }
 [ "$status" -eq 0 ] || exit "$status"

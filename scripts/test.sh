@@ -27,7 +27,7 @@ stage "cargo test (kernel path on the epoll backend: HIOLOAD_TEST_IO=poll)"
 HIOLOAD_TEST_IO=poll cargo test --features dpdk --no-fail-fast -p hioload-ws -p hioload-echo \
     --test echo --test load --test backpressure --test slow_reader --test sessions --test reload \
     --test http --test middleware --test control_plane --test pool_limits --test pool_release --test conformance \
-    --test chat_example --test late_reader --test binary --test hostile 2>&1 | tee -a target-test.log
+    --test chat_example --test late_reader --test binary --test hostile --test tls 2>&1 | tee -a target-test.log
 
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 
@@ -42,6 +42,9 @@ AUTOBAHN_IO=auto AUTOBAHN_DEFLATE=1 scripts/autobahn.sh
 
 stage "autobahn (kernel fallback, epoll)"
 AUTOBAHN_IO=poll scripts/autobahn.sh
+
+stage "autobahn over wss:// (kernel fallback, TLS in the session layer; cases 1-10)"
+AUTOBAHN_TLS=1 AUTOBAHN_PORT=9302 scripts/autobahn.sh "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*"
 
 stage "autobahn (DPDK userspace path: net_tap, suite in a network namespace)"
 AUTOBAHN_DEFLATE=1 scripts/autobahn-dpdk.sh "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.1.*,13.1.*"

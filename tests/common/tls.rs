@@ -62,19 +62,7 @@ pub fn with_tls(
 
 /// A client configuration that trusts the test CA of `pki` (ALPN `http/1.1`).
 pub fn client_config(pki: &TestPki) -> Arc<ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
-        .unwrap();
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    pki.client_config()
 }
 
 /// A TLS connection to `addr` for the host name `host`, handshaken.

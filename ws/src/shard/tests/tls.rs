@@ -3,10 +3,8 @@
 //! close_notify, and the refusals (plain HTTP, garbage) all run through the real layers.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
 use super::*;
@@ -38,21 +36,9 @@ impl TlsRig {
             .shard
             .open_on(Listener::Tls, io, "127.0.0.1:1".parse().unwrap(), rig.now)
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
-            .unwrap();
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = pki.client_config();
         let mut client =
-            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-                .unwrap();
+            ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
         client.set_buffer_limit(None);
         TlsRig {
             rig,
