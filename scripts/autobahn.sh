@@ -21,14 +21,7 @@ scheme=ws
 tls=()
 if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
   pki=target/autobahn-pki
-  rm -rf "$pki" && mkdir -p "$pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/ca.key" \
-    -out "$pki/ca.pem" -days 2 -subj "/CN=hioload autobahn CA" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$pki/server.key" \
-    -out "$pki/server.csr" -subj "/CN=localhost" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$pki/ext"
-  openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
-    -CAcreateserial -out "$pki/server.pem" -days 2 -extfile "$pki/ext" 2>/dev/null
+  rm -rf "$pki" && scripts/test-cert.sh "$pki"
   tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server.key")
   scheme=wss
 fi
