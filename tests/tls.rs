@@ -401,3 +401,40 @@ fn dpdk_path_serves_wss() {
     server.stop();
     server.wait().unwrap();
 }
+
+/// Backpressure counts TLS output: a TLS peer that asks for a flood and does not read stays
+/// above the soft bound and is closed with 1008 after the timeout; another TLS session is
+/// served meanwhile.
+#[test]
+fn a_tls_peer_that_does_not_read_is_closed_with_1008() {
+    let pki = TestPki::new("slow");
+    let (cert, key) = pki.leaf("server", "localhost");
+    let mut cfg = with_tls(common::test_config(), cert, key, None);
+    cfg.backpressure.soft_bytes = 64 << 10;
+    cfg.backpressure.hard_bytes = 64 << 20;
+    cfg.backpressure.timeout = Duration::from_secs(1);
+    let (server, rec) = common::start_echo(cfg);
+    let addr = server.local_addr().unwrap();
+    let client = client_config(&pki);
+
+    let started = Instant::now();
+    let mut slow = wss(addr, &client, "localhost");
+    socket2::SockRef::from(&slow.get_ref().sock.0)
+        .set_recv_buffer_size(16 << 10)
+        .unwrap();
+    slow.send(WsMessage::text("flood")).unwrap();
+    let mut other = wss(addr, &client, "localhost");
+    other.send(WsMessage::text("hi")).unwrap();
+    assert_eq!(other.read().unwrap(), WsMessage::text("hi"));
+    rec.wait_for(Duration::from_secs(10), "on_close 1008", |r| {
+        r.closes.iter().any(|c| c.1 == 1008)
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the timeout"
+    );
+    assert!(metric(&server, "hioload_backpressure_closes_total") >= 1.0);
+    drop(slow);
+    server.stop();
+    server.wait().unwrap();
+}
