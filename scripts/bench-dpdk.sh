@@ -21,7 +21,7 @@
 #
 # Usage: scripts/bench-dpdk.sh [--quick] [--warmup S] [--duration S] [--rounds N]
 #                              [--scenarios "100x20 100x20p16 10x1K 200x16K"] [--paths "dpdk kernel"]
-#                              [--validate] [--no-build]
+#                              [--validate] [--no-build] [--stack-ring-bytes N]
 #        scripts/bench-dpdk.sh --smoke     (CI: a few seconds of verified echoes over memif, no table;
 #                                           fails if any echo is wrong or none completes)
 #        --validate  adds a check of the busy-time accounting: the DPDK server again, with
@@ -44,6 +44,7 @@ client_cpu=${BENCH_CLIENT_CPU:-0}
 kport=${BENCH_KERNEL_PORT:-19150}
 admin_port=${BENCH_ADMIN_PORT:-19464}
 scenarios="100x20 100x20p16 10x1K 200x16K"
+stack_ring=16KiB   # the DPDK server's per-connection ring bytes (hioload-echo --stack-ring-bytes)
 paths="dpdk kernel"
 build=1
 smoke=0
@@ -56,6 +57,7 @@ while [ $# -gt 0 ]; do
         --duration) duration=$2; shift ;;
         --rounds) rounds=$2; shift ;;
         --scenarios) scenarios=$2; shift ;;
+        --stack-ring-bytes) stack_ring=$2; shift ;;
         --paths) paths=$2; shift ;;
         --validate) validate=1 ;;
         --smoke) smoke=1 ;;
@@ -136,7 +138,7 @@ start_dpdk() {
         --file-prefix="hbd-srv-$$-$nserver" \
         --vdev="net_memif0,role=server,socket=$sock,socket-abstract=no,mac=02:00:00:00:00:02" \
         -- --addr 198.18.0.2:8080 --netmask 24 --admin-addr "127.0.0.1:$admin_port" \
-        --stack-connections 2048 "$@" >"$log" 2>&1 &
+        --stack-connections 2048 --stack-ring-bytes "$stack_ring" "$@" >"$log" 2>&1 &
     dpdk_pid=$!
     pids+=("$dpdk_pid")
     for _ in $(seq 600); do

@@ -219,11 +219,19 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle_sleep_us: u64,
 
-    /// DPDK mode: TCP connection slots per lcore in the userspace stack (each holds two 16 KiB
-    /// rings in hugepages, reserved at start); --max-connections still caps the whole server.
+    /// DPDK mode: TCP connection slots per lcore in the userspace stack (each holds two rings
+    /// of --stack-ring-bytes in hugepages, reserved at start); --max-connections still caps the
+    /// whole server.
     #[cfg(feature = "dpdk")]
     #[arg(long, value_name = "N", default_value_t = 8192)]
     pub stack_connections: usize,
+
+    /// DPDK mode: bytes of each connection's receive ring and of its send ring in the userspace
+    /// stack (4KiB..16MiB). Larger rings take messages larger than a ring in fewer passes and
+    /// keep more in flight (TCP window), at N x 2 x this much hugepage memory per lcore.
+    #[cfg(feature = "dpdk")]
+    #[arg(long, value_name = "BYTES", default_value = "16KiB", value_parser = parse_bytes)]
+    pub stack_ring_bytes: usize,
 
     /// DPDK mode: the port to serve on, by DPDK name (net_tap0, 0000:01:00.0); default: the first.
     #[cfg(feature = "dpdk")]

@@ -177,6 +177,7 @@ fn main() -> ExitCode {
         dpdk.gateway = args.gateway;
         dpdk.idle_sleep = std::time::Duration::from_micros(args.idle_sleep_us);
         dpdk.max_connections = args.stack_connections;
+        dpdk.ring_bytes = args.stack_ring_bytes;
         dpdk.port = args.dpdk_port.clone();
         cfg.data_path = DataPathConfig::Dpdk(dpdk);
     }
