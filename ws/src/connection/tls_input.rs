@@ -79,7 +79,7 @@ impl Connection {
                 if !plain.is_empty() {
                     self.receive_plain(&mut plain, &mut tls_wire, cx, now);
                 }
-                Ok(())
+                Ok(received.peer_closed)
             }
             Err(None) => Err("plain HTTP on the TLS port".to_string()),
             Err(Some(failure)) => Err(failure.0),
@@ -91,8 +91,16 @@ impl Connection {
         }
         match (received, sealed) {
             (Err(why), _) => self.tls_failed(&why, cx, now),
-            (Ok(()), Err(e)) => self.tls_broken(&e),
-            (Ok(()), Ok(())) => {}
+            (Ok(_), Err(e)) => self.tls_broken(&e),
+            (Ok(true), Ok(())) => {
+                // close_notify: the peer sends nothing more (what follows it is not read); as
+                // the end of its stream.
+                if let Some(tls) = &mut self.tls {
+                    tls.held_mut().clear();
+                }
+                self.peer_gone(None, cx, now);
+            }
+            (Ok(false), Ok(())) => {}
         }
     }
 

@@ -170,3 +170,25 @@ fn a_tls_connection_without_certificates_is_refused() {
         .open_on(Listener::Tls, io, "127.0.0.1:1".parse().unwrap(), rig.now)
         .is_err());
 }
+
+#[test]
+fn close_notify_ends_the_input_like_a_fin() {
+    let mut t = TlsRig::new("notify");
+    t.pump();
+    t.send(UPGRADE);
+    assert_eq!(t.send(&client_frame(OpCode::Text, b"hi")), b"\x81\x02hi");
+    // close_notify (and bytes after it, which are not read) without a WebSocket close.
+    t.client.send_close_notify();
+    let mut records = Vec::new();
+    while t.client.wants_write() {
+        t.client.write_tls(&mut records).unwrap();
+    }
+    records.extend([0x17, 0x03, 0x03, 0x00, 0x10]);
+    records.extend([0u8; 16]);
+    t.rig.read(t.slot, &records);
+    assert_eq!(
+        t.rig.seen().closes.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1006]
+    );
+    assert!(t.rig.shard.slot(t.slot).is_none(), "released");
+}
