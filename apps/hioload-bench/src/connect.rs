@@ -58,6 +58,16 @@ impl Target {
     /// Opens connection number `index` and, for WebSocket framing, completes the upgrade.
     /// The stream is returned blocking, with TCP_NODELAY set.
     pub fn open(&self, index: usize) -> io::Result<TcpStream> {
+        self.open_offering(index, None).map(|(stream, _)| stream)
+    }
+
+    /// [`Target::open`] with `Sec-WebSocket-Extensions: offer` in the upgrade request; also
+    /// returns the server's `Sec-WebSocket-Extensions` answer, if any.
+    pub fn open_offering(
+        &self,
+        index: usize,
+        offer: Option<&str>,
+    ) -> io::Result<(TcpStream, Option<String>)> {
         let domain = Domain::for_address(self.addr);
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         if self.sources > 1 && self.addr.ip().is_ipv4() {
@@ -70,21 +80,34 @@ impl Target {
             .map_err(|e| context(e, format!("connect to {}", self.addr)))?;
         socket.set_tcp_nodelay(true)?;
         let mut stream: TcpStream = socket.into();
+        let mut answer = None;
         if let Framing::WebSocket(_) = self.framing {
             stream.set_read_timeout(Some(STEP_TIMEOUT))?;
             stream.set_write_timeout(Some(STEP_TIMEOUT))?;
-            upgrade(&mut stream, &self.addr, &self.path, index)?;
+            answer = upgrade(&mut stream, &self.addr, &self.path, index, offer)?;
             stream.set_read_timeout(None)?;
             stream.set_write_timeout(None)?;
         }
-        Ok(stream)
+        Ok((stream, answer))
     }
 }
 
-/// Sends the upgrade request and checks the `101` answer, including `Sec-WebSocket-Accept`.
-fn upgrade(stream: &mut TcpStream, addr: &SocketAddr, path: &str, index: usize) -> io::Result<()> {
+/// Sends the upgrade request (offering the extensions `offer`) and checks the `101` answer,
+/// including `Sec-WebSocket-Accept`; returns its `Sec-WebSocket-Extensions`, if any.
+fn upgrade(
+    stream: &mut TcpStream,
+    addr: &SocketAddr,
+    path: &str,
+    index: usize,
+    offer: Option<&str>,
+) -> io::Result<Option<String>> {
     let key = request_key(index);
-    stream.write_all(upgrade_request(path, &addr.to_string(), &key).as_bytes())?;
+    let mut request = upgrade_request(path, &addr.to_string(), &key);
+    if let Some(offer) = offer {
+        request.truncate(request.len() - 2);
+        request.push_str(&format!("Sec-WebSocket-Extensions: {offer}\r\n\r\n"));
+    }
+    stream.write_all(request.as_bytes())?;
 
     let mut buf = [0u8; 4096];
     let mut len = 0;
@@ -110,7 +133,15 @@ fn upgrade(stream: &mut TcpStream, addr: &SocketAddr, path: &str, index: usize) 
                     len - head_len
                 )))
             }
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(head_len)) => {
+                let answer = response_header(&buf[..head_len], "Sec-WebSocket-Extensions");
+                if offer.is_none() && answer.is_some() {
+                    return Err(handshake_error(format!(
+                        "the server agreed the extension {answer:?}, which was not offered"
+                    )));
+                }
+                return Ok(answer);
+            }
             Err(e) => return Err(handshake_error(e)),
         }
     }
@@ -164,6 +195,18 @@ pub fn check_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, St
         return Err("101 response without `Upgrade: websocket`".into());
     }
     Ok(Some(head_len))
+}
+
+/// The value of header `name` in a complete response head (the first, if repeated).
+pub fn response_header(head: &[u8], name: &str) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
 }
 
 /// A distinct, valid `Sec-WebSocket-Key` (base64 of 16 bytes) per connection.
@@ -275,6 +318,18 @@ mod tests {
             Err("upgrade refused: HTTP/1.1 404 Not Found".into())
         );
         assert!(check_upgrade_response(b"SSH-2.0-x\r\n\r\n", &key).is_err());
+        let with_ext = ok.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+        );
+        assert_eq!(
+            response_header(with_ext.as_bytes(), "sec-websocket-extensions").as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
+        );
+        assert_eq!(
+            response_header(ok.as_bytes(), "Sec-WebSocket-Extensions"),
+            None
+        );
         let request = upgrade_request("/ws", "198.18.0.2:8080", &key);
         assert!(request.starts_with("GET /ws HTTP/1.1\r\nHost: 198.18.0.2:8080\r\n"));
         assert!(request.ends_with("\r\n\r\n") && request.contains(&key));

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod connect;
+pub mod deflate;
+pub mod deflate_load;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod idle;

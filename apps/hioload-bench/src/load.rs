@@ -27,7 +27,7 @@ const READ_BUF: usize = 256 * 1024;
 /// Error descriptions kept per thread.
 const ERRORS_KEPT: usize = 5;
 /// How long connections get to finish their last echoes and close after the measured window.
-const DRAIN_TIME: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// What a load thread measured during the MEASURE phase.
 pub struct ThreadStats {
@@ -39,6 +39,11 @@ pub struct ThreadStats {
     pub errors: u64,
     /// The first few failures, described.
     pub error_texts: Vec<String>,
+    /// Compressed-echo mode (`--deflate`): frame bytes sent for the messages issued in the
+    /// window, how many those were, and frame bytes of the echoes completed in it.
+    pub wire_out: u64,
+    pub wire_out_messages: u64,
+    pub wire_in: u64,
 }
 
 impl Default for ThreadStats {
@@ -56,6 +61,9 @@ impl ThreadStats {
                 .expect("valid histogram bounds"),
             errors: 0,
             error_texts: Vec::new(),
+            wire_out: 0,
+            wire_out_messages: 0,
+            wire_in: 0,
         }
     }
 
@@ -66,11 +74,23 @@ impl ThreadStats {
             .add(&other.latency)
             .expect("same histogram bounds");
         self.errors += other.errors;
+        self.wire_out += other.wire_out;
+        self.wire_out_messages += other.wire_out_messages;
+        self.wire_in += other.wire_in;
         for text in other.error_texts {
             if self.error_texts.len() < ERRORS_KEPT {
                 self.error_texts.push(text);
             }
         }
+    }
+
+    /// Starts the measured window: what the warm-up counted is dropped.
+    pub fn reset_counts(&mut self) {
+        self.messages = 0;
+        self.latency.reset();
+        self.wire_out = 0;
+        self.wire_out_messages = 0;
+        self.wire_in = 0;
     }
 
     fn fail(&mut self, conn: &Conn, why: String) {
@@ -162,8 +182,7 @@ pub fn run_thread(
             }
             MEASURE if !measuring => {
                 measuring = true;
-                stats.messages = 0;
-                stats.latency.reset();
+                stats.reset_counts();
             }
             _ => {}
         }

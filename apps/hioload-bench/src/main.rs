@@ -92,6 +92,12 @@ struct Args {
     /// Send text frames (ASCII payload) instead of binary ones.
     #[arg(long, conflicts_with = "raw")]
     text: bool,
+    /// Compressed echo: offer permessage-deflate as browsers do (`permessage-deflate;
+    /// client_max_window_bits`), send JSON-like text messages of --size bytes, compressed as the
+    /// server agreed (plain text if it declined), inflate every echo and compare it with what was
+    /// sent; also reports the frame bytes on the wire per message each way.
+    #[arg(long, conflicts_with_all = ["raw", "text", "idle_connections"])]
+    deflate: bool,
     /// No WebSocket: send the same bytes over plain TCP and expect them back unchanged
     /// (for a raw TCP echo server; the load generator's own ceiling).
     #[arg(long)]
@@ -150,6 +156,7 @@ Examples:
   hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 --server-pid $(pidof hioload-echo)
   hioload-bench --addr 127.0.0.1:9000 -c 100 -s 20 -p 16 --json
   hioload-bench --addr 127.0.0.1:9003 --raw -c 100 -s 20      # ceiling: raw-tcp-echo peer
+  hioload-bench --addr 127.0.0.1:9000 --deflate -c 10 -s 16K  # compressed echo (JSON-like text)
   hioload-bench --addr 127.0.0.1:9000 --idle-connections 10000 --server-pid PID
 {DPDK_HELP}"
     )
@@ -216,7 +223,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
-    let framing = match (args.raw, args.text) {
+    let framing = match (args.raw, args.text || args.deflate) {
         (true, _) => Framing::Raw,
         (false, true) => Framing::WebSocket(DataKind::Text),
         (false, false) => Framing::WebSocket(DataKind::Binary),
@@ -271,7 +278,11 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
         Ok(Arc::new(Pattern::new(framing, args.size, ring)))
     };
 
+    let mut extension = None;
     let (client_path, ran) = match eal {
+        Some(_) if args.deflate => {
+            return Err("--deflate is not available in DPDK mode".into());
+        }
         Some(eal) => ("dpdk", run_dpdk(args, eal, &*pattern()?, &spec)?),
         None => {
             let target = Target {
@@ -293,7 +304,13 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
                 )?;
                 return Ok(ExitCode::SUCCESS);
             }
-            ("kernel", run_kernel(args, &target, pattern()?, &spec)?)
+            if args.deflate {
+                let (ran, agreed) = run_kernel_deflate(args, &target, &spec)?;
+                extension = Some(agreed);
+                ("kernel", ran)
+            } else {
+                ("kernel", run_kernel(args, &target, pattern()?, &spec)?)
+            }
         }
     };
     let Ran {
@@ -309,6 +326,7 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
         framing: match framing {
             Framing::Raw => "raw",
             Framing::WebSocket(DataKind::Binary) => "websocket",
+            Framing::WebSocket(DataKind::Text) if args.deflate => "websocket-deflate",
             Framing::WebSocket(DataKind::Text) => "websocket-text",
         },
         connections,
@@ -323,6 +341,7 @@ fn run(args: &Args, eal: Option<Vec<String>>) -> Result<ExitCode, String> {
         server_busy: measured.server_busy,
         client_busy,
         setup: Some(setup),
+        extension,
     };
     if args.json {
         println!("{}", report.json());
@@ -393,6 +412,77 @@ fn run_kernel(
         client_busy: None,
         setup,
     })
+}
+
+/// Compressed echo (`--deflate`): connections opened offering permessage-deflate, then
+/// `--threads` loops of [`hioload_bench::deflate_load`] under load. Also returns what the server
+/// agreed ("none" if it declined; the first connection's answer, which every other must match).
+fn run_kernel_deflate(
+    args: &Args,
+    target: &Target,
+    spec: &WindowSpec,
+) -> Result<(Ran, String), String> {
+    use hioload_bench::deflate::{self, TextRing};
+    let connections = args.connections;
+    let ring = Arc::new(TextRing::new(
+        args.size,
+        Pattern::ring_messages(args.pipeline, args.size),
+    ));
+    let started = std::time::Instant::now();
+    let mut per_thread: Vec<Vec<_>> = (0..args.threads).map(|_| Vec::new()).collect();
+    let mut first = None;
+    for i in 0..connections {
+        let (stream, answer) = target
+            .open_offering(i, Some(deflate::OFFER))
+            .map_err(|e| format!("connection {i} of {connections}: {e}"))?;
+        let agreed = deflate::parse_answer(answer.as_deref())
+            .map_err(|e| format!("connection {i} of {connections}: {e}"))?;
+        match &first {
+            None => first = Some(agreed),
+            Some(a) if *a != agreed => {
+                return Err(format!(
+                    "connection {i} agreed {agreed:?}, connection 0 {a:?}: one server, one answer expected"
+                ))
+            }
+            Some(_) => {}
+        }
+        per_thread[i % args.threads].push((i, stream, agreed));
+    }
+    let setup = started.elapsed();
+    let described = first.flatten().map_or("none".to_string(), |a| a.describe());
+
+    let phase = Arc::new(AtomicU8::new(load::WARMUP));
+    let threads: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(t, streams)| {
+            let (ring, phase, pipeline) = (ring.clone(), phase.clone(), args.pipeline);
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || {
+                    hioload_bench::deflate_load::run_thread(streams, ring, pipeline, phase)
+                })
+                .expect("spawn load thread")
+        })
+        .collect();
+    let measured = window::measure(spec, &phase);
+    let mut stats = ThreadStats::new();
+    for t in threads {
+        let s = t
+            .join()
+            .map_err(|_| "a load thread panicked".to_string())?
+            .map_err(|e| format!("load thread: {e}"))?;
+        stats.merge(s);
+    }
+    Ok((
+        Ran {
+            stats,
+            measured: measured?,
+            client_busy: None,
+            setup,
+        },
+        described,
+    ))
 }
 
 /// DPDK mode: the scenario on our stack (`hioload_bench::dpdk`).

@@ -14,7 +14,7 @@ pub struct LoadReport {
     /// The load generator's network path: "kernel" (sockets) or "dpdk" (our stack).
     pub client_path: &'static str,
     pub addr: String,
-    /// "websocket", "websocket-text" or "raw".
+    /// "websocket", "websocket-text", "websocket-deflate" (JSON-like text, `--deflate`) or "raw".
     pub framing: &'static str,
     pub connections: usize,
     pub size: usize,
@@ -37,6 +37,8 @@ pub struct LoadReport {
     pub client_busy: Option<Duration>,
     /// How long opening (and upgrading) every connection took, before the warm-up.
     pub setup: Option<Duration>,
+    /// Compressed-echo mode (`--deflate`): what the server agreed ("none" if it declined).
+    pub extension: Option<String>,
 }
 
 impl LoadReport {
@@ -63,6 +65,15 @@ impl LoadReport {
                 rates.by_name.iter().map(|(n, r)| (*n, r / msgs)).collect(),
             )
         })
+    }
+
+    /// Compressed-echo mode: frame bytes per message sent, and per echo received.
+    fn wire_per_msg(&self) -> (Option<f64>, Option<f64>) {
+        let st = &self.stats;
+        let out =
+            (st.wire_out_messages > 0).then(|| st.wire_out as f64 / st.wire_out_messages as f64);
+        let inn = (st.messages > 0).then(|| st.wire_in as f64 / st.messages as f64);
+        (out, inn)
     }
 
     fn cpu_percent(&self, cpu: Duration) -> f64 {
@@ -115,6 +126,18 @@ impl LoadReport {
                 },
                 setup.as_secs_f64(),
                 self.connections as f64 / setup.as_secs_f64().max(1e-9)
+            );
+        }
+        if let Some(ext) = &self.extension {
+            let (out, inn) = self.wire_per_msg();
+            let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                s,
+                "  deflate     agreed: {ext}; bytes on the wire per message {} sent, {} echoed \
+                 (frames, headers included; payload {} B)",
+                f(out),
+                f(inn),
+                self.size
             );
         }
         let _ = writeln!(s, "  errors      {}", self.stats.errors);
@@ -259,6 +282,16 @@ impl LoadReport {
                 .setup
                 .map(|d| self.connections as f64 / d.as_secs_f64().max(1e-9))),
         );
+        if let Some(ext) = &self.extension {
+            let (out, inn) = self.wire_per_msg();
+            let _ = write!(
+                s,
+                ",\"wire_out_bytes_per_msg\":{},\"wire_in_bytes_per_msg\":{},\"extension\":\"{}\"",
+                opt(out),
+                opt(inn),
+                escape(ext)
+            );
+        }
         if let Some((total, by_name)) = self.syscalls_per_msg() {
             let _ = write!(
                 s,
@@ -331,6 +364,7 @@ mod tests {
             }),
             client_busy: Some(Duration::from_millis(1000)),
             setup: Some(Duration::from_millis(20)),
+            extension: None,
         };
         let j = r.json();
         assert!(j.contains("\"msgs_per_s\":500.0"), "{j}");
@@ -358,6 +392,7 @@ mod tests {
             j.contains("\"setup_s\":0.020,\"setup_per_s\":500.000"),
             "{j}"
         );
+        assert!(!j.contains("wire_out_bytes_per_msg"), "{j}");
         let text = r.text();
         assert!(text.contains("500 msgs/s"));
         assert!(
@@ -367,6 +402,45 @@ mod tests {
         assert!(
             text.contains("server lcore had its CPU 50.0 % of the time (other threads"),
             "{text}"
+        );
+        assert!(!text.contains("deflate"), "{text}");
+    }
+
+    #[test]
+    fn deflate_runs_report_bytes_on_the_wire() {
+        let mut stats = ThreadStats::new();
+        stats.messages = 4;
+        stats.wire_in = 1000;
+        stats.wire_out_messages = 5;
+        stats.wire_out = 1500;
+        let r = LoadReport {
+            client_path: "kernel",
+            addr: "127.0.0.1:1".into(),
+            framing: "websocket-deflate",
+            connections: 1,
+            size: 1024,
+            pipeline: 1,
+            warmup: Duration::ZERO,
+            window: Duration::from_secs(1),
+            stats,
+            server_cpu: None,
+            client_cpu: CpuTime::default(),
+            syscalls: None,
+            server_busy: None,
+            client_busy: None,
+            setup: None,
+            extension: Some("permessage-deflate; server_no_context_takeover".into()),
+        };
+        let j = r.json();
+        assert!(
+            j.contains("\"wire_out_bytes_per_msg\":300.000,\"wire_in_bytes_per_msg\":250.000,\"extension\":\"permessage-deflate; server_no_context_takeover\""),
+            "{j}"
+        );
+        assert!(
+            r.text()
+                .contains("bytes on the wire per message 300.0 sent, 250.0 echoed"),
+            "{}",
+            r.text()
         );
     }
 }

@@ -27,9 +27,20 @@ impl DataKind {
 /// Appends one unfragmented frame carrying `payload` to `out`: masked with `mask` (client frame)
 /// or unmasked (server frame) when `mask` is `None`.
 pub fn push_frame(out: &mut Vec<u8>, kind: DataKind, payload: &[u8], mask: Option<[u8; 4]>) {
+    push_frame_rsv(out, kind, 0, payload, mask);
+}
+
+/// [`push_frame`] with the RSV bits `rsv` (RSV1 = 0b100: a compressed message, RFC 7692).
+pub fn push_frame_rsv(
+    out: &mut Vec<u8>,
+    kind: DataKind,
+    rsv: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     let header = FrameHeader {
         fin: true,
-        rsv: 0,
+        rsv,
         opcode: kind.opcode(),
         mask,
         payload_len: payload.len() as u64,
