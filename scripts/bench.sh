@@ -9,23 +9,35 @@
 # messages: 10×64 KiB with P=4, 4×1 MiB with P=2, 2×16 MiB with P=1. For each it
 # prints echoes per second and the server's CPU time per echo (from /proc/PID/stat over the measured
 # window: the figure to trust on a noisy machine), with hioload-echo's ratios to each peer; then the
-# server RSS per idle connection at $BENCH_IDLE connections. The markdown report also goes to
+# server RSS per idle connection at $BENCH_IDLE connections. Then the compressed echo
+# (permessage-deflate): JSON-like text of 1 KiB and 16 KiB (10 connections, one in flight) sent by
+# hioload-bench --deflate (it offers the extension as browsers do, compresses what it sends,
+# inflates and verifies every echo) to hioload-echo with --deflate off, shared, dedicated:10 and
+# dedicated, and to Python websockets with its deflate on and off (apps/bench-peers/python): server
+# CPU per echo and frame bytes on the wire per message. The markdown report also goes to
 # target/bench/bench-<date>.md.
 #
 # Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload hioload-poll tungstenite fastws raw"]
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"]
 #                         [--idle N] [--syscalls] [--no-build]
+#                         [--deflate-scenarios "10x1K 10x16K"] [--deflate-servers "off shared dedicated:10 dedicated websockets websockets-off"]
+#                         [--deflate-only] [--no-deflate]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf),
 #                   counted in one extra round of their own (tracing costs the traced server CPU).
 #        --rounds N repeats every (scenario, server) run N times, interleaved, and reports medians.
 #        --servers may add raw-uring: the raw TCP echo on io_uring (kernel >= 6.1), the floor without epoll,
 #                  and hioload-base: another build of hioload-echo (--baseline BIN), for a before/after in one run.
+#        --deflate-servers: hioload-echo --deflate MODE (off, shared, dedicated, dedicated:N), MODE/T adds
+#                  --deflate-threshold T (shared/0: compress every message); websockets, websockets-off: Python
+#                  websockets with its permessage-deflate on / off. The first one is the baseline of the ratios.
+#        --deflate-only runs only the compressed echo (no plain scenarios, no idle test); --no-deflate skips it.
 #        --baseline BIN adds hioload-base (BIN: e.g. target/release/hioload-echo of an earlier commit, built
 #                  in a git worktree) to the servers.
 # Env:   BENCH_WARMUP (2), BENCH_DURATION (5), BENCH_ROUNDS (1), BENCH_IDLE (10000), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1),
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
-#        taskset (util-linux, in every Debian/Ubuntu base system). Traffic stays on 127.0.0.1.
+#        taskset (util-linux, in every Debian/Ubuntu base system), /usr/bin/python3 with websockets for
+#        the websockets peers (python3-websockets, installed by scripts/setup.sh). Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -39,6 +51,8 @@ port_base=${BENCH_PORT_BASE:-19100}
 servers="hioload hioload-poll tungstenite fastws raw"
 scenarios="100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"
 rounds=${BENCH_ROUNDS:-1}
+deflate_scenarios="10x1K 10x16K"
+deflate_servers="off shared dedicated:10 dedicated websockets websockets-off"
 build=1
 syscalls=()
 baseline=
@@ -55,6 +69,10 @@ while [ $# -gt 0 ]; do
         --no-build) build=0 ;;
         --syscalls) syscalls=(--syscalls) ;;
         --baseline) baseline=$2; shift ;;
+        --deflate-scenarios) deflate_scenarios=$2; shift ;;
+        --deflate-servers) deflate_servers=$2; shift ;;
+        --deflate-only) scenarios=""; idle=0; deflate_only=1 ;;
+        --no-deflate) deflate_scenarios="" ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -62,6 +80,18 @@ while [ $# -gt 0 ]; do
 done
 
 [ -n "$baseline" ] && [[ " $servers " != *" hioload-base "* ]] && servers="$servers hioload-base"
+# --deflate-only: the plain scenarios' servers are not started at all.
+[ "${deflate_only:-0}" = 1 ] && servers=""
+[ -z "$deflate_scenarios" ] && deflate_servers=""
+# Every server process: the plain ones, then the compressed-echo ones as z:SPEC.
+all_servers="$servers"
+for z in $deflate_servers; do all_servers+=" z:$z"; done
+python=/usr/bin/python3
+if [[ " $deflate_servers " == *" websockets"* ]] && ! "$python" -c "import websockets" 2>/dev/null; then
+    echo "bench.sh: the websockets peers need $python with websockets (apt-get install python3-websockets," \
+        "or scripts/setup.sh); or leave them out of --deflate-servers" >&2
+    exit 1
+fi
 command -v taskset >/dev/null || { echo "bench.sh: taskset not found (apt-get install util-linux)" >&2; exit 1; }
 if [ "$(nproc)" -lt 2 ]; then
     echo "bench.sh: needs 2 cores (server on one, load generator on another); found $(nproc)" >&2
@@ -105,12 +135,16 @@ label() {
         fastws) echo "fastwebsockets" ;;
         raw) echo "raw TCP echo" ;;
         raw-uring) echo "raw TCP echo (io_uring)" ;;
+        z:websockets) echo "websockets (deflate)" ;;
+        z:websockets-off) echo "websockets (no deflate)" ;;
+        z:*/*) local z=${1#z:}; echo "hioload-echo ${z%%/*}, threshold ${z#*/}" ;;
+        z:*) echo "hioload-echo ${1#z:}" ;;
     esac
 }
 
 declare -A port pid_of
 i=0
-for s in $servers; do
+for s in $all_servers; do
     p=$((port_base + i)); i=$((i + 1))
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         echo "bench.sh: port $p is already in use (set BENCH_PORT_BASE)" >&2
@@ -125,17 +159,22 @@ for s in $servers; do
         fastws) cmd=("$peers/fastwebsockets-echo" --addr "127.0.0.1:$p") ;;
         raw) cmd=("$peers/raw-tcp-echo" --addr "127.0.0.1:$p") ;;
         raw-uring) cmd=("$peers/raw-tcp-echo-uring" --addr "127.0.0.1:$p") ;;
+        z:websockets) cmd=("$python" "$root/apps/bench-peers/python/websockets-echo.py" --addr "127.0.0.1:$p") ;;
+        z:websockets-off) cmd=("$python" "$root/apps/bench-peers/python/websockets-echo.py" --addr "127.0.0.1:$p" --no-deflate) ;;
+        z:*) z=${s#z:}
+             cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1 --admin-addr off --deflate "${z%%/*}")
+             [[ "$z" == */* ]] && cmd+=(--deflate-threshold "${z#*/}") ;;
         *) echo "bench.sh: unknown server $s (hioload hioload-poll hioload-base tungstenite fastws raw raw-uring)" >&2; exit 2 ;;
     esac
-    taskset -c "$server_cpu" "${cmd[@]}" >"$logdir/$s.log" 2>&1 &
+    taskset -c "$server_cpu" "${cmd[@]}" >"$logdir/${s//[:\/]/_}.log" 2>&1 &
     pids+=($!)
     port[$s]=$p
     pid_of[$s]=$!
 done
-for s in $servers; do
+for s in $all_servers; do
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/${port[$s]}") 2>/dev/null && break
-        kill -0 "${pid_of[$s]}" 2>/dev/null || { echo "bench.sh: $(label "$s") exited; log:" >&2; cat "$logdir/$s.log" >&2; exit 1; }
+        kill -0 "${pid_of[$s]}" 2>/dev/null || { echo "bench.sh: $(label "$s") exited; log:" >&2; cat "$logdir/${s//[:\/]/_}.log" >&2; exit 1; }
         sleep 0.1
     done
 done
@@ -144,8 +183,49 @@ done
 field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
 
 # Per (scenario, server): space-separated values, one per round; medians below.
-declare -A rate_l cpu_l user_l sys_l rate cpu user sys
+declare -A rate_l cpu_l user_l sys_l rate cpu user sys wout_l win_l wout win agreed
 errors_seen=()
+
+# measure SC S [ARGS...]: one run of scenario SC (100x20, 100x20p16, …) against server S, its
+# figures appended to the per-round lists; ARGS go to hioload-bench (--raw, --deflate).
+measure() {
+    local sc=$1 s=$2; shift 2
+    # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
+    local conns=${sc%%x*} rest=${sc#*x} size pipe=1 out e
+    size=${rest%%p*}
+    [[ "$rest" == *p* ]] && pipe=${rest#*p}
+    if [ "${#counting[@]}" -gt 0 ]; then
+        echo "  syscall count: $sc → $(label "$s")" >&2
+    else
+        echo "  round $round/$rounds: $sc → $(label "$s")" >&2
+    fi
+    out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "$@" \
+        -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" \
+        "${counting[@]}" --json) || true
+    if [ -z "$out" ]; then
+        errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
+        return
+    fi
+    echo "$out" >>"$logdir/bench-$stamp.jsonl"
+    e=$(field "$out" errors)
+    if [ "$e" != 0 ]; then
+        errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
+        return
+    fi
+    if [ "${#counting[@]}" -gt 0 ]; then
+        sys_l[$sc,$s]+=" $(field "$out" server_syscalls_per_msg)"
+    else
+        rate_l[$sc,$s]+=" $(field "$out" msgs_per_s)"
+        cpu_l[$sc,$s]+=" $(field "$out" server_cpu_us_per_msg)"
+        user_l[$sc,$s]+=" $(field "$out" server_user_us_per_msg)"
+        if [[ " $* " == *" --deflate "* ]]; then
+            wout_l[$sc,$s]+=" $(field "$out" wire_out_bytes_per_msg)"
+            win_l[$sc,$s]+=" $(field "$out" wire_in_bytes_per_msg)"
+            agreed[$s]=$(sed -n 's/.*"extension":"\([^"]*\)".*/\1/p' <<<"$out")
+        fi
+    fi
+    kill -0 "${pid_of[$s]}" 2>/dev/null || errors_seen+=("$(label "$s") died during $sc")
+}
 # Rounds 1..N measure CPU and rates; with --syscalls, one more round counts system calls only:
 # tracing every system call costs the traced server CPU, more for the ones that make more calls,
 # so those figures never mix with the CPU ones.
@@ -154,37 +234,14 @@ last_round=$rounds
 for round in $(seq "$last_round"); do
     counting=(); [ "$round" -gt "$rounds" ] && counting=("${syscalls[@]}")
     for sc in $scenarios; do
-        # 100x20 → 100 connections, 20 B; 100x20p16 → pipeline 16.
-        conns=${sc%%x*}; rest=${sc#*x}; size=${rest%%p*}; pipe=1
-        [[ "$rest" == *p* ]] && pipe=${rest#*p}
         for s in $servers; do
             mode=(); [[ "$s" == raw* ]] && mode=(--raw)
-            if [ "${#counting[@]}" -gt 0 ]; then
-                echo "  syscall count: $sc → $(label "$s")" >&2
-            else
-                echo "  round $round/$rounds: $sc → $(label "$s")" >&2
-            fi
-            out=$(taskset -c "$client_cpu" "$bin/hioload-bench" --addr "127.0.0.1:${port[$s]}" "${mode[@]}" \
-                -c "$conns" -s "$size" -p "$pipe" -w "$warmup" -d "$duration" --server-pid "${pid_of[$s]}" \
-                "${counting[@]}" --json) || true
-            if [ -z "$out" ]; then
-                errors_seen+=("$sc $(label "$s"): hioload-bench failed (see above)")
-                continue
-            fi
-            echo "$out" >>"$logdir/bench-$stamp.jsonl"
-            e=$(field "$out" errors)
-            if [ "$e" != 0 ]; then
-                errors_seen+=("$sc $(label "$s"): $e failed connections: $(sed -n 's/.*"error_texts":\[\([^]]*\)\].*/\1/p' <<<"$out")")
-                continue
-            fi
-            if [ "${#counting[@]}" -gt 0 ]; then
-                sys_l[$sc,$s]+=" $(field "$out" server_syscalls_per_msg)"
-            else
-                rate_l[$sc,$s]+=" $(field "$out" msgs_per_s)"
-                cpu_l[$sc,$s]+=" $(field "$out" server_cpu_us_per_msg)"
-                user_l[$sc,$s]+=" $(field "$out" server_user_us_per_msg)"
-            fi
-            kill -0 "${pid_of[$s]}" 2>/dev/null || errors_seen+=("$(label "$s") died during $sc")
+            measure "$sc" "$s" "${mode[@]}"
+        done
+    done
+    for sc in $deflate_scenarios; do
+        for z in $deflate_servers; do
+            measure "$sc" "z:$z" --deflate
         done
     done
 done
@@ -194,12 +251,14 @@ median() {
     tr ' ' '\n' <<<"$1" | { grep -E '^[0-9.]+$' || true; } | sort -g |
         awk '{ a[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
-for sc in $scenarios; do
-    for s in $servers; do
+for sc in $scenarios $deflate_scenarios; do
+    for s in $all_servers; do
         rate[$sc,$s]=$(median "${rate_l[$sc,$s]:-}")
         cpu[$sc,$s]=$(median "${cpu_l[$sc,$s]:-}")
         user[$sc,$s]=$(median "${user_l[$sc,$s]:-}")
         sys[$sc,$s]=$(median "${sys_l[$sc,$s]:-}")
+        wout[$sc,$s]=$(median "${wout_l[$sc,$s]:-}")
+        win[$sc,$s]=$(median "${win_l[$sc,$s]:-}")
     done
 done
 
@@ -222,15 +281,9 @@ ratio() { # ratio A B: A/B with 2 decimals, or –
 }
 fmt_rate() { [ -n "$1" ] && awk -v r="$1" 'BEGIN { printf "%.0f", r }' || printf "–"; }
 has() { [[ " $servers " == *" $1 "* ]]; }
+has_z() { [[ " $deflate_servers " == *" $1 "* ]]; }
 
-report() {
-    local med=""; [ "$rounds" -gt 1 ] && med="; medians of $rounds interleaved rounds"
-    echo "### End-to-end echo, $(date -u +%Y-%m-%d) ($warmup s warm-up + $duration s per run$med)"
-    echo
-    echo "Machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores," \
-        "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r);" \
-        "servers on core $server_cpu, hioload-bench on core $client_cpu; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
-    echo
+report_plain() {
     echo "Server CPU µs per echo (lower is better); ratio = peer's µs / hioload-echo's µs (higher is better for hioload):"
     echo
     local head="| scenario |" line="| --- |"
@@ -286,6 +339,84 @@ report() {
     fi
     echo
     echo "Scenarios: CxS = C connections × S-byte binary messages, one in flight (pP: P in flight); every echo verified."
+}
+
+# The compressed echo: CPU per echo, bytes on the wire per message, echoes per second, per server
+# (the first of --deflate-servers is the baseline of the ratios).
+report_deflate() {
+    local base=z:${deflate_servers%% *} s z p sc row
+    local peers_z=() modes_z=()
+    for z in $deflate_servers; do
+        case "$z" in websockets) peers_z+=("z:$z") ;; websockets-off) ;; *) [ "z:$z" != "$base" ] && modes_z+=("z:$z") ;; esac
+    done
+    echo "#### Compressed echo (permessage-deflate), JSON-like text"
+    echo
+    echo "Server CPU µs per echo (lower is better); A ÷ B = A's µs / B's (what compressing costs, for the same" \
+        "messages); peer vs mode = the peer's µs / hioload-echo's in that mode (higher is better for hioload):"
+    echo
+    local head="| scenario |" line="| --- |"
+    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
+    for s in "${modes_z[@]}"; do head+=" $(label "$s") ÷ $(label "$base") |"; line+=" ---: |"; done
+    has_z websockets && has_z websockets-off && { head+=" websockets: deflate ÷ none |"; line+=" ---: |"; }
+    for p in "${peers_z[@]}"; do for s in "${modes_z[@]}"; do head+=" $(label "$p") vs $(label "$s") |"; line+=" ---: |"; done; done
+    echo "$head"; echo "$line"
+    for sc in $deflate_scenarios; do
+        row="| $sc |"
+        for z in $deflate_servers; do row+=" $(cell "${cpu[$sc,z:$z]}") |"; done
+        for s in "${modes_z[@]}"; do row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,$base]}") |"; done
+        has_z websockets && has_z websockets-off && row+=" $(ratio "${cpu[$sc,z:websockets]}" "${cpu[$sc,z:websockets-off]}") |"
+        for p in "${peers_z[@]}"; do for s in "${modes_z[@]}"; do row+=" $(ratio "${cpu[$sc,$p]}" "${cpu[$sc,$s]}") |"; done; done
+        echo "$row"
+    done
+    echo
+    echo "Bytes on the wire per message, client → server / server → client (WebSocket frames, headers included;" \
+        "in brackets the echo's bytes ÷ $(label "$base")'s):"
+    echo
+    head="| scenario |"; line="| --- |"
+    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
+    echo "$head"; echo "$line"
+    for sc in $deflate_scenarios; do
+        row="| $sc |"
+        for z in $deflate_servers; do
+            s=z:$z
+            row+=" $(fmt_rate "${wout[$sc,$s]}") / $(fmt_rate "${win[$sc,$s]}") ($(ratio "${win[$sc,$s]}" "${win[$sc,$base]}")) |"
+        done
+        echo "$row"
+    done
+    echo
+    echo "Echoes per second (one load-generator thread, which compresses what it sends when context takeover" \
+        "is agreed: those runs are bound by the load generator; server CPU per echo is the figure):"
+    echo
+    head="| scenario |"; line="| --- |"
+    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
+    echo "$head"; echo "$line"
+    for sc in $deflate_scenarios; do
+        row="| $sc |"
+        for z in $deflate_servers; do row+=" $(fmt_rate "${rate[$sc,z:$z]}") |"; done
+        echo "$row"
+    done
+    echo
+    echo "Agreed (Sec-WebSocket-Extensions answered to \`permessage-deflate; client_max_window_bits\`):"
+    echo
+    for z in $deflate_servers; do echo "- $(label "z:$z"): \`${agreed[z:$z]:-–}\`"; done
+    echo
+    echo "Scenarios: CxS = C connections × S-byte text messages, one in flight: a stream of JSON event objects" \
+        "cut at S bytes (keys, a small vocabulary, random numbers); every echo inflated and verified."
+}
+
+report() {
+    local med=""; [ "$rounds" -gt 1 ] && med="; medians of $rounds interleaved rounds"
+    echo "### End-to-end echo, $(date -u +%Y-%m-%d) ($warmup s warm-up + $duration s per run$med)"
+    echo
+    echo "Machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores," \
+        "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r);" \
+        "servers on core $server_cpu, hioload-bench on core $client_cpu; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo
+    if [ -n "$scenarios" ]; then report_plain; fi
+    if [ -n "$deflate_scenarios" ]; then
+        [ -n "$scenarios" ] && echo
+        report_deflate
+    fi
     if [ "${#errors_seen[@]}" -gt 0 ]; then
         echo
         echo "Errors:"
