@@ -127,8 +127,9 @@ pub fn parse_answer(value: Option<&str>) -> Result<Option<Agreed>, String> {
 
 /// `count` distinct JSON-like text messages of exactly `size` bytes: a stream of event objects
 /// (`[{"id":…,"user":"user_042","event":"order.updated",…},…`) cut at `size`, with the keys, a
-/// small vocabulary and random numbers of real API traffic; zlib at level 6 shrinks 16 KiB of it
-/// about 4×, 1 KiB about 2.5×. ASCII only (valid UTF-8 text frames).
+/// small vocabulary and random numbers of real API traffic; zlib at level 6 without context
+/// takeover shrinks 16 KiB of it about 6×, 1 KiB about 3× (with context takeover, 7× and 6×).
+/// ASCII only (valid UTF-8 text frames).
 pub fn json_messages(size: usize, count: usize) -> Vec<Vec<u8>> {
     const EVENTS: [&str; 8] = [
         "order.created",
@@ -187,6 +188,19 @@ pub fn json_messages(size: usize, count: usize) -> Vec<Vec<u8>> {
             m.into_bytes()
         })
         .collect()
+}
+
+/// Bytes of distinct messages a ring holds at least: four of the largest DEFLATE window (32 KiB),
+/// so that with context takeover no message finds an exact copy of itself in the window (a ring
+/// of 64 × 256 B did: every echo then compressed to 8 bytes).
+pub const RING_BYTES: usize = 128 << 10;
+
+/// Ring size for `pipeline` messages of `size` bytes in flight: what [`Pattern::ring_messages`]
+/// gives, and enough for [`RING_BYTES`].
+///
+/// [`Pattern::ring_messages`]: crate::pattern::Pattern::ring_messages
+pub fn ring_messages(pipeline: usize, size: usize) -> usize {
+    crate::pattern::Pattern::ring_messages(pipeline, size).max(RING_BYTES.div_ceil(size.max(1)))
 }
 
 /// The messages of a run, and their masked client frames: uncompressed, and compressed without
@@ -561,6 +575,15 @@ mod tests {
 
     fn fresh(bits: u8) -> Compress {
         Compress::new_with_window_bits(Compression::new(6), false, bits)
+    }
+
+    #[test]
+    fn rings_outlast_the_window() {
+        for size in [1, 64, 256, 1024, 16384, 1 << 20] {
+            assert!(ring_messages(1, size) * size >= 4 * 32768, "{size}");
+        }
+        assert_eq!(ring_messages(1, 16384), 8);
+        assert_eq!(ring_messages(100, 16384), 100);
     }
 
     #[test]

@@ -426,7 +426,7 @@ fn run_kernel_deflate(
     let connections = args.connections;
     let ring = Arc::new(TextRing::new(
         args.size,
-        Pattern::ring_messages(args.pipeline, args.size),
+        deflate::ring_messages(args.pipeline, args.size),
     ));
     let started = std::time::Instant::now();
     let mut per_thread: Vec<Vec<_>> = (0..args.threads).map(|_| Vec::new()).collect();

@@ -10,7 +10,7 @@ use hioload_bench::connect::Target;
 use hioload_bench::deflate::{self, TextRing};
 use hioload_bench::deflate_load;
 use hioload_bench::load::{self, ThreadStats};
-use hioload_bench::pattern::{Framing, Pattern};
+use hioload_bench::pattern::Framing;
 use hioload_bench::wire::DataKind;
 use hioload_ws::{Config, Ctx, DeflateConfig, DeflateMode, Handler, Message, Server};
 
@@ -59,7 +59,7 @@ fn run(
             (i, stream, agreed)
         })
         .collect();
-    let ring = Arc::new(TextRing::new(size, Pattern::ring_messages(pipeline, size)));
+    let ring = Arc::new(TextRing::new(size, deflate::ring_messages(pipeline, size)));
     let phase = Arc::new(AtomicU8::new(load::WARMUP));
     let thread = {
         let phase = phase.clone();
