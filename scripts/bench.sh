@@ -13,14 +13,16 @@
 # (permessage-deflate): JSON-like text of 1 KiB and 16 KiB (10 connections, one in flight) sent by
 # hioload-bench --deflate (it offers the extension as browsers do, compresses what it sends,
 # inflates and verifies every echo) to hioload-echo with --deflate off, shared, dedicated:10 and
-# dedicated, and to Python websockets with its deflate on and off (apps/bench-peers/python): server
-# CPU per echo and frame bytes on the wire per message. The markdown report also goes to
+# dedicated, to Python websockets and (where node is installed) Node ws with their deflate on and
+# off (apps/bench-peers/python, apps/bench-peers/node): server CPU per echo and frame bytes on the
+# wire per message. The markdown report also goes to
 # target/bench/bench-<date>.md.
 #
 # Usage: scripts/bench.sh [--quick] [--warmup S] [--duration S] [--rounds N] [--servers "hioload hioload-poll tungstenite fastws raw"]
 #                         [--scenarios "100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"]
 #                         [--idle N] [--syscalls] [--no-build]
-#                         [--deflate-scenarios "10x1K 10x16K"] [--deflate-servers "off shared dedicated:10 dedicated websockets websockets-off"]
+#                         [--deflate-scenarios "10x1K 10x16K"]
+#                         [--deflate-servers "off shared dedicated:10 dedicated websockets websockets-off node-ws node-ws-off"]
 #                         [--deflate-only] [--no-deflate]
 #        --syscalls adds the servers' syscalls per echo (perf stat on syscall tracepoints; needs linux-perf),
 #                   counted in one extra round of their own (tracing costs the traced server CPU).
@@ -29,7 +31,8 @@
 #                  and hioload-base: another build of hioload-echo (--baseline BIN), for a before/after in one run.
 #        --deflate-servers: hioload-echo --deflate MODE (off, shared, dedicated, dedicated:N), MODE/T adds
 #                  --deflate-threshold T (shared/0: compress every message); websockets, websockets-off: Python
-#                  websockets with its permessage-deflate on / off. The first one is the baseline of the ratios.
+#                  websockets with its permessage-deflate on / off; node-ws, node-ws-off: the same with Node ws
+#                  (in the default list only where `node` is installed). The first one is the baseline of the ratios.
 #        --deflate-only runs only the compressed echo (no plain scenarios, no idle test); --no-deflate skips it.
 #        --baseline BIN adds hioload-base (BIN: e.g. target/release/hioload-echo of an earlier commit, built
 #                  in a git worktree) to the servers.
@@ -37,7 +40,8 @@
 #        BENCH_PORT_BASE (19100), CARGO_BUILD_JOBS.
 # Needs: cargo (builds everything: the peers are a separate cargo workspace, fetched from crates.io),
 #        taskset (util-linux, in every Debian/Ubuntu base system), /usr/bin/python3 with websockets for
-#        the websockets peers (python3-websockets, installed by scripts/setup.sh). Traffic stays on 127.0.0.1.
+#        the websockets peers (python3-websockets, installed by scripts/setup.sh), node and npm for the Node ws
+#        peers (ws is installed into apps/bench-peers/node by `npm ci`). Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -53,6 +57,7 @@ scenarios="100x20 10x1K 200x16K 500x16K 100x20p16 10x64Kp4 4x1Mp2 2x16M"
 rounds=${BENCH_ROUNDS:-1}
 deflate_scenarios="10x1K 10x16K"
 deflate_servers="off shared dedicated:10 dedicated websockets websockets-off"
+command -v node >/dev/null && command -v npm >/dev/null && deflate_servers+=" node-ws node-ws-off"
 build=1
 syscalls=()
 baseline=
@@ -105,6 +110,11 @@ if [ "$build" -eq 1 ]; then
     cargo build --release -q -p hioload-echo -p hioload-bench
     cargo build --release -q --manifest-path apps/bench-peers/Cargo.toml
 fi
+if [[ " $deflate_servers " == *" node-ws"* ]] && [ ! -d apps/bench-peers/node/node_modules/ws ]; then
+    echo "installing Node ws into apps/bench-peers/node (npm ci)..." >&2
+    (cd apps/bench-peers/node && npm ci --no-audit --no-fund --silent) ||
+        { echo "bench.sh: npm ci failed in apps/bench-peers/node; leave node-ws out of --deflate-servers" >&2; exit 1; }
+fi
 
 # Every server started here is killed by PID on exit.
 pids=()
@@ -137,6 +147,8 @@ label() {
         raw-uring) echo "raw TCP echo (io_uring)" ;;
         z:websockets) echo "websockets (deflate)" ;;
         z:websockets-off) echo "websockets (no deflate)" ;;
+        z:node-ws) echo "Node ws (deflate)" ;;
+        z:node-ws-off) echo "Node ws (no deflate)" ;;
         z:*/*) local z=${1#z:}; echo "hioload-echo ${z%%/*}, threshold ${z#*/}" ;;
         z:*) echo "hioload-echo ${1#z:}" ;;
     esac
@@ -161,6 +173,8 @@ for s in $all_servers; do
         raw-uring) cmd=("$peers/raw-tcp-echo-uring" --addr "127.0.0.1:$p") ;;
         z:websockets) cmd=("$python" "$root/apps/bench-peers/python/websockets-echo.py" --addr "127.0.0.1:$p") ;;
         z:websockets-off) cmd=("$python" "$root/apps/bench-peers/python/websockets-echo.py" --addr "127.0.0.1:$p" --no-deflate) ;;
+        z:node-ws) cmd=(node "$root/apps/bench-peers/node/ws-echo.js" --addr "127.0.0.1:$p") ;;
+        z:node-ws-off) cmd=(node "$root/apps/bench-peers/node/ws-echo.js" --addr "127.0.0.1:$p" --no-deflate) ;;
         z:*) z=${s#z:}
              cmd=("$bin/hioload-echo" --addr "127.0.0.1:$p" --workers 1 --admin-addr off --deflate "${z%%/*}")
              [[ "$z" == */* ]] && cmd+=(--deflate-threshold "${z#*/}") ;;
@@ -341,64 +355,68 @@ report_plain() {
     echo "Scenarios: CxS = C connections × S-byte binary messages, one in flight (pP: P in flight); every echo verified."
 }
 
-# The compressed echo: CPU per echo, bytes on the wire per message, echoes per second, per server
-# (the first of --deflate-servers is the baseline of the ratios).
+# The compressed echo, one row per server: CPU per echo, bytes on the wire per message, echoes per
+# second. Ratios: to the same server family without compression (hioload-echo: the first of
+# --deflate-servers, default off; a peer: its -off twin), and to hioload-echo shared (the default).
 report_deflate() {
-    local base=z:${deflate_servers%% *} s z p sc row
-    local peers_z=() modes_z=()
-    for z in $deflate_servers; do
-        case "$z" in websockets) peers_z+=("z:$z") ;; websockets-off) ;; *) [ "z:$z" != "$base" ] && modes_z+=("z:$z") ;; esac
-    done
+    local s z sc row head line off ref=""
+    has_z shared && ref=z:shared
+    # plain_of S: the uncompressed twin of server S (empty if not measured).
+    plain_of() {
+        case "$1" in
+            z:websockets|z:node-ws) has_z "${1#z:}-off" && echo "$1-off" ;;
+            z:websockets-off|z:node-ws-off) echo "$1" ;;
+            *) echo "z:${deflate_servers%% *}" ;;
+        esac
+    }
     echo "#### Compressed echo (permessage-deflate), JSON-like text"
     echo
-    echo "Server CPU µs per echo (lower is better); A ÷ B = A's µs / B's (what compressing costs, for the same" \
-        "messages); peer vs mode = the peer's µs / hioload-echo's in that mode (higher is better for hioload):"
+    echo "Server CPU µs per echo (lower is better); ÷ uncompressed = this server's µs / its own µs without" \
+        "compression (hioload-echo: $(label "$(plain_of z:shared)")), for the same messages;" \
+        "${ref:+÷ shared = this server's µs / hioload-echo shared's (the default mode)}:"
     echo
-    local head="| scenario |" line="| --- |"
-    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
-    for s in "${modes_z[@]}"; do head+=" $(label "$s") ÷ $(label "$base") |"; line+=" ---: |"; done
-    has_z websockets && has_z websockets-off && { head+=" websockets: deflate ÷ none |"; line+=" ---: |"; }
-    for p in "${peers_z[@]}"; do for s in "${modes_z[@]}"; do head+=" $(label "$p") vs $(label "$s") |"; line+=" ---: |"; done; done
-    echo "$head"; echo "$line"
+    head="| server |"; line="| --- |"
     for sc in $deflate_scenarios; do
-        row="| $sc |"
-        for z in $deflate_servers; do row+=" $(cell "${cpu[$sc,z:$z]}") |"; done
-        for s in "${modes_z[@]}"; do row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,$base]}") |"; done
-        has_z websockets && has_z websockets-off && row+=" $(ratio "${cpu[$sc,z:websockets]}" "${cpu[$sc,z:websockets-off]}") |"
-        for p in "${peers_z[@]}"; do for s in "${modes_z[@]}"; do row+=" $(ratio "${cpu[$sc,$p]}" "${cpu[$sc,$s]}") |"; done; done
-        echo "$row"
+        head+=" $sc µs | ÷ uncompressed |"; line+=" ---: | ---: |"
+        [ -n "$ref" ] && { head+=" ÷ shared |"; line+=" ---: |"; }
     done
-    echo
-    echo "Bytes on the wire per message, client → server / server → client (WebSocket frames, headers included;" \
-        "in brackets the echo's bytes ÷ $(label "$base")'s):"
-    echo
-    head="| scenario |"; line="| --- |"
-    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
     echo "$head"; echo "$line"
-    for sc in $deflate_scenarios; do
-        row="| $sc |"
-        for z in $deflate_servers; do
-            s=z:$z
-            row+=" $(fmt_rate "${wout[$sc,$s]}") / $(fmt_rate "${win[$sc,$s]}") ($(ratio "${win[$sc,$s]}" "${win[$sc,$base]}")) |"
+    for z in $deflate_servers; do
+        s=z:$z; off=$(plain_of "$s"); row="| $(label "$s") |"
+        for sc in $deflate_scenarios; do
+            row+=" $(cell "${cpu[$sc,$s]}") | $([ -n "$off" ] && ratio "${cpu[$sc,$s]}" "${cpu[$sc,$off]}" || echo –) |"
+            [ -n "$ref" ] && row+=" $(ratio "${cpu[$sc,$s]}" "${cpu[$sc,$ref]}") |"
         done
         echo "$row"
     done
     echo
-    echo "Echoes per second (one load-generator thread, which compresses what it sends when context takeover" \
-        "is agreed: those runs are bound by the load generator; server CPU per echo is the figure):"
+    echo "Bytes on the wire per message, client → server / server → client (WebSocket frames, headers" \
+        "included), ÷ uncompressed = the echo's bytes / the uncompressed echo's; and what was agreed" \
+        "(the \`Sec-WebSocket-Extensions\` answer to \`permessage-deflate; client_max_window_bits\`):"
     echo
-    head="| scenario |"; line="| --- |"
-    for z in $deflate_servers; do head+=" $(label "z:$z") |"; line+=" ---: |"; done
-    echo "$head"; echo "$line"
-    for sc in $deflate_scenarios; do
-        row="| $sc |"
-        for z in $deflate_servers; do row+=" $(fmt_rate "${rate[$sc,z:$z]}") |"; done
-        echo "$row"
+    head="| server |"; line="| --- |"
+    for sc in $deflate_scenarios; do head+=" $sc bytes | ÷ uncompressed |"; line+=" ---: | ---: |"; done
+    echo "$head agreed |"; echo "$line --- |"
+    for z in $deflate_servers; do
+        s=z:$z; off=$(plain_of "$s"); row="| $(label "$s") |"
+        for sc in $deflate_scenarios; do
+            row+=" $(fmt_rate "${wout[$sc,$s]}") / $(fmt_rate "${win[$sc,$s]}") |"
+            row+=" $([ -n "$off" ] && ratio "${win[$sc,$s]}" "${win[$sc,$off]}" || echo –) |"
+        done
+        echo "$row \`${agreed[$s]:-–}\` |"
     done
     echo
-    echo "Agreed (Sec-WebSocket-Extensions answered to \`permessage-deflate; client_max_window_bits\`):"
+    echo "Echoes per second (one load-generator thread; it compresses each message it sends when context" \
+        "takeover is agreed, and such runs are bound by it: server CPU per echo is the figure):"
     echo
-    for z in $deflate_servers; do echo "- $(label "z:$z"): \`${agreed[z:$z]:-–}\`"; done
+    head="| server |"; line="| --- |"
+    for sc in $deflate_scenarios; do head+=" $sc |"; line+=" ---: |"; done
+    echo "$head"; echo "$line"
+    for z in $deflate_servers; do
+        row="| $(label "z:$z") |"
+        for sc in $deflate_scenarios; do row+=" $(fmt_rate "${rate[$sc,z:$z]}") |"; done
+        echo "$row"
+    done
     echo
     echo "Scenarios: CxS = C connections × S-byte text messages, one in flight: a stream of JSON event objects" \
         "cut at S bytes (keys, a small vocabulary, random numbers); every echo inflated and verified."
