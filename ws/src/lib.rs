@@ -80,4 +80,8 @@ pub use held::HeldInput;
 pub use pending::PendingOutput;
 pub use session::{Event, FrameSink, Outgoing, ProtocolError, Role, SendError, Session, State};
 pub use settings::{Backpressure, Settings};
+pub use shard::topics::{
+    Publication, SlowPolicy, Subscription, TopicCounts, TopicError, TopicOrDeliverError, TopicStat,
+    TopicsSnapshot,
+};
 pub use shard::{DeliverError, Listener, OutMessage, Shard, ShardSet, Transport, WorkerStats};

@@ -529,6 +529,12 @@ impl Session {
         self.rx.stream.is_some() || self.rx.msg.is_some()
     }
 
+    /// Whether a whole data message may be sent now: open, and not between the fragments of
+    /// one of our own.
+    pub fn can_send_whole(&self) -> bool {
+        self.tx.state == State::Open && !self.tx.fragmenting
+    }
+
     /// The role this session plays.
     pub fn role(&self) -> Role {
         self.tx.role

@@ -16,6 +16,7 @@ use crate::close::CloseCode;
 use crate::handshake::{HttpRequest, UpgradePolicy, UpgradeRequest};
 use crate::session::{FrameSink, Outgoing, SendError, State};
 use crate::settings::Settings;
+use crate::shard::topics::{self, check_topic, Subscription, TopicError, TopicOrDeliverError};
 use crate::shard::{DeliverError, OutMessage, ShardSet};
 
 /// A whole message, borrowed from the receive buffer or the assembly buffer (no copy).
@@ -273,6 +274,39 @@ impl<'a> SessionRef<'a> {
     /// Queues `msg` for every open session, this one included; returns the shards reached.
     pub fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
         self.set.broadcast(msg, Some(self.shard))
+    }
+    /// Subscribes this session to `topic` (see `shard::topics`): in force for every publication
+    /// that reaches this shard after this callback. Subscribing again replaces the options.
+    pub fn subscribe(&mut self, topic: &str, sub: Subscription) -> Result<(), TopicError> {
+        check_topic(topic)?;
+        if self.out.as_ref().is_none_or(|o| o.state() != State::Open) {
+            return Err(TopicError::Closed);
+        }
+        topics::queue_subscribe(self.id, topic, sub);
+        Ok(())
+    }
+    /// Ends this session's subscription to `topic` (if any), as [`SessionRef::subscribe`] starts
+    /// one. Costs one removal, not a scan of every topic.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        if check_topic(topic).is_ok() {
+            topics::queue_unsubscribe(self.id, topic);
+        }
+    }
+    /// Ends every subscription of this session (they end anyway when it closes).
+    pub fn unsubscribe_all(&mut self) {
+        topics::queue_unsubscribe_all(self.id);
+    }
+    /// Publishes `msg` to `topic` (framed once, shared by every subscriber on every shard; this
+    /// session does not get it if `exclude_self`). Returns the shards reached.
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        msg: Message<'_>,
+        exclude_self: bool,
+    ) -> Result<usize, TopicOrDeliverError> {
+        let exclude = exclude_self.then_some(self.id);
+        self.set
+            .publish_topic(topic, msg, exclude, Some(self.shard))
     }
 
     fn sender(&mut self) -> Result<&mut (dyn Sender + 'a), SendError> {

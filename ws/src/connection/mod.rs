@@ -37,6 +37,7 @@ mod ending;
 mod opening;
 mod timers;
 mod tls_input;
+mod topics;
 mod upgrade;
 mod wire;
 

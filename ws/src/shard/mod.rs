@@ -25,6 +25,7 @@
 mod counters;
 mod set;
 mod slots;
+pub mod topics;
 mod turn;
 
 pub use counters::{CacheCounters, PaddedCounter, ShardCounters, WorkerStats};
@@ -143,6 +144,8 @@ pub struct Shard<T, A> {
     /// Bytes the connections hold (sum of their `charged`), against the memory budget.
     memory: usize,
     log: LogLimit,
+    /// The subscriber index of this shard's sessions (`topics.rs`).
+    topics: topics::ShardTopics,
 }
 
 impl<T, A: App> Shard<T, A> {
@@ -175,6 +178,7 @@ impl<T, A: App> Shard<T, A> {
             stop_deadline: None,
             memory: 0,
             log: LogLimit::new(),
+            topics: topics::ShardTopics::default(),
         };
         shard.next_idle_sweep = now + shard.idle_sweep_period();
         shard
@@ -207,6 +211,10 @@ impl<T, A: App> Shard<T, A> {
     /// Whether the shard is stopping (stop asked, listener closed).
     pub fn is_stopping(&self) -> bool {
         self.stop_deadline.is_some()
+    }
+    /// This shard's subscriber index.
+    pub fn topics(&self) -> &topics::ShardTopics {
+        &self.topics
     }
     /// The connection in `slot`, if any.
     pub fn slot(&self, slot: usize) -> Option<&Slot<T>> {
@@ -491,6 +499,7 @@ impl<T, A: App> Shard<T, A> {
             || self.stop_deadline.is_some()
             || self.set.is_stopping()
             || self.counters().memory.get() != self.memory
+            || self.topics.report_due()
         {
             Some(self.next_tick.saturating_duration_since(now))
         } else if self.settings.idle_timeout.is_some() && self.counters().sessions.get() > 0 {

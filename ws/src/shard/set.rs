@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_queue::ArrayQueue;
 use tracing::warn;
@@ -51,6 +51,8 @@ pub enum Command {
     Broadcast(Arc<OutMessage>),
     /// The application's deferred decision on the upgrade of connection `id`.
     Upgrade(u64, Box<crate::connection::Upgrade>),
+    /// Deliver to the shard's subscribers of a topic (see `topics`).
+    Publish(Arc<super::topics::Publication>),
 }
 
 /// Why a message could not be queued for a session.
@@ -91,6 +93,11 @@ pub struct ShardSet {
     wakers: Box<[Option<Box<dyn Wake>>]>,
     settings: Mutex<Arc<Settings>>,
     epoch: AtomicU64,
+    /// Topics: interest, statistics, publishing totals.
+    pub(super) topics: super::topics::TopicBoard,
+    /// Hears of every publication made on this node (the cluster link).
+    #[allow(clippy::type_complexity)]
+    pub(super) forward: OnceLock<Box<dyn Fn(&Arc<super::topics::Publication>) + Send + Sync>>,
 }
 
 impl fmt::Debug for ShardSet {
@@ -118,6 +125,8 @@ impl ShardSet {
             wakers: wakers.into_boxed_slice(),
             settings: Mutex::new(Arc::new(settings)),
             epoch: AtomicU64::new(0),
+            topics: super::topics::TopicBoard::new(n),
+            forward: OnceLock::new(),
         }
     }
 

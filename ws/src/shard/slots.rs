@@ -42,6 +42,7 @@ impl<T, A: App> Shard<T, A> {
     }
 
     pub(super) fn release<X: Transport<Io = T>>(&mut self, slot: usize, how: Release, x: &mut X) {
+        self.unsubscribe_slot(slot);
         let Some(Slot {
             mut conn,
             io,
@@ -68,6 +69,7 @@ impl<T, A: App> Shard<T, A> {
     }
 
     pub(super) fn free_slot(&mut self, slot: usize) {
+        self.unsubscribe_slot(slot);
         if let Some(s) = self.slots[slot].take() {
             self.memory -= s.charged;
             self.slot_freed(slot);

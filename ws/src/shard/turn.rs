@@ -22,6 +22,7 @@ impl<T, A: App> Shard<T, A> {
         if self.stop_deadline.is_none() && self.set.is_stopping() {
             self.begin_shutdown(x, now);
         }
+        self.apply_topic_ops();
         if !self.set.inbox(self.index).is_empty() {
             self.run_inbox(x, now);
         }
@@ -49,6 +50,7 @@ impl<T, A: App> Shard<T, A> {
         self.counters()
             .caches
             .publish_deflate(crate::deflate::stats());
+        self.report_topics(now);
         self.counters().memory.set(self.memory);
         if self.set.memory() > self.settings.memory_budget {
             self.enforce_budget(x, now);
@@ -200,6 +202,7 @@ impl<T, A: App> Shard<T, A> {
                         self.complete_upgrade(slot, *decision, x, now);
                     }
                 }
+                Command::Publish(p) => self.deliver_publication(&p, x, now),
                 Command::Broadcast(msg) => {
                     // Compressed once for the worker's sessions (permessage-deflate, shared).
                     crate::deflate::with_broadcast(msg.bytes(), || {
