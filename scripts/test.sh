@@ -27,7 +27,7 @@ stage "cargo test (kernel path on the epoll backend: HIOLOAD_TEST_IO=poll)"
 HIOLOAD_TEST_IO=poll cargo test --features dpdk --no-fail-fast -p hioload-ws -p hioload-echo \
     --test echo --test load --test backpressure --test slow_reader --test sessions --test reload \
     --test http --test middleware --test control_plane --test pool_limits --test pool_release --test conformance \
-    --test chat_example --test late_reader --test binary --test hostile --test tls 2>&1 | tee -a target-test.log
+    --test chat_example --test late_reader --test binary --test hostile --test tls --test topics 2>&1 | tee -a target-test.log
 
 [ "$quick" -eq 1 ] && { stage "done (quick)"; exit 0; }
 

@@ -93,6 +93,8 @@ impl App for HandlerApp {
     fn on_close(&self, session: &mut SessionRef<'_>, code: CloseCode, reason: &str) {
         self.control.registry.remove(session.id());
         self.handler.on_close(&mut Ctx::new(session), code, reason);
+        // Its subscriptions end with the turn (and at the latest when its slot is freed).
+        session.unsubscribe_all();
     }
 }
 

@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub use hioload_wsproto::handshake::UpgradeRequest;
 pub use hioload_wsproto::{
     Accept, CloseCode, DeliverError, Message, OutMessage, PendingUpgrade, Rejection, SendError,
-    SendStatus, SessionState, State, Upgrade, UpgradeCtx, UpgradeError,
+    SendStatus, SessionState, State, Subscription, TopicError, TopicOrDeliverError, Upgrade,
+    UpgradeCtx, UpgradeError,
 };
 
 /// Reacts to the events of every session.
@@ -126,6 +127,17 @@ pub trait SessionOps {
     fn send_to(&mut self, id: u64, msg: Arc<OutMessage>) -> Result<(), DeliverError>;
     /// Queues a message for every open session.
     fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError>;
+    /// Subscribes the session to a topic.
+    fn subscribe(&mut self, topic: &str, sub: Subscription) -> Result<(), TopicError>;
+    /// Ends the session's subscription to a topic.
+    fn unsubscribe(&mut self, topic: &str);
+    /// Publishes to a topic (the session itself excluded if `exclude_self`).
+    fn publish(
+        &mut self,
+        topic: &str,
+        msg: Message<'_>,
+        exclude_self: bool,
+    ) -> Result<usize, TopicOrDeliverError>;
 }
 
 /// The session layer's session, as the facade's handlers see it (both data paths).
@@ -165,6 +177,20 @@ impl SessionOps for hioload_wsproto::SessionRef<'_> {
     }
     fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
         hioload_wsproto::SessionRef::broadcast(self, msg)
+    }
+    fn subscribe(&mut self, topic: &str, sub: Subscription) -> Result<(), TopicError> {
+        hioload_wsproto::SessionRef::subscribe(self, topic, sub)
+    }
+    fn unsubscribe(&mut self, topic: &str) {
+        hioload_wsproto::SessionRef::unsubscribe(self, topic)
+    }
+    fn publish(
+        &mut self,
+        topic: &str,
+        msg: Message<'_>,
+        exclude_self: bool,
+    ) -> Result<usize, TopicOrDeliverError> {
+        hioload_wsproto::SessionRef::publish(self, topic, msg, exclude_self)
     }
 }
 
@@ -262,6 +288,39 @@ impl<'a> Ctx<'a> {
     /// Copies the payload once, shared by all workers.
     pub fn broadcast(&mut self, msg: Message<'_>) -> Result<usize, DeliverError> {
         self.ops.broadcast(Arc::new(owned(msg)))
+    }
+    /// Subscribes this session to `topic` (1 to 200 bytes): it gets every message published
+    /// to the topic (on any worker, and on other nodes through the cluster link) from the end of
+    /// this callback on. A slow subscriber (buffered output over the soft bound) is skipped and
+    /// counted; see [`Ctx::subscribe_with`] for the other policy. Ended by
+    /// [`Ctx::unsubscribe`] or when the session closes.
+    pub fn subscribe(&mut self, topic: &str) -> Result<(), TopicError> {
+        self.ops.subscribe(topic, Subscription::default())
+    }
+    /// [`Ctx::subscribe`] with a policy for when this subscriber is slow: skip and count
+    /// ([`Subscription::skip`]) or close with 1008 ([`Subscription::close`]), past the soft bound
+    /// or a bound of its own ([`Subscription::max_buffered`]).
+    pub fn subscribe_with(&mut self, topic: &str, sub: Subscription) -> Result<(), TopicError> {
+        self.ops.subscribe(topic, sub)
+    }
+    /// Ends this session's subscription to `topic` (one removal: no scan of every topic).
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.ops.unsubscribe(topic)
+    }
+    /// Publishes `msg` to `topic`: framed once, the frame shared by every subscriber on every
+    /// worker (no copy per subscriber of ours); each subscriber gets one publisher's messages to
+    /// a topic in order. This session gets it too if it is subscribed. Returns the workers
+    /// reached (a worker whose inbox is full misses it, counted in `/metrics`).
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> Result<usize, TopicOrDeliverError> {
+        self.ops.publish(topic, msg, false)
+    }
+    /// [`Ctx::publish`] to every subscriber but this session.
+    pub fn publish_others(
+        &mut self,
+        topic: &str,
+        msg: Message<'_>,
+    ) -> Result<usize, TopicOrDeliverError> {
+        self.ops.publish(topic, msg, true)
     }
 }
 

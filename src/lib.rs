@@ -54,6 +54,10 @@ pub use handler::{
 };
 pub use hioload_wsproto::deflate::{DeflateConfig, DeflateMode, DeflateStats};
 pub use hioload_wsproto::WorkerStats;
+pub use hioload_wsproto::{
+    Publication, SlowPolicy, Subscription, TopicCounts, TopicError, TopicOrDeliverError,
+    TopicStat, TopicsSnapshot,
+};
 pub use http::{HttpHandler, HttpRequest, NotFound};
 pub use middleware::{HandlerExt, Logging, Metrics, Middleware, Recovery};
 pub use per_worker::{PerWorker, WorkerHandler};

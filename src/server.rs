@@ -22,7 +22,7 @@ use crate::kernel::KernelPath;
 use crate::middleware::{HandlerExt, Recovery};
 use crate::pool::PoolStats;
 use crate::registry::SessionInfo;
-use crate::{DeliverError, WorkerStats};
+use crate::{DeliverError, TopicOrDeliverError, TopicsSnapshot, WorkerStats};
 
 /// Why a server could not be built or started.
 #[derive(Debug)]
@@ -248,6 +248,26 @@ impl Server {
     pub fn broadcast(&self, msg: Message<'_>) -> Result<usize, DeliverError> {
         let running = self.running.get().ok_or(DeliverError::Stopped)?;
         running.path.broadcast(Arc::new(owned(msg)))
+    }
+
+    /// Publishes `msg` to `topic` from any thread: framed once, shared by every subscriber on
+    /// every worker (and sent to the other nodes through the cluster link, when configured).
+    /// Returns the workers reached; `Deliver(Stopped)` before start or while stopping.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) -> Result<usize, TopicOrDeliverError> {
+        let running = self
+            .running
+            .get()
+            .ok_or(TopicOrDeliverError::Deliver(DeliverError::Stopped))?;
+        running.path.shards().publish_topic(topic, msg, None, None)
+    }
+
+    /// Topics: counts, subscribers, and the topics with the most subscribers (as of the
+    /// workers' last report, every half second). Empty before start.
+    pub fn topics(&self) -> TopicsSnapshot {
+        self.running
+            .get()
+            .map(|r| r.path.shards().topics().snapshot())
+            .unwrap_or_default()
     }
 
     /// The buffer pools' statistics (`None` before start).

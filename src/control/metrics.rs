@@ -173,6 +173,7 @@ impl Control {
         buffer_cache_metrics(&mut out, workers);
         deflate_metrics(&mut out, workers);
         pool_metrics(&mut out, &stats.pools);
+        super::topics::topic_metrics(&mut out, &rt.path.shards().topics().snapshot());
         rt.handler.write_metrics(&mut out);
         out
     }

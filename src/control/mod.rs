@@ -23,6 +23,7 @@ mod metrics;
 mod probes;
 pub mod prometheus;
 mod state;
+mod topics;
 
 pub use probes::ProbeValue;
 pub(crate) use state::{Control, Listener, Runtime};

@@ -1,5 +1,5 @@
 //! `GET /debug/probes`: a JSON object with one member per probe — the built-in
-//! `active_sessions`, `worker_sessions`, `buffer_caches`, `pool`, `uptime_seconds`, `config` —
+//! `active_sessions`, `worker_sessions`, `buffer_caches`, `pool`, `topics`, `uptime_seconds`, `config` —
 //! and every probe an application registers with [`crate::Server::register_probe`].
 //!
 //! What rendering it waits on: the built-in probes read counters the workers publish (atomics
@@ -157,6 +157,10 @@ impl Control {
                 }
                 out.push_str("]}");
             }
+            None => out.push_str("null"),
+        });
+        member(&mut out, "topics", &|out| match rt {
+            Some(rt) => super::topics::topics_json(out, &rt.path.shards().topics().snapshot()),
             None => out.push_str("null"),
         });
         member(&mut out, "uptime_seconds", &|out| {

@@ -227,6 +227,24 @@ impl SessionOps for CountingOps<'_, '_> {
     fn broadcast(&mut self, msg: Arc<OutMessage>) -> Result<usize, DeliverError> {
         self.inner.broadcast(msg)
     }
+    fn subscribe(
+        &mut self,
+        topic: &str,
+        sub: hioload_wsproto::Subscription,
+    ) -> Result<(), hioload_wsproto::TopicError> {
+        self.inner.subscribe(topic, sub)
+    }
+    fn unsubscribe(&mut self, topic: &str) {
+        self.inner.unsubscribe(topic)
+    }
+    fn publish(
+        &mut self,
+        topic: &str,
+        msg: Message<'_>,
+        exclude_self: bool,
+    ) -> Result<usize, hioload_wsproto::TopicOrDeliverError> {
+        self.inner.publish(topic, msg, exclude_self)
+    }
 }
 
 impl Middleware for Metrics {
