@@ -23,7 +23,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(build-essential pkg-config libclang-dev clang libdpdk-dev dpdk libhwloc-dev
           iproute2 iputils-ping kmod procps util-linux psmisc ca-certificates
-          python3 python3-websockets openssl)
+          python3 python3-websockets openssl redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

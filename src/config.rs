@@ -119,6 +119,9 @@ pub struct Config {
     pub pool: PoolConfig,
     /// The data path (default: the kernel).
     pub data_path: DataPathConfig,
+    /// Join other nodes through Redis pub/sub, so that topics span them (default `None`: this
+    /// node alone). See [`crate::cluster`]. Restart to change.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -148,6 +151,7 @@ impl Default for Config {
             tls: None,
             pool: PoolConfig::default(),
             data_path: DataPathConfig::Kernel,
+            cluster: None,
         }
     }
 }
@@ -210,6 +214,12 @@ impl Config {
         check(s.is_power_of_two() && s <= 4096, "session_shards", || {
             format!("must be a power of two between 1 and 4096, got {s}")
         })?;
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|problem| ConfigError {
+                field: "cluster",
+                problem,
+            })?;
+        }
         let p = &self.path;
         check(p.starts_with('/') && p.len() <= 1024, "path", || {
             format!("must start with '/' (at most 1024 bytes), got {p:?}")
@@ -417,6 +427,7 @@ impl Config {
             self.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen),
         );
         diff("data_path", self.data_path != new.data_path);
+        diff("cluster", self.cluster != new.cluster);
         diff(
             "limits.inplace_frame_max",
             self.limits.inplace_frame_max != new.limits.inplace_frame_max,

@@ -45,6 +45,11 @@
 //! host = "chat.example.com"
 //! cert = "/etc/hioload/chat.pem"
 //! key = "/etc/hioload/chat.key"
+//!
+//! [cluster]                     # topics across nodes through Redis; restart to change
+//! redis = "redis://127.0.0.1:6379"
+//! channel_prefix = "hioload:"   # topic T is channel hioload:T
+//! queue = 65536                 # publications waiting to be sent at most (more: dropped, counted)
 //! ```
 //!
 //! Paths are used as written (relative ones from the server's working directory).
@@ -85,6 +90,7 @@ pub struct ConfigFile {
     backpressure: Option<BackpressureFile>,
     deflate: Option<DeflateFile>,
     tls: Option<TlsFile>,
+    cluster: Option<ClusterFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -103,6 +109,14 @@ struct SniFile {
     host: String,
     cert: PathBuf,
     key: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    redis: String,
+    channel_prefix: Option<String>,
+    queue: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -384,6 +398,16 @@ impl ConfigFile {
                 files,
                 listen: t.listen.or(base.and_then(|b| b.listen)),
             });
+        }
+        if let Some(f) = &self.cluster {
+            let mut cluster = crate::cluster::ClusterConfig::redis(f.redis.clone());
+            if let Some(p) = &f.channel_prefix {
+                cluster.channel_prefix = p.clone();
+            }
+            if let Some(q) = f.queue {
+                cluster.queue = q;
+            }
+            c.cluster = Some(cluster);
         }
         c.validate()
             .map_err(|error| ConfigFileError::Invalid { path: None, error })?;

@@ -23,6 +23,7 @@
 //! ```
 
 mod app;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod control;

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::app::{HandlerApp, PathRoute};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, DataPathConfig};
 use crate::control::admin::AdminServer;
 use crate::control::{Control, ProbeValue, Runtime};
@@ -88,6 +89,7 @@ pub struct Server {
 struct Running {
     path: Arc<dyn DataPath>,
     admin: Option<AdminServer>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What a [`Server::reload`] did.
@@ -191,11 +193,33 @@ impl Server {
                 tls,
             )?),
         };
+        // The link to the other nodes: Redis need not be up (it connects when it is).
+        let cluster = match &self.cfg.cluster {
+            Some(c) => Some(
+                Cluster::start(
+                    path.shards().clone(),
+                    c.clone(),
+                    self.cfg.limits.max_message_size,
+                )
+                .map_err(|problem| {
+                    Error::Config(ConfigError {
+                        field: "cluster",
+                        problem,
+                    })
+                })?,
+            ),
+            None => None,
+        };
         let _ = self.control.runtime.set(Runtime {
             path: path.clone(),
             handler,
+            cluster: cluster.clone(),
         });
-        let _ = self.running.set(Running { path, admin });
+        let _ = self.running.set(Running {
+            path,
+            admin,
+            cluster,
+        });
         Ok(())
     }
 
@@ -331,6 +355,9 @@ impl Server {
         match self.running.get() {
             Some(r) => {
                 let result = r.path.wait();
+                if let Some(cluster) = &r.cluster {
+                    cluster.stop();
+                }
                 if let Some(admin) = &r.admin {
                     admin.stop();
                 }

@@ -174,6 +174,9 @@ impl Control {
         deflate_metrics(&mut out, workers);
         pool_metrics(&mut out, &stats.pools);
         super::topics::topic_metrics(&mut out, &rt.path.shards().topics().snapshot());
+        if let Some(cluster) = &rt.cluster {
+            super::topics::cluster_metrics(&mut out, cluster.stats());
+        }
         rt.handler.write_metrics(&mut out);
         out
     }

@@ -29,6 +29,8 @@ pub(crate) enum Listener {
 pub(crate) struct Runtime {
     pub path: Arc<dyn DataPath>,
     pub handler: Arc<dyn Handler>,
+    /// The link to the other nodes, when `cluster` is configured.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The server's observable state, shared by the server, the data path's HTTP hook and the admin

@@ -130,3 +130,88 @@ pub(super) fn topics_json(out: &mut String, s: &TopicsSnapshot) {
     }
     out.push_str("]}");
 }
+
+/// The cluster link's families (`hioload_cluster_*`), when one is configured.
+pub(super) fn cluster_metrics(out: &mut String, c: &crate::cluster::ClusterStats) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    type Field = fn(&crate::cluster::ClusterStats) -> &AtomicU64;
+    let rows: [(&str, &str, &str, Field); 9] = [
+        (
+            "hioload_cluster_sent_total",
+            "counter",
+            "Publications sent to Redis and acknowledged.",
+            |c| &c.sent,
+        ),
+        (
+            "hioload_cluster_received_total",
+            "counter",
+            "Publications of other nodes received from Redis and delivered to local subscribers.",
+            |c| &c.received,
+        ),
+        (
+            "hioload_cluster_own_echoes_total",
+            "counter",
+            "Publications of this node that Redis sent back (dropped: delivered locally already).",
+            |c| &c.own_echoes,
+        ),
+        (
+            "hioload_cluster_malformed_total",
+            "counter",
+            "Messages from Redis that were not a node's envelope (dropped).",
+            |c| &c.malformed,
+        ),
+        (
+            "hioload_cluster_connects_total",
+            "counter",
+            "Connections made to Redis (publisher and subscriber).",
+            |c| &c.connects,
+        ),
+        (
+            "hioload_cluster_failures_total",
+            "counter",
+            "Failed connection attempts and broken connections to Redis.",
+            |c| &c.failures,
+        ),
+        (
+            "hioload_cluster_publisher_up",
+            "gauge",
+            "1 while the publishing connection to Redis is up.",
+            |c| &c.publisher_up,
+        ),
+        (
+            "hioload_cluster_subscriber_up",
+            "gauge",
+            "1 while the subscribing connection to Redis is up.",
+            |c| &c.subscriber_up,
+        ),
+        (
+            "hioload_cluster_channels",
+            "gauge",
+            "Redis channels this node is subscribed to (one per topic with local subscribers).",
+            |c| &c.channels,
+        ),
+    ];
+    for (name, kind, help, field) in rows {
+        prometheus::header(out, name, kind, help);
+        prometheus::sample(out, name, &[], field(c).load(Ordering::Relaxed) as f64);
+    }
+    let name = "hioload_cluster_dropped_total";
+    prometheus::header(
+        out,
+        name,
+        "counter",
+        "Publications of this node not sent to the other nodes, per reason: queue_full (the link's ring), disconnected (Redis unreachable, or the connection broke with them in flight).",
+    );
+    prometheus::sample(
+        out,
+        name,
+        &[("reason", "queue_full")],
+        c.dropped_queue_full.load(Ordering::Relaxed) as f64,
+    );
+    prometheus::sample(
+        out,
+        name,
+        &[("reason", "disconnected")],
+        c.dropped_disconnected.load(Ordering::Relaxed) as f64,
+    );
+}
